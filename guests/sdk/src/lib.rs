@@ -1,0 +1,377 @@
+//! Write [wasm-gw](https://github.com/) apps in Rust.
+//!
+//! An app is a type that implements [`App`]: it gets a [`Request`] and returns a
+//! [`Response`]. [`export_app!`] makes it the component's WSGI application. The host keeps one
+//! instance alive across requests, so the app's fields are its state.
+//!
+//! ```no_run
+//! use wasm_gw_sdk::{App, Request, Response};
+//!
+//! #[derive(Default)]
+//! struct Hello;
+//!
+//! impl App for Hello {
+//!     fn handle(&mut self, request: Request) -> wasm_gw_sdk::Result<Response> {
+//!         let name = request.query_param("name").unwrap_or_else(|| "world".into());
+//!         Ok(Response::new(200).header("Content-Type", "text/plain").body(format!("Hello, {name}!\n")))
+//!     }
+//! }
+//!
+//! wasm_gw_sdk::export_app!(Hello);
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2` and serve the `.wasm` with
+//! `wasm-gw serve`.
+
+use std::cell::RefCell;
+use std::io;
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "wasm-gw:wsgi/app",
+        pub_export_macro: true,
+        default_bindings_module: "wasm_gw_sdk::bindings",
+    });
+}
+
+use bindings::exports::wasm_gw::wsgi::handler::{self, BodyStream as WitBodyStream};
+pub use bindings::wasm_gw::wsgi::request::Environ;
+use bindings::wasm_gw::wsgi::request::{InputError, InputStream};
+use bindings::wasm_gw::wsgi::response as wit_response;
+pub use bindings::wasm_gw::wsgi::response::ResponseError;
+
+/// An error an app did not handle. The client gets a 500 and the message goes to the host's
+/// log; the instance keeps serving.
+pub type Error = Box<dyn std::error::Error>;
+
+/// The result of [`App::handle`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A web app. One value of it lives in each instance and serves every request that instance
+/// gets, one at a time.
+pub trait App: Default + 'static {
+    /// Answers one request.
+    fn handle(&mut self, request: Request) -> Result<Response>;
+}
+
+/// Makes `$app`, a type implementing [`App`], the component's WSGI application.
+#[macro_export]
+macro_rules! export_app {
+    ($app:ty) => {
+        struct __WasmGwExport;
+
+        ::std::thread_local! {
+            static __WASM_GW_APP: ::std::cell::RefCell<::std::option::Option<$app>> =
+                const { ::std::cell::RefCell::new(::std::option::Option::None) };
+        }
+
+        impl $crate::bindings::exports::wasm_gw::wsgi::handler::Guest for __WasmGwExport {
+            type BodyStream = $crate::StreamState;
+
+            fn application(
+                environ: $crate::Environ,
+                input: $crate::bindings::wasm_gw::wsgi::request::InputStream,
+            ) -> ::std::result::Result<$crate::bindings::exports::wasm_gw::wsgi::handler::Body, ::std::string::String> {
+                __WASM_GW_APP.with_borrow_mut(|app| {
+                    $crate::serve(app.get_or_insert_with(::std::default::Default::default), environ, input)
+                })
+            }
+        }
+
+        $crate::bindings::export!(__WasmGwExport with_types_in $crate::bindings);
+    };
+}
+
+#[doc(hidden)]
+pub fn serve<A: App>(
+    app: &mut A,
+    environ: Environ,
+    input: InputStream,
+) -> Result<handler::Body, String> {
+    let request = Request {
+        environ,
+        body: Body { input },
+    };
+    match app.handle(request) {
+        Ok(response) => response.send(),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// One request: its [`Environ`] and its [`Body`].
+pub struct Request {
+    environ: Environ,
+    body: Body,
+}
+
+impl Request {
+    /// Every WSGI variable, as the host built it.
+    pub fn environ(&self) -> &Environ {
+        &self.environ
+    }
+
+    /// The method exactly as sent, for example `GET`.
+    pub fn method(&self) -> &str {
+        &self.environ.request_method
+    }
+
+    /// The path below the app's mount point (PATH_INFO), percent-decoded.
+    pub fn path(&self) -> &str {
+        &self.environ.path_info
+    }
+
+    /// The raw query string, without `?`.
+    pub fn query_string(&self) -> &str {
+        &self.environ.query_string
+    }
+
+    /// The query parameters in order, with `+` and `%XX` decoded.
+    pub fn query(&self) -> Vec<(String, String)> {
+        self.environ
+            .query_string
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (form_decode(name), form_decode(value))
+            })
+            .collect()
+    }
+
+    /// The first value of query parameter `name`.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query()
+            .into_iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value)
+    }
+
+    /// The first header called `name`, compared case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.environ
+            .headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// All headers as received, in order, repeats included.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.environ.headers
+    }
+
+    /// The request body.
+    pub fn body(&mut self) -> &mut Body {
+        &mut self.body
+    }
+}
+
+/// The request body (wsgi.input), read from the connection as the app asks for it. It ends at
+/// the end of the request body; chunked framing is already removed.
+pub struct Body {
+    input: InputStream,
+}
+
+impl Body {
+    /// Reads up to `size` bytes; fewer only at the end. Empty means the body has ended.
+    pub fn read_chunk(&mut self, size: usize) -> io::Result<Vec<u8>> {
+        self.input.read(size as u64).map_err(input_error)
+    }
+
+    /// Reads up to and including the next `\n`, at most `limit` bytes.
+    pub fn read_line(&mut self, limit: usize) -> io::Result<Vec<u8>> {
+        self.input.read_line(limit as u64).map_err(input_error)
+    }
+
+    /// Reads the whole rest of the body.
+    pub fn read_all(&mut self) -> io::Result<Vec<u8>> {
+        self.input.read_to_end().map_err(input_error)
+    }
+}
+
+impl io::Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let chunk = self.read_chunk(buf.len())?;
+        buf[..chunk.len()].copy_from_slice(&chunk);
+        Ok(chunk.len())
+    }
+}
+
+fn input_error(error: InputError) -> io::Error {
+    match error {
+        InputError::Disconnected(why) => io::Error::new(io::ErrorKind::ConnectionAborted, why),
+        InputError::Stale => io::Error::other("request body used after its request ended"),
+    }
+}
+
+/// A body produced piece by piece, like the iterable a WSGI app returns.
+pub trait BodyStream: 'static {
+    /// The next chunk, or `None` at the end.
+    fn next_chunk(&mut self) -> Option<Vec<u8>>;
+
+    /// Called once after the last chunk, also when the client went away early.
+    fn close(&mut self) {}
+}
+
+/// A response: status, headers and body.
+pub struct Response {
+    status: String,
+    headers: Vec<(String, String)>,
+    body: ResponseBody,
+}
+
+enum ResponseBody {
+    Whole(Vec<u8>),
+    Stream(Box<dyn BodyStream>),
+}
+
+impl Response {
+    /// An empty response with `status` and its standard reason phrase.
+    pub fn new(status: u16) -> Response {
+        Response::with_status_line(format!("{status} {}", reason_phrase(status)))
+    }
+
+    /// An empty response with a whole status line, for example `299 Custom`.
+    pub fn with_status_line(status: impl Into<String>) -> Response {
+        Response {
+            status: status.into(),
+            headers: Vec::new(),
+            body: ResponseBody::Whole(Vec::new()),
+        }
+    }
+
+    /// A `text/plain; charset=utf-8` response.
+    pub fn text(status: u16, text: impl Into<String>) -> Response {
+        Response::new(status)
+            .header("Content-Type", "text/plain; charset=utf-8")
+            .body(text.into())
+    }
+
+    /// Adds a header. Values are latin-1: chars above U+00FF are refused by the host.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Response {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the whole body. The host adds Content-Length.
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Response {
+        self.body = ResponseBody::Whole(body.into());
+        self
+    }
+
+    /// Streams the body from `stream`, with chunked transfer coding unless a Content-Length
+    /// header was set.
+    pub fn stream(mut self, stream: impl BodyStream) -> Response {
+        self.body = ResponseBody::Stream(Box::new(stream));
+        self
+    }
+
+    fn send(self) -> Result<handler::Body, String> {
+        start_response(&self.status, &self.headers, None)
+            .map_err(|error| format!("start_response refused the response: {error:?}"))?;
+        Ok(match self.body {
+            ResponseBody::Whole(body) => handler::Body::Chunks(vec![body]),
+            ResponseBody::Stream(stream) => {
+                handler::Body::Stream(WitBodyStream::new(StreamState(RefCell::new(stream))))
+            }
+        })
+    }
+}
+
+/// PEP 3333's start_response, for apps that manage the exchange themselves.
+pub fn start_response(
+    status: &str,
+    headers: &[(String, String)],
+    exc_info: Option<&str>,
+) -> Result<(), ResponseError> {
+    wit_response::start_response(status, headers, exc_info)
+}
+
+/// WSGI's write callable: sends `data` at once, after the headers.
+pub fn write(data: &[u8]) -> Result<(), ResponseError> {
+    wit_response::write(data)
+}
+
+#[doc(hidden)]
+pub struct StreamState(RefCell<Box<dyn BodyStream>>);
+
+impl handler::GuestBodyStream for StreamState {
+    fn next(&self) -> Option<Vec<u8>> {
+        self.0.borrow_mut().next_chunk()
+    }
+
+    fn close(&self) {
+        self.0.borrow_mut().close();
+    }
+}
+
+/// Decodes `application/x-www-form-urlencoded` text: `+` is a space, `%XX` a byte.
+fn form_decode(text: &str) -> String {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        rest = tail;
+        match byte {
+            b'+' => bytes.push(b' '),
+            b'%' => match (tail.first().and_then(hex), tail.get(1).and_then(hex)) {
+                (Some(high), Some(low)) => {
+                    bytes.push(high << 4 | low);
+                    rest = &tail[2..];
+                }
+                _ => bytes.push(b'%'),
+            },
+            byte => bytes.push(byte),
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn hex(digit: &u8) -> Option<u8> {
+    (*digit as char).to_digit(16).map(|value| value as u8)
+}
+
+/// The standard reason phrase for `status`, or `Unknown`.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        410 => "Gone",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding() {
+        assert_eq!(form_decode("a+b%21%zz"), "a b!%zz");
+        assert_eq!(form_decode("caf%C3%A9"), "café");
+    }
+}

@@ -1,0 +1,60 @@
+//! Streaming both ways: `GET /count?n=N` streams N lines with no Content-Length, and
+//! `POST /sink` counts the bytes of a body of any size without holding it.
+
+use wasm_gw_sdk::{App, BodyStream, Request, Response, Result};
+
+/// Lines sent per chunk: small enough to stream, large enough not to cost a call per line.
+const LINES_PER_CHUNK: u64 = 256;
+
+/// Body bytes read per call while sinking.
+const SINK_READ: usize = 256 * 1024;
+
+#[derive(Default)]
+struct Stream;
+
+impl App for Stream {
+    fn handle(&mut self, mut request: Request) -> Result<Response> {
+        match (request.method(), request.path()) {
+            ("GET" | "HEAD", "/count") => {
+                let Some(total) = request.query_param("n").and_then(|n| n.parse().ok()) else {
+                    return Ok(Response::text(400, "n must be a whole number\n"));
+                };
+                Ok(Response::new(200)
+                    .header("Content-Type", "text/plain")
+                    .stream(Counter { next: 1, total }))
+            }
+            ("POST" | "PUT", "/sink") => {
+                let mut received: u64 = 0;
+                loop {
+                    let chunk = request.body().read_chunk(SINK_READ)?;
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    received += chunk.len() as u64;
+                }
+                Ok(Response::text(200, format!("{received}\n")))
+            }
+            _ => Ok(Response::text(404, "not found\n")),
+        }
+    }
+}
+
+/// Yields the lines `1\n` to `total\n`.
+struct Counter {
+    next: u64,
+    total: u64,
+}
+
+impl BodyStream for Counter {
+    fn next_chunk(&mut self) -> Option<Vec<u8>> {
+        if self.next > self.total {
+            return None;
+        }
+        let last = self.total.min(self.next + LINES_PER_CHUNK - 1);
+        let chunk: String = (self.next..=last).map(|line| format!("{line}\n")).collect();
+        self.next = last + 1;
+        Some(chunk.into_bytes())
+    }
+}
+
+wasm_gw_sdk::export_app!(Stream);

@@ -1,0 +1,50 @@
+//! The seam between the server and what answers requests.
+//!
+//! The server knows an app only through these traits: a Wasm component is one implementation,
+//! and a native handler can stand in for it in tests and benchmarks.
+
+use std::time::Duration;
+
+use crate::bindings::wasm_gw::wsgi::request::Environ;
+use crate::http::Exchange;
+
+/// One worker of an app: serves one request at a time, and keeps its state between requests.
+pub trait App: Send {
+    /// Serves one request, reading its body from and writing its response to `exchange`,
+    /// then hands the exchange back to the connection.
+    fn call(
+        &mut self,
+        request_id: u64,
+        environ: &Environ,
+        exchange: Exchange,
+    ) -> (Exchange, Result<(), Failure>);
+}
+
+/// Makes the workers of an app.
+pub trait AppFactory: Send + Sync {
+    fn new_worker(&self) -> anyhow::Result<Box<dyn App>>;
+}
+
+/// Why an app could not answer a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The app reported an error it did not handle; the worker stays usable.
+    #[error("application error: {0}")]
+    Application(String),
+    /// The app trapped or panicked; its worker was replaced.
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// The app ran past its deadline and was stopped; its worker was replaced.
+    #[error("stopped after exceeding the {0:?} deadline")]
+    Timeout(Duration),
+}
+
+impl Failure {
+    /// The status the client gets when nothing has been sent yet.
+    pub fn status(&self) -> (u16, &'static str) {
+        match self {
+            Failure::Timeout(_) => (504, "Gateway Timeout"),
+            Failure::Application(_) | Failure::Trap(_) => (500, "Internal Server Error"),
+        }
+    }
+}

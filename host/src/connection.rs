@@ -1,0 +1,261 @@
+//! One client connection: read a request head, hand the request to a worker, answer for
+//! whatever went wrong, and keep the connection alive or close it.
+
+use std::io;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::access_log;
+use crate::app::Failure;
+use crate::bindings::wasm_gw::wsgi::request::Environ;
+use crate::environ::{self, ConnectionInfo};
+use crate::http::Exchange;
+use crate::http::body::{BodyDecoder, BodyError};
+use crate::http::error::RequestError;
+use crate::http::io::Io;
+use crate::http::request::{self, Framing, HeadLimits};
+use crate::http::response::write_server_response;
+use crate::pool::Pool;
+
+/// Header slots for one parse; a request with more fields gets 431.
+const MAX_HEADERS: usize = 100;
+
+/// Unread body bytes the server reads and discards to keep a connection alive; past this it
+/// closes the connection instead.
+const MAX_DRAIN: u64 = 256 * 1024;
+
+/// Ids for requests, unique within the process, for tagging log lines.
+static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
+/// How long each phase of a connection may take.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// An idle keep-alive connection waits this long for its next request.
+    pub keep_alive: Duration,
+    /// The whole request head must arrive within this, however slowly it trickles.
+    pub head: Duration,
+    /// Each read of the body, and each write of the response, may wait this long.
+    pub io: Duration,
+}
+
+pub struct ConnectionConfig {
+    pub limits: HeadLimits,
+    pub timeouts: Timeouts,
+    pub multithread: bool,
+}
+
+/// Serves requests on `stream` until the client leaves or the connection must close.
+pub fn serve(stream: TcpStream, pool: &Pool, config: &ConnectionConfig) {
+    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+        return;
+    };
+    let info = ConnectionInfo {
+        local,
+        peer,
+        multithread: config.multithread,
+    };
+    // Responses are written whole or in large pieces; Nagle's delay only adds latency.
+    let setup = stream
+        .set_nodelay(true)
+        .and_then(|()| stream.set_write_timeout(Some(config.timeouts.io)));
+    if let Err(error) = setup {
+        tracing::debug!(%peer, "cannot configure connection: {error}");
+        return;
+    }
+    let mut io = Io::new(stream);
+    let mut first = true;
+    loop {
+        let idle_wait = if first {
+            config.timeouts.head
+        } else {
+            config.timeouts.keep_alive
+        };
+        first = false;
+        let (environ, framing) = match read_head(&mut io, config, &info, idle_wait) {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(HeadError::Invalid(error)) => {
+                let (code, reason) = error.status();
+                tracing::warn!(%peer, "rejected request with {code}: {error}");
+                let _ = write_server_response(
+                    &mut io,
+                    code,
+                    reason,
+                    &format!("{reason}\n"),
+                    None,
+                    false,
+                );
+                return io.close_gracefully();
+            }
+            Err(HeadError::TimedOut) => {
+                tracing::debug!(%peer, "request head not received in time");
+                let _ = write_server_response(
+                    &mut io,
+                    408,
+                    "Request Timeout",
+                    "Request Timeout\n",
+                    None,
+                    false,
+                );
+                return io.close_gracefully();
+            }
+            Err(HeadError::Io(error)) => {
+                tracing::debug!(%peer, "connection failed: {error}");
+                return;
+            }
+        };
+        match handle(io, &environ, framing, pool, config) {
+            Ok(kept) => io = kept,
+            Err(closing) => return closing.close_gracefully(),
+        }
+    }
+}
+
+enum HeadError {
+    Invalid(RequestError),
+    TimedOut,
+    Io(io::Error),
+}
+
+/// Reads the next request head. `Ok(None)` means the client closed or idled out cleanly
+/// between requests.
+fn read_head(
+    io: &mut Io,
+    config: &ConnectionConfig,
+    info: &ConnectionInfo,
+    idle_wait: Duration,
+) -> Result<Option<(Environ, Framing)>, HeadError> {
+    // The head deadline starts with its first byte; until then the connection is idle.
+    let mut deadline = None;
+    loop {
+        if !io.buffered().is_empty() {
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let parsed = request::parse(io.buffered(), &mut slots, config.limits)
+                .map_err(HeadError::Invalid)?;
+            if let Some((head, len)) = parsed {
+                let request = (environ::build(&head, info), head.framing);
+                io.consume(len);
+                return Ok(Some(request));
+            }
+        }
+        let deadline = *deadline.get_or_insert_with(|| {
+            let wait = if io.buffered().is_empty() {
+                idle_wait
+            } else {
+                config.timeouts.head
+            };
+            Instant::now() + wait
+        });
+        match io.fill_before(deadline) {
+            Ok(0) if io.buffered().is_empty() => return Ok(None),
+            Ok(0) => {
+                return Err(HeadError::Invalid(RequestError::Malformed(
+                    "incomplete request head",
+                )));
+            }
+            Ok(_) => {}
+            Err(error) if is_timeout(&error) && io.buffered().is_empty() => return Ok(None),
+            Err(error) if is_timeout(&error) => return Err(HeadError::TimedOut),
+            Err(error) => return Err(HeadError::Io(error)),
+        }
+    }
+}
+
+/// Runs one request through a worker and finishes its response. Returns the connection, as
+/// `Ok` if it can carry another request and as `Err` if it must close.
+fn handle(
+    io: Io,
+    environ: &Environ,
+    framing: Framing,
+    pool: &Pool,
+    config: &ConnectionConfig,
+) -> Result<Io, Io> {
+    let request_id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
+    let exchange = Exchange::new(
+        io,
+        framing,
+        BodyDecoder::new(framing.body, config.timeouts.io),
+    );
+    let (mut exchange, result) = pool.checkout().call(request_id, environ, exchange);
+
+    let error_status = error_response(request_id, &exchange, result);
+    let code = match error_status {
+        Some((code, reason)) if !exchange.response.head_sent() => {
+            let body = format!("{reason}\n");
+            let sent =
+                write_server_response(&mut exchange.io, code, reason, &body, Some(framing), false);
+            sent.is_ok().then_some(code)
+        }
+        _ => exchange.response.code(),
+    };
+    access_log::record(
+        environ,
+        code,
+        exchange.response.body_bytes(),
+        started.elapsed(),
+    );
+
+    let reusable = error_status.is_none()
+        && exchange.response.allows_keep_alive()
+        && exchange.body_failed.is_none()
+        && !exchange.body_unsent()
+        && exchange
+            .body
+            .skip(&mut exchange.io, MAX_DRAIN)
+            .unwrap_or(false);
+    if reusable {
+        Ok(exchange.io)
+    } else {
+        Err(exchange.io)
+    }
+}
+
+/// Logs what went wrong with a request, if anything, and picks the status that answers it.
+fn error_response(
+    request_id: u64,
+    exchange: &Exchange,
+    result: Result<(), Failure>,
+) -> Option<(u16, &'static str)> {
+    let head_sent = exchange.response.head_sent();
+    if let Some(BodyError::Invalid(error)) = &exchange.body_failed {
+        tracing::warn!(request = request_id, "bad request body: {error}");
+        return Some(error.status());
+    }
+    let failure = result.err();
+    if let Some(failure @ (Failure::Trap(_) | Failure::Timeout(_))) = &failure {
+        tracing::error!(request = request_id, "app {failure}");
+        return Some(failure.status());
+    }
+    if let Some(violation) = &exchange.violation {
+        tracing::error!(
+            request = request_id,
+            "app broke the WSGI contract: {violation}"
+        );
+        return Some((500, "Internal Server Error"));
+    }
+    if let Some(error) = &exchange.body_failed {
+        // The app's own error, if any, only followed from the missing body.
+        tracing::info!(request = request_id, "request body not received: {error}");
+        return Some((400, "Bad Request"));
+    }
+    if let Some(failure) = &failure {
+        tracing::error!(request = request_id, "app {failure}");
+        return Some(failure.status());
+    }
+    if !head_sent {
+        // The app returned without any response; the guest bindings prevent this, but a
+        // native app might not.
+        tracing::error!(request = request_id, "app returned without a response");
+        return Some((500, "Internal Server Error"));
+    }
+    None
+}
+
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}

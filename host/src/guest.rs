@@ -1,0 +1,290 @@
+//! The host side of the guest's imports: the state one Store carries, and the functions a
+//! guest calls during a request (`input-stream`, `start-response`, `write`, stdio).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use wasmtime::StoreLimits;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::wasm_gw::wsgi::request::{self, InputError, InputStream};
+use crate::bindings::wasm_gw::wsgi::response::{self, ResponseError as WitResponseError};
+use crate::http::Exchange;
+use crate::http::response::ResponseError;
+
+/// Everything one instance's Store holds.
+pub struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limits: StoreLimits,
+    /// The request being served; present only during a call.
+    exchange: Option<Exchange>,
+    /// Names the current request's input handle, so a handle kept past its request is stale.
+    request_seq: u32,
+    /// Id of the request being served, for tagging the guest's log lines.
+    request_id: Arc<AtomicU64>,
+    logs: [GuestLog; 2],
+    /// The most one body read may return: the guest could not hold more anyway.
+    max_read: usize,
+}
+
+impl GuestState {
+    pub fn new(limits: StoreLimits, max_memory: usize) -> GuestState {
+        let request_id = Arc::new(AtomicU64::new(0));
+        let logs = [
+            GuestLog::new("stdout", request_id.clone()),
+            GuestLog::new("stderr", request_id.clone()),
+        ];
+        let wasi = WasiCtx::builder()
+            .stdout(logs[0].clone())
+            .stderr(logs[1].clone())
+            .build();
+        GuestState {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            exchange: None,
+            request_seq: 0,
+            request_id,
+            logs,
+            max_read: max_memory,
+        }
+    }
+
+    /// Hands the request to the guest side and returns the input handle for it.
+    pub fn begin(&mut self, request_id: u64, exchange: Exchange) -> Resource<InputStream> {
+        self.request_id.store(request_id, Ordering::Relaxed);
+        self.request_seq = self.request_seq.wrapping_add(1);
+        self.exchange = Some(exchange);
+        Resource::new_own(self.request_seq)
+    }
+
+    pub fn exchange(&mut self) -> &mut Exchange {
+        self.exchange.as_mut().expect("a request is being served")
+    }
+
+    /// Takes the request back once the guest is done with it.
+    pub fn end(&mut self) -> Exchange {
+        self.logs.iter().for_each(GuestLog::flush_partial);
+        self.request_seq = self.request_seq.wrapping_add(1);
+        self.exchange.take().expect("a request is being served")
+    }
+
+    fn current_input(
+        &mut self,
+        handle: &Resource<InputStream>,
+    ) -> Result<&mut Exchange, InputError> {
+        match &mut self.exchange {
+            Some(exchange) if handle.rep() == self.request_seq => Ok(exchange),
+            _ => Err(InputError::Stale),
+        }
+    }
+
+    fn read(
+        &mut self,
+        handle: &Resource<InputStream>,
+        max: u64,
+        read: fn(&mut Exchange, usize) -> Result<Vec<u8>, String>,
+    ) -> Result<Vec<u8>, InputError> {
+        let max = usize::try_from(max)
+            .unwrap_or(usize::MAX)
+            .min(self.max_read);
+        let exchange = self.current_input(handle)?;
+        read(exchange, max).map_err(InputError::Disconnected)
+    }
+
+    fn response<R>(
+        &mut self,
+        act: impl FnOnce(&mut Exchange) -> Result<R, ResponseError>,
+    ) -> Result<R, WitResponseError> {
+        let Some(exchange) = &mut self.exchange else {
+            return Err(WitResponseError::NotStarted);
+        };
+        act(exchange).map_err(|error| to_wit(exchange.violated(error)))
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl request::Host for GuestState {}
+
+impl request::HostInputStream for GuestState {
+    fn read(&mut self, handle: Resource<InputStream>, size: u64) -> Result<Vec<u8>, InputError> {
+        GuestState::read(self, &handle, size, Exchange::read_body)
+    }
+
+    fn read_line(
+        &mut self,
+        handle: Resource<InputStream>,
+        limit: u64,
+    ) -> Result<Vec<u8>, InputError> {
+        GuestState::read(self, &handle, limit, Exchange::read_body_line)
+    }
+
+    fn read_to_end(&mut self, handle: Resource<InputStream>) -> Result<Vec<u8>, InputError> {
+        GuestState::read(self, &handle, u64::MAX, Exchange::read_body)
+    }
+
+    fn drop(&mut self, _handle: Resource<InputStream>) -> wasmtime::Result<()> {
+        // The body belongs to the connection, which skips whatever the app left unread.
+        Ok(())
+    }
+}
+
+impl response::Host for GuestState {
+    fn start_response(
+        &mut self,
+        status: String,
+        headers: Vec<(String, String)>,
+        exc_info: Option<String>,
+    ) -> Result<(), WitResponseError> {
+        if let Some(exc_info) = &exc_info {
+            let request = self.request_id.load(Ordering::Relaxed);
+            tracing::warn!(request, "app error, replacing its response: {exc_info}");
+        }
+        self.response(|exchange| {
+            exchange
+                .response
+                .start(&status, &headers, exc_info.is_some())
+        })
+    }
+
+    fn write(&mut self, data: Vec<u8>) -> Result<(), WitResponseError> {
+        self.response(|exchange| exchange.response.write(&mut exchange.io, &data))
+    }
+}
+
+pub fn to_wit(error: ResponseError) -> WitResponseError {
+    match error {
+        ResponseError::InvalidStatus(status) => WitResponseError::InvalidStatus(status),
+        ResponseError::InvalidHeader(why) => WitResponseError::InvalidHeader(why),
+        ResponseError::HopByHopHeader(name) => WitResponseError::HopByHopHeader(name),
+        ResponseError::AlreadyStarted => WitResponseError::AlreadyStarted,
+        ResponseError::NotStarted => WitResponseError::NotStarted,
+        ResponseError::LengthMismatch { .. } => WitResponseError::InvalidHeader(error.to_string()),
+        ResponseError::Disconnected => WitResponseError::Disconnected,
+    }
+}
+
+/// A partial line longer than this is logged without waiting for its end.
+const MAX_LOG_LINE: usize = 8 * 1024;
+
+/// A guest's stdout or stderr: each line goes to the host log, tagged with the request id
+/// ([wsgi.errors]). Writes are joined into whole lines first, because a guest's formatted
+/// print often arrives in several writes.
+#[derive(Clone)]
+struct GuestLog {
+    stream: &'static str,
+    request_id: Arc<AtomicU64>,
+    partial_line: Arc<Mutex<Vec<u8>>>,
+}
+
+impl GuestLog {
+    fn new(stream: &'static str, request_id: Arc<AtomicU64>) -> GuestLog {
+        GuestLog {
+            stream,
+            request_id,
+            partial_line: Arc::default(),
+        }
+    }
+
+    fn emit(&self, bytes: &[u8]) {
+        let mut partial = self
+            .partial_line
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        partial.extend_from_slice(bytes);
+        let complete = match partial.iter().rposition(|&b| b == b'\n') {
+            Some(newline) => newline + 1,
+            None if partial.len() > MAX_LOG_LINE => partial.len(),
+            None => return,
+        };
+        self.log_lines(&partial[..complete]);
+        partial.drain(..complete);
+    }
+
+    /// Logs a line the guest left unfinished at the end of a request.
+    fn flush_partial(&self) {
+        let mut partial = self
+            .partial_line
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.log_lines(&partial);
+        partial.clear();
+    }
+
+    fn log_lines(&self, bytes: &[u8]) {
+        let request = self.request_id.load(Ordering::Relaxed);
+        for line in bytes.split(|&b| b == b'\n').filter(|line| !line.is_empty()) {
+            let line = String::from_utf8_lossy(line);
+            tracing::info!(target: "wasm_gw::guest", request, stream = self.stream, "{}", line.trim_end());
+        }
+    }
+}
+
+impl IsTerminal for GuestLog {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestLog {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for GuestLog {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for GuestLog {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.emit(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for GuestLog {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.emit(bytes);
+        Poll::Ready(Ok(bytes.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

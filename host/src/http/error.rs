@@ -1,0 +1,45 @@
+//! What can be wrong with a request, and the one table that maps it to a status code.
+
+use thiserror::Error;
+
+/// A request the server refuses before any app sees it. The connection always closes after
+/// the error response, so no later byte on it is taken as a new request.
+#[derive(Debug, Error)]
+pub enum RequestError {
+    #[error("malformed request head: {0}")]
+    Malformed(&'static str),
+    #[error("request head larger than {0} bytes")]
+    HeadTooLarge(usize),
+    #[error("more than {0} header fields")]
+    TooManyHeaders(usize),
+    #[error("unsupported HTTP version")]
+    VersionNotSupported,
+    #[error("invalid Content-Length")]
+    InvalidContentLength,
+    #[error("both Transfer-Encoding and Content-Length")]
+    AmbiguousLength,
+    #[error("unsupported transfer coding")]
+    UnsupportedTransferCoding,
+    #[error("unsupported expectation")]
+    UnsupportedExpectation,
+    #[error("invalid chunked body: {0}")]
+    InvalidChunk(&'static str),
+}
+
+impl RequestError {
+    /// The status code and reason phrase this error is answered with.
+    pub fn status(&self) -> (u16, &'static str) {
+        match self {
+            RequestError::Malformed(_)
+            | RequestError::InvalidContentLength
+            | RequestError::AmbiguousLength
+            | RequestError::InvalidChunk(_) => (400, "Bad Request"),
+            RequestError::HeadTooLarge(_) | RequestError::TooManyHeaders(_) => {
+                (431, "Request Header Fields Too Large")
+            }
+            RequestError::VersionNotSupported => (505, "HTTP Version Not Supported"),
+            RequestError::UnsupportedTransferCoding => (501, "Not Implemented"),
+            RequestError::UnsupportedExpectation => (417, "Expectation Failed"),
+        }
+    }
+}

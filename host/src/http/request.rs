@@ -1,0 +1,294 @@
+//! The request head: the request line and header fields, parsed in place with httparse, and
+//! the framing facts derived from them.
+
+use super::error::RequestError;
+
+/// Limits on the request head.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadLimits {
+    /// The request line plus all header lines, in bytes.
+    pub max_head_bytes: usize,
+    /// How many header fields one request may carry.
+    pub max_headers: usize,
+}
+
+/// How the request body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyKind {
+    /// Exactly this many bytes follow the head.
+    Length(u64),
+    /// Chunked transfer coding, up to the last chunk and trailers.
+    Chunked,
+}
+
+/// What the connection needs to know about a request beyond what the app sees.
+#[derive(Clone, Copy, Debug)]
+pub struct Framing {
+    pub body: BodyKind,
+    /// 1 for HTTP/1.1, 0 for HTTP/1.0.
+    pub minor_version: u8,
+    /// Whether the client asked to reuse the connection after this exchange.
+    pub keep_alive: bool,
+    /// The client waits for `100 Continue` before it sends the body.
+    pub expect_continue: bool,
+    /// A HEAD request: the response carries no body.
+    pub is_head: bool,
+}
+
+/// A parsed request head, borrowing the connection's read buffer.
+pub struct Head<'b, 'h> {
+    pub method: &'b str,
+    pub target: &'b str,
+    pub headers: &'h [httparse::Header<'b>],
+    pub framing: Framing,
+}
+
+/// Parses a request head from the front of `buf`. Returns `None` while it is incomplete, or
+/// the head and its length in bytes.
+pub fn parse<'b, 'h>(
+    buf: &'b [u8],
+    slots: &'h mut [httparse::Header<'b>],
+    limits: HeadLimits,
+) -> Result<Option<(Head<'b, 'h>, usize)>, RequestError> {
+    let mut request = httparse::Request::new(slots);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len > limits.max_head_bytes => {
+            return Err(RequestError::HeadTooLarge(limits.max_head_bytes));
+        }
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= limits.max_head_bytes => {
+            return Err(RequestError::HeadTooLarge(limits.max_head_bytes));
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(RequestError::TooManyHeaders(limits.max_headers));
+        }
+        Err(httparse::Error::Version) => return Err(version_error(buf)),
+        Err(_) => return Err(RequestError::Malformed("invalid request line or header")),
+    };
+    let (Some(method), Some(target), Some(minor_version)) =
+        (request.method, request.path, request.version)
+    else {
+        return Err(RequestError::Malformed("incomplete request line"));
+    };
+    let headers: &'h [httparse::Header<'b>] = request.headers;
+    let framing = framing(method, minor_version, headers)?;
+    Ok(Some((
+        Head {
+            method,
+            target,
+            headers,
+            framing,
+        },
+        len,
+    )))
+}
+
+/// An `HTTP/x.y` version that httparse does not speak is one we don't support (505); anything
+/// else in that place is garbage (400).
+fn version_error(buf: &[u8]) -> RequestError {
+    let line_end = buf.iter().position(|&b| b == b'\r' || b == b'\n');
+    let line = &buf[..line_end.unwrap_or(buf.len())];
+    let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+    match version {
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            RequestError::VersionNotSupported
+        }
+        [b'H', b'T', b'T', b'P', b'/', major] if major.is_ascii_digit() => {
+            RequestError::VersionNotSupported
+        }
+        _ => RequestError::Malformed("invalid HTTP version"),
+    }
+}
+
+fn framing(
+    method: &str,
+    minor_version: u8,
+    headers: &[httparse::Header],
+) -> Result<Framing, RequestError> {
+    let mut content_length: Option<u64> = None;
+    let mut transfer_encoding = false;
+    let mut chunked_last = false;
+    let mut hosts = 0;
+    let mut close = false;
+    let mut keep_alive = false;
+    let mut expect_continue = false;
+
+    for header in headers {
+        let name = header.name;
+        let value = header.value;
+        if name.eq_ignore_ascii_case("content-length") {
+            let length = parse_content_length(value)?;
+            if content_length.is_some_and(|seen| seen != length) {
+                return Err(RequestError::InvalidContentLength);
+            }
+            content_length = Some(length);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = true;
+            for coding in list_items(value) {
+                if chunked_last {
+                    // RFC 9112 §6.1: chunked "MUST NOT" be applied more than once, and any
+                    // coding after it leaves the body's end undetectable.
+                    return Err(RequestError::Malformed("transfer coding after chunked"));
+                }
+                if coding.eq_ignore_ascii_case(b"chunked") {
+                    chunked_last = true;
+                } else {
+                    return Err(RequestError::UnsupportedTransferCoding);
+                }
+            }
+        } else if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for option in list_items(value) {
+                close |= option.eq_ignore_ascii_case(b"close");
+                keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("expect") {
+            if value.eq_ignore_ascii_case(b"100-continue") {
+                expect_continue = true;
+            } else {
+                return Err(RequestError::UnsupportedExpectation);
+            }
+        }
+    }
+
+    // RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code to any
+    // HTTP/1.1 request message that lacks a Host header field and to any request message that
+    // contains more than one Host header field".
+    if hosts > 1 || (hosts == 0 && minor_version == 1) {
+        return Err(RequestError::Malformed(
+            "an HTTP/1.1 request needs exactly one Host",
+        ));
+    }
+    let body = if transfer_encoding {
+        // RFC 9112 §6.1: a request with both "ought to be handled as an error"; rejecting it
+        // is the only choice that no proxy in front can read differently.
+        if content_length.is_some() {
+            return Err(RequestError::AmbiguousLength);
+        }
+        if minor_version == 0 {
+            return Err(RequestError::Malformed(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ));
+        }
+        if !chunked_last {
+            return Err(RequestError::Malformed("Transfer-Encoding without chunked"));
+        }
+        BodyKind::Chunked
+    } else {
+        BodyKind::Length(content_length.unwrap_or(0))
+    };
+    Ok(Framing {
+        body,
+        minor_version,
+        keep_alive: if minor_version == 1 {
+            !close
+        } else {
+            keep_alive && !close
+        },
+        expect_continue: expect_continue && minor_version == 1,
+        is_head: method == "HEAD",
+    })
+}
+
+/// RFC 9110 §8.6: `Content-Length = 1*DIGIT`; no sign, no spaces inside, no overflow.
+fn parse_content_length(value: &[u8]) -> Result<u64, RequestError> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return Err(RequestError::InvalidContentLength);
+    }
+    value.iter().try_fold(0u64, |total, &digit| {
+        total
+            .checked_mul(10)
+            .and_then(|total| total.checked_add(u64::from(digit - b'0')))
+            .ok_or(RequestError::InvalidContentLength)
+    })
+}
+
+/// The items of a comma-separated header list, trimmed, empty ones skipped.
+fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|item| !item.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_head_bytes: 8192,
+        max_headers: 16,
+    };
+
+    fn parse_all(raw: &[u8]) -> Result<Option<(Framing, usize)>, RequestError> {
+        let mut slots = [httparse::EMPTY_HEADER; 16];
+        parse(raw, &mut slots, LIMITS).map(|parsed| parsed.map(|(head, len)| (head.framing, len)))
+    }
+
+    #[test]
+    fn a_head_split_anywhere_is_partial_until_complete() {
+        let raw = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc";
+        let head_len = raw.len() - 3;
+        for cut in 0..head_len {
+            assert!(parse_all(&raw[..cut]).unwrap().is_none(), "cut at {cut}");
+        }
+        let (framing, len) = parse_all(raw).unwrap().unwrap();
+        assert_eq!(len, head_len);
+        assert_eq!(framing.body, BodyKind::Length(3));
+        assert!(framing.keep_alive);
+    }
+
+    #[test]
+    fn framing_rules() {
+        let status = |raw: &[u8]| parse_all(raw).map(|_| 0).unwrap_or_else(|e| e.status().0);
+        assert_eq!(status(b"GET / HTTP/1.1\r\n\r\n"), 400, "no Host");
+        assert_eq!(status(b"GET / HTTP/1.0\r\n\r\n"), 0, "1.0 needs no Host");
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            status(
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n"
+            ),
+            400
+        );
+        assert_eq!(
+            status(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            501
+        );
+        assert_eq!(
+            status(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            status(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n"),
+            417
+        );
+        assert_eq!(status(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"), 505);
+        assert_eq!(status(b"GET / HTTX/1.1\r\nHost: a\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn keep_alive_defaults() {
+        let keep = |raw: &[u8]| parse_all(raw).unwrap().unwrap().0.keep_alive;
+        assert!(keep(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(!keep(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        ));
+        assert!(!keep(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(keep(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+    }
+}

@@ -1,0 +1,18 @@
+//! wasm-gw: a WSGI-style gateway that serves web apps compiled to WebAssembly components.
+//!
+//! Data flows one way through the modules: [`cli`] → [`server`] (listener, accept loop) →
+//! [`connection`] (keep-alive loop) → [`http`] (head parsing, body decoding, response
+//! encoding) → [`environ`] → [`pool`] → [`app`], the seam that [`runtime`] implements for
+//! components, with [`guest`] answering the component's calls.
+
+pub mod access_log;
+pub mod app;
+pub mod bindings;
+pub mod cli;
+pub mod connection;
+pub mod environ;
+pub mod guest;
+pub mod http;
+pub mod pool;
+pub mod runtime;
+pub mod server;

@@ -1,0 +1,76 @@
+//! The pool of app workers. A connection holds a worker only while a request runs, so idle
+//! keep-alive connections and slow clients never pin one.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::{Condvar, Mutex, PoisonError};
+
+use crate::app::{App, AppFactory};
+
+pub struct Pool {
+    idle: Mutex<Vec<Box<dyn App>>>,
+    returned: Condvar,
+}
+
+impl Pool {
+    /// Creates `size` workers up front, so that a broken app fails at startup, not on the
+    /// first request.
+    pub fn new(factory: &dyn AppFactory, size: usize) -> anyhow::Result<Pool> {
+        let workers = (0..size)
+            .map(|_| factory.new_worker())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Pool {
+            idle: Mutex::new(workers),
+            returned: Condvar::new(),
+        })
+    }
+
+    /// Waits for a free worker.
+    pub fn checkout(&self) -> Lease<'_> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(worker) = idle.pop() {
+                return Lease {
+                    pool: self,
+                    worker: Some(worker),
+                };
+            }
+            idle = self
+                .returned
+                .wait(idle)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// A worker on loan to one request; it goes back to the pool when dropped.
+pub struct Lease<'p> {
+    pool: &'p Pool,
+    worker: Option<Box<dyn App>>,
+}
+
+impl Deref for Lease<'_> {
+    type Target = dyn App;
+    fn deref(&self) -> &Self::Target {
+        self.worker.as_deref().expect("leased until dropped")
+    }
+}
+
+impl DerefMut for Lease<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.worker.as_deref_mut().expect("leased until dropped")
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            let mut idle = self
+                .pool
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            idle.push(worker);
+            self.pool.returned.notify_one();
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Running a component: the Engine, Component and linker set up once per app, and the
+//! workers, each a Store with its own limits and a long-lived instance.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceAny};
+use wasmtime::{Config, Engine, Store, StoreLimitsBuilder, Trap};
+
+use crate::app::{App, AppFactory, Failure};
+use crate::bindings;
+use crate::bindings::exports::wasm_gw::wsgi::handler::Body;
+use crate::bindings::wasm_gw::wsgi::request::Environ;
+use crate::guest::GuestState;
+use crate::http::Exchange;
+
+/// How often the deadline clock ticks; deadlines are accurate to about this much.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The sandbox's limits for each instance.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Linear memory per instance, in bytes.
+    pub max_memory: usize,
+    /// Wall-clock deadline for one request.
+    pub timeout: Duration,
+}
+
+/// A component compiled and linked, ready to instantiate.
+pub struct WasmApp {
+    engine: Engine,
+    pre: bindings::AppPre<GuestState>,
+    limits: Limits,
+}
+
+impl WasmApp {
+    /// Loads and checks the component at `path`, with one clear error for each way it can be
+    /// unfit to serve.
+    pub fn load(path: &Path, limits: Limits) -> anyhow::Result<Arc<WasmApp>> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        match bytes.get(..8) {
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => bail!(
+                "{} is a core WebAssembly module, not a component; build it with \
+                 `cargo build --target wasm32-wasip2`",
+                path.display()
+            ),
+            Some([0, b'a', b's', b'm', ..]) => {}
+            _ => bail!("{} is not a WebAssembly file", path.display()),
+        }
+
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+        let component = Component::new(&engine, &bytes)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("cannot compile {}", path.display()))?;
+
+        let mut linker = Linker::<GuestState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::App::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
+        let unfit = || format!("{} does not fit the wasm-gw app world", path.display());
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .with_context(unfit)?;
+        let pre = bindings::AppPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .with_context(unfit)?;
+
+        let ticker = engine.weak();
+        thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    thread::sleep(EPOCH_TICK);
+                }
+            })?;
+
+        Ok(Arc::new(WasmApp {
+            engine,
+            pre,
+            limits,
+        }))
+    }
+
+    fn instantiate(&self) -> anyhow::Result<(Store<GuestState>, bindings::App)> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.max_memory)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            GuestState::new(limits, self.limits.max_memory),
+        );
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_trap();
+        // Instantiation runs guest start code, which gets the same deadline as a request.
+        store.set_epoch_deadline(self.deadline_ticks());
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(anyhow::Error::from)
+            .context("cannot instantiate the app")?;
+        Ok((store, instance))
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        let ticks = self.limits.timeout.as_millis() / EPOCH_TICK.as_millis();
+        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+impl AppFactory for Arc<WasmApp> {
+    fn new_worker(&self) -> anyhow::Result<Box<dyn App>> {
+        let (store, instance) = self.instantiate()?;
+        Ok(Box::new(WasmWorker {
+            app: self.clone(),
+            store,
+            instance,
+        }))
+    }
+}
+
+/// One instance of the app and the Store it lives in. Module state persists across the
+/// requests it serves, as in a WSGI worker process.
+struct WasmWorker {
+    app: Arc<WasmApp>,
+    store: Store<GuestState>,
+    instance: bindings::App,
+}
+
+impl App for WasmWorker {
+    fn call(
+        &mut self,
+        request_id: u64,
+        environ: &Environ,
+        exchange: Exchange,
+    ) -> (Exchange, Result<(), Failure>) {
+        let input = self.store.data_mut().begin(request_id, exchange);
+        self.store.set_epoch_deadline(self.app.deadline_ticks());
+        let result = self.run(environ, input);
+        let exchange = self.store.data_mut().end();
+        if let Err(failure @ (Failure::Trap(_) | Failure::Timeout(_))) = &result {
+            self.replace_instance(request_id, failure);
+        }
+        (exchange, result)
+    }
+}
+
+impl WasmWorker {
+    fn run(
+        &mut self,
+        environ: &Environ,
+        input: wasmtime::component::Resource<bindings::wasm_gw::wsgi::request::InputStream>,
+    ) -> Result<(), Failure> {
+        let handler = self.instance.wasm_gw_wsgi_handler();
+        let body = handler
+            .call_application(&mut self.store, environ, input)
+            .map_err(|error| self.failure(error))?
+            .map_err(Failure::Application)?;
+        match body {
+            Body::Chunks(chunks) => {
+                let exchange = self.store.data_mut().exchange();
+                if exchange.violation.is_none() {
+                    let parts: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+                    if let Err(error) = exchange.response.finish_with(&mut exchange.io, &parts) {
+                        exchange.violated(error);
+                    }
+                }
+                Ok(())
+            }
+            Body::Stream(stream) => {
+                let pumped = self.pump(stream);
+                // WSGI: close() is called whatever happened to the response.
+                let handler = self.instance.wasm_gw_wsgi_handler().body_stream();
+                let closed = handler.call_close(&mut self.store, stream);
+                let dropped = stream.resource_drop(&mut self.store);
+                pumped?;
+                closed.and(dropped).map_err(|error| self.failure(error))
+            }
+        }
+    }
+
+    /// Pulls the body stream and writes each chunk, until it ends or the response fails.
+    fn pump(&mut self, stream: ResourceAny) -> Result<(), Failure> {
+        let handler = self.instance.wasm_gw_wsgi_handler().body_stream();
+        loop {
+            let exchange = self.store.data_mut().exchange();
+            if exchange.violation.is_some() {
+                return Ok(());
+            }
+            let next = handler
+                .call_next(&mut self.store, stream)
+                .map_err(|error| self.failure(error))?;
+            let exchange = self.store.data_mut().exchange();
+            let (written, ended) = match next {
+                Some(chunk) => (exchange.response.write(&mut exchange.io, &chunk), false),
+                None => (exchange.response.finish(&mut exchange.io), true),
+            };
+            if let Err(error) = written {
+                exchange.violated(error);
+                return Ok(());
+            }
+            if ended {
+                return Ok(());
+            }
+        }
+    }
+
+    fn failure(&self, error: wasmtime::Error) -> Failure {
+        if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+            return Failure::Timeout(self.app.limits.timeout);
+        }
+        // The root cause names the trap in one line; the wasm backtrace is for debugging.
+        tracing::debug!("guest trap: {error:?}");
+        Failure::Trap(error.root_cause().to_string())
+    }
+
+    fn replace_instance(&mut self, request_id: u64, failure: &Failure) {
+        let reason = match failure {
+            Failure::Timeout(_) => "timeout",
+            _ => "trap",
+        };
+        match self.app.instantiate() {
+            Ok((store, instance)) => {
+                self.store = store;
+                self.instance = instance;
+                tracing::warn!(request = request_id, reason, "instance replaced");
+            }
+            Err(error) => {
+                tracing::error!(
+                    request = request_id,
+                    reason,
+                    "cannot replace instance: {error:#}"
+                );
+            }
+        }
+    }
+}

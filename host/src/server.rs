@@ -1,0 +1,95 @@
+//! The listener and the accept loop: one thread per connection, up to a limit, all sharing
+//! one pool of app workers.
+
+use std::net::TcpListener;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::connection::{self, ConnectionConfig};
+use crate::pool::Pool;
+
+/// Binds the listening socket. Rust's standard library sets SO_REUSEADDR on Unix, so a
+/// restarted server can bind while old connections sit in TIME_WAIT.
+pub fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
+    TcpListener::bind((host, port)).with_context(|| format!("cannot listen on {host}:{port}"))
+}
+
+/// Accepts connections forever, serving each on its own thread.
+pub fn run(
+    listener: TcpListener,
+    pool: Pool,
+    config: ConnectionConfig,
+    max_connections: usize,
+) -> anyhow::Result<()> {
+    let shared = Arc::new((pool, config));
+    let open = Arc::new(ConnectionSlots::new(max_connections));
+    loop {
+        // Past the limit, new connections wait in the kernel's backlog.
+        open.acquire();
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                open.release();
+                tracing::warn!("accept failed: {error}");
+                // Out of file descriptors, most likely: give connections time to close.
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let slot = SlotGuard(open.clone());
+        let spawned = thread::Builder::new()
+            .name("connection".into())
+            .spawn(move || {
+                let _slot = slot;
+                let (pool, config) = &*shared;
+                connection::serve(stream, pool, config);
+            });
+        if let Err(error) = spawned {
+            tracing::error!("cannot start a connection thread: {error}");
+        }
+    }
+}
+
+/// Counts open connections against the limit.
+struct ConnectionSlots {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl ConnectionSlots {
+    fn new(limit: usize) -> ConnectionSlots {
+        ConnectionSlots {
+            free: Mutex::new(limit.max(1)),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn acquire(&self) {
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        while *free == 0 {
+            free = self
+                .freed
+                .wait(free)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *free -= 1;
+    }
+
+    fn release(&self) {
+        *self.free.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        self.freed.notify_one();
+    }
+}
+
+/// Frees a connection slot when its thread ends, however it ends.
+struct SlotGuard(Arc<ConnectionSlots>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Builds everything in release and serves the tasks app on http://127.0.0.1:8000.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/build-guests.sh
+cargo build --release -p wasm-gw
+# The tasks app keeps its list in instance memory: one worker, so every request sees it.
+exec target/release/wasm-gw serve target/wasm32-wasip2/release/tasks.wasm --port 8000 --workers 1 "$@"

@@ -1,0 +1,87 @@
+//! A faulty guest never takes the server down: each fault gets its status, a log line with
+//! the request id and the reason, and the next request succeeds.
+
+use std::io::{BufReader, Read, Write};
+
+use crate::support::{RawResponse, Server, client};
+
+fn status_of(server: &Server, path: &str) -> u16 {
+    client()
+        .get(server.url(path))
+        .call()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[test]
+fn each_fault_gets_500_and_the_server_keeps_serving() {
+    let server = Server::start("faulty", &["--workers", "1", "--max-memory", "32MiB"]);
+    let faults = [
+        ("/trap", "trapped"),
+        ("/panic", "trapped"),
+        ("/no-start", "body written before start_response"),
+        ("/double-start", "start_response called again"),
+        ("/bad-header", "invalid header"),
+        ("/hop-header", "hop-by-hop header \"Connection\""),
+        ("/alloc", "growing memory"),
+    ];
+    for (path, reason) in faults {
+        assert_eq!(status_of(&server, path), 500, "{path}");
+        let logged = server.wait_for_log(&["ERROR", reason]);
+        assert!(logged.contains("request="), "{logged}");
+        // One worker: the same instance slot must serve again, replaced if it trapped.
+        assert_eq!(status_of(&server, "/ok"), 200, "after {path}");
+    }
+    server.wait_for_log(&["instance replaced", "reason=\"trap\""]);
+}
+
+#[test]
+fn the_500_never_leaks_what_the_app_meant_to_send() {
+    let server = Server::start("faulty", &[]);
+    let response = server.raw(b"GET /bad-header HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(response.status, 500);
+    assert!(response.header("set-cookie").is_none());
+    assert!(response.header("x-injected").is_none());
+    assert_eq!(response.text(), "Internal Server Error\n");
+}
+
+#[test]
+fn a_request_past_its_deadline_gets_504() {
+    let server = Server::start("faulty", &["--workers", "1", "--timeout", "1"]);
+    assert_eq!(status_of(&server, "/loop"), 504);
+    server.wait_for_log(&["exceeding the 1s deadline"]);
+    server.wait_for_log(&["instance replaced", "reason=\"timeout\""]);
+    assert_eq!(status_of(&server, "/ok"), 200);
+}
+
+#[test]
+fn clients_that_vanish_mid_exchange_harm_nothing() {
+    let server = Server::start("stream", &["--workers", "1"]);
+    // Mid-request: the body never arrives in full.
+    let mut stream = server.connect();
+    stream
+        .write_all(b"POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\npartial")
+        .unwrap();
+    drop(stream);
+    // Mid-response: a long stream read for a moment, then dropped.
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET /count?n=100000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let mut start = [0; 4096];
+    stream.read_exact(&mut start).unwrap();
+    drop(stream);
+    server.wait_for_log(&["\"GET /count?n=100000000 HTTP/1.1\" 200"]);
+
+    let response = server.raw(b"GET /count?n=3 HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(response.text(), "1\n2\n3\n");
+    let mut stream = server.connect();
+    stream
+        .write_all(b"POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n12345")
+        .unwrap();
+    assert_eq!(
+        RawResponse::read(&mut BufReader::new(stream), false).text(),
+        "5\n"
+    );
+}

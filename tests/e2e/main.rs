@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `wasm-gw` binary on an ephemeral loopback port, real guest
+//! components from `guests/`, and real sockets.
+
+mod apps;
+mod environ;
+mod faults;
+mod protocol;
+mod startup;
+mod streaming;
+mod support;

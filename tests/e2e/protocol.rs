@@ -1,0 +1,227 @@
+//! HTTP/1.1 on raw sockets: keep-alive, pipelining, chunked coding, HEAD, 100-continue,
+//! and malformed requests.
+
+use std::io::{BufReader, Read, Write};
+
+use crate::support::{RawResponse, Server, read_to_close};
+
+#[test]
+fn keep_alive_serves_three_requests_on_one_socket() {
+    let server = Server::start("hello", &[]);
+    let stream = server.connect();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    for name in ["one", "two", "three"] {
+        write!(writer, "GET /?name={name} HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let response = RawResponse::read(&mut reader, false);
+        assert_eq!(response.status, 200);
+        assert_eq!(
+            response.header("connection"),
+            None,
+            "1.1 keeps alive without saying so"
+        );
+        assert_eq!(response.text(), format!("Hello, {name}!\n"));
+    }
+}
+
+#[test]
+fn http10_keeps_alive_only_on_request() {
+    let server = Server::start("hello", &[]);
+    let stream = server.connect();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    writer
+        .write_all(b"GET /?name=a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    let response = RawResponse::read(&mut reader, false);
+    assert_eq!(response.header("connection"), Some("keep-alive"));
+    writer.write_all(b"GET /?name=b HTTP/1.0\r\n\r\n").unwrap();
+    let response = RawResponse::read(&mut reader, false);
+    assert_eq!(response.text(), "Hello, b!\n");
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(read_to_close(reader.get_mut()).is_empty());
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let server = Server::start("echo", &[]);
+    let stream = server.connect();
+    let mut writer = stream.try_clone().unwrap();
+    let mut pipeline = Vec::new();
+    for index in 0..5 {
+        let body = format!("body number {index}");
+        pipeline.extend_from_slice(
+            format!(
+                "POST /{index} HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    pipeline.extend_from_slice(b"GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    writer.write_all(&pipeline).unwrap();
+    let mut reader = BufReader::new(stream);
+    for index in 0..5 {
+        let response = RawResponse::read(&mut reader, false);
+        assert_eq!(response.text(), format!("body number {index}"));
+    }
+    let last = RawResponse::read(&mut reader, false);
+    assert_eq!(last.status, 200);
+    assert_eq!(last.header("connection"), Some("close"));
+    assert!(read_to_close(reader.get_mut()).is_empty());
+}
+
+#[test]
+fn a_request_trickled_byte_by_byte_parses() {
+    let server = Server::start("echo", &[]);
+    let mut stream = server.connect();
+    stream.set_nodelay(true).unwrap();
+    let request = b"POST /slow HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    for byte in request {
+        stream.write_all(&[*byte]).unwrap();
+    }
+    let response = RawResponse::read(&mut BufReader::new(stream), false);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "abc");
+}
+
+#[test]
+fn chunked_request_body_is_decoded() {
+    let server = Server::start("echo", &[]);
+    let response = server.raw(
+        b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5;name=value\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nX-Trailer: yes\r\n\r\n",
+    );
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "hello 0123456789");
+}
+
+#[test]
+fn malformed_chunked_body_gets_400() {
+    let server = Server::start("echo", &[]);
+    let mut stream = server.connect();
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let response = RawResponse::read(&mut reader, false);
+    assert_eq!(response.status, 400);
+    assert!(
+        read_to_close(reader.get_mut()).is_empty(),
+        "the connection closes"
+    );
+}
+
+#[test]
+fn streamed_response_is_chunked_for_http11() {
+    let server = Server::start("stream", &[]);
+    let response = server.raw(b"GET /count?n=1000 HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(response.status, 200);
+    assert!(response.chunked);
+    assert_eq!(response.header("content-length"), None);
+    let expected: String = (1..=1000).map(|n| format!("{n}\n")).collect();
+    assert_eq!(response.text(), expected);
+}
+
+#[test]
+fn streamed_response_is_close_delimited_for_http10() {
+    let server = Server::start("stream", &[]);
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET /count?n=300 HTTP/1.0\r\n\r\n")
+        .unwrap();
+    let response = RawResponse::read(&mut BufReader::new(stream), false);
+    assert!(!response.chunked);
+    assert_eq!(response.header("content-length"), None);
+    assert_eq!(response.header("connection"), Some("close"));
+    let expected: String = (1..=300).map(|n| format!("{n}\n")).collect();
+    assert_eq!(response.text(), expected);
+}
+
+#[test]
+fn head_gets_headers_and_no_body() {
+    let server = Server::start("hello", &[]);
+    let stream = server.connect();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    writer
+        .write_all(b"HEAD /?name=WSGI HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let head = RawResponse::read(&mut reader, true);
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("13"));
+    // Had the body been sent, this response would be read from its bytes instead.
+    writer
+        .write_all(b"GET /?name=after HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let next = RawResponse::read(&mut reader, false);
+    assert_eq!(next.text(), "Hello, after!\n");
+}
+
+#[test]
+fn expect_100_continue_is_sent_when_the_app_reads() {
+    let server = Server::start("echo", &[]);
+    let stream = server.connect();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    writer
+        .write_all(
+            b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 7\r\n\r\n",
+        )
+        .unwrap();
+    let mut interim = [0; 25];
+    reader.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    writer.write_all(b"payload").unwrap();
+    let response = RawResponse::read(&mut reader, false);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "payload");
+}
+
+#[test]
+fn garbage_gets_400_and_the_connection_closes() {
+    let server = Server::start("hello", &[]);
+    for garbage in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1x\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+    ] {
+        let mut stream = server.connect();
+        stream.write_all(garbage).unwrap();
+        // A request pipelined after the bad one must never be served.
+        stream
+            .write_all(b"GET /?name=smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        let response = RawResponse::read(&mut reader, false);
+        assert_eq!(response.status, 400, "{}", String::from_utf8_lossy(garbage));
+        assert_eq!(response.header("connection"), Some("close"));
+        assert!(read_to_close(reader.get_mut()).is_empty());
+    }
+    server.wait_for_log(&["rejected request with 400"]);
+}
+
+#[test]
+fn unsupported_versions_and_codings_get_their_status() {
+    let server = Server::start("hello", &[]);
+    let cases: [(&[u8], u16); 3] = [
+        (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+            501,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nExpect: something\r\n\r\n",
+            417,
+        ),
+    ];
+    for (request, status) in cases {
+        assert_eq!(
+            server.raw(request).status,
+            status,
+            "{}",
+            String::from_utf8_lossy(request)
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! Startup errors: one clear line on stderr and a non-zero exit.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+
+use crate::support::{IO_TIMEOUT, guest};
+
+/// Runs `wasm-gw serve APP ARGS...`, which must exit on its own.
+fn serve_exits(app: &Path, args: &[&str]) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
+        .arg("serve")
+        .arg(app)
+        .args(["--host", "127.0.0.1"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (done_tx, done_rx) = mpsc::channel();
+    thread::spawn(move || done_tx.send(child.wait_with_output()));
+    done_rx
+        .recv_timeout(IO_TIMEOUT)
+        .expect("wasm-gw should have exited")
+        .unwrap()
+}
+
+/// Asserts the run failed with exactly one `error:` line holding every one of `needles`.
+fn assert_one_error_line(output: &Output, needles: &[&str]) {
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected:\n{stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    for needle in needles {
+        assert!(lines[0].contains(needle), "{needle:?} not in {stderr}");
+    }
+}
+
+fn temp_file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wasm-gw-startup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn a_missing_file() {
+    let output = serve_exits(Path::new("/nonexistent/app.wasm"), &["--port", "0"]);
+    assert_one_error_line(
+        &output,
+        &["cannot read /nonexistent/app.wasm", "No such file"],
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_component() {
+    let text = temp_file("text.wasm", b"not wasm at all");
+    assert_one_error_line(
+        &serve_exits(&text, &["--port", "0"]),
+        &["is not a WebAssembly file"],
+    );
+    let core = temp_file("core.wasm", b"\0asm\x01\0\0\0");
+    assert_one_error_line(
+        &serve_exits(&core, &["--port", "0"]),
+        &[
+            "is a core WebAssembly module, not a component",
+            "wasm32-wasip2",
+        ],
+    );
+}
+
+#[test]
+fn a_component_for_another_world_names_what_is_missing() {
+    let output = serve_exits(&guest("mismatch"), &["--port", "0"]);
+    assert_one_error_line(
+        &output,
+        &[
+            "does not fit the wasm-gw app world",
+            "test:mismatch/clock-tower",
+        ],
+    );
+    // The smallest valid component: no imports, no exports.
+    let empty = temp_file("empty.wasm", b"\0asm\x0d\0\x01\0");
+    assert_one_error_line(
+        &serve_exits(&empty, &["--port", "0"]),
+        &["wasm-gw:wsgi/handler"],
+    );
+}
+
+#[test]
+fn a_port_already_in_use() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let output = serve_exits(&guest("hello"), &["--port", &port]);
+    assert_one_error_line(
+        &output,
+        &[&format!("cannot listen on 127.0.0.1:{port}"), "in use"],
+    );
+}

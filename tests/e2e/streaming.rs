@@ -1,0 +1,57 @@
+//! Bodies that never sit in host memory whole.
+
+use std::io::{BufReader, Write};
+
+use crate::support::{RawResponse, Server};
+
+const MIB: u64 = 1024 * 1024;
+
+#[test]
+fn a_200_mb_upload_streams_through_a_bounded_host() {
+    let server = Server::start("stream", &["--workers", "1"]);
+    // Warm up, so the baseline includes what every request allocates.
+    assert_eq!(
+        server
+            .raw(b"POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx")
+            .text(),
+        "1\n"
+    );
+    let (baseline, _) = server.memory();
+
+    let total = 200 * MIB;
+    let mut stream = server.connect();
+    write!(
+        stream,
+        "POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: {total}\r\n\r\n"
+    )
+    .unwrap();
+    let block = vec![0x5a; MIB as usize];
+    for _ in 0..200 {
+        stream.write_all(&block).unwrap();
+    }
+    let response = RawResponse::read(&mut BufReader::new(stream), false);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), format!("{total}\n"));
+
+    let (_, peak) = server.memory();
+    let growth = peak.saturating_sub(baseline);
+    assert!(growth < 50 * MIB, "host RSS grew by {} MiB", growth / MIB);
+}
+
+#[test]
+fn a_chunked_upload_streams_too() {
+    let server = Server::start("stream", &[]);
+    let mut stream = server.connect();
+    stream
+        .write_all(b"POST /sink HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let block = vec![b'z'; 100_000];
+    for _ in 0..100 {
+        write!(stream, "{:x}\r\n", block.len()).unwrap();
+        stream.write_all(&block).unwrap();
+        stream.write_all(b"\r\n").unwrap();
+    }
+    stream.write_all(b"0\r\n\r\n").unwrap();
+    let response = RawResponse::read(&mut BufReader::new(stream), false);
+    assert_eq!(response.text(), "10000000\n");
+}

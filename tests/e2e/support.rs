@@ -1,0 +1,259 @@
+//! Running the real `wasm-gw` binary and talking to it over real sockets.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to start: it compiles the component first.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long any single exchange in a test may take before the test fails.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The built component of guest `name`.
+pub fn guest(name: &str) -> PathBuf {
+    let path = workspace_root().join(format!("target/wasm32-wasip2/release/{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the guests with ./scripts/test.sh or \
+         `cargo build --release --target wasm32-wasip2 --workspace --exclude wasm-gw`",
+        path.display()
+    );
+    path
+}
+
+/// The lines a server wrote to stderr, shared with the thread that collects them.
+#[derive(Default)]
+struct Log {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+}
+
+/// A running `wasm-gw serve`, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Log>,
+}
+
+impl Server {
+    /// Serves guest `app` on a free loopback port with extra `args`.
+    pub fn start(app: &str, args: &[&str]) -> Server {
+        Server::start_path(&guest(app), args)
+    }
+
+    pub fn start_path(app: &Path, args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
+            .arg("serve")
+            .arg(app)
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wasm-gw");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Log::default());
+        let (address_tx, address_rx) = mpsc::channel();
+        let collector = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(address) = line.split("listening on http://").nth(1) {
+                    let _ = address_tx.send(address.trim().to_owned());
+                }
+                collector.lines.lock().unwrap().push(line);
+                collector.grew.notify_all();
+            }
+        });
+        let address = match address_rx.recv_timeout(START_TIMEOUT) {
+            Ok(address) => address,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "server did not start; its log:\n{}",
+                    log.lines.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Server {
+            child,
+            addr: address.parse().expect("socket address in the startup line"),
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until a log line contains every one of `needles`, and returns it.
+    pub fn wait_for_log(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if let Some(line) = lines
+                .iter()
+                .find(|line| needles.iter().all(|n| line.contains(n)))
+            {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no log line with {needles:?} in:\n{}",
+                lines.join("\n")
+            );
+            lines = self.log.grew.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    /// Opens a raw connection to the server.
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).expect("connect");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream
+    }
+
+    /// Sends `request` on a new connection and reads one response.
+    pub fn raw(&self, request: &[u8]) -> RawResponse {
+        let mut stream = self.connect();
+        stream.write_all(request).unwrap();
+        RawResponse::read(&mut BufReader::new(stream), false)
+    }
+
+    /// The server's resident memory now and at its peak, in bytes.
+    pub fn memory(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |name: &str| {
+            let line = status.lines().find(|line| line.starts_with(name)).unwrap();
+            let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+            kib * 1024
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client that reports every status instead of failing on 4xx and 5xx.
+pub fn client() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(IO_TIMEOUT))
+        .build()
+        .into()
+}
+
+/// A response read off a raw socket, framing checked by hand.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Whether the body was chunked on the wire.
+    pub chunked: bool,
+}
+
+impl RawResponse {
+    /// Reads one response; `head_only` for the answer to a HEAD request.
+    pub fn read(reader: &mut BufReader<TcpStream>, head_only: bool) -> RawResponse {
+        let mut status_line = String::new();
+        reader.read_line(&mut status_line).expect("status line");
+        assert!(
+            status_line.starts_with("HTTP/1.1 "),
+            "status line {status_line:?}"
+        );
+        let status = status_line[9..12].parse().expect("status code");
+        let mut headers = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            reader.read_until(b'\n', &mut line).unwrap();
+            assert!(
+                line.ends_with(b"\r\n"),
+                "header line {line:?} must end in CRLF"
+            );
+            if line == b"\r\n" {
+                break;
+            }
+            let line: String = line[..line.len() - 2].iter().map(|&b| b as char).collect();
+            let (name, value) = line.split_once(':').expect("header colon");
+            headers.push((name.to_owned(), value.trim().to_owned()));
+        }
+        let mut response = RawResponse {
+            status,
+            headers,
+            body: Vec::new(),
+            chunked: false,
+        };
+        if head_only || status == 204 || status == 304 || status < 200 {
+            return response;
+        }
+        if let Some(length) = response.header("content-length") {
+            response.body = vec![0; length.parse().unwrap()];
+            reader.read_exact(&mut response.body).expect("body");
+        } else if response.header("transfer-encoding") == Some("chunked") {
+            response.chunked = true;
+            response.body = read_chunked(reader);
+        } else {
+            reader.read_to_end(&mut response.body).unwrap();
+        }
+        response
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn read_chunked(reader: &mut BufReader<TcpStream>) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let mut size_line = String::new();
+        reader.read_line(&mut size_line).unwrap();
+        let size = usize::from_str_radix(size_line.trim_end(), 16).expect("chunk size");
+        let mut chunk = vec![0; size + 2];
+        reader.read_exact(&mut chunk).unwrap();
+        assert_eq!(&chunk[size..], b"\r\n", "chunk data must end in CRLF");
+        if size == 0 {
+            return body;
+        }
+        body.extend_from_slice(&chunk[..size]);
+    }
+}
+
+/// Reads until the peer closes, and returns what arrived.
+pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    rest
+}
