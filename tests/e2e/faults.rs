@@ -1,7 +1,7 @@
 //! A faulty guest never takes the server down: each fault gets its status, a log line with
 //! the request id and the reason, and the next request succeeds.
 
-use std::io::{BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 
 use crate::support::{RawResponse, Server, client};
 
@@ -25,6 +25,7 @@ fn each_fault_gets_500_and_the_server_keeps_serving() {
         ("/bad-header", "invalid header"),
         ("/hop-header", "hop-by-hop header \"Connection\""),
         ("/alloc", "growing memory"),
+        ("/wrong-length", "does not match Content-Length 10"),
     ];
     for (path, reason) in faults {
         assert_eq!(status_of(&server, path), 500, "{path}");
@@ -73,6 +74,8 @@ fn clients_that_vanish_mid_exchange_harm_nothing() {
     stream.read_exact(&mut start).unwrap();
     drop(stream);
     server.wait_for_log(&["\"GET /count?n=100000000 HTTP/1.1\" 200"]);
+    // The body stream's close ran although the client left.
+    server.wait_for_log(&["count stream closed after", "of 100000000 lines", "stderr"]);
 
     let response = server.raw(b"GET /count?n=3 HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(response.text(), "1\n2\n3\n");
@@ -84,4 +87,38 @@ fn clients_that_vanish_mid_exchange_harm_nothing() {
         RawResponse::read(&mut BufReader::new(stream), false).text(),
         "5\n"
     );
+}
+
+#[test]
+fn a_streamed_body_never_breaks_its_content_length() {
+    let server = Server::start("faulty", &[]);
+    for (path, expected) in [("/short-write", "12345"), ("/long-write", "123")] {
+        let mut stream = server.connect();
+        // A second request rides along: it must not be answered on a connection whose
+        // framing the app broke.
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: a\r\n\r\nGET /ok HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut head = String::new();
+        while !head.ends_with("\r\n\r\n") {
+            reader.read_line(&mut head).unwrap();
+        }
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        let declared = if path == "/short-write" { "10" } else { "3" };
+        assert!(
+            head.contains(&format!("Content-Length: {declared}\r\n")),
+            "{head}"
+        );
+        let mut body = Vec::new();
+        reader.read_to_end(&mut body).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            expected,
+            "{path}: the rest is cut off by a close"
+        );
+    }
+    server.wait_for_log(&["ERROR", "does not match Content-Length"]);
 }

@@ -124,6 +124,18 @@ fn streamed_response_is_chunked_for_http11() {
 }
 
 #[test]
+fn the_write_callable_streams_at_once() {
+    let server = Server::start("stream", &[]);
+    let response = server.raw(b"GET /write?n=3 HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(response.status, 200);
+    assert!(
+        response.chunked,
+        "written bytes leave before the app returns, so no length"
+    );
+    assert_eq!(response.text(), "written 1\nwritten 2\nwritten 3\n");
+}
+
+#[test]
 fn streamed_response_is_close_delimited_for_http10() {
     let server = Server::start("stream", &[]);
     let mut stream = server.connect();

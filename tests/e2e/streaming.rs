@@ -55,3 +55,21 @@ fn a_chunked_upload_streams_too() {
     let response = RawResponse::read(&mut BufReader::new(stream), false);
     assert_eq!(response.text(), "10000000\n");
 }
+
+#[test]
+fn read_line_finds_lines_across_chunks() {
+    let server = Server::start("stream", &[]);
+    let long_line = "x".repeat(100);
+    // Lines split across chunk boundaries, and one longer than the app's 64-byte limit.
+    let body = format!("one\ntw|o\nthr|ee\n{long_line}\nlast");
+    let mut request =
+        b"POST /lines HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for piece in body.split('|') {
+        request.extend_from_slice(format!("{:x}\r\n{piece}\r\n", piece.len()).as_bytes());
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let response = server.raw(&request);
+    assert_eq!(response.status, 200);
+    // one, two, three, the long line in two reads (64 + 37 with its newline), last.
+    assert_eq!(response.text(), "reads=6 longest=64\n");
+}

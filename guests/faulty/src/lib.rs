@@ -1,10 +1,12 @@
-//! Routes that each do one wrong thing, for the host's fault tests. It implements the WSGI
+//! Routes that each do one wrong thing, for the host's fault tests: `/trap`, `/panic`,
+//! `/no-start`, `/double-start`, `/bad-header`, `/hop-header`, `/wrong-length`,
+//! `/short-write`, `/long-write`, `/loop` and `/alloc`; anything else answers 200 `ok`. It implements the WSGI
 //! contract directly, without the SDK's `App`, because several faults are ones the SDK
 //! prevents.
 
 use wasm_gw_sdk::bindings::exports::wasm_gw::wsgi::handler::{Body, Guest};
 use wasm_gw_sdk::bindings::wasm_gw::wsgi::request::InputStream;
-use wasm_gw_sdk::{Environ, start_response};
+use wasm_gw_sdk::{Environ, start_response, write};
 
 struct Faulty;
 
@@ -50,6 +52,26 @@ impl Guest for Faulty {
             "/hop-header" => {
                 let _ = start_response("200 OK", &headers(&[("Connection", "close")]), None);
                 ok_body("hop header\n")
+            }
+            // Declares 10 bytes, returns 5 whole: caught before anything is sent.
+            "/wrong-length" => {
+                start_response("200 OK", &headers(&[("Content-Length", "10")]), None)
+                    .map_err(|e| format!("{e:?}"))?;
+                ok_body("12345")
+            }
+            // Declares 10 bytes, writes 5: the client gets 5 and a closed connection.
+            "/short-write" => {
+                start_response("200 OK", &headers(&[("Content-Length", "10")]), None)
+                    .map_err(|e| format!("{e:?}"))?;
+                let _ = write(b"12345");
+                Ok(Body::Chunks(Vec::new()))
+            }
+            // Declares 3 bytes, writes 10: the client gets 3 and a closed connection.
+            "/long-write" => {
+                start_response("200 OK", &headers(&[("Content-Length", "3")]), None)
+                    .map_err(|e| format!("{e:?}"))?;
+                let _ = write(b"1234567890");
+                Ok(Body::Chunks(Vec::new()))
             }
             "/loop" => {
                 let mut spins: u64 = 0;

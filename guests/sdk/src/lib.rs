@@ -225,6 +225,8 @@ pub struct Response {
 enum ResponseBody {
     Whole(Vec<u8>),
     Stream(Box<dyn BodyStream>),
+    /// The app sent everything itself through [`start_response`] and [`write`].
+    Written,
 }
 
 impl Response {
@@ -239,6 +241,16 @@ impl Response {
             status: status.into(),
             headers: Vec::new(),
             body: ResponseBody::Whole(Vec::new()),
+        }
+    }
+
+    /// The response of an app that already called [`start_response`] and sent its body with
+    /// [`write`], as a WSGI app using the legacy write callable does.
+    pub fn written() -> Response {
+        Response {
+            status: String::new(),
+            headers: Vec::new(),
+            body: ResponseBody::Written,
         }
     }
 
@@ -269,6 +281,9 @@ impl Response {
     }
 
     fn send(self) -> Result<handler::Body, String> {
+        if let ResponseBody::Written = self.body {
+            return Ok(handler::Body::Chunks(Vec::new()));
+        }
         start_response(&self.status, &self.headers, None)
             .map_err(|error| format!("start_response refused the response: {error:?}"))?;
         Ok(match self.body {
@@ -276,6 +291,7 @@ impl Response {
             ResponseBody::Stream(stream) => {
                 handler::Body::Stream(WitBodyStream::new(StreamState(RefCell::new(stream))))
             }
+            ResponseBody::Written => unreachable!("returned above"),
         })
     }
 }

@@ -1,13 +1,20 @@
-//! Streaming both ways: `GET /count?n=N` streams N lines with no Content-Length, and
-//! `POST /sink` counts the bytes of a body of any size without holding it.
+//! Streaming both ways:
+//! - `GET /count?n=N` streams the lines `1` to `N` with no Content-Length;
+//! - `GET /write?n=N` sends N lines through WSGI's legacy `write` callable;
+//! - `POST /sink` counts the bytes of a body of any size without holding it;
+//! - `POST /lines` reads the body line by line, at most 64 bytes a read, and reports the
+//!   number of reads and the longest.
 
-use wasm_gw_sdk::{App, BodyStream, Request, Response, Result};
+use wasm_gw_sdk::{App, BodyStream, Request, Response, Result, start_response, write};
 
 /// Lines sent per chunk: small enough to stream, large enough not to cost a call per line.
 const LINES_PER_CHUNK: u64 = 256;
 
 /// Body bytes read per call while sinking.
 const SINK_READ: usize = 256 * 1024;
+
+/// The longest line `/lines` reads at once.
+const LINE_LIMIT: usize = 64;
 
 #[derive(Default)]
 struct Stream;
@@ -22,6 +29,38 @@ impl App for Stream {
                 Ok(Response::new(200)
                     .header("Content-Type", "text/plain")
                     .stream(Counter { next: 1, total }))
+            }
+            ("GET", "/write") => {
+                let lines: u64 = request
+                    .query_param("n")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1);
+                start_response(
+                    "200 OK",
+                    &[("Content-Type".into(), "text/plain".into())],
+                    None,
+                )
+                .map_err(|error| format!("{error:?}"))?;
+                for line in 1..=lines {
+                    write(format!("written {line}\n").as_bytes())
+                        .map_err(|error| format!("{error:?}"))?;
+                }
+                Ok(Response::written())
+            }
+            ("POST", "/lines") => {
+                let (mut reads, mut longest) = (0, 0);
+                loop {
+                    let line = request.body().read_line(LINE_LIMIT)?;
+                    if line.is_empty() {
+                        break;
+                    }
+                    reads += 1;
+                    longest = longest.max(line.len());
+                }
+                Ok(Response::text(
+                    200,
+                    format!("reads={reads} longest={longest}\n"),
+                ))
             }
             ("POST" | "PUT", "/sink") => {
                 let mut received: u64 = 0;
@@ -54,6 +93,14 @@ impl BodyStream for Counter {
         let chunk: String = (self.next..=last).map(|line| format!("{line}\n")).collect();
         self.next = last + 1;
         Some(chunk.into_bytes())
+    }
+
+    fn close(&mut self) {
+        eprintln!(
+            "count stream closed after {} of {} lines",
+            self.next - 1,
+            self.total
+        );
     }
 }
 
