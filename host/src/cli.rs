@@ -56,12 +56,38 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1000)]
     pub max_connections: usize,
 
+    /// Longest request line in bytes; longer ones get 414.
+    #[arg(long, default_value_t = 8190, value_parser = clap::value_parser!(u32).range(16..))]
+    pub limit_request_line: u32,
+
+    /// Most header fields in a request (and trailer fields in a chunked body); more get 431.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit_request_fields: u32,
+
+    /// Longest header field line (`Name: value`) in bytes; longer ones get 431.
+    #[arg(long, default_value_t = 8190, value_parser = clap::value_parser!(u32).range(16..))]
+    pub limit_request_field_size: u32,
+
+    /// Largest request body, for example 10MiB; 0 means unlimited. Larger ones get 413, as
+    /// soon as Content-Length or a chunk size shows it.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size_or_zero)]
+    pub max_body_size: usize,
+
     /// Log verbosity: error, warn, info, debug or trace. Access lines are logged at info.
     #[arg(long, default_value = "info")]
     pub log_level: tracing::Level,
 }
 
 impl ServeArgs {
+    pub fn http_limits(&self) -> crate::http::Limits {
+        crate::http::Limits {
+            request_line: self.limit_request_line as usize,
+            fields: self.limit_request_fields as usize,
+            field_bytes: self.limit_request_field_size as usize,
+            body: (self.max_body_size > 0).then_some(self.max_body_size as u64),
+        }
+    }
+
     pub fn workers(&self) -> usize {
         self.workers.map_or_else(
             || std::thread::available_parallelism().map_or(1, usize::from),
@@ -78,6 +104,14 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
         .ok()
         .filter(|duration| !duration.is_zero())
         .ok_or_else(|| format!("{text:?} is not a positive number of seconds"))
+}
+
+fn parse_size_or_zero(text: &str) -> Result<usize, String> {
+    if text.trim() == "0" {
+        Ok(0)
+    } else {
+        parse_size(text)
+    }
 }
 
 /// Parses `1048576`, `512KiB`, `128MiB`, `2GiB` (also `K`, `M`, `G`, `KB`, `MB`, `GB`, all

@@ -11,15 +11,16 @@ use crate::app::Failure;
 use crate::bindings::wasm_gw::wsgi::request::Environ;
 use crate::environ::{self, ConnectionInfo};
 use crate::http::Exchange;
-use crate::http::body::{BodyDecoder, BodyError};
+use crate::http::Limits;
+use crate::http::body::{BodyDecoder, BodyError, BodyPace};
 use crate::http::error::RequestError;
 use crate::http::io::Io;
-use crate::http::request::{self, Framing, HeadLimits};
+use crate::http::request::{self, Framing};
 use crate::http::response::write_server_response;
 use crate::pool::Pool;
 
-/// Header slots for one parse; a request with more fields gets 431.
-const MAX_HEADERS: usize = 100;
+/// Header slots kept on the stack; a larger `--limit-request-fields` uses the heap.
+const INLINE_HEADER_SLOTS: usize = 128;
 
 /// Unread body bytes the server reads and discards to keep a connection alive; past this it
 /// closes the connection instead.
@@ -35,13 +36,14 @@ pub struct Timeouts {
     pub keep_alive: Duration,
     /// The whole request head must arrive within this, however slowly it trickles.
     pub head: Duration,
-    /// Each read of the body, and each write of the response, may wait this long.
-    pub io: Duration,
+    /// Each write of the response may wait this long.
+    pub write: Duration,
 }
 
 pub struct ConnectionConfig {
-    pub limits: HeadLimits,
+    pub limits: Limits,
     pub timeouts: Timeouts,
+    pub body_pace: BodyPace,
     pub multithread: bool,
 }
 
@@ -58,7 +60,7 @@ pub fn serve(stream: TcpStream, pool: &Pool, config: &ConnectionConfig) {
     // Responses are written whole or in large pieces; Nagle's delay only adds latency.
     let setup = stream
         .set_nodelay(true)
-        .and_then(|()| stream.set_write_timeout(Some(config.timeouts.io)));
+        .and_then(|()| stream.set_write_timeout(Some(config.timeouts.write)));
     if let Err(error) = setup {
         tracing::debug!(%peer, "cannot configure connection: {error}");
         return;
@@ -126,28 +128,34 @@ fn read_head(
     info: &ConnectionInfo,
     idle_wait: Duration,
 ) -> Result<Option<(Environ, Framing)>, HeadError> {
+    let idle_deadline = Instant::now() + idle_wait;
     // The head deadline starts with its first byte; until then the connection is idle.
-    let mut deadline = None;
+    let mut head_deadline = None;
+    let mut scanned = 0;
     loop {
-        if !io.buffered().is_empty() {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let parsed = request::parse(io.buffered(), &mut slots, config.limits)
-                .map_err(HeadError::Invalid)?;
-            if let Some((head, len)) = parsed {
-                let request = (environ::build(&head, info), head.framing);
-                io.consume(len);
-                return Ok(Some(request));
+        let buffered = io.buffered();
+        if !buffered.is_empty() {
+            head_deadline.get_or_insert_with(|| Instant::now() + config.timeouts.head);
+            if worth_parsing(buffered, scanned, &config.limits) {
+                let mut inline = [httparse::EMPTY_HEADER; INLINE_HEADER_SLOTS];
+                let mut heap = Vec::new();
+                let slots = if config.limits.fields <= INLINE_HEADER_SLOTS {
+                    &mut inline[..config.limits.fields]
+                } else {
+                    heap.resize(config.limits.fields, httparse::EMPTY_HEADER);
+                    &mut heap[..]
+                };
+                let parsed =
+                    request::parse(buffered, slots, &config.limits).map_err(HeadError::Invalid)?;
+                if let Some((head, len)) = parsed {
+                    let request = (environ::build(&head, info), head.framing);
+                    io.consume(len);
+                    return Ok(Some(request));
+                }
             }
+            scanned = buffered.len();
         }
-        let deadline = *deadline.get_or_insert_with(|| {
-            let wait = if io.buffered().is_empty() {
-                idle_wait
-            } else {
-                config.timeouts.head
-            };
-            Instant::now() + wait
-        });
-        match io.fill_before(deadline) {
+        match io.fill(head_deadline.unwrap_or(idle_deadline)) {
             Ok(0) if io.buffered().is_empty() => return Ok(None),
             Ok(0) => {
                 return Err(HeadError::Invalid(RequestError::Malformed(
@@ -162,6 +170,18 @@ fn read_head(
     }
 }
 
+/// Whether the bytes past `scanned` could end the head or break a limit. Parsing only then
+/// keeps a head trickled in byte by byte from costing quadratic time.
+fn worth_parsing(buffered: &[u8], scanned: usize, limits: &Limits) -> bool {
+    let fresh = &buffered[scanned.saturating_sub(2)..];
+    let head_may_end = fresh.windows(2).any(|pair| pair == b"\n\n")
+        || fresh.windows(3).any(|triple| triple == b"\n\r\n");
+    let line_limit = limits.request_line + 2;
+    head_may_end
+        || (scanned <= line_limit && buffered.len() > line_limit)
+        || buffered.len() > limits.max_head_bytes()
+}
+
 /// Runs one request through a worker and finishes its response. Returns the connection, as
 /// `Ok` if it can carry another request and as `Err` if it must close.
 fn handle(
@@ -173,12 +193,12 @@ fn handle(
 ) -> Result<Io, Io> {
     let request_id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
-    let exchange = Exchange::new(
-        io,
-        framing,
-        BodyDecoder::new(framing.body, config.timeouts.io),
-    );
+    let body = BodyDecoder::new(framing.body, config.limits, config.body_pace);
+    let exchange = Exchange::new(io, framing, body);
+    // The worker goes back to the pool at the end of this statement, before the connection
+    // writes a whole body to a client that may be slow.
     let (mut exchange, result) = pool.checkout().call(request_id, environ, exchange);
+    exchange.finish_whole_body();
 
     let error_status = error_response(request_id, &exchange, result);
     let code = match error_status {

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use wasmtime::StoreLimits;
 use wasmtime::component::{Resource, ResourceTable};
@@ -31,6 +32,35 @@ pub struct GuestState {
     logs: [GuestLog; 2],
     /// The most one body read may return: the guest could not hold more anyway.
     max_read: usize,
+    /// The request's app time: guest calls, less the time they spent waiting on the client.
+    clock: GuestClock,
+}
+
+/// Measures how long the app itself runs during a request, leaving out the time its host
+/// calls wait on the client, so a slow client never costs the app its deadline.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestClock {
+    /// App time of the guest calls already finished.
+    finished: Duration,
+    /// When the current guest call began.
+    call_started: Instant,
+    /// Time the current guest call spent waiting on the client.
+    waiting: Duration,
+}
+
+impl GuestClock {
+    fn new() -> GuestClock {
+        GuestClock {
+            finished: Duration::ZERO,
+            call_started: Instant::now(),
+            waiting: Duration::ZERO,
+        }
+    }
+
+    /// App time used so far in this request.
+    pub fn used(&self) -> Duration {
+        self.finished + self.call_started.elapsed().saturating_sub(self.waiting)
+    }
 }
 
 impl GuestState {
@@ -53,6 +83,7 @@ impl GuestState {
             request_id,
             logs,
             max_read: max_memory,
+            clock: GuestClock::new(),
         }
     }
 
@@ -61,7 +92,33 @@ impl GuestState {
         self.request_id.store(request_id, Ordering::Relaxed);
         self.request_seq = self.request_seq.wrapping_add(1);
         self.exchange = Some(exchange);
+        self.clock = GuestClock::new();
         Resource::new_own(self.request_seq)
+    }
+
+    pub fn clock(&self) -> &GuestClock {
+        &self.clock
+    }
+
+    /// Starts timing a call into the guest.
+    pub fn enter_guest(&mut self) {
+        self.clock.call_started = Instant::now();
+        self.clock.waiting = Duration::ZERO;
+    }
+
+    /// Stops timing a call into the guest.
+    pub fn leave_guest(&mut self) {
+        self.clock.finished = self.clock.used();
+        self.clock.waiting = Duration::ZERO;
+        self.clock.call_started = Instant::now();
+    }
+
+    /// Runs `io`, a wait on the client, off the app's clock.
+    fn off_the_clock<R>(&mut self, io: impl FnOnce(&mut Self) -> R) -> R {
+        let started = Instant::now();
+        let result = io(self);
+        self.clock.waiting += started.elapsed();
+        result
     }
 
     pub fn exchange(&mut self) -> &mut Exchange {
@@ -94,8 +151,8 @@ impl GuestState {
         let max = usize::try_from(max)
             .unwrap_or(usize::MAX)
             .min(self.max_read);
-        let exchange = self.current_input(handle)?;
-        read(exchange, max).map_err(InputError::Disconnected)
+        self.current_input(handle)?;
+        self.off_the_clock(|state| read(state.exchange(), max).map_err(InputError::Disconnected))
     }
 
     fn response<R>(
@@ -134,7 +191,15 @@ impl request::HostInputStream for GuestState {
     }
 
     fn read_to_end(&mut self, handle: Resource<InputStream>) -> Result<Vec<u8>, InputError> {
-        GuestState::read(self, &handle, u64::MAX, Exchange::read_body)
+        // One byte past the cap tells a body the instance can't hold from one it can.
+        let limit = self.max_read as u64;
+        self.max_read += 1;
+        let body = GuestState::read(self, &handle, limit + 1, Exchange::read_body);
+        self.max_read -= 1;
+        match body {
+            Ok(body) if body.len() as u64 > limit => Err(InputError::TooLarge),
+            other => other,
+        }
     }
 
     fn drop(&mut self, _handle: Resource<InputStream>) -> wasmtime::Result<()> {
@@ -162,7 +227,9 @@ impl response::Host for GuestState {
     }
 
     fn write(&mut self, data: Vec<u8>) -> Result<(), WitResponseError> {
-        self.response(|exchange| exchange.response.write(&mut exchange.io, &data))
+        self.off_the_clock(|state| {
+            state.response(|exchange| exchange.response.write(&mut exchange.io, &data))
+        })
     }
 }
 

@@ -1,10 +1,11 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use wasm_gw::cli::{Cli, Command, ServeArgs};
 use wasm_gw::connection::{ConnectionConfig, Timeouts};
-use wasm_gw::http::request::HeadLimits;
+use wasm_gw::http::body::BodyPace;
 use wasm_gw::pool::Pool;
 use wasm_gw::runtime::{Limits, WasmApp};
 use wasm_gw::server;
@@ -45,14 +46,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("listening on http://{address}");
 
     let config = ConnectionConfig {
-        limits: HeadLimits {
-            max_head_bytes: 64 * 1024,
-            max_headers: 100,
-        },
+        limits: args.http_limits(),
         timeouts: Timeouts {
             keep_alive: args.keep_alive,
-            head: std::time::Duration::from_secs(10),
-            io: std::time::Duration::from_secs(30),
+            head: Duration::from_secs(10),
+            write: Duration::from_secs(30),
+        },
+        // mod_reqtimeout's defaults: 20 s, extended by a second per 500 bytes received.
+        body_pace: BodyPace {
+            patience: Duration::from_secs(20),
+            min_rate: 500,
         },
         multithread: workers > 1,
     };

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceAny};
-use wasmtime::{Config, Engine, Store, StoreLimitsBuilder, Trap};
+use wasmtime::{Config, Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 
 use crate::app::{App, AppFactory, Failure};
 use crate::bindings;
@@ -19,6 +19,12 @@ use crate::http::Exchange;
 
 /// How often the deadline clock ticks; deadlines are accurate to about this much.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Epoch ticks in `duration`, at least one.
+fn ticks(duration: Duration) -> u64 {
+    let ticks = duration.as_millis() / EPOCH_TICK.as_millis();
+    u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+}
 
 /// The sandbox's limits for each instance.
 #[derive(Clone, Copy, Debug)]
@@ -99,20 +105,24 @@ impl WasmApp {
             GuestState::new(limits, self.limits.max_memory),
         );
         store.limiter(|state| &mut state.limits);
-        store.epoch_deadline_trap();
+        // At each tick past the deadline, look at the app time actually used: time spent
+        // waiting on the client doesn't count.
+        let timeout = self.limits.timeout;
+        store.epoch_deadline_callback(move |store| {
+            let used = store.data().clock().used();
+            Ok(match timeout.checked_sub(used) {
+                Some(left) if !left.is_zero() => UpdateDeadline::Continue(ticks(left)),
+                _ => UpdateDeadline::Interrupt,
+            })
+        });
         // Instantiation runs guest start code, which gets the same deadline as a request.
-        store.set_epoch_deadline(self.deadline_ticks());
+        store.set_epoch_deadline(ticks(timeout));
         let instance = self
             .pre
             .instantiate(&mut store)
             .map_err(anyhow::Error::from)
             .context("cannot instantiate the app")?;
         Ok((store, instance))
-    }
-
-    fn deadline_ticks(&self) -> u64 {
-        let ticks = self.limits.timeout.as_millis() / EPOCH_TICK.as_millis();
-        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
     }
 }
 
@@ -143,7 +153,6 @@ impl App for WasmWorker {
         exchange: Exchange,
     ) -> (Exchange, Result<(), Failure>) {
         let input = self.store.data_mut().begin(request_id, exchange);
-        self.store.set_epoch_deadline(self.app.deadline_ticks());
         let result = self.run(environ, input);
         let exchange = self.store.data_mut().end();
         if let Err(failure @ (Failure::Trap(_) | Failure::Timeout(_))) = &result {
@@ -159,45 +168,53 @@ impl WasmWorker {
         environ: &Environ,
         input: wasmtime::component::Resource<bindings::wasm_gw::wsgi::request::InputStream>,
     ) -> Result<(), Failure> {
-        let handler = self.instance.wasm_gw_wsgi_handler();
-        let body = handler
-            .call_application(&mut self.store, environ, input)
-            .map_err(|error| self.failure(error))?
+        let body = self
+            .guest_call(|store, instance| {
+                instance
+                    .wasm_gw_wsgi_handler()
+                    .call_application(store, environ, input)
+            })?
             .map_err(Failure::Application)?;
         match body {
             Body::Chunks(chunks) => {
-                let exchange = self.store.data_mut().exchange();
-                if exchange.violation.is_none() {
-                    let parts: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
-                    if let Err(error) = exchange.response.finish_with(&mut exchange.io, &parts) {
-                        exchange.violated(error);
-                    }
-                }
+                self.store.data_mut().exchange().set_whole_body(chunks);
                 Ok(())
             }
             Body::Stream(stream) => {
                 let pumped = self.pump(stream);
                 // WSGI: close() is called whatever happened to the response.
-                let handler = self.instance.wasm_gw_wsgi_handler().body_stream();
-                let closed = handler.call_close(&mut self.store, stream);
-                let dropped = stream.resource_drop(&mut self.store);
-                pumped?;
-                closed.and(dropped).map_err(|error| self.failure(error))
+                let closed = self.guest_call(|store, instance| {
+                    instance
+                        .wasm_gw_wsgi_handler()
+                        .body_stream()
+                        .call_close(&mut *store, stream)?;
+                    stream.resource_drop(store)
+                });
+                pumped.and(closed)
             }
         }
     }
 
     /// Pulls the body stream and writes each chunk, until it ends or the response fails.
     fn pump(&mut self, stream: ResourceAny) -> Result<(), Failure> {
-        let handler = self.instance.wasm_gw_wsgi_handler().body_stream();
         loop {
             let exchange = self.store.data_mut().exchange();
             if exchange.violation.is_some() {
                 return Ok(());
             }
-            let next = handler
-                .call_next(&mut self.store, stream)
-                .map_err(|error| self.failure(error))?;
+            if !exchange.response.wants_body() {
+                // HEAD, 204 or 304: nothing of the stream would be sent, so don't produce it.
+                if let Err(error) = exchange.response.finish(&mut exchange.io) {
+                    exchange.violated(error);
+                }
+                return Ok(());
+            }
+            let next = self.guest_call(|store, instance| {
+                instance
+                    .wasm_gw_wsgi_handler()
+                    .body_stream()
+                    .call_next(store, stream)
+            })?;
             let exchange = self.store.data_mut().exchange();
             let (written, ended) = match next {
                 Some(chunk) => (exchange.response.write(&mut exchange.io, &chunk), false),
@@ -211,6 +228,23 @@ impl WasmWorker {
                 return Ok(());
             }
         }
+    }
+
+    /// Calls into the guest with what is left of the request's app-time budget.
+    fn guest_call<R>(
+        &mut self,
+        call: impl FnOnce(&mut Store<GuestState>, &bindings::App) -> wasmtime::Result<R>,
+    ) -> Result<R, Failure> {
+        let left = self
+            .app
+            .limits
+            .timeout
+            .saturating_sub(self.store.data().clock().used());
+        self.store.set_epoch_deadline(ticks(left));
+        self.store.data_mut().enter_guest();
+        let result = call(&mut self.store, &self.instance);
+        self.store.data_mut().leave_guest();
+        result.map_err(|error| self.failure(error))
     }
 
     fn failure(&self, error: wasmtime::Error) -> Failure {

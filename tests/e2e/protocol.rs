@@ -171,6 +171,25 @@ fn head_gets_headers_and_no_body() {
 }
 
 #[test]
+fn head_never_pulls_a_streamed_body() {
+    let server = Server::start("stream", &["--timeout", "5"]);
+    let stream = server.connect();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    writer
+        .write_all(b"HEAD /count?n=1000000000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let head = RawResponse::read(&mut reader, true);
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("transfer-encoding"), None);
+    server.wait_for_log(&["count stream closed after 0 of 1000000000000 lines"]);
+    writer
+        .write_all(b"GET /count?n=2 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    assert_eq!(RawResponse::read(&mut reader, false).text(), "1\n2\n");
+}
+
+#[test]
 fn expect_100_continue_is_sent_when_the_app_reads() {
     let server = Server::start("echo", &[]);
     let stream = server.connect();

@@ -203,6 +203,10 @@ fn input_error(error: InputError) -> io::Error {
     match error {
         InputError::Disconnected(why) => io::Error::new(io::ErrorKind::ConnectionAborted, why),
         InputError::Stale => io::Error::other("request body used after its request ended"),
+        InputError::TooLarge => io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            "request body larger than the instance's memory cap",
+        ),
     }
 }
 
@@ -281,17 +285,20 @@ impl Response {
     }
 
     fn send(self) -> Result<handler::Body, String> {
-        if let ResponseBody::Written = self.body {
-            return Ok(handler::Body::Chunks(Vec::new()));
-        }
-        start_response(&self.status, &self.headers, None)
-            .map_err(|error| format!("start_response refused the response: {error:?}"))?;
+        let start = || {
+            start_response(&self.status, &self.headers, None)
+                .map_err(|error| format!("start_response refused the response: {error:?}"))
+        };
         Ok(match self.body {
-            ResponseBody::Whole(body) => handler::Body::Chunks(vec![body]),
+            ResponseBody::Whole(body) => {
+                start()?;
+                handler::Body::Chunks(vec![body])
+            }
             ResponseBody::Stream(stream) => {
+                start()?;
                 handler::Body::Stream(WitBodyStream::new(StreamState(RefCell::new(stream))))
             }
-            ResponseBody::Written => unreachable!("returned above"),
+            ResponseBody::Written => handler::Body::Chunks(Vec::new()),
         })
     }
 }
@@ -323,10 +330,15 @@ impl handler::GuestBodyStream for StreamState {
     }
 }
 
-/// Decodes `application/x-www-form-urlencoded` text: `+` is a space, `%XX` a byte.
+/// Decodes `application/x-www-form-urlencoded` text: `+` is a space, `%XX` a byte. The
+/// input is a native string (one char per byte); the decoded bytes are read as UTF-8.
 fn form_decode(text: &str) -> String {
-    let mut bytes = Vec::with_capacity(text.len());
-    let mut rest = text.as_bytes();
+    let raw: Vec<u8> = text
+        .chars()
+        .map(|c| u8::try_from(c).unwrap_or(b'?'))
+        .collect();
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut rest = raw.as_slice();
     while let Some((&byte, tail)) = rest.split_first() {
         rest = tail;
         match byte {
@@ -389,5 +401,7 @@ mod tests {
     fn form_decoding() {
         assert_eq!(form_decode("a+b%21%zz"), "a b!%zz");
         assert_eq!(form_decode("caf%C3%A9"), "café");
+        // Raw UTF-8 bytes in a query arrive as one char per byte.
+        assert_eq!(form_decode("caf\u{c3}\u{a9}"), "café");
     }
 }

@@ -4,15 +4,27 @@
 //! from the read buffer, so the body is never held whole in memory.
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::Limits;
 use super::error::RequestError;
 use super::io::Io;
 use super::request::BodyKind;
 
-/// Bounds on the parts of a chunked body that are not data.
+/// A chunk extension longer than this is refused.
 const MAX_CHUNK_EXTENSION: usize = 4096;
-const MAX_TRAILER_BYTES: usize = 8192;
+/// A chunk size with its whitespace longer than this is refused, however many leading zeros.
+const MAX_CHUNK_SIZE_LINE: usize = 64;
+
+/// How long a body may take to arrive: `patience`, plus a second for every `min_rate` bytes
+/// received, as Apache's mod_reqtimeout does. A client trickling a byte a second is cut off;
+/// a large upload that keeps moving is not.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyPace {
+    pub patience: Duration,
+    /// Bytes per second.
+    pub min_rate: u64,
+}
 
 /// Why the body could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +42,7 @@ pub enum BodyError {
 enum Chunked {
     /// In the hex digits of a chunk size.
     Size,
-    /// In whitespace after the size, before `;` or CR.
+    /// In whitespace after the size, which must lead to `;`.
     SizeWhitespace,
     /// In a chunk extension, which is skipped.
     Extension,
@@ -54,134 +66,185 @@ enum Chunked {
     End,
 }
 
-/// A request body being read off the connection.
-#[derive(Debug)]
-pub struct BodyDecoder {
-    kind: Decoding,
-    /// Bytes of the current chunk size, extension or trailer section, to bound them.
-    meta_bytes: usize,
-    size: u64,
-    read_timeout: Duration,
-}
-
-#[derive(Debug)]
-enum Decoding {
+#[derive(Clone, Copy, Debug)]
+enum State {
     Length(u64),
     Chunked(Chunked),
 }
 
+/// What lies at the front of the bytes given to [`BodyDecoder::decode`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// `skip` bytes of framing, then `len` bytes of body data.
+    Data { skip: usize, len: usize },
+    /// `skip` bytes of framing, and then the input ran out.
+    NeedMore { skip: usize },
+    /// `skip` bytes of framing, and the body has ended.
+    End { skip: usize },
+}
+
+/// A request body's framing: a length to count down, or the chunked coding's state machine.
+///
+/// [`BodyDecoder::decode`] is pure: it reads a byte slice and never a socket, so it can be
+/// tested and fuzzed on split inputs. The `read` methods drive it over a connection.
+#[derive(Debug)]
+pub struct BodyDecoder {
+    state: State,
+    limits: Limits,
+    /// The chunk size being parsed.
+    size: u64,
+    /// Bytes in the current size line, to bound extensions.
+    line_bytes: usize,
+    /// Data bytes announced so far, against the body limit.
+    announced: u64,
+    /// The trailer section, parsed when it ends and then dropped.
+    trailer: Vec<u8>,
+    pace: BodyPace,
+    /// When the first read of the body began.
+    started: Option<Instant>,
+    /// Bytes taken off the connection so far, framing included.
+    consumed: u64,
+}
+
 impl BodyDecoder {
-    pub fn new(kind: BodyKind, read_timeout: Duration) -> BodyDecoder {
+    pub fn new(kind: BodyKind, limits: Limits, pace: BodyPace) -> BodyDecoder {
         BodyDecoder {
-            kind: match kind {
-                BodyKind::Length(length) => Decoding::Length(length),
-                BodyKind::Chunked => Decoding::Chunked(Chunked::Size),
+            state: match kind {
+                BodyKind::Length(length) => State::Length(length),
+                BodyKind::Chunked => State::Chunked(Chunked::Size),
             },
-            meta_bytes: 0,
+            limits,
             size: 0,
-            read_timeout,
+            line_bytes: 0,
+            announced: 0,
+            trailer: Vec::new(),
+            pace,
+            started: None,
+            consumed: 0,
         }
     }
 
     /// Whether the whole body, framing included, has been consumed.
     pub fn is_done(&self) -> bool {
-        matches!(
-            self.kind,
-            Decoding::Length(0) | Decoding::Chunked(Chunked::End)
-        )
+        matches!(self.state, State::Length(0) | State::Chunked(Chunked::End))
     }
 
-    /// Makes decoded bytes available at the front of `io`'s buffer and returns how many;
-    /// 0 means the body has ended.
-    fn available(&mut self, io: &mut Io) -> Result<usize, BodyError> {
+    /// Decodes the framing at the front of `input`. After `Data`, the caller takes up to
+    /// `len` data bytes and reports them with [`BodyDecoder::consume_data`].
+    pub fn decode(&mut self, input: &[u8]) -> Result<Decoded, RequestError> {
+        let mut skip = 0;
         loop {
-            match self.kind {
-                Decoding::Length(0) | Decoding::Chunked(Chunked::End) => return Ok(0),
-                Decoding::Length(left) | Decoding::Chunked(Chunked::Data(left))
-                    if !io.buffered().is_empty() =>
-                {
-                    return Ok(clamp(left, io.buffered().len()));
+            match self.state {
+                State::Length(0) | State::Chunked(Chunked::End) => {
+                    return Ok(Decoded::End { skip });
                 }
-                Decoding::Length(_) | Decoding::Chunked(Chunked::Data(_)) => {}
-                Decoding::Chunked(state) => {
-                    if let Some(next) = self.step_framing(state, io)? {
-                        self.kind = Decoding::Chunked(next);
-                        continue;
-                    }
+                State::Length(left) | State::Chunked(Chunked::Data(left)) => {
+                    let rest = input.len() - skip;
+                    return Ok(if rest == 0 {
+                        Decoded::NeedMore { skip }
+                    } else {
+                        Decoded::Data {
+                            skip,
+                            len: clamp(left, rest),
+                        }
+                    });
                 }
-            }
-            if io.fill(self.read_timeout)? == 0 {
-                return Err(BodyError::Truncated);
+                State::Chunked(state) => {
+                    let Some(&byte) = input.get(skip) else {
+                        return Ok(Decoded::NeedMore { skip });
+                    };
+                    skip += 1;
+                    self.state = State::Chunked(self.step(state, byte)?);
+                }
             }
         }
     }
 
-    /// Marks `n` available bytes as read.
-    fn consume(&mut self, io: &mut Io, n: usize) {
-        io.consume(n);
-        match &mut self.kind {
-            Decoding::Length(left) | Decoding::Chunked(Chunked::Data(left)) => {
+    /// Records that `n` data bytes, at most the `len` of the last `Data`, were taken.
+    pub fn consume_data(&mut self, n: usize) {
+        match &mut self.state {
+            State::Length(left) => *left -= n as u64,
+            State::Chunked(Chunked::Data(left)) => {
                 *left -= n as u64;
-                if *left == 0 && matches!(self.kind, Decoding::Chunked(_)) {
-                    self.kind = Decoding::Chunked(Chunked::DataCr);
+                if *left == 0 {
+                    self.state = State::Chunked(Chunked::DataCr);
                 }
             }
-            Decoding::Chunked(_) => unreachable!("consumed body bytes outside chunk data"),
+            State::Chunked(_) => debug_assert_eq!(n, 0, "data taken outside chunk data"),
         }
     }
 
-    /// Feeds buffered framing bytes through the chunked state machine. Returns the next state,
-    /// or `None` when the buffer ran dry first.
-    fn step_framing(&mut self, state: Chunked, io: &mut Io) -> Result<Option<Chunked>, BodyError> {
-        let Some(&byte) = io.buffered().first() else {
-            return Ok(None);
-        };
-        io.consume(1);
-        self.meta_bytes += 1;
-        let invalid = |why| Err(BodyError::Invalid(RequestError::InvalidChunk(why)));
-        let next = match (state, byte) {
+    /// One framing byte through the chunked state machine (RFC 9112 §7.1).
+    fn step(&mut self, state: Chunked, byte: u8) -> Result<Chunked, RequestError> {
+        let invalid = |why| Err(RequestError::InvalidChunk(why));
+        self.line_bytes += 1;
+        if matches!(state, Chunked::Size | Chunked::SizeWhitespace)
+            && self.line_bytes > MAX_CHUNK_SIZE_LINE
+        {
+            return invalid("chunk size line too long");
+        }
+        // Trailer field lines are kept for checking; the final empty line is not.
+        let in_trailer = matches!(state, Chunked::Trailer | Chunked::TrailerLf)
+            || (state == Chunked::TrailerStart && byte != b'\r');
+        if in_trailer {
+            self.trailer.push(byte);
+            if self.trailer.len()
+                > self
+                    .limits
+                    .field_bytes
+                    .saturating_mul(self.limits.fields.max(1))
+            {
+                return Err(RequestError::TrailerTooLarge);
+            }
+        }
+        Ok(match (state, byte) {
+            // "chunk-size = 1*HEXDIG"
             (Chunked::Size, b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
-                let digit = (byte as char).to_digit(16).unwrap_or_default();
-                self.size = match self
+                let digit = u64::from((byte as char).to_digit(16).unwrap_or_default());
+                match self
                     .size
                     .checked_mul(16)
-                    .and_then(|s| s.checked_add(digit.into()))
+                    .and_then(|size| size.checked_add(digit))
                 {
-                    Some(size) => size,
+                    Some(size) => self.size = size,
                     None => return invalid("chunk size overflows"),
-                };
+                }
                 Chunked::Size
             }
-            // RFC 9112 §7.1: "chunk-size = 1*HEXDIG"; at least one digit before anything else.
-            (Chunked::Size, _) if self.meta_bytes == 1 => return invalid("chunk size is not hex"),
+            (Chunked::Size, _) if self.line_bytes == 1 => return invalid("chunk size is not hex"),
+            // "chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )":
+            // whitespace may follow the size only on the way to an extension.
             (Chunked::Size | Chunked::SizeWhitespace, b' ' | b'\t') => Chunked::SizeWhitespace,
             (Chunked::Size | Chunked::SizeWhitespace, b';') => Chunked::Extension,
-            (Chunked::Size | Chunked::SizeWhitespace | Chunked::Extension, b'\r') => {
-                Chunked::SizeLf
-            }
+            (Chunked::Size | Chunked::Extension, b'\r') => Chunked::SizeLf,
             (Chunked::Size | Chunked::SizeWhitespace, _) => {
                 return invalid("chunk size is not hex");
             }
             (Chunked::Extension, b'\n') => return invalid("bare LF in chunk extension"),
-            (Chunked::Extension, _) if self.meta_bytes > MAX_CHUNK_EXTENSION => {
+            (Chunked::Extension, _) if self.line_bytes > MAX_CHUNK_EXTENSION => {
                 return invalid("chunk extension too long");
             }
             (Chunked::Extension, _) => Chunked::Extension,
             (Chunked::SizeLf, b'\n') => {
-                self.meta_bytes = 0;
+                self.line_bytes = 0;
                 match std::mem::take(&mut self.size) {
                     0 => Chunked::TrailerStart,
-                    size => Chunked::Data(size),
+                    size => {
+                        self.announced = self.announced.saturating_add(size);
+                        if self.limits.body.is_some_and(|max| self.announced > max) {
+                            return Err(RequestError::BodyTooLarge);
+                        }
+                        Chunked::Data(size)
+                    }
                 }
             }
             (Chunked::SizeLf, _) => return invalid("bare CR after chunk size"),
             (Chunked::DataCr, b'\r') => Chunked::DataLf,
             (Chunked::DataLf, b'\n') => {
-                self.meta_bytes = 0;
+                self.line_bytes = 0;
                 Chunked::Size
             }
             (Chunked::DataCr | Chunked::DataLf, _) => return invalid("no CRLF after chunk data"),
-            _ if self.meta_bytes > MAX_TRAILER_BYTES => return invalid("trailer section too long"),
             (Chunked::TrailerStart, b'\r') => Chunked::EndLf,
             (Chunked::TrailerStart | Chunked::Trailer, b'\n') => {
                 return invalid("bare LF in trailer");
@@ -190,11 +253,71 @@ impl BodyDecoder {
             (Chunked::TrailerStart | Chunked::Trailer, _) => Chunked::Trailer,
             (Chunked::TrailerLf, b'\n') => Chunked::TrailerStart,
             (Chunked::TrailerLf, _) => return invalid("bare CR in trailer"),
-            (Chunked::EndLf, b'\n') => Chunked::End,
+            (Chunked::EndLf, b'\n') => {
+                self.check_trailer()?;
+                Chunked::End
+            }
             (Chunked::EndLf, _) => return invalid("bare CR at end of body"),
             (Chunked::Data(_) | Chunked::End, _) => unreachable!("not a framing state"),
+        })
+    }
+
+    /// Parses the trailer fields with the header rules, then drops them: the app never sees
+    /// trailers, but malformed ones are still refused.
+    fn check_trailer(&mut self) -> Result<(), RequestError> {
+        if self.trailer.is_empty() {
+            return Ok(());
+        }
+        self.trailer.extend_from_slice(b"\r\n");
+        let mut slots = vec![httparse::EMPTY_HEADER; self.limits.fields];
+        let parsed = match httparse::parse_headers(&self.trailer, &mut slots) {
+            Ok(httparse::Status::Complete((_, fields))) => {
+                let too_long = fields.iter().any(|field| {
+                    field.name.len() + field.value.len() + 2 > self.limits.field_bytes
+                });
+                if too_long {
+                    Err(RequestError::TrailerTooLarge)
+                } else {
+                    Ok(())
+                }
+            }
+            Err(httparse::Error::TooManyHeaders) => Err(RequestError::TrailerTooLarge),
+            Ok(httparse::Status::Partial) | Err(_) => {
+                Err(RequestError::InvalidChunk("invalid trailer field"))
+            }
         };
-        Ok(Some(next))
+        self.trailer = Vec::new();
+        parsed
+    }
+
+    /// Makes decoded bytes available at the front of `io`'s buffer and returns how many;
+    /// 0 means the body has ended.
+    fn available(&mut self, io: &mut Io) -> Result<usize, BodyError> {
+        let started = *self.started.get_or_insert_with(Instant::now);
+        loop {
+            let decoded = self.decode(io.buffered()).map_err(BodyError::Invalid)?;
+            let (skip, result) = match decoded {
+                Decoded::Data { skip, len } => (skip, Some(len)),
+                Decoded::End { skip } => (skip, Some(0)),
+                Decoded::NeedMore { skip } => (skip, None),
+            };
+            io.consume(skip);
+            self.consumed += skip as u64;
+            if let Some(len) = result {
+                return Ok(len);
+            }
+            let earned = Duration::from_secs(self.consumed / self.pace.min_rate.max(1));
+            if io.fill(started + self.pace.patience + earned)? == 0 {
+                return Err(BodyError::Truncated);
+            }
+        }
+    }
+
+    /// Marks `n` available bytes as read.
+    fn consume(&mut self, io: &mut Io, n: usize) {
+        io.consume(n);
+        self.consume_data(n);
+        self.consumed += n as u64;
     }
 
     /// Appends up to `max` body bytes to `out`; fewer only at the end of the body.
@@ -239,17 +362,16 @@ impl BodyDecoder {
         Ok(())
     }
 
-    /// Reads and discards the rest of the body, up to `max` bytes. Returns whether it ended.
+    /// Reads and discards the rest of the body, framing included, up to `max` bytes.
+    /// Returns whether it ended.
     pub fn skip(&mut self, io: &mut Io, max: u64) -> Result<bool, BodyError> {
-        let mut skipped = 0u64;
-        while skipped < max {
+        let budget_end = self.consumed.saturating_add(max);
+        while self.consumed < budget_end {
             let available = self.available(io)?;
             if available == 0 {
                 return Ok(true);
             }
-            let take = clamp(max - skipped, available);
-            self.consume(io, take);
-            skipped += take as u64;
+            self.consume(io, clamp(budget_end - self.consumed, available));
         }
         Ok(self.is_done())
     }
@@ -257,4 +379,114 @@ impl BodyDecoder {
 
 fn clamp(wanted: u64, available: usize) -> usize {
     usize::try_from(wanted).map_or(available, |wanted| wanted.min(available))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        request_line: 64,
+        fields: 4,
+        field_bytes: 64,
+        body: Some(1000),
+    };
+
+    /// Decodes `input` delivered in pieces of `piece` bytes, as a connection would.
+    fn decode_in_pieces(
+        kind: BodyKind,
+        input: &[u8],
+        piece: usize,
+    ) -> Result<(Vec<u8>, usize), RequestError> {
+        let pace = BodyPace {
+            patience: Duration::from_secs(1),
+            min_rate: 1,
+        };
+        let mut decoder = BodyDecoder::new(kind, LIMITS, pace);
+        let mut buffered = Vec::new();
+        let mut fed = 0;
+        let mut body = Vec::new();
+        loop {
+            match decoder.decode(&buffered)? {
+                Decoded::Data { skip, len } => {
+                    body.extend_from_slice(&buffered[skip..skip + len]);
+                    decoder.consume_data(len);
+                    buffered.drain(..skip + len);
+                }
+                Decoded::End { skip } => {
+                    buffered.drain(..skip);
+                    // What is left belongs to the next request.
+                    return Ok((body, input.len() - fed + buffered.len()));
+                }
+                Decoded::NeedMore { skip } => {
+                    buffered.drain(..skip);
+                    if fed == input.len() {
+                        return Err(RequestError::InvalidChunk("truncated"));
+                    }
+                    let next = (fed + piece).min(input.len());
+                    buffered.extend_from_slice(&input[fed..next]);
+                    fed = next;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_decodes_the_same_at_every_split() {
+        let input = b"5;ext=1\r\nhello\r\n1 ;x\r\n \r\nA\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        for piece in 1..input.len() {
+            let (body, left) = decode_in_pieces(BodyKind::Chunked, input, piece).unwrap();
+            assert_eq!(body, b"hello 0123456789", "pieces of {piece}");
+            assert_eq!(left, 4, "pieces of {piece}");
+        }
+    }
+
+    #[test]
+    fn length_stops_at_the_length() {
+        let (body, left) = decode_in_pieces(BodyKind::Length(3), b"abcGET", 2).unwrap();
+        assert_eq!((body.as_slice(), left), (&b"abc"[..], 3));
+    }
+
+    #[test]
+    fn chunked_framing_errors() {
+        let cases: [(&[u8], &str); 14] = [
+            (&[b'0'; 100], "endless leading zeros"),
+            (b"0x5\r\nhello\r\n0\r\n\r\n", "0x prefix"),
+            (b"+5\r\nhello\r\n0\r\n\r\n", "sign"),
+            (b"5_0\r\n", "underscore"),
+            (b" 5\r\nhello\r\n0\r\n\r\n", "leading space"),
+            (b"5 \r\nhello\r\n0\r\n\r\n", "trailing space"),
+            (b"\r\n", "missing size"),
+            (b"fffffffffffffffff\r\n", "overflow"),
+            (b"5\r\nhelloXX0\r\n\r\n", "no CRLF after data"),
+            (b"5;a\nb\r\nhello\r\n0\r\n\r\n", "bare LF in extension"),
+            (b"5;a\rb\r\nhello\r\n0\r\n\r\n", "bare CR in extension"),
+            (
+                b"5\r\nhello\r\n0\r\nBad Field: x\r\n\r\n",
+                "invalid trailer",
+            ),
+            (b"5\r\nhello\r\n0\r\nX: 1\n\r\n", "bare LF in trailer"),
+            (b"5\rhello\r\n0\r\n\r\n", "bare CR after size"),
+        ];
+        for (input, why) in cases {
+            assert!(
+                decode_in_pieces(BodyKind::Chunked, input, input.len()).is_err(),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunked_limits() {
+        let over = b"3e9\r\n";
+        assert!(matches!(
+            decode_in_pieces(BodyKind::Chunked, over, 8),
+            Err(RequestError::BodyTooLarge)
+        ));
+        let many = b"0\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n\r\n";
+        assert!(matches!(
+            decode_in_pieces(BodyKind::Chunked, many, 8),
+            Err(RequestError::TrailerTooLarge)
+        ));
+    }
 }

@@ -1,6 +1,6 @@
-//! The `Date` header value, formatted at most once a second per thread.
+//! The `Date` header value, formatted at most once a second for the whole process.
 
-use std::cell::RefCell;
+use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `Sun, 06 Nov 1994 08:49:37 GMT` is always 29 bytes.
@@ -11,11 +11,10 @@ struct CachedDate {
     text: [u8; DATE_LEN],
 }
 
-thread_local! {
-    static CACHED: RefCell<CachedDate> = const {
-        RefCell::new(CachedDate { second: u64::MAX, text: [0; DATE_LEN] })
-    };
-}
+static CACHED: RwLock<CachedDate> = RwLock::new(CachedDate {
+    second: u64::MAX,
+    text: [0; DATE_LEN],
+});
 
 /// Calls `use_date` with the current IMF-fixdate.
 pub fn with_date<R>(use_date: impl FnOnce(&[u8]) -> R) -> R {
@@ -23,12 +22,21 @@ pub fn with_date<R>(use_date: impl FnOnce(&[u8]) -> R) -> R {
     let second = now
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_secs());
-    CACHED.with_borrow_mut(|cached| {
-        if cached.second != second {
-            let text = httpdate::fmt_http_date(now);
-            cached.text.copy_from_slice(&text.as_bytes()[..DATE_LEN]);
-            cached.second = second;
+    {
+        let cached = CACHED
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cached.second == second {
+            return use_date(&cached.text);
         }
-        use_date(&cached.text)
-    })
+    }
+    let mut cached = CACHED
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if cached.second != second {
+        let text = httpdate::fmt_http_date(now);
+        cached.text.copy_from_slice(&text.as_bytes()[..DATE_LEN]);
+        cached.second = second;
+    }
+    use_date(&cached.text)
 }

@@ -8,10 +8,10 @@ use thiserror::Error;
 pub enum RequestError {
     #[error("malformed request head: {0}")]
     Malformed(&'static str),
-    #[error("request head larger than {0} bytes")]
-    HeadTooLarge(usize),
-    #[error("more than {0} header fields")]
-    TooManyHeaders(usize),
+    #[error("request line longer than {0} bytes")]
+    RequestLineTooLong(usize),
+    #[error("too many or too large header fields")]
+    FieldsTooLarge,
     #[error("unsupported HTTP version")]
     VersionNotSupported,
     #[error("invalid Content-Length")]
@@ -24,6 +24,10 @@ pub enum RequestError {
     UnsupportedExpectation,
     #[error("invalid chunked body: {0}")]
     InvalidChunk(&'static str),
+    #[error("request body larger than allowed")]
+    BodyTooLarge,
+    #[error("trailer section too large")]
+    TrailerTooLarge,
 }
 
 impl RequestError {
@@ -34,7 +38,9 @@ impl RequestError {
             | RequestError::InvalidContentLength
             | RequestError::AmbiguousLength
             | RequestError::InvalidChunk(_) => (400, "Bad Request"),
-            RequestError::HeadTooLarge(_) | RequestError::TooManyHeaders(_) => {
+            RequestError::BodyTooLarge => (413, "Content Too Large"),
+            RequestError::RequestLineTooLong(_) => (414, "URI Too Long"),
+            RequestError::FieldsTooLarge | RequestError::TrailerTooLarge => {
                 (431, "Request Header Fields Too Large")
             }
             RequestError::VersionNotSupported => (505, "HTTP Version Not Supported"),

@@ -9,7 +9,6 @@ use super::response::{Response, ResponseError};
 /// runs. The connection takes it back when the app returns.
 pub struct Exchange {
     pub io: Io,
-    pub framing: Framing,
     pub body: BodyDecoder,
     pub response: Response,
     /// The interim `100 Continue` is owed and goes out on the first body read.
@@ -18,18 +17,21 @@ pub struct Exchange {
     pub body_failed: Option<BodyError>,
     /// The first contract violation of the app, which turns its response into a 500.
     pub violation: Option<ResponseError>,
+    /// A body the app returned whole, written by the connection once the worker is free, so
+    /// a slow reader never holds a worker.
+    whole_body: Option<Vec<Vec<u8>>>,
 }
 
 impl Exchange {
     pub fn new(io: Io, framing: Framing, body: BodyDecoder) -> Exchange {
         Exchange {
             io,
-            framing,
             body,
             response: Response::new(framing),
             continue_owed: framing.expect_continue,
             body_failed: None,
             violation: None,
+            whole_body: None,
         }
     }
 
@@ -69,7 +71,12 @@ impl Exchange {
     /// response before reading the body; sending it only when the app reads lets an app refuse
     /// a large upload without receiving it.
     fn send_continue(&mut self) -> Result<(), BodyError> {
-        if std::mem::take(&mut self.continue_owed) && !self.body.is_done() {
+        // Once the response has started, an interim response would land inside it; the
+        // connection closes after this exchange instead.
+        if std::mem::take(&mut self.continue_owed)
+            && !self.body.is_done()
+            && !self.response.head_sent()
+        {
             self.io
                 .write_all_vectored(&[b"HTTP/1.1 100 Continue\r\n\r\n"])?;
         }
@@ -82,6 +89,24 @@ impl Exchange {
             self.violation = Some(error.clone());
         }
         error
+    }
+
+    /// Keeps a body the app returned whole, to be written by [`Exchange::finish_whole_body`].
+    pub fn set_whole_body(&mut self, chunks: Vec<Vec<u8>>) {
+        self.whole_body = Some(chunks);
+    }
+
+    /// Writes the body the app returned whole, unless the app already broke the contract.
+    pub fn finish_whole_body(&mut self) {
+        let Some(chunks) = self.whole_body.take() else {
+            return;
+        };
+        if self.violation.is_none() {
+            let parts: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+            if let Err(error) = self.response.finish_with(&mut self.io, &parts) {
+                self.violated(error);
+            }
+        }
     }
 
     /// Whether the client is still owed a body it never got to send: after an unanswered

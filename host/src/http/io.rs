@@ -15,66 +15,94 @@ const READ_CHUNK: usize = 16 * 1024;
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
 
+/// A read timeout this close to the one wanted is left alone, saving a syscall per read.
+const TIMEOUT_SLACK: Duration = Duration::from_millis(50);
+
 /// A connection's socket and its read buffer.
 pub struct Io {
     stream: TcpStream,
+    /// Zeroed once; reads land in `buf[end..]`.
     buf: Vec<u8>,
-    /// Start of the unconsumed bytes in `buf`.
+    /// The unconsumed bytes are `buf[pos..end]`.
     pos: usize,
+    end: usize,
+    /// The socket's read timeout as last set.
+    read_timeout: Option<Duration>,
 }
 
 impl Io {
     pub fn new(stream: TcpStream) -> Io {
         Io {
             stream,
-            buf: Vec::with_capacity(READ_CHUNK),
+            buf: vec![0; READ_CHUNK],
             pos: 0,
+            end: 0,
+            read_timeout: None,
         }
     }
 
     /// The bytes read from the socket and not consumed yet.
     pub fn buffered(&self) -> &[u8] {
-        &self.buf[self.pos..]
+        &self.buf[self.pos..self.end]
     }
 
     /// Marks `n` buffered bytes as used.
     pub fn consume(&mut self, n: usize) {
         self.pos += n;
-        debug_assert!(self.pos <= self.buf.len());
-        if self.pos == self.buf.len() {
-            self.buf.clear();
+        debug_assert!(self.pos <= self.end);
+        if self.pos == self.end {
             self.pos = 0;
+            self.end = 0;
         }
     }
 
-    /// Reads more bytes from the socket into the buffer, waiting at most `timeout`.
-    /// Returns how many arrived; 0 means the peer closed its side.
-    pub fn fill(&mut self, timeout: Duration) -> io::Result<usize> {
-        if self.pos > 0 && self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        } else if self.pos > self.buf.capacity() / 2 {
-            // Keep the buffer from creeping forward forever under pipelining.
-            self.buf.drain(..self.pos);
-            self.pos = 0;
+    /// Reads more bytes from the socket into the buffer, waiting until `deadline` at most.
+    /// Returns how many arrived; 0 means the peer closed its side. Fails with `TimedOut`
+    /// once the deadline has passed.
+    pub fn fill(&mut self, deadline: Instant) -> io::Result<usize> {
+        self.make_room();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            let stale = self.read_timeout.is_none_or(|current| {
+                current > left + TIMEOUT_SLACK || current + TIMEOUT_SLACK < left
+            });
+            if stale {
+                self.stream.set_read_timeout(Some(left))?;
+                self.read_timeout = Some(left);
+            }
+            match self.stream.read(&mut self.buf[self.end..]) {
+                Ok(read) => {
+                    self.end += read;
+                    return Ok(read);
+                }
+                // The timeout may be a little shorter than the deadline; look again.
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
         }
-        self.stream
-            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
-        let len = self.buf.len();
-        self.buf.resize(len + READ_CHUNK, 0);
-        let result = self.stream.read(&mut self.buf[len..]);
-        self.buf.truncate(len + *result.as_ref().unwrap_or(&0));
-        result
     }
 
-    /// Like [`Io::fill`], but against an absolute deadline, failing with `TimedOut` once it
-    /// has passed.
-    pub fn fill_before(&mut self, deadline: Instant) -> io::Result<usize> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
+    /// Ensures free space after the buffered bytes: moves them to the front, and grows the
+    /// buffer only when it is full of one unfinished head.
+    fn make_room(&mut self) {
+        if self.end < self.buf.len() {
+            return;
         }
-        self.fill(left)
+        if self.pos > 0 {
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
+            self.pos = 0;
+        } else {
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
     }
 
     /// Writes all of `parts` in order, with as few syscalls as the kernel allows.

@@ -12,3 +12,26 @@ pub mod request;
 pub mod response;
 
 pub use exchange::Exchange;
+
+/// Limits on one request, each answered with its own status.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Bytes in the request line (414).
+    pub request_line: usize,
+    /// Header fields in the head, and trailer fields in a chunked body (431).
+    pub fields: usize,
+    /// Bytes in one field line, `name: value` (431).
+    pub field_bytes: usize,
+    /// Bytes in the body, `None` for no limit (413).
+    pub body: Option<u64>,
+}
+
+impl Limits {
+    /// The largest head these limits allow, line ends included.
+    pub fn max_head_bytes(&self) -> usize {
+        let fields = self
+            .fields
+            .saturating_mul(self.field_bytes.saturating_add(2));
+        self.request_line.saturating_add(fields).saturating_add(4)
+    }
+}

@@ -1,16 +1,8 @@
 //! The request head: the request line and header fields, parsed in place with httparse, and
 //! the framing facts derived from them.
 
+use super::Limits;
 use super::error::RequestError;
-
-/// Limits on the request head.
-#[derive(Clone, Copy, Debug)]
-pub struct HeadLimits {
-    /// The request line plus all header lines, in bytes.
-    pub max_head_bytes: usize,
-    /// How many header fields one request may carry.
-    pub max_headers: usize,
-}
 
 /// How the request body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,26 +35,22 @@ pub struct Head<'b, 'h> {
     pub framing: Framing,
 }
 
-/// Parses a request head from the front of `buf`. Returns `None` while it is incomplete, or
-/// the head and its length in bytes.
+/// Parses a request head from the front of `buf` into the header `slots` (one per field the
+/// limits allow). Returns `None` while it is incomplete, or the head and its length in bytes.
 pub fn parse<'b, 'h>(
     buf: &'b [u8],
     slots: &'h mut [httparse::Header<'b>],
-    limits: HeadLimits,
+    limits: &Limits,
 ) -> Result<Option<(Head<'b, 'h>, usize)>, RequestError> {
+    check_request_line_length(buf, limits.request_line)?;
     let mut request = httparse::Request::new(slots);
     let len = match request.parse(buf) {
-        Ok(httparse::Status::Complete(len)) if len > limits.max_head_bytes => {
-            return Err(RequestError::HeadTooLarge(limits.max_head_bytes));
-        }
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= limits.max_head_bytes => {
-            return Err(RequestError::HeadTooLarge(limits.max_head_bytes));
+        Ok(httparse::Status::Partial) if buf.len() > limits.max_head_bytes() => {
+            return Err(RequestError::FieldsTooLarge);
         }
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(RequestError::TooManyHeaders(limits.max_headers));
-        }
+        Err(httparse::Error::TooManyHeaders) => return Err(RequestError::FieldsTooLarge),
         Err(httparse::Error::Version) => return Err(version_error(buf)),
         Err(_) => return Err(RequestError::Malformed("invalid request line or header")),
     };
@@ -71,8 +59,23 @@ pub fn parse<'b, 'h>(
     else {
         return Err(RequestError::Malformed("incomplete request line"));
     };
+    // RFC 9112 §2.2 lets a recipient accept a bare LF as a line end; refusing it keeps this
+    // server from reading a head differently from a proxy in front of it.
+    if buf[..len]
+        .iter()
+        .enumerate()
+        .any(|(at, &byte)| byte == b'\n' && (at == 0 || buf[at - 1] != b'\r'))
+    {
+        return Err(RequestError::Malformed("bare LF in request head"));
+    }
     let headers: &'h [httparse::Header<'b>] = request.headers;
-    let framing = framing(method, minor_version, headers)?;
+    if headers
+        .iter()
+        .any(|field| field.name.len() + 2 + field.value.len() > limits.field_bytes)
+    {
+        return Err(RequestError::FieldsTooLarge);
+    }
+    let framing = framing(method, target, minor_version, headers, limits)?;
     Ok(Some((
         Head {
             method,
@@ -82,6 +85,24 @@ pub fn parse<'b, 'h>(
         },
         len,
     )))
+}
+
+/// Answers 414 as soon as the request line is known to exceed `limit`, even before it ends.
+fn check_request_line_length(buf: &[u8], limit: usize) -> Result<(), RequestError> {
+    // RFC 9112 §2.2: a server "SHOULD ignore at least one empty line (CRLF) received prior to
+    // the request-line", as httparse does.
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let line = &buf[start..];
+    let length = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
+    let length = length - usize::from(line[..length].ends_with(b"\r"));
+    if length > limit {
+        Err(RequestError::RequestLineTooLong(limit))
+    } else {
+        Ok(())
+    }
 }
 
 /// An `HTTP/x.y` version that httparse does not speak is one we don't support (505); anything
@@ -105,13 +126,16 @@ fn version_error(buf: &[u8]) -> RequestError {
 
 fn framing(
     method: &str,
+    target: &str,
     minor_version: u8,
     headers: &[httparse::Header],
+    limits: &Limits,
 ) -> Result<Framing, RequestError> {
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding = false;
     let mut chunked_last = false;
     let mut hosts = 0;
+    let mut host: &[u8] = b"";
     let mut close = false;
     let mut keep_alive = false;
     let mut expect_continue = false;
@@ -141,6 +165,7 @@ fn framing(
             }
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
+            host = value;
         } else if name.eq_ignore_ascii_case("connection") {
             for option in list_items(value) {
                 close |= option.eq_ignore_ascii_case(b"close");
@@ -163,6 +188,10 @@ fn framing(
             "an HTTP/1.1 request needs exactly one Host",
         ));
     }
+    if !is_valid_host(host) {
+        return Err(RequestError::Malformed("invalid Host"));
+    }
+    check_target(method, target, (hosts == 1).then_some(host))?;
     let body = if transfer_encoding {
         // RFC 9112 §6.1: a request with both "ought to be handled as an error"; rejecting it
         // is the only choice that no proxy in front can read differently.
@@ -179,7 +208,11 @@ fn framing(
         }
         BodyKind::Chunked
     } else {
-        BodyKind::Length(content_length.unwrap_or(0))
+        let length = content_length.unwrap_or(0);
+        if limits.body.is_some_and(|max| length > max) {
+            return Err(RequestError::BodyTooLarge);
+        }
+        BodyKind::Length(length)
     };
     Ok(Framing {
         body,
@@ -192,6 +225,75 @@ fn framing(
         expect_continue: expect_continue && minor_version == 1,
         is_head: method == "HEAD",
     })
+}
+
+/// Checks the request target's form against the method (RFC 9112 §3.2).
+fn check_target(method: &str, target: &str, host: Option<&[u8]>) -> Result<(), RequestError> {
+    let malformed = |why| Err(RequestError::Malformed(why));
+    if target == "*" {
+        // "The asterisk-form of request-target is only used for a server-wide OPTIONS request"
+        return if method == "OPTIONS" {
+            Ok(())
+        } else {
+            malformed("* is only for OPTIONS")
+        };
+    }
+    if method == "CONNECT" {
+        // "The authority-form of request-target is only used for CONNECT requests"
+        return if target.starts_with('/') || target.contains("://") {
+            malformed("CONNECT takes an authority")
+        } else {
+            Ok(())
+        };
+    }
+    if target.starts_with('/') {
+        return Ok(());
+    }
+    let Some((scheme, rest)) = target.split_once("://") else {
+        return malformed("authority-form is only for CONNECT");
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return malformed("unsupported scheme in absolute-form");
+    }
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    // The target's authority names the host; a different Host header is a confused or
+    // forged request.
+    match host {
+        Some(host) if host.eq_ignore_ascii_case(authority.as_bytes()) => Ok(()),
+        Some(_) => malformed("Host differs from the absolute-form target"),
+        None => Ok(()),
+    }
+}
+
+/// RFC 9110 §7.2: `Host = uri-host [ ":" port ]`, where `uri-host` is an IP literal in
+/// brackets or a reg-name of unreserved, percent-encoded and sub-delim characters. An empty
+/// value is allowed for targets without an authority.
+fn is_valid_host(host: &[u8]) -> bool {
+    let (name, port) = match host.strip_prefix(b"[") {
+        Some(literal) => match literal.iter().position(|&b| b == b']') {
+            Some(end)
+                if literal[..end]
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') =>
+            {
+                (&b""[..], &literal[end + 1..])
+            }
+            _ => return false,
+        },
+        None => match host.iter().rposition(|&b| b == b':') {
+            Some(colon) => (&host[..colon], &host[colon..]),
+            None => (host, &b""[..]),
+        },
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    let name_ok = name
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+    port_ok && name_ok
 }
 
 /// RFC 9110 §8.6: `Content-Length = 1*DIGIT`; no sign, no spaces inside, no overflow.
@@ -219,14 +321,16 @@ fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 mod tests {
     use super::*;
 
-    const LIMITS: HeadLimits = HeadLimits {
-        max_head_bytes: 8192,
-        max_headers: 16,
+    const LIMITS: Limits = Limits {
+        request_line: 64,
+        fields: 16,
+        field_bytes: 128,
+        body: Some(1000),
     };
 
     fn parse_all(raw: &[u8]) -> Result<Option<(Framing, usize)>, RequestError> {
         let mut slots = [httparse::EMPTY_HEADER; 16];
-        parse(raw, &mut slots, LIMITS).map(|parsed| parsed.map(|(head, len)| (head.framing, len)))
+        parse(raw, &mut slots, &LIMITS).map(|parsed| parsed.map(|(head, len)| (head.framing, len)))
     }
 
     #[test]
@@ -278,6 +382,30 @@ mod tests {
             417
         );
         assert_eq!(status(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"), 505);
+        assert_eq!(status(b"GET / HTTP/1.1\nHost: a\r\n\r\n"), 400, "bare LF");
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n"),
+            413
+        );
+        assert_eq!(
+            status(&[b"GET /".as_slice(), &[b'a'; 64], b" HTTP/1.1\r\n"].concat()),
+            414
+        );
+        assert_eq!(
+            status(&[b"GET /".as_slice(), &[b'a'; 64]].concat()),
+            414,
+            "known before it ends"
+        );
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a@b\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a:8x\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n"), 0);
+        assert_eq!(status(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+        assert_eq!(status(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"), 0);
+        assert_eq!(status(b"GET a:80 HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+        assert_eq!(status(b"CONNECT a:80 HTTP/1.1\r\nHost: a:80\r\n\r\n"), 0);
+        assert_eq!(status(b"GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n"), 0);
+        assert_eq!(status(b"GET http://a/x HTTP/1.1\r\nHost: b\r\n\r\n"), 400);
         assert_eq!(status(b"GET / HTTX/1.1\r\nHost: a\r\n\r\n"), 400);
     }
 

@@ -108,9 +108,13 @@ impl Response {
         !matches!(self.state, State::Unstarted | State::Started(_))
     }
 
-    /// Whether the status and headers have been set.
-    pub fn is_started(&self) -> bool {
-        !matches!(self.state, State::Unstarted)
+    /// Whether a body may follow the head: false for HEAD, 204 and 304.
+    pub fn wants_body(&self) -> bool {
+        match &self.state {
+            State::Started(head) => !head.is_bodiless(self.request),
+            State::Sending { framing, .. } => *framing != BodyFraming::NoBody,
+            _ => true,
+        }
     }
 
     /// The status code sent, for the access log.
@@ -143,7 +147,7 @@ impl Response {
         if let State::Started(head) = &self.state
             && let Some(declared) = head.content_length
             && declared != total
-            && !self.request.is_head
+            && !head.is_bodiless(self.request)
         {
             return Err(ResponseError::LengthMismatch {
                 declared,
@@ -216,7 +220,7 @@ impl Response {
         let mut parts: Vec<&[u8]> = Vec::with_capacity(chunks.len() + 3);
         parts.push(&head_bytes);
         let chunk_size_line;
-        let mut over_length = false;
+        let mut over_length = None;
         match framing {
             BodyFraming::NoBody => {}
             BodyFraming::Length(owed) => {
@@ -228,7 +232,12 @@ impl Response {
                     parts.push(&chunk[..take]);
                     budget -= take as u64;
                 }
-                over_length = total > *owed;
+                if total > *owed {
+                    over_length = Some(ResponseError::LengthMismatch {
+                        declared: self.body_bytes + *owed,
+                        sent: self.body_bytes + total,
+                    });
+                }
                 self.body_bytes += *owed - budget;
                 *owed = budget;
             }
@@ -247,15 +256,13 @@ impl Response {
         }
         io.write_all_vectored(&parts)
             .map_err(|error| self.broken(error))?;
-        if over_length {
-            self.must_close = true;
-            let sent = self.body_bytes;
-            return Err(ResponseError::LengthMismatch {
-                declared: sent,
-                sent: sent + total,
-            });
+        match over_length {
+            Some(error) => {
+                self.must_close = true;
+                Err(error)
+            }
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn broken(&mut self, error: io::Error) -> ResponseError {
@@ -309,9 +316,16 @@ impl PendingHead {
         Ok(head)
     }
 
+    /// RFC 9110 §6.4.1: responses to HEAD, and 204 and 304 responses, have no content.
+    fn is_bodiless(&self, request: Framing) -> bool {
+        request.is_head || matches!(self.code, 204 | 304)
+    }
+
     fn framing(&self, request: Framing, whole_body: Option<u64>) -> BodyFraming {
-        let bodiless = request.is_head || matches!(self.code, 100..=199 | 204 | 304);
-        match (self.content_length.or(whole_body), bodiless) {
+        match (
+            self.content_length.or(whole_body),
+            self.is_bodiless(request),
+        ) {
             (_, true) => BodyFraming::NoBody,
             (Some(length), false) => BodyFraming::Length(length),
             (None, false) if request.minor_version >= 1 => BodyFraming::Chunked,
@@ -343,10 +357,12 @@ impl PendingHead {
         out.extend_from_slice(&self.header_block);
         let length = match framing {
             BodyFraming::Length(length) => Some(length),
-            // A HEAD response states the length a GET would have had, when it is known.
-            BodyFraming::NoBody if self.code != 204 && !(100..200).contains(&self.code) => {
-                self.content_length.or(whole_body)
-            }
+            // A HEAD response may state the length a GET would have had; a 304 only the one the
+            // app declared (RFC 9110 §8.6).
+            BodyFraming::NoBody if request.is_head && self.code != 204 => self
+                .content_length
+                .or(whole_body.filter(|&length| length > 0)),
+            BodyFraming::NoBody => self.content_length,
             _ => None,
         };
         if let Some(length) = length {
@@ -446,7 +462,7 @@ fn is_hop_by_hop(lower_name: &str) -> bool {
 fn encode_value(out: &mut Vec<u8>, name: &str, value: &str) -> Result<(), ResponseError> {
     for c in value.chars() {
         let code = u32::from(c);
-        if code > 0xFF || (c.is_control() && c != '\t') {
+        if code > 0xFF || (code < 0x20 && c != '\t') || code == 0x7F {
             return Err(ResponseError::InvalidHeader(format!(
                 "value of {name} holds {c:?}"
             )));
