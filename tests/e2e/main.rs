@@ -2,8 +2,10 @@
 //! components from `guests/`, and real sockets.
 
 mod apps;
+mod corpus;
 mod environ;
 mod faults;
+mod properties;
 mod protocol;
 mod startup;
 mod streaming;

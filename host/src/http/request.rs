@@ -110,7 +110,11 @@ fn check_request_line_length(buf: &[u8], limit: usize) -> Result<(), RequestErro
 fn version_error(buf: &[u8]) -> RequestError {
     let line_end = buf.iter().position(|&b| b == b'\r' || b == b'\n');
     let line = &buf[..line_end.unwrap_or(buf.len())];
-    let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+    // "request-line = method SP request-target SP HTTP-version": anything else is garbage.
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    let [_, _, version] = parts[..] else {
+        return RequestError::Malformed("invalid request line");
+    };
     match version {
         [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
             if major.is_ascii_digit() && minor.is_ascii_digit() =>
