@@ -3,6 +3,7 @@
 //! The server knows an app only through these traits: a Wasm component is one implementation,
 //! and a native handler can stand in for it in tests and benchmarks.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bindings::wasm_gw::wsgi::request::Environ;
@@ -10,6 +11,9 @@ use crate::http::Exchange;
 
 /// One worker of an app: serves one request at a time, and keeps its state between requests.
 pub trait App: Send {
+    /// The app's name, for logs.
+    fn name(&self) -> Arc<str>;
+
     /// Serves one request, reading its body from and writing its response to `exchange`,
     /// then hands the exchange back to the connection.
     fn call(
@@ -34,6 +38,9 @@ pub enum Failure {
     /// The app trapped or panicked; its worker was replaced.
     #[error("trapped: {0}")]
     Trap(String),
+    /// The app needed more memory than its cap; its worker was replaced.
+    #[error("ran out of memory: {0}")]
+    MemoryCap(String),
     /// The app ran past its deadline and was stopped; its worker was replaced.
     #[error("stopped after exceeding the {0:?} deadline")]
     Timeout(Duration),
@@ -44,7 +51,9 @@ impl Failure {
     pub fn status(&self) -> (u16, &'static str) {
         match self {
             Failure::Timeout(_) => (504, "Gateway Timeout"),
-            Failure::Application(_) | Failure::Trap(_) => (500, "Internal Server Error"),
+            Failure::Application(_) | Failure::Trap(_) | Failure::MemoryCap(_) => {
+                (500, "Internal Server Error")
+            }
         }
     }
 }

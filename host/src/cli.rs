@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::guest::{DirGrant, Grants};
+use crate::runtime::{InstancePolicy, Isolation};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "wasm-gw",
@@ -48,6 +51,31 @@ pub struct ServeArgs {
     #[arg(long, default_value = "128MiB", value_parser = parse_size)]
     pub max_memory: usize,
 
+    /// How long an instance lives: `worker` keeps one per worker across requests (module
+    /// state persists; fastest); `request` makes a fresh one for every request (nothing
+    /// persists; one instantiation per request).
+    #[arg(long, value_enum, default_value = "worker")]
+    pub isolation: Isolation,
+
+    /// Replace an instance after it served this many requests, as Gunicorn does; 0 never.
+    #[arg(long, default_value_t = 0)]
+    pub max_requests: u64,
+
+    /// Add a random 0 to J requests to each instance's --max-requests, so that instances
+    /// don't all restart together.
+    #[arg(long, default_value_t = 0)]
+    pub max_requests_jitter: u64,
+
+    /// Grant the app a directory: HOST_PATH[::GUEST_PATH][:ro]. Repeatable. Without it the
+    /// app sees no files at all.
+    #[arg(long = "dir", value_name = "HOST_PATH[::GUEST_PATH][:ro]", value_parser = parse_dir)]
+    pub dirs: Vec<DirGrant>,
+
+    /// Grant the app an environment variable: KEY=VALUE. Repeatable. Without it the app sees
+    /// an empty environment.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+
     /// Seconds an idle keep-alive connection waits for its next request.
     #[arg(long, default_value = "5", value_parser = parse_seconds)]
     pub keep_alive: Duration,
@@ -55,6 +83,25 @@ pub struct ServeArgs {
     /// Open connections at most; more wait in the listen backlog.
     #[arg(long, default_value_t = 1000)]
     pub max_connections: usize,
+
+    /// Connections the kernel may queue before they are accepted.
+    #[arg(long, default_value_t = 1024)]
+    pub backlog: i32,
+
+    /// Seconds the whole request head may take, from its first byte, however slowly it
+    /// trickles; also how long a new connection may stay silent. Past it: 408.
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    pub header_timeout: Duration,
+
+    /// Seconds a request body may take before --body-min-rate applies (Apache's
+    /// mod_reqtimeout `body=`).
+    #[arg(long, default_value = "20", value_parser = parse_seconds)]
+    pub body_timeout: Duration,
+
+    /// Bytes a second a request body must keep up: each this many bytes received earns the
+    /// body another second, so a trickle is cut off and a moving upload is not.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_min_rate: u64,
 
     /// Longest request line in bytes; longer ones get 414.
     #[arg(long, default_value_t = 8190, value_parser = clap::value_parser!(u32).range(16..))]
@@ -79,6 +126,21 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    pub fn instance_policy(&self) -> InstancePolicy {
+        InstancePolicy {
+            max_memory: self.max_memory,
+            timeout: self.timeout,
+            isolation: self.isolation,
+            max_requests: (self.max_requests > 0).then_some(self.max_requests),
+            max_requests_jitter: self.max_requests_jitter,
+            grants: Grants {
+                dirs: self.dirs.clone(),
+                env: self.env.clone(),
+            },
+            workers: self.workers(),
+        }
+    }
+
     pub fn http_limits(&self) -> crate::http::Limits {
         crate::http::Limits {
             request_line: self.limit_request_line as usize,
@@ -104,6 +166,32 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
         .ok()
         .filter(|duration| !duration.is_zero())
         .ok_or_else(|| format!("{text:?} is not a positive number of seconds"))
+}
+
+fn parse_dir(text: &str) -> Result<DirGrant, String> {
+    let (rest, read_only) = match text.strip_suffix(":ro") {
+        Some(rest) => (rest, true),
+        None => (text, false),
+    };
+    let (host, guest) = rest.split_once("::").unwrap_or((rest, rest));
+    if host.is_empty() || guest.is_empty() {
+        return Err(format!("{text:?} is not HOST_PATH[::GUEST_PATH][:ro]"));
+    }
+    if !std::path::Path::new(host).is_dir() {
+        return Err(format!("{host} is not a directory"));
+    }
+    Ok(DirGrant {
+        host: host.into(),
+        guest: guest.to_owned(),
+        read_only,
+    })
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
 }
 
 fn parse_size_or_zero(text: &str) -> Result<usize, String> {

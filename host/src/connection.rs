@@ -197,10 +197,18 @@ fn handle(
     let exchange = Exchange::new(io, framing, body);
     // The worker goes back to the pool at the end of this statement, before the connection
     // writes a whole body to a client that may be slow.
-    let (mut exchange, result) = pool.checkout().call(request_id, environ, exchange);
+    let (app, (mut exchange, result)) = {
+        let mut worker = pool.checkout();
+        (worker.name(), worker.call(request_id, environ, exchange))
+    };
     exchange.finish_whole_body();
 
-    let error_status = error_response(request_id, &exchange, result);
+    let request = RequestLog {
+        app: &app,
+        id: request_id,
+        ran_for: started.elapsed(),
+    };
+    let error_status = error_response(&request, &exchange, result);
     let code = match error_status {
         Some((code, reason)) if !exchange.response.head_sent() => {
             let body = format!("{reason}\n");
@@ -232,42 +240,52 @@ fn handle(
     }
 }
 
+/// Which request a log line is about.
+struct RequestLog<'a> {
+    app: &'a str,
+    id: u64,
+    ran_for: Duration,
+}
+
 /// Logs what went wrong with a request, if anything, and picks the status that answers it.
 fn error_response(
-    request_id: u64,
+    request: &RequestLog,
     exchange: &Exchange,
     result: Result<(), Failure>,
 ) -> Option<(u16, &'static str)> {
-    let head_sent = exchange.response.head_sent();
+    let RequestLog { app, id, ran_for } = *request;
     if let Some(BodyError::Invalid(error)) = &exchange.body_failed {
-        tracing::warn!(request = request_id, "bad request body: {error}");
+        tracing::warn!(app, request = id, "bad request body: {error}");
         return Some(error.status());
     }
     let failure = result.err();
-    if let Some(failure @ (Failure::Trap(_) | Failure::Timeout(_))) = &failure {
-        tracing::error!(request = request_id, "app {failure}");
+    if let Some(failure @ (Failure::Trap(_) | Failure::Timeout(_) | Failure::MemoryCap(_))) =
+        &failure
+    {
+        tracing::error!(app, request = id, ?ran_for, "app {failure}");
         return Some(failure.status());
     }
     if let Some(violation) = &exchange.violation {
         tracing::error!(
-            request = request_id,
+            app,
+            request = id,
             "app broke the WSGI contract: {violation}"
         );
         return Some((500, "Internal Server Error"));
     }
     if let Some(error) = &exchange.body_failed {
         // The app's own error, if any, only followed from the missing body.
-        tracing::info!(request = request_id, "request body not received: {error}");
+        tracing::info!(app, request = id, "request body not received: {error}");
         return Some((400, "Bad Request"));
     }
     if let Some(failure) = &failure {
-        tracing::error!(request = request_id, "app {failure}");
+        tracing::error!(app, request = id, "app {failure}");
         return Some(failure.status());
     }
-    if !head_sent {
+    if !exchange.response.head_sent() {
         // The app returned without any response; the guest bindings prevent this, but a
         // native app might not.
-        tracing::error!(request = request_id, "app returned without a response");
+        tracing::error!(app, request = id, "app returned without a response");
         return Some((500, "Internal Server Error"));
     }
     None

@@ -1,28 +1,46 @@
 //! The host side of the guest's imports: the state one Store carries, and the functions a
 //! guest calls during a request (`input-stream`, `start-response`, `write`, stdio).
 
+use std::path::PathBuf;
 use std::pin::Pin;
+
+use anyhow::Context as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use wasmtime::StoreLimits;
+use wasmtime::ResourceLimiter;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::wasm_gw::wsgi::request::{self, InputError, InputStream};
 use crate::bindings::wasm_gw::wsgi::response::{self, ResponseError as WitResponseError};
 use crate::http::Exchange;
 use crate::http::response::ResponseError;
 
+/// What the operator grants an app beyond its sandbox.
+#[derive(Clone, Debug, Default)]
+pub struct Grants {
+    pub dirs: Vec<DirGrant>,
+    pub env: Vec<(String, String)>,
+}
+
+/// A host directory the app may use, under a path of its own.
+#[derive(Clone, Debug)]
+pub struct DirGrant {
+    pub host: PathBuf,
+    pub guest: String,
+    pub read_only: bool,
+}
+
 /// Everything one instance's Store holds.
 pub struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub limits: StoreLimits,
+    pub limits: Sandbox,
     /// The request being served; present only during a call.
     exchange: Option<Exchange>,
     /// Names the current request's input handle, so a handle kept past its request is stale.
@@ -64,27 +82,46 @@ impl GuestClock {
 }
 
 impl GuestState {
-    pub fn new(limits: StoreLimits, max_memory: usize) -> GuestState {
+    pub fn new(max_memory: usize, grants: &Grants) -> anyhow::Result<GuestState> {
         let request_id = Arc::new(AtomicU64::new(0));
         let logs = [
             GuestLog::new("stdout", request_id.clone()),
             GuestLog::new("stderr", request_id.clone()),
         ];
-        let wasi = WasiCtx::builder()
-            .stdout(logs[0].clone())
+        let mut wasi = WasiCtx::builder();
+        // Nothing is ambient: no arguments, environment, directories or network, only what the
+        // operator granted.
+        wasi.stdout(logs[0].clone())
             .stderr(logs[1].clone())
-            .build();
-        GuestState {
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .envs(&grants.env);
+        for dir in &grants.dirs {
+            let perms = if dir.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            wasi.preopened_dir(&dir.host, &dir.guest, perms)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("cannot grant directory {}", dir.host.display()))?;
+        }
+        let wasi = wasi.build();
+        Ok(GuestState {
             wasi,
             table: ResourceTable::new(),
-            limits,
+            limits: Sandbox {
+                max_memory,
+                memory_cap_hit: false,
+            },
             exchange: None,
             request_seq: 0,
             request_id,
             logs,
             max_read: max_memory,
             clock: GuestClock::new(),
-        }
+        })
     }
 
     /// Hands the request to the guest side and returns the input handle for it.
@@ -163,6 +200,59 @@ impl GuestState {
             return Err(WitResponseError::NotStarted);
         };
         act(exchange).map_err(|error| to_wit(exchange.violated(error)))
+    }
+}
+
+/// Most table elements (function references) one table may hold.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Most core instances, tables and memories in one component instance: far above what a
+/// compiled app uses, far below what would strain the host.
+pub const MAX_INSTANCE_PARTS: u32 = 100;
+
+/// The resource limits of one instance, and whether the app ran into its memory cap.
+pub struct Sandbox {
+    max_memory: usize,
+    pub memory_cap_hit: bool,
+}
+
+impl ResourceLimiter for Sandbox {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            self.memory_cap_hit = true;
+            // A trap, not a failed grow: the app could not go on anyway, and the trap says why.
+            wasmtime::bail!(
+                "the app needed {} MiB of memory, past its cap of {} MiB",
+                desired >> 20,
+                self.max_memory >> 20
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCE_PARTS as usize
+    }
+
+    fn tables(&self) -> usize {
+        MAX_INSTANCE_PARTS as usize
+    }
+
+    fn memories(&self) -> usize {
+        MAX_INSTANCE_PARTS as usize
     }
 }
 

@@ -7,7 +7,7 @@ use wasm_gw::cli::{Cli, Command, ServeArgs};
 use wasm_gw::connection::{ConnectionConfig, Timeouts};
 use wasm_gw::http::body::BodyPace;
 use wasm_gw::pool::Pool;
-use wasm_gw::runtime::{Limits, WasmApp};
+use wasm_gw::runtime::WasmApp;
 use wasm_gw::server;
 
 fn main() -> ExitCode {
@@ -32,15 +32,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .init();
 
     let workers = args.workers();
-    let app = WasmApp::load(
-        &args.app,
-        Limits {
-            max_memory: args.max_memory,
-            timeout: args.timeout,
-        },
-    )?;
+    let app = WasmApp::load(&args.app, args.instance_policy())?;
     let pool = Pool::new(&app, workers)?;
-    let listener = server::bind(&args.host, args.port)?;
+    let listener = server::bind(&args.host, args.port, args.backlog)?;
     let address = listener.local_addr()?;
     tracing::info!("serving {} with {workers} workers", args.app.display());
     tracing::info!("listening on http://{address}");
@@ -49,13 +43,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         limits: args.http_limits(),
         timeouts: Timeouts {
             keep_alive: args.keep_alive,
-            head: Duration::from_secs(10),
+            head: args.header_timeout,
             write: Duration::from_secs(30),
         },
-        // mod_reqtimeout's defaults: 20 s, extended by a second per 500 bytes received.
         body_pace: BodyPace {
-            patience: Duration::from_secs(20),
-            min_rate: 500,
+            patience: args.body_timeout,
+            min_rate: args.body_min_rate,
         },
         multithread: workers > 1,
     };

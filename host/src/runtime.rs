@@ -1,20 +1,24 @@
 //! Running a component: the Engine, Component and linker set up once per app, and the
 //! workers, each a Store with its own limits and a long-lived instance.
 
+use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceAny};
-use wasmtime::{Config, Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
 
 use crate::app::{App, AppFactory, Failure};
 use crate::bindings;
 use crate::bindings::exports::wasm_gw::wsgi::handler::Body;
 use crate::bindings::wasm_gw::wsgi::request::Environ;
-use crate::guest::GuestState;
+use crate::guest::{Grants, GuestState, MAX_INSTANCE_PARTS};
 use crate::http::Exchange;
 
 /// How often the deadline clock ticks; deadlines are accurate to about this much.
@@ -26,26 +30,44 @@ fn ticks(duration: Duration) -> u64 {
     u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
 }
 
-/// The sandbox's limits for each instance.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
+/// How long an instance lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Isolation {
+    /// One instance per worker serves request after request; module state persists.
+    Worker,
+    /// A fresh instance for every request; nothing persists between requests.
+    Request,
+}
+
+/// The limits, grants and lifecycle of each instance.
+#[derive(Clone, Debug)]
+pub struct InstancePolicy {
     /// Linear memory per instance, in bytes.
     pub max_memory: usize,
-    /// Wall-clock deadline for one request.
+    /// App time one request may use.
     pub timeout: Duration,
+    pub isolation: Isolation,
+    /// Replace an instance after it served this many requests (plus up to the jitter).
+    pub max_requests: Option<u64>,
+    pub max_requests_jitter: u64,
+    pub grants: Grants,
+    /// How many instances may be alive at once, to size the pooling allocator.
+    pub workers: usize,
 }
 
 /// A component compiled and linked, ready to instantiate.
 pub struct WasmApp {
+    /// The component's file stem, for logs.
+    name: Arc<str>,
     engine: Engine,
     pre: bindings::AppPre<GuestState>,
-    limits: Limits,
+    policy: InstancePolicy,
 }
 
 impl WasmApp {
     /// Loads and checks the component at `path`, with one clear error for each way it can be
     /// unfit to serve.
-    pub fn load(path: &Path, limits: Limits) -> anyhow::Result<Arc<WasmApp>> {
+    pub fn load(path: &Path, policy: InstancePolicy) -> anyhow::Result<Arc<WasmApp>> {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         match bytes.get(..8) {
@@ -60,6 +82,21 @@ impl WasmApp {
 
         let mut config = Config::new();
         config.epoch_interruption(true);
+        if policy.isolation == Isolation::Request {
+            // An instance per request: the pooling allocator reuses memory slots instead of
+            // mapping fresh memory each time. Each worker holds one instance, and a second
+            // while it replaces the first.
+            let slots = u32::try_from(policy.workers * 2 + 2).unwrap_or(u32::MAX);
+            let mut pooling = PoolingAllocationConfig::new();
+            pooling
+                .total_component_instances(slots)
+                .total_core_instances(slots.saturating_mul(MAX_INSTANCE_PARTS))
+                .total_memories(slots.saturating_mul(4))
+                .total_tables(slots.saturating_mul(4))
+                .total_stacks(slots)
+                .max_memory_size(policy.max_memory);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        }
         let engine = Engine::new(&config)?;
         let component = Component::new(&engine, &bytes)
             .map_err(anyhow::Error::from)
@@ -88,26 +125,24 @@ impl WasmApp {
                 }
             })?;
 
+        let name = path
+            .file_stem()
+            .map_or_else(|| "app".into(), |stem| stem.to_string_lossy().into());
         Ok(Arc::new(WasmApp {
+            name,
             engine,
             pre,
-            limits,
+            policy,
         }))
     }
 
     fn instantiate(&self) -> anyhow::Result<(Store<GuestState>, bindings::App)> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.limits.max_memory)
-            .trap_on_grow_failure(true)
-            .build();
-        let mut store = Store::new(
-            &self.engine,
-            GuestState::new(limits, self.limits.max_memory),
-        );
+        let state = GuestState::new(self.policy.max_memory, &self.policy.grants)?;
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         // At each tick past the deadline, look at the app time actually used: time spent
         // waiting on the client doesn't count.
-        let timeout = self.limits.timeout;
+        let timeout = self.policy.timeout;
         store.epoch_deadline_callback(move |store| {
             let used = store.data().clock().used();
             Ok(match timeout.checked_sub(used) {
@@ -133,16 +168,33 @@ impl AppFactory for Arc<WasmApp> {
             app: self.clone(),
             store,
             instance,
+            served: 0,
+            retire_after: self.retire_after(),
         }))
     }
 }
 
+impl WasmApp {
+    /// How many requests a new instance serves before it is replaced: Gunicorn's
+    /// max-requests, spread by a random jitter so that workers don't all restart at once.
+    fn retire_after(&self) -> Option<u64> {
+        let jitter = match self.policy.max_requests_jitter {
+            0 => 0,
+            most => RandomState::new().hash_one(Instant::now()) % (most + 1),
+        };
+        self.policy.max_requests.map(|requests| requests + jitter)
+    }
+}
+
 /// One instance of the app and the Store it lives in. Module state persists across the
-/// requests it serves, as in a WSGI worker process.
+/// requests it serves, as in a WSGI worker process, unless isolation is per request.
 struct WasmWorker {
     app: Arc<WasmApp>,
     store: Store<GuestState>,
     instance: bindings::App,
+    /// Requests this instance has served.
+    served: u64,
+    retire_after: Option<u64>,
 }
 
 impl App for WasmWorker {
@@ -155,10 +207,25 @@ impl App for WasmWorker {
         let input = self.store.data_mut().begin(request_id, exchange);
         let result = self.run(environ, input);
         let exchange = self.store.data_mut().end();
-        if let Err(failure @ (Failure::Trap(_) | Failure::Timeout(_))) = &result {
-            self.replace_instance(request_id, failure);
+        self.served += 1;
+        let reason = match &result {
+            Err(Failure::Trap(_)) => Some("trap"),
+            Err(Failure::Timeout(_)) => Some("timeout"),
+            Err(Failure::MemoryCap(_)) => Some("memory"),
+            _ if self.app.policy.isolation == Isolation::Request => Some("isolation"),
+            _ if self.retire_after.is_some_and(|limit| self.served >= limit) => {
+                Some("max-requests")
+            }
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            self.replace_instance(request_id, reason);
         }
         (exchange, result)
+    }
+
+    fn name(&self) -> Arc<str> {
+        self.app.name.clone()
     }
 }
 
@@ -237,7 +304,7 @@ impl WasmWorker {
     ) -> Result<R, Failure> {
         let left = self
             .app
-            .limits
+            .policy
             .timeout
             .saturating_sub(self.store.data().clock().used());
         self.store.set_epoch_deadline(ticks(left));
@@ -249,26 +316,33 @@ impl WasmWorker {
 
     fn failure(&self, error: wasmtime::Error) -> Failure {
         if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
-            return Failure::Timeout(self.app.limits.timeout);
+            return Failure::Timeout(self.app.policy.timeout);
         }
         // The root cause names the trap in one line; the wasm backtrace is for debugging.
         tracing::debug!("guest trap: {error:?}");
-        Failure::Trap(error.root_cause().to_string())
+        let why = error.root_cause().to_string();
+        if self.store.data().limits.memory_cap_hit {
+            Failure::MemoryCap(why)
+        } else {
+            Failure::Trap(why)
+        }
     }
 
-    fn replace_instance(&mut self, request_id: u64, failure: &Failure) {
-        let reason = match failure {
-            Failure::Timeout(_) => "timeout",
-            _ => "trap",
-        };
+    fn replace_instance(&mut self, request_id: u64, reason: &'static str) {
         match self.app.instantiate() {
             Ok((store, instance)) => {
                 self.store = store;
                 self.instance = instance;
-                tracing::warn!(request = request_id, reason, "instance replaced");
+                self.served = 0;
+                self.retire_after = self.app.retire_after();
+                // Per-request isolation replaces every instance; that is no news.
+                if reason != "isolation" {
+                    tracing::info!(app = %self.app.name, request = request_id, reason, "instance replaced");
+                }
             }
             Err(error) => {
                 tracing::error!(
+                    app = %self.app.name,
                     request = request_id,
                     reason,
                     "cannot replace instance: {error:#}"

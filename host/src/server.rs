@@ -1,20 +1,36 @@
 //! The listener and the accept loop: one thread per connection, up to a limit, all sharing
 //! one pool of app workers.
 
-use std::net::TcpListener;
+use std::net::{TcpListener, ToSocketAddrs};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
 use anyhow::Context;
+use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::connection::{self, ConnectionConfig};
 use crate::pool::Pool;
 
-/// Binds the listening socket. Rust's standard library sets SO_REUSEADDR on Unix, so a
-/// restarted server can bind while old connections sit in TIME_WAIT.
-pub fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
-    TcpListener::bind((host, port)).with_context(|| format!("cannot listen on {host}:{port}"))
+/// Binds the listening socket with SO_REUSEADDR, so that a restarted server can bind while
+/// old connections sit in TIME_WAIT, and a listen queue of `backlog`.
+pub fn bind(host: &str, port: u16, backlog: i32) -> anyhow::Result<TcpListener> {
+    let listen = || -> std::io::Result<TcpListener> {
+        let address = (host, port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such address"))?;
+        let socket = Socket::new(
+            Domain::for_address(address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&address.into())?;
+        socket.listen(backlog)?;
+        Ok(socket.into())
+    };
+    listen().with_context(|| format!("cannot listen on {host}:{port}"))
 }
 
 /// Accepts connections forever, serving each on its own thread.

@@ -24,7 +24,7 @@ fn each_fault_gets_500_and_the_server_keeps_serving() {
         ("/double-start", "start_response called again"),
         ("/bad-header", "invalid header"),
         ("/hop-header", "hop-by-hop header \"Connection\""),
-        ("/alloc", "growing memory"),
+        ("/alloc", "ran out of memory: the app needed"),
         ("/wrong-length", "does not match Content-Length 10"),
     ];
     for (path, reason) in faults {
@@ -35,6 +35,7 @@ fn each_fault_gets_500_and_the_server_keeps_serving() {
         assert_eq!(status_of(&server, "/ok"), 200, "after {path}");
     }
     server.wait_for_log(&["instance replaced", "reason=\"trap\""]);
+    server.wait_for_log(&["instance replaced", "reason=\"memory\""]);
 }
 
 #[test]

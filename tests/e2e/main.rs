@@ -7,6 +7,8 @@ mod environ;
 mod faults;
 mod properties;
 mod protocol;
+mod sandbox;
 mod startup;
 mod streaming;
 mod support;
+mod workers;

@@ -1,6 +1,8 @@
 //! Routes that each do one wrong thing, for the host's fault tests: `/trap`, `/panic`,
 //! `/no-start`, `/double-start`, `/bad-header`, `/hop-header`, `/wrong-length`,
-//! `/short-write`, `/long-write`, `/loop` and `/alloc`; anything else answers 200 `ok`. It implements the WSGI
+//! `/short-write`, `/long-write`, `/loop` and `/alloc`; anything else answers 200 `ok`.
+//! The `/escape/...` routes try to leave the sandbox (read a file, list a directory, read
+//! the environment, open a TCP connection) and say whether they could. It implements the WSGI
 //! contract directly, without the SDK's `App`, because several faults are ones the SDK
 //! prevents.
 
@@ -19,6 +21,21 @@ fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 
 fn ok_body(text: &str) -> Result<Body, String> {
     Ok(Body::Chunks(vec![text.as_bytes().to_vec()]))
+}
+
+fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+fn probe(attempt: std::io::Result<String>) -> Result<Body, String> {
+    start_response("200 OK", &headers(&[("Content-Type", "text/plain")]), None)
+        .map_err(|e| format!("{e:?}"))?;
+    match attempt {
+        Ok(what) => ok_body(&format!("allowed: {what}\n")),
+        Err(error) => ok_body(&format!("denied: {error}\n")),
+    }
 }
 
 impl Guest for Faulty {
@@ -72,6 +89,32 @@ impl Guest for Faulty {
                     .map_err(|e| format!("{e:?}"))?;
                 let _ = write(b"1234567890");
                 Ok(Body::Chunks(Vec::new()))
+            }
+            // Sandbox probes: each answers `allowed: ...` or `denied: <the error>`.
+            "/escape/read" => {
+                let path = query_value(&environ.query_string, "path").unwrap_or("/etc/passwd");
+                probe(std::fs::read_to_string(path).map(|text| text.chars().take(64).collect()))
+            }
+            "/escape/list" => {
+                let path = query_value(&environ.query_string, "path").unwrap_or("/");
+                probe(std::fs::read_dir(path).map(|entries| format!("{} entries", entries.count())))
+            }
+            "/escape/env" => {
+                let vars: Vec<String> = std::env::vars()
+                    .map(|(key, value)| format!("{key}={value}"))
+                    .collect();
+                probe(if vars.is_empty() {
+                    Err(std::io::Error::other("empty environment"))
+                } else {
+                    Ok(vars.join(" "))
+                })
+            }
+            "/escape/tcp" => {
+                let address = query_value(&environ.query_string, "addr").unwrap_or("127.0.0.1:80");
+                probe(
+                    std::net::TcpStream::connect(address)
+                        .map(|_| format!("connected to {address}")),
+                )
             }
             "/loop" => {
                 let mut spins: u64 = 0;

@@ -1,0 +1,73 @@
+//! The sandbox: no ambient authority, explicit grants, capped memory.
+
+use std::net::TcpListener;
+
+use crate::support::{Server, client};
+
+fn answer(server: &Server, path: &str) -> String {
+    let mut response = client().get(server.url(path)).call().unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    response.body_mut().read_to_string().unwrap()
+}
+
+#[test]
+fn an_app_has_no_ambient_authority() {
+    let server = Server::start("faulty", &[]);
+    // A real listener, so that a connection that got through would succeed.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp = format!("/escape/tcp?addr={}", listener.local_addr().unwrap());
+    for probe in [
+        "/escape/read?path=/etc/passwd",
+        "/escape/list?path=/",
+        "/escape/env",
+        tcp.as_str(),
+    ] {
+        let said = answer(&server, probe);
+        assert!(said.starts_with("denied: "), "{probe}: {said}");
+    }
+    assert!(answer(&server, &tcp).contains("Permission denied"));
+}
+
+#[test]
+fn grants_open_exactly_what_they_name() {
+    let dir = std::env::temp_dir().join(format!("wasm-gw-grant-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hello.txt"), "granted contents").unwrap();
+    let grant = format!("{}::/data:ro", dir.display());
+    let server = Server::start("faulty", &["--dir", &grant, "--env", "GREETING=hi there"]);
+
+    assert_eq!(
+        answer(&server, "/escape/read?path=/data/hello.txt"),
+        "allowed: granted contents\n"
+    );
+    assert_eq!(
+        answer(&server, "/escape/list?path=/data"),
+        "allowed: 1 entries\n"
+    );
+    assert_eq!(
+        answer(&server, "/escape/env"),
+        "allowed: GREETING=hi there\n"
+    );
+    // Only what was granted: the rest of the host stays out of reach.
+    assert!(answer(&server, "/escape/read?path=/etc/passwd").starts_with("denied: "));
+    assert!(answer(&server, "/escape/read?path=/data/../../etc/passwd").starts_with("denied: "));
+}
+
+#[test]
+fn unbounded_allocation_stays_inside_the_sandbox() {
+    let server = Server::start("faulty", &["--workers", "1", "--max-memory", "64MiB"]);
+    let (before, _) = server.memory();
+    for _ in 0..5 {
+        let response = client().get(server.url("/alloc")).call().unwrap();
+        assert_eq!(response.status(), 500);
+    }
+    server.wait_for_log(&["instance replaced", "reason=\"memory\""]);
+    assert_eq!(
+        client().get(server.url("/ok")).call().unwrap().status(),
+        200
+    );
+    let (after, _) = server.memory();
+    // Five times 64 MiB was allocated and released; the host keeps at most about one.
+    let growth = after.saturating_sub(before) >> 20;
+    assert!(growth < 100, "host RSS grew by {growth} MiB");
+}

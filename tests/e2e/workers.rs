@@ -1,0 +1,102 @@
+//! The worker model: instance lifecycles and connections that never pin a worker.
+
+use std::io::{BufReader, Write};
+
+use serde_json::Value;
+
+use crate::support::{RawResponse, Server, client};
+
+fn task_count(server: &Server) -> usize {
+    let mut response = client().get(server.url("/tasks")).call().unwrap();
+    let tasks: Value =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    tasks.as_array().unwrap().len()
+}
+
+fn create_task(server: &Server) {
+    let response = client()
+        .post(server.url("/tasks"))
+        .send(r#"{"title": "t"}"#)
+        .unwrap();
+    assert_eq!(response.status(), 201);
+}
+
+#[test]
+fn worker_isolation_keeps_state_and_request_isolation_does_not() {
+    let kept = Server::start("tasks", &["--workers", "1"]);
+    create_task(&kept);
+    create_task(&kept);
+    assert_eq!(task_count(&kept), 2);
+
+    let fresh = Server::start("tasks", &["--workers", "1", "--isolation", "request"]);
+    create_task(&fresh);
+    create_task(&fresh);
+    assert_eq!(
+        task_count(&fresh),
+        0,
+        "no state may leak from one request to the next"
+    );
+}
+
+#[test]
+fn instances_are_recycled_after_max_requests() {
+    let server = Server::start("tasks", &["--workers", "1", "--max-requests", "3"]);
+    create_task(&server);
+    create_task(&server);
+    assert_eq!(task_count(&server), 2);
+    // That was the third request: the instance is new, and so is its memory.
+    server.wait_for_log(&["instance replaced", "reason=\"max-requests\""]);
+    assert_eq!(task_count(&server), 0);
+}
+
+#[test]
+fn idle_connections_never_hold_a_worker() {
+    // Room for the thousand idle connections and the fresh one.
+    let server = Server::start(
+        "hello",
+        &[
+            "--workers",
+            "1",
+            "--keep-alive",
+            "60",
+            "--max-connections",
+            "1001",
+        ],
+    );
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        let mut stream = server.connect();
+        stream
+            .write_all(b"GET /?name=idle HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        assert_eq!(RawResponse::read(&mut reader, false).status, 200);
+        idle.push(reader);
+    }
+    // One worker, a thousand idle keep-alive connections: a new client is still served.
+    let mut response = client().get(server.url("/?name=fresh")).call().unwrap();
+    assert_eq!(
+        response.body_mut().read_to_string().unwrap(),
+        "Hello, fresh!\n"
+    );
+    // And the idle ones are all still open.
+    for reader in &mut idle {
+        reader
+            .get_mut()
+            .write_all(b"GET /?name=again HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        assert_eq!(RawResponse::read(reader, false).text(), "Hello, again!\n");
+    }
+}
+
+#[test]
+fn a_silent_connection_is_closed_after_the_header_timeout() {
+    let server = Server::start("hello", &["--header-timeout", "1"]);
+    let mut stream = server.connect();
+    // A head that starts but never ends.
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        .unwrap();
+    let response = RawResponse::read(&mut BufReader::new(stream), false);
+    assert_eq!(response.status, 408);
+}
