@@ -120,6 +120,11 @@ pub struct ServeArgs {
     #[arg(long, default_value = "1GiB", value_parser = parse_size_or_zero)]
     pub max_body_size: usize,
 
+    /// Seconds that requests in flight get to finish after SIGTERM or SIGINT; a second
+    /// signal exits at once.
+    #[arg(long, default_value = "30", value_parser = parse_seconds)]
+    pub graceful_timeout: Duration,
+
     /// Log verbosity: error, warn, info, debug or trace. Access lines are logged at info.
     #[arg(long, default_value = "info")]
     pub log_level: tracing::Level,

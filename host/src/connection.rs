@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use crate::http::error::RequestError;
 use crate::http::io::Io;
 use crate::http::request::{self, Framing};
 use crate::http::response::write_server_response;
+use crate::lifecycle::Lifecycle;
 use crate::pool::Pool;
 
 /// Header slots kept on the stack; a larger `--limit-request-fields` uses the heap.
@@ -47,8 +49,17 @@ pub struct ConnectionConfig {
     pub multithread: bool,
 }
 
-/// Serves requests on `stream` until the client leaves or the connection must close.
-pub fn serve(stream: TcpStream, pool: &Pool, config: &ConnectionConfig) {
+/// Serves requests on `stream` until the client leaves, the connection must close, or the
+/// server stops.
+pub fn serve(
+    stream: TcpStream,
+    pool: &Pool,
+    config: &ConnectionConfig,
+    lifecycle: &Arc<Lifecycle>,
+) {
+    let Some(registration) = lifecycle.register(&stream) else {
+        return;
+    };
     let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
         return;
     };
@@ -107,9 +118,13 @@ pub fn serve(stream: TcpStream, pool: &Pool, config: &ConnectionConfig) {
                 return;
             }
         };
+        if !registration.begin_request() {
+            // Stopping: the client may retry this request elsewhere.
+            return io.close_gracefully();
+        }
         match handle(io, &environ, framing, pool, config) {
-            Ok(kept) => io = kept,
-            Err(closing) => return closing.close_gracefully(),
+            Ok(kept) if registration.end_request() => io = kept,
+            Ok(closing) | Err(closing) => return closing.close_gracefully(),
         }
     }
 }

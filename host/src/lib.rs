@@ -13,6 +13,7 @@ pub mod connection;
 pub mod environ;
 pub mod guest;
 pub mod http;
+pub mod lifecycle;
 pub mod pool;
 pub mod runtime;
 pub mod server;

@@ -1,11 +1,18 @@
 use std::io::IsTerminal;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
 use std::time::Duration;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 use clap::Parser;
 use wasm_gw::cli::{Cli, Command, ServeArgs};
 use wasm_gw::connection::{ConnectionConfig, Timeouts};
 use wasm_gw::http::body::BodyPace;
+use wasm_gw::lifecycle::Lifecycle;
 use wasm_gw::pool::Pool;
 use wasm_gw::runtime::WasmApp;
 use wasm_gw::server;
@@ -52,5 +59,56 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         multithread: workers > 1,
     };
-    server::run(listener, pool, config, args.max_connections)
+    let lifecycle = Arc::new(Lifecycle::default());
+    handle_signals(&lifecycle, address, args.graceful_timeout)?;
+    server::run(
+        listener,
+        pool,
+        config,
+        args.max_connections,
+        lifecycle.clone(),
+    );
+    if lifecycle.wait_for_connections(args.graceful_timeout) {
+        tracing::info!("all requests finished; exiting");
+    } else {
+        tracing::warn!("graceful timeout passed with requests still running; exiting");
+    }
+    Ok(())
+}
+
+/// On SIGTERM or SIGINT, stops the server gracefully; on a second one, exits at once.
+fn handle_signals(
+    lifecycle: &Arc<Lifecycle>,
+    address: SocketAddr,
+    graceful: Duration,
+) -> anyhow::Result<()> {
+    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    let lifecycle = lifecycle.clone();
+    // The accept loop blocks in accept(); a connection of our own wakes it to see the stop.
+    let mut wake = address;
+    if wake.ip().is_unspecified() {
+        wake.set_ip(if wake.is_ipv4() {
+            Ipv4Addr::LOCALHOST.into()
+        } else {
+            Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut signals = signals.forever();
+            if let Some(signal) = signals.next() {
+                let in_flight = lifecycle.stop();
+                tracing::info!(
+                    signal,
+                    "shutting down: {in_flight} requests in flight, waiting up to {graceful:?}"
+                );
+                let _ = TcpStream::connect(wake);
+            }
+            if let Some(signal) = signals.next() {
+                tracing::warn!(signal, "second signal: exiting now");
+                std::process::exit(130);
+            }
+        })?;
+    Ok(())
 }

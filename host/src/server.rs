@@ -10,6 +10,7 @@ use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::connection::{self, ConnectionConfig};
+use crate::lifecycle::Lifecycle;
 use crate::pool::Pool;
 
 /// Binds the listening socket with SO_REUSEADDR, so that a restarted server can bind while
@@ -33,19 +34,24 @@ pub fn bind(host: &str, port: u16, backlog: i32) -> anyhow::Result<TcpListener> 
     listen().with_context(|| format!("cannot listen on {host}:{port}"))
 }
 
-/// Accepts connections forever, serving each on its own thread.
+/// Accepts connections, serving each on its own thread, until the server stops.
 pub fn run(
     listener: TcpListener,
     pool: Pool,
     config: ConnectionConfig,
     max_connections: usize,
-) -> anyhow::Result<()> {
+    lifecycle: Arc<Lifecycle>,
+) {
     let shared = Arc::new((pool, config));
     let open = Arc::new(ConnectionSlots::new(max_connections));
     loop {
         // Past the limit, new connections wait in the kernel's backlog.
         open.acquire();
-        let stream = match listener.accept() {
+        let accepted = listener.accept();
+        if lifecycle.is_stopping() {
+            return;
+        }
+        let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(error) => {
                 open.release();
@@ -56,13 +62,14 @@ pub fn run(
             }
         };
         let shared = shared.clone();
+        let lifecycle = lifecycle.clone();
         let slot = SlotGuard(open.clone());
         let spawned = thread::Builder::new()
             .name("connection".into())
             .spawn(move || {
                 let _slot = slot;
                 let (pool, config) = &*shared;
-                connection::serve(stream, pool, config);
+                connection::serve(stream, pool, config, &lifecycle);
             });
         if let Err(error) = spawned {
             tracing::error!("cannot start a connection thread: {error}");

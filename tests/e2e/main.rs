@@ -5,6 +5,7 @@ mod apps;
 mod corpus;
 mod environ;
 mod faults;
+mod lifecycle;
 mod properties;
 mod protocol;
 mod sandbox;

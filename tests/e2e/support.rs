@@ -103,6 +103,27 @@ impl Server {
         self.child.id()
     }
 
+    /// Sends the server a signal, `TERM` or `INT`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the server to exit on its own, and returns its exit code.
+    pub fn wait_for_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "server did not exit");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until a log line contains every one of `needles`, and returns it.
     pub fn wait_for_log(&self, needles: &[&str]) -> String {
         let deadline = Instant::now() + IO_TIMEOUT;

@@ -1,6 +1,7 @@
 //! Routes that each do one wrong thing, for the host's fault tests: `/trap`, `/panic`,
 //! `/no-start`, `/double-start`, `/bad-header`, `/hop-header`, `/wrong-length`,
 //! `/short-write`, `/long-write`, `/loop` and `/alloc`; anything else answers 200 `ok`.
+//! `/sleep?ms=N` is healthy but slow.
 //! The `/escape/...` routes try to leave the sandbox (read a file, list a directory, read
 //! the environment, open a TCP connection) and say whether they could. It implements the WSGI
 //! contract directly, without the SDK's `App`, because several faults are ones the SDK
@@ -115,6 +116,16 @@ impl Guest for Faulty {
                     std::net::TcpStream::connect(address)
                         .map(|_| format!("connected to {address}")),
                 )
+            }
+            // A slow but healthy request, for the shutdown tests.
+            "/sleep" => {
+                let ms: u64 = query_value(&environ.query_string, "ms")
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(1000);
+                eprintln!("sleeping {ms} ms");
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                start_response("200 OK", &plain, None).map_err(|e| format!("{e:?}"))?;
+                ok_body("slept\n")
             }
             "/loop" => {
                 let mut spins: u64 = 0;

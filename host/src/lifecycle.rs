@@ -1,0 +1,132 @@
+//! Graceful shutdown: stop accepting, close idle connections, let requests in flight finish.
+
+use std::collections::HashMap;
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// The server's run state, shared by the accept loop, the connections and the signal thread.
+#[derive(Default)]
+pub struct Lifecycle {
+    stopping: AtomicBool,
+    next_connection: AtomicU64,
+    connections: Mutex<HashMap<u64, Arc<Tracked>>>,
+    /// Signalled when a connection ends.
+    ended: Condvar,
+}
+
+/// An open connection, as the shutdown sees it.
+struct Tracked {
+    stream: TcpStream,
+    /// A request is in flight; shutting down waits for it.
+    busy: Mutex<bool>,
+}
+
+/// A connection's registration, removed when it is dropped.
+pub struct Registration {
+    lifecycle: Arc<Lifecycle>,
+    id: u64,
+    tracked: Arc<Tracked>,
+}
+
+impl Lifecycle {
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Tracks a new connection, or returns `None` when the server is stopping.
+    pub fn register(self: &Arc<Self>, stream: &TcpStream) -> Option<Registration> {
+        let tracked = Arc::new(Tracked {
+            stream: stream.try_clone().ok()?,
+            busy: Mutex::new(false),
+        });
+        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let mut connections = self.lock();
+        if self.is_stopping() {
+            return None;
+        }
+        connections.insert(id, tracked.clone());
+        Some(Registration {
+            lifecycle: self.clone(),
+            id,
+            tracked,
+        })
+    }
+
+    /// Stops the server: from now on no connection takes a new request, and every idle one
+    /// is closed. Returns how many requests are still in flight.
+    pub fn stop(&self) -> usize {
+        self.stopping.store(true, Ordering::Release);
+        let connections = self.lock();
+        let mut busy = 0;
+        for tracked in connections.values() {
+            if *tracked.busy.lock().unwrap_or_else(PoisonError::into_inner) {
+                busy += 1;
+            } else {
+                // Wakes the connection's blocked read with an end of input.
+                let _ = tracked.stream.shutdown(Shutdown::Read);
+            }
+        }
+        busy
+    }
+
+    /// Waits until every connection has ended, or `timeout` has passed. Returns whether
+    /// they all ended.
+    pub fn wait_for_connections(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut connections = self.lock();
+        while !connections.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            connections = self
+                .ended
+                .wait_timeout(connections, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Tracked>>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Registration {
+    /// Marks a request as in flight. Returns false if the server is stopping and the
+    /// connection should close instead.
+    pub fn begin_request(&self) -> bool {
+        let mut busy = self
+            .tracked
+            .busy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.lifecycle.is_stopping() {
+            return false;
+        }
+        *busy = true;
+        true
+    }
+
+    /// Marks the request as done. Returns false if the server is stopping.
+    pub fn end_request(&self) -> bool {
+        *self
+            .tracked
+            .busy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = false;
+        !self.lifecycle.is_stopping()
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.lifecycle.lock().remove(&self.id);
+        self.lifecycle.ended.notify_all();
+    }
+}

@@ -1,0 +1,54 @@
+//! Stopping gracefully.
+
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
+use std::thread;
+
+use crate::support::{RawResponse, Server, read_to_close};
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
+    let mut server = Server::start("faulty", &["--workers", "2"]);
+    // An idle keep-alive connection, which the shutdown must close.
+    let idle = server.connect();
+    let mut idle_reader = BufReader::new(idle.try_clone().unwrap());
+    (&idle)
+        .write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    assert_eq!(RawResponse::read(&mut idle_reader, false).status, 200);
+
+    let mut slow = server.connect();
+    slow.write_all(b"GET /sleep?ms=1500 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let slow = thread::spawn(move || RawResponse::read(&mut BufReader::new(slow), false));
+    server.wait_for_log(&["sleeping 1500 ms"]);
+
+    server.signal("TERM");
+    server.wait_for_log(&["shutting down: 1 requests in flight"]);
+    assert!(
+        read_to_close(idle_reader.get_mut()).is_empty(),
+        "the idle connection closes"
+    );
+    let finished = slow.join().unwrap();
+    assert_eq!(finished.status, 200);
+    assert_eq!(finished.text(), "slept\n");
+    assert_eq!(server.wait_for_exit(), Some(0));
+    server.wait_for_log(&["all requests finished"]);
+    assert!(
+        TcpStream::connect(server.addr).is_err(),
+        "no longer listening"
+    );
+}
+
+#[test]
+fn a_second_sigint_exits_at_once() {
+    let mut server = Server::start("faulty", &[]);
+    let mut slow = server.connect();
+    slow.write_all(b"GET /sleep?ms=20000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    server.wait_for_log(&["sleeping 20000 ms"]);
+    server.signal("INT");
+    server.wait_for_log(&["shutting down"]);
+    server.signal("INT");
+    assert_eq!(server.wait_for_exit(), Some(130));
+}
