@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::compile::CodeCache;
 use crate::guest::{DirGrant, Grants};
 use crate::runtime::{InstancePolicy, Isolation};
 
@@ -23,12 +24,35 @@ pub struct Cli {
 pub enum Command {
     /// Serve one app over HTTP/1.1.
     Serve(ServeArgs),
+    /// Compile an app ahead of time into a `.cwasm` that `serve` starts at once. The
+    /// result is native code for this machine and this wasm-gw version.
+    Compile(CompileArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompileArgs {
+    /// The component to compile.
+    pub app: PathBuf,
+
+    /// Where to write the compiled code [default: the app's path with `.cwasm`].
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// The app: a WebAssembly component built for the wasm-gw app world.
+    /// The app: a WebAssembly component built for the wasm-gw app world (`.wasm`), or one
+    /// compiled ahead of time by `wasm-gw compile` (`.cwasm`).
     pub app: PathBuf,
+
+    /// Don't keep compiled code between runs; compile the app at every start.
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Where compiled code is kept between runs [default: $XDG_CACHE_HOME/wasm-gw or
+    /// ~/.cache/wasm-gw].
+    #[arg(long, conflicts_with = "no_cache")]
+    pub cache_dir: Option<PathBuf>,
 
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
@@ -131,6 +155,16 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    pub fn code_cache(&self) -> Option<CodeCache> {
+        if self.no_cache {
+            return None;
+        }
+        self.cache_dir
+            .clone()
+            .or_else(CodeCache::default_dir)
+            .map(CodeCache::new)
+    }
+
     pub fn instance_policy(&self) -> InstancePolicy {
         InstancePolicy {
             max_memory: self.max_memory,

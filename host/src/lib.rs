@@ -9,6 +9,7 @@ pub mod access_log;
 pub mod app;
 pub mod bindings;
 pub mod cli;
+pub mod compile;
 pub mod connection;
 pub mod environ;
 pub mod guest;

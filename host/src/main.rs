@@ -10,6 +10,7 @@ use signal_hook::iterator::Signals;
 
 use clap::Parser;
 use wasm_gw::cli::{Cli, Command, ServeArgs};
+use wasm_gw::compile::compile_to_file;
 use wasm_gw::connection::{ConnectionConfig, Timeouts};
 use wasm_gw::http::body::BodyPace;
 use wasm_gw::lifecycle::Lifecycle;
@@ -21,6 +22,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Compile(args) => {
+            let output = args
+                .output
+                .unwrap_or_else(|| args.app.with_extension("cwasm"));
+            compile_to_file(&args.app, &output)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -39,7 +46,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .init();
 
     let workers = args.workers();
-    let app = WasmApp::load(&args.app, args.instance_policy())?;
+    let app = WasmApp::load(
+        &args.app,
+        args.instance_policy(),
+        args.code_cache().as_ref(),
+    )?;
     let pool = Pool::new(&app, workers)?;
     let listener = server::bind(&args.host, args.port, args.backlog)?;
     let address = listener.local_addr()?;

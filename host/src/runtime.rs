@@ -7,17 +7,17 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceAny};
+use anyhow::Context;
+use wasmtime::component::{HasSelf, Linker, ResourceAny};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
-    UpdateDeadline,
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
 };
 
 use crate::app::{App, AppFactory, Failure};
 use crate::bindings;
 use crate::bindings::exports::wasm_gw::wsgi::handler::Body;
 use crate::bindings::wasm_gw::wsgi::request::Environ;
+use crate::compile::{CodeCache, base_config, load_component};
 use crate::guest::{Grants, GuestState, MAX_INSTANCE_PARTS};
 use crate::http::Exchange;
 
@@ -67,21 +67,12 @@ pub struct WasmApp {
 impl WasmApp {
     /// Loads and checks the component at `path`, with one clear error for each way it can be
     /// unfit to serve.
-    pub fn load(path: &Path, policy: InstancePolicy) -> anyhow::Result<Arc<WasmApp>> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        match bytes.get(..8) {
-            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => bail!(
-                "{} is a core WebAssembly module, not a component; build it with \
-                 `cargo build --target wasm32-wasip2`",
-                path.display()
-            ),
-            Some([0, b'a', b's', b'm', ..]) => {}
-            _ => bail!("{} is not a WebAssembly file", path.display()),
-        }
-
-        let mut config = Config::new();
-        config.epoch_interruption(true);
+    pub fn load(
+        path: &Path,
+        policy: InstancePolicy,
+        cache: Option<&CodeCache>,
+    ) -> anyhow::Result<Arc<WasmApp>> {
+        let mut config = base_config();
         if policy.isolation == Isolation::Request {
             // An instance per request: the pooling allocator reuses memory slots instead of
             // mapping fresh memory each time. Each worker holds one instance, and a second
@@ -98,9 +89,7 @@ impl WasmApp {
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         }
         let engine = Engine::new(&config)?;
-        let component = Component::new(&engine, &bytes)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("cannot compile {}", path.display()))?;
+        let component = load_component(&engine, path, cache)?;
 
         let mut linker = Linker::<GuestState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;

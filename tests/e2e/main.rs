@@ -4,6 +4,7 @@
 mod apps;
 mod corpus;
 mod environ;
+mod fast_start;
 mod faults;
 mod lifecycle;
 mod properties;

@@ -54,10 +54,20 @@ impl Server {
     }
 
     pub fn start_path(app: &Path, args: &[&str]) -> Server {
+        // Tests share one code cache, out of the user's home, unless they test the cache.
+        let cache_dir = workspace_root().join("target/e2e-code-cache");
+        let cache_args = match args
+            .iter()
+            .any(|arg| *arg == "--cache-dir" || *arg == "--no-cache")
+        {
+            true => Vec::new(),
+            false => vec!["--cache-dir".into(), cache_dir.into_os_string()],
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
             .arg("serve")
             .arg(app)
             .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(cache_args)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,0 +1,74 @@
+//! Fast starts: the on-disk code cache and ahead-of-time compilation.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::support::{Server, client, guest};
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wasm-gw-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn greets(server: &Server) {
+    let mut response = client().get(server.url("/?name=cache")).call().unwrap();
+    assert_eq!(
+        response.body_mut().read_to_string().unwrap(),
+        "Hello, cache!\n"
+    );
+}
+
+#[test]
+fn a_second_start_loads_compiled_code_from_the_cache() {
+    let cache = scratch_dir("cache");
+    let cache_arg = cache.to_str().unwrap();
+    let first = Server::start("hello", &["--cache-dir", cache_arg]);
+    first.wait_for_log(&["cached compiled code at"]);
+    greets(&first);
+    drop(first);
+
+    let second = Server::start("hello", &["--cache-dir", cache_arg]);
+    second.wait_for_log(&["loaded compiled", "from the cache"]);
+    greets(&second);
+    drop(second);
+
+    // A damaged entry is ignored and replaced, never trusted.
+    let entry = std::fs::read_dir(&cache)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(&entry, b"not compiled code").unwrap();
+    let third = Server::start("hello", &["--cache-dir", cache_arg]);
+    third.wait_for_log(&["ignoring unusable cache entry"]);
+    third.wait_for_log(&["cached compiled code at"]);
+    greets(&third);
+}
+
+#[test]
+fn no_cache_compiles_every_time() {
+    let server = Server::start("hello", &["--no-cache"]);
+    server.wait_for_log(&["compiled", "hello.wasm in"]);
+    greets(&server);
+}
+
+#[test]
+fn an_app_compiled_ahead_of_time_serves() {
+    let dir = scratch_dir("aot");
+    let compiled = dir.join("hello.cwasm");
+    let status = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
+        .args([
+            "compile",
+            guest("hello").to_str().unwrap(),
+            "-o",
+            compiled.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let server = Server::start_path(&compiled, &["--no-cache"]);
+    greets(&server);
+}
