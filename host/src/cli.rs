@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve one app over HTTP/1.1.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Compile an app ahead of time into a `.cwasm` that `serve` starts at once. The
     /// result is native code for this machine and this wasm-gw version.
     Compile(CompileArgs),

@@ -21,7 +21,7 @@ use wasm_gw::server;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Compile(args) => {
             let output = args
                 .output
