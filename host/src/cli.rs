@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// compiled ahead of time by `wasm-gw compile` (`.cwasm`).
     pub app: PathBuf,
 
+    /// Watch the app file and reload it when it changes, as SIGHUP does (for development).
+    #[arg(long)]
+    pub reload: bool,
+
     /// Don't keep compiled code between runs; compile the app at every start.
     #[arg(long)]
     pub no_cache: bool,

@@ -19,7 +19,7 @@ use crate::http::io::Io;
 use crate::http::request::{self, Framing};
 use crate::http::response::write_server_response;
 use crate::lifecycle::Lifecycle;
-use crate::pool::Pool;
+use crate::pool::CurrentPool;
 
 /// Header slots kept on the stack; a larger `--limit-request-fields` uses the heap.
 const INLINE_HEADER_SLOTS: usize = 128;
@@ -53,7 +53,7 @@ pub struct ConnectionConfig {
 /// server stops.
 pub fn serve(
     stream: TcpStream,
-    pool: &Pool,
+    pool: &CurrentPool,
     config: &ConnectionConfig,
     lifecycle: &Arc<Lifecycle>,
 ) {
@@ -203,7 +203,7 @@ fn handle(
     io: Io,
     environ: &Environ,
     framing: Framing,
-    pool: &Pool,
+    pool: &CurrentPool,
     config: &ConnectionConfig,
 ) -> Result<Io, Io> {
     let request_id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
@@ -213,6 +213,7 @@ fn handle(
     // The worker goes back to the pool at the end of this statement, before the connection
     // writes a whole body to a client that may be slow.
     let (app, (mut exchange, result)) = {
+        let pool = pool.get();
         let mut worker = pool.checkout();
         (worker.name(), worker.call(request_id, environ, exchange))
     };

@@ -16,5 +16,6 @@ pub mod guest;
 pub mod http;
 pub mod lifecycle;
 pub mod pool;
+pub mod reload;
 pub mod runtime;
 pub mod server;

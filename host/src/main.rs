@@ -2,10 +2,11 @@ use std::io::IsTerminal;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::mpsc::{self, Sender};
 use std::thread;
 use std::time::Duration;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use clap::Parser;
@@ -14,7 +15,8 @@ use wasm_gw::compile::compile_to_file;
 use wasm_gw::connection::{ConnectionConfig, Timeouts};
 use wasm_gw::http::body::BodyPace;
 use wasm_gw::lifecycle::Lifecycle;
-use wasm_gw::pool::Pool;
+use wasm_gw::pool::{CurrentPool, Pool};
+use wasm_gw::reload::{self, Reloader};
 use wasm_gw::runtime::WasmApp;
 use wasm_gw::server;
 
@@ -46,12 +48,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .init();
 
     let workers = args.workers();
-    let app = WasmApp::load(
-        &args.app,
-        args.instance_policy(),
-        args.code_cache().as_ref(),
-    )?;
-    let pool = Pool::new(&app, workers)?;
+    let policy = args.instance_policy();
+    let cache = args.code_cache();
+    let app = WasmApp::load(&args.app, policy.clone(), cache.as_ref())?;
+    let pool = Arc::new(CurrentPool::new(Pool::new(&app, workers)?));
     let listener = server::bind(&args.host, args.port, args.backlog)?;
     let address = listener.local_addr()?;
     tracing::info!("serving {} with {workers} workers", args.app.display());
@@ -70,8 +70,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         multithread: workers > 1,
     };
+    let (reload_requests, reloads) = mpsc::channel();
+    let reloader = Reloader {
+        app: args.app.clone(),
+        policy,
+        cache,
+        workers,
+        current: pool.clone(),
+    };
+    reloader.run(reloads)?;
+    if args.reload {
+        reload::watch(args.app.clone(), reload_requests.clone())?;
+    }
     let lifecycle = Arc::new(Lifecycle::default());
-    handle_signals(&lifecycle, address, args.graceful_timeout)?;
+    handle_signals(&lifecycle, address, args.graceful_timeout, reload_requests)?;
     server::run(
         listener,
         pool,
@@ -87,13 +99,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// On SIGTERM or SIGINT, stops the server gracefully; on a second one, exits at once.
+/// On SIGHUP, reloads the app. On SIGTERM or SIGINT, stops the server gracefully; on a
+/// second one, exits at once.
 fn handle_signals(
     lifecycle: &Arc<Lifecycle>,
     address: SocketAddr,
     graceful: Duration,
+    reload_requests: Sender<&'static str>,
 ) -> anyhow::Result<()> {
-    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let lifecycle = lifecycle.clone();
     // The accept loop blocks in accept(); a connection of our own wakes it to see the stop.
     let mut wake = address;
@@ -107,18 +121,20 @@ fn handle_signals(
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let mut signals = signals.forever();
-            if let Some(signal) = signals.next() {
-                let in_flight = lifecycle.stop();
-                tracing::info!(
-                    signal,
-                    "shutting down: {in_flight} requests in flight, waiting up to {graceful:?}"
-                );
-                let _ = TcpStream::connect(wake);
-            }
-            if let Some(signal) = signals.next() {
-                tracing::warn!(signal, "second signal: exiting now");
-                std::process::exit(130);
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    let _ = reload_requests.send("SIGHUP");
+                } else if !lifecycle.is_stopping() {
+                    let in_flight = lifecycle.stop();
+                    tracing::info!(
+                        signal,
+                        "shutting down: {in_flight} requests in flight, waiting up to {graceful:?}"
+                    );
+                    let _ = TcpStream::connect(wake);
+                } else {
+                    tracing::warn!(signal, "second signal: exiting now");
+                    std::process::exit(130);
+                }
             }
         })?;
     Ok(())

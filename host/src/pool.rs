@@ -2,7 +2,7 @@
 //! keep-alive connections and slow clients never pin one.
 
 use std::ops::{Deref, DerefMut};
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 
 use crate::app::{App, AppFactory};
 
@@ -72,5 +72,30 @@ impl Drop for Lease<'_> {
             idle.push(worker);
             self.pool.returned.notify_one();
         }
+    }
+}
+
+/// The pool that takes new requests. A reload swaps in a new one; requests in flight finish
+/// on the old one, which goes away with its last lease.
+pub struct CurrentPool {
+    pool: RwLock<Arc<Pool>>,
+}
+
+impl CurrentPool {
+    pub fn new(pool: Pool) -> CurrentPool {
+        CurrentPool {
+            pool: RwLock::new(Arc::new(pool)),
+        }
+    }
+
+    pub fn get(&self) -> Arc<Pool> {
+        self.pool
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn replace(&self, pool: Pool) {
+        *self.pool.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(pool);
     }
 }

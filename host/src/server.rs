@@ -11,7 +11,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::connection::{self, ConnectionConfig};
 use crate::lifecycle::Lifecycle;
-use crate::pool::Pool;
+use crate::pool::CurrentPool;
 
 /// Binds the listening socket with SO_REUSEADDR, so that a restarted server can bind while
 /// old connections sit in TIME_WAIT, and a listen queue of `backlog`.
@@ -37,7 +37,7 @@ pub fn bind(host: &str, port: u16, backlog: i32) -> anyhow::Result<TcpListener> 
 /// Accepts connections, serving each on its own thread, until the server stops.
 pub fn run(
     listener: TcpListener,
-    pool: Pool,
+    pool: Arc<CurrentPool>,
     config: ConnectionConfig,
     max_connections: usize,
     lifecycle: Arc<Lifecycle>,

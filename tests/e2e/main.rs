@@ -9,6 +9,7 @@ mod faults;
 mod lifecycle;
 mod properties;
 mod protocol;
+mod reload;
 mod sandbox;
 mod startup;
 mod streaming;

@@ -1,0 +1,83 @@
+//! Swapping in new code while serving: on SIGHUP, or when the app file changes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
+use std::thread;
+use std::time::{Duration, SystemTime};
+
+use crate::compile::CodeCache;
+use crate::pool::{CurrentPool, Pool};
+use crate::runtime::{InstancePolicy, WasmApp};
+
+/// How often `--reload` looks at the app file.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Everything needed to build the app's pool again.
+pub struct Reloader {
+    pub app: PathBuf,
+    pub policy: InstancePolicy,
+    pub cache: Option<CodeCache>,
+    pub workers: usize,
+    pub current: Arc<CurrentPool>,
+}
+
+impl Reloader {
+    /// Reloads once per message on `requests`, for as long as senders remain.
+    pub fn run(self, requests: Receiver<&'static str>) -> std::io::Result<()> {
+        thread::Builder::new()
+            .name("reloader".into())
+            .spawn(move || {
+                for why in requests {
+                    self.reload(why);
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Compiles and instantiates the new code first; only then do new requests move to it.
+    /// If anything fails, the old code keeps serving.
+    fn reload(&self, why: &str) {
+        tracing::info!(app = %self.app.display(), "reloading ({why})");
+        let pool = WasmApp::load(&self.app, self.policy.clone(), self.cache.as_ref())
+            .and_then(|app| Pool::new(&app, self.workers));
+        match pool {
+            Ok(pool) => {
+                self.current.replace(pool);
+                tracing::info!(
+                    app = %self.app.display(),
+                    reason = "reload",
+                    "instances replaced: new requests get the new code"
+                );
+            }
+            Err(error) => {
+                tracing::error!(app = %self.app.display(), "reload failed, the old version keeps serving: {error:#}");
+            }
+        }
+    }
+}
+
+/// `--reload`: asks for a reload whenever the app file's modification time changes.
+pub fn watch(app: PathBuf, requests: Sender<&'static str>) -> std::io::Result<()> {
+    let modified = move || {
+        std::fs::metadata(&app)
+            .and_then(|meta| meta.modified())
+            .ok()
+    };
+    let mut last: Option<SystemTime> = modified();
+    thread::Builder::new()
+        .name("watcher".into())
+        .spawn(move || {
+            loop {
+                thread::sleep(WATCH_INTERVAL);
+                let now = modified();
+                if now.is_some() && now != last {
+                    last = now;
+                    if requests.send("the file changed").is_err() {
+                        return;
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
