@@ -292,7 +292,10 @@ fn error_response(
     if let Some(error) = &exchange.body_failed {
         // The app's own error, if any, only followed from the missing body.
         tracing::info!(app, request = id, "request body not received: {error}");
-        return Some((400, "Bad Request"));
+        return Some(match error {
+            BodyError::Io(error) if is_timeout(error) => (408, "Request Timeout"),
+            _ => (400, "Bad Request"),
+        });
     }
     if let Some(failure) = &failure {
         tracing::error!(app, request = id, "app {failure}");

@@ -35,7 +35,9 @@ fn assert_one_error_line(output: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     let last = stderr.lines().last().unwrap_or_default();
     assert!(last.starts_with("error: "), "{stderr}");
-    let others = stderr.lines().filter(|line| line.contains("error") || line.contains("WARN"));
+    let others = stderr
+        .lines()
+        .filter(|line| line.contains("error") || line.contains("WARN"));
     assert_eq!(others.count(), 1, "one error line expected:\n{stderr}");
     for needle in needles {
         assert!(last.contains(needle), "{needle:?} not in {stderr}");

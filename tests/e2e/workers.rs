@@ -100,3 +100,19 @@ fn a_silent_connection_is_closed_after_the_header_timeout() {
     let response = RawResponse::read(&mut BufReader::new(stream), false);
     assert_eq!(response.status, 408);
 }
+
+#[test]
+fn a_trickling_body_is_cut_off() {
+    let server = Server::start(
+        "stream",
+        &["--body-timeout", "1", "--body-min-rate", "100000"],
+    );
+    let mut stream = server.connect();
+    // A body that starts and then stalls far below the minimum rate.
+    stream
+        .write_all(b"POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\nslow")
+        .unwrap();
+    let response = RawResponse::read(&mut BufReader::new(stream), false);
+    assert_eq!(response.status, 408);
+    server.wait_for_log(&["request body not received"]);
+}
