@@ -18,4 +18,5 @@ pub mod lifecycle;
 pub mod pool;
 pub mod reload;
 pub mod runtime;
+pub mod serve;
 pub mod server;

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds everything in release and runs the benchmark; writes bench/RESULTS.md.
+#   bench/run.sh           the full run (about 10 minutes)
+#   bench/run.sh --quick   one short run of each scenario (under 2 minutes)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v wrk >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq wrk
+fi
+scripts/build-guests.sh
+cargo build --release -p wasm-gw -p wasm-gw-bench
+exec target/release/wasm-gw-bench "$@"

@@ -1,0 +1,72 @@
+//! The same server as `wasm-gw serve`, calling a native Rust hello handler instead of a
+//! component: the baseline that measures the Wasm tax. It takes `wasm-gw serve`'s flags.
+
+use std::sync::Arc;
+
+use clap::Parser;
+use wasm_gw::app::{App, AppFactory, Failure};
+use wasm_gw::bindings::wasm_gw::wsgi::request::Environ;
+use wasm_gw::cli::{Cli, Command};
+use wasm_gw::http::Exchange;
+use wasm_gw::pool::{CurrentPool, Pool};
+use wasm_gw::serve::{init_logging, run};
+
+/// Answers `GET /?name=X` with `Hello, X!`, as the hello guest does.
+struct NativeHello {
+    name: Arc<str>,
+}
+
+impl App for NativeHello {
+    fn name(&self) -> Arc<str> {
+        self.name.clone()
+    }
+
+    fn call(
+        &mut self,
+        _request_id: u64,
+        environ: &Environ,
+        mut exchange: Exchange,
+    ) -> (Exchange, Result<(), Failure>) {
+        let name = environ
+            .query_string
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("name="))
+            .filter(|name| !name.is_empty())
+            .unwrap_or("world");
+        let headers = [(
+            "Content-Type".to_owned(),
+            "text/plain; charset=utf-8".to_owned(),
+        )];
+        match exchange.response.start("200 OK", &headers, false) {
+            Ok(()) => exchange.set_whole_body(vec![format!("Hello, {name}!\n").into_bytes()]),
+            Err(error) => {
+                exchange.violated(error);
+            }
+        }
+        (exchange, Ok(()))
+    }
+}
+
+struct NativeHelloFactory;
+
+impl AppFactory for NativeHelloFactory {
+    fn new_worker(&self) -> anyhow::Result<Box<dyn App>> {
+        Ok(Box::new(NativeHello {
+            name: "native-hello".into(),
+        }))
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    // `wasm-gw serve`'s own flags, with the app's place taken by this handler.
+    let arguments = ["wasm-gw", "serve", "native-hello"]
+        .into_iter()
+        .map(String::from)
+        .chain(std::env::args().skip(1));
+    let Command::Serve(args) = Cli::parse_from(arguments).command else {
+        unreachable!("parsed as serve");
+    };
+    init_logging(args.log_level)?;
+    let pool = Pool::new(&NativeHelloFactory, args.workers())?;
+    run(&args, Arc::new(CurrentPool::new(pool)), None)
+}

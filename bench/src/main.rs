@@ -1,0 +1,480 @@
+//! `wasm-gw-bench`: starts each configuration of a release build on a loopback port, drives
+//! it with wrk, and writes the Markdown report to bench/RESULTS.md. Run it through
+//! `bench/run.sh`, which builds everything first.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use wasm_gw_bench::{Machine, Row, WrkRun, median, parse_wrk, render};
+
+#[derive(Parser)]
+#[command(about = "Benchmark wasm-gw on loopback with wrk")]
+struct Args {
+    /// Short runs, one of each: for iterating, in under two minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the report.
+    #[arg(long, default_value = "bench/RESULTS.md")]
+    out: PathBuf,
+}
+
+/// Which server a scenario runs.
+#[derive(Clone, Copy)]
+enum Target {
+    Wasm(&'static str),
+    NativeHello,
+}
+
+struct Harness {
+    root: PathBuf,
+    runs: usize,
+    seconds: u32,
+    quick: bool,
+}
+
+/// A server started for one scenario, killed when dropped.
+struct Running {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Harness {
+    fn binary(&self, name: &str) -> PathBuf {
+        self.root.join("target/release").join(name)
+    }
+
+    fn guest(&self, name: &str) -> PathBuf {
+        self.root
+            .join(format!("target/wasm32-wasip2/release/{name}.wasm"))
+    }
+
+    fn start(&self, target: Target, args: &[&str]) -> anyhow::Result<Running> {
+        let port = free_port()?;
+        let mut command = match target {
+            Target::Wasm(app) => {
+                let mut command = Command::new(self.binary("wasm-gw"));
+                command.arg("serve").arg(self.guest(app));
+                command
+            }
+            Target::NativeHello => Command::new(self.binary("native-hello")),
+        };
+        let child = command
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start the server")?;
+        let running = Running {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        wait_for_port(port, Duration::from_secs(60))?;
+        Ok(running)
+    }
+
+    /// Runs wrk `self.runs` times and returns the median of each figure, with the server's
+    /// CPU time per request.
+    fn wrk(
+        &self,
+        server: &Running,
+        path: &str,
+        connections: u32,
+        extra: &[&str],
+    ) -> anyhow::Result<(WrkRun, f64)> {
+        let url = format!("{}{path}", server.url);
+        // A warm-up, so that lazy work (instances, caches, page faults) is not measured.
+        self.wrk_once(&url, connections, 1, extra)?;
+        let mut runs = Vec::new();
+        let mut cpu_per_request = Vec::new();
+        for _ in 0..self.runs {
+            let cpu_before = cpu_seconds(server.child.id())?;
+            let run = self.wrk_once(&url, connections, self.seconds, extra)?;
+            let cpu = cpu_seconds(server.child.id())? - cpu_before;
+            if run.errors > 0 {
+                bail!("{url}: {} errors under load", run.errors);
+            }
+            cpu_per_request.push(cpu / run.requests.max(1) as f64 * 1e6);
+            runs.push(run);
+        }
+        let pick =
+            |figure: fn(&WrkRun) -> f64| median(&runs.iter().map(figure).collect::<Vec<_>>());
+        Ok((
+            WrkRun {
+                requests_per_sec: pick(|run| run.requests_per_sec),
+                p50_ms: pick(|run| run.p50_ms),
+                p99_ms: pick(|run| run.p99_ms),
+                transfer_mb_per_sec: pick(|run| run.transfer_mb_per_sec),
+                requests: runs.iter().map(|run| run.requests).sum(),
+                errors: 0,
+            },
+            median(&cpu_per_request),
+        ))
+    }
+
+    fn wrk_once(
+        &self,
+        url: &str,
+        connections: u32,
+        seconds: u32,
+        extra: &[&str],
+    ) -> anyhow::Result<WrkRun> {
+        let output = Command::new("wrk")
+            .args([
+                "-t2",
+                &format!("-c{connections}"),
+                &format!("-d{seconds}s"),
+                "--latency",
+            ])
+            .args(extra)
+            .arg(url)
+            .output()
+            .context("run wrk (bench/run.sh installs it)")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        parse_wrk(&text).with_context(|| format!("unreadable wrk output:\n{text}"))
+    }
+
+    fn script(&self, name: &str) -> String {
+        self.root.join("bench").join(name).display().to_string()
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing answered on port {port}");
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// User plus system CPU seconds a process has used.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesized command name; utime and stime are the 14th and 15th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(ticks as f64 / 100.0)
+}
+
+/// Resident and peak resident memory of a process, in MiB.
+fn memory_mib(pid: u32) -> anyhow::Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<f64> {
+        let line = status
+            .lines()
+            .find(|line| line.starts_with(name))
+            .context("status field")?;
+        let kib: f64 = line.split_whitespace().nth(1).context("value")?.parse()?;
+        Ok(kib / 1024.0)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Sends one keep-alive GET and reads its response head and body.
+fn get(stream: &mut BufReader<TcpStream>, path: &str) -> anyhow::Result<u16> {
+    write!(
+        stream.get_mut(),
+        "GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n"
+    )?;
+    let mut status = String::new();
+    stream.read_line(&mut status)?;
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        stream.read_line(&mut line)?;
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse()?;
+        }
+    }
+    stream.read_exact(&mut vec![0; length])?;
+    Ok(status.get(9..12).context("status line")?.parse()?)
+}
+
+fn keep_alive(url_port: &str) -> anyhow::Result<BufReader<TcpStream>> {
+    Ok(BufReader::new(TcpStream::connect(url_port)?))
+}
+
+fn address(server: &Running) -> &str {
+    server.url.trim_start_matches("http://")
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let root = std::env::current_dir()?;
+    let harness = Harness {
+        root: root.clone(),
+        runs: if args.quick { 1 } else { 3 },
+        seconds: if args.quick { 3 } else { 10 },
+        quick: args.quick,
+    };
+    let mut rows = Vec::new();
+    let mut ratios: Vec<(String, f64, String)> = Vec::new();
+    let hello_path = "/?name=bench";
+
+    let mut hello = |name: &str,
+                     target: Target,
+                     extra_server: &[&str],
+                     extra_wrk: &[&str]|
+     -> anyhow::Result<WrkRun> {
+        let server = harness.start(target, extra_server)?;
+        let (run, cpu) = harness.wrk(&server, hello_path, 64, extra_wrk)?;
+        eprintln!("{name}: {:.0} req/s", run.requests_per_sec);
+        rows.push(Row {
+            scenario: name.to_owned(),
+            requests_per_sec: Some(run.requests_per_sec),
+            p50_ms: Some(run.p50_ms),
+            p99_ms: Some(run.p99_ms),
+            mb_per_sec: None,
+            notes: format!("{cpu:.1} µs server CPU per request"),
+        });
+        Ok(run)
+    };
+    let wasm = hello(
+        "hello, keep-alive, 64 connections (Wasm)",
+        Target::Wasm("hello"),
+        &[],
+        &[],
+    )?;
+    let native = hello(
+        "hello, keep-alive, 64 connections (native handler)",
+        Target::NativeHello,
+        &[],
+        &[],
+    )?;
+    let quiet = hello(
+        "hello, keep-alive, access log off",
+        Target::Wasm("hello"),
+        &["--log-level", "warn"],
+        &[],
+    )?;
+    let per_request = hello(
+        "hello, keep-alive, --isolation request",
+        Target::Wasm("hello"),
+        &["--isolation", "request"],
+        &[],
+    )?;
+    hello(
+        "hello, Connection: close",
+        Target::Wasm("hello"),
+        &[],
+        &["-H", "Connection: close"],
+    )?;
+    ratios.push((
+        "Wasm / native hello throughput".into(),
+        wasm.requests_per_sec / native.requests_per_sec,
+        "≥ 0.90".into(),
+    ));
+    ratios.push((
+        "access log on / off throughput".into(),
+        wasm.requests_per_sec / quiet.requests_per_sec,
+        "≥ 0.95".into(),
+    ));
+    ratios.push((
+        "--isolation request / worker throughput".into(),
+        per_request.requests_per_sec / wasm.requests_per_sec,
+        "reported".into(),
+    ));
+
+    // Tasks: POST then GET, on the app's store.
+    let server = harness.start(Target::Wasm("tasks"), &[])?;
+    let (run, _) = harness.wrk(&server, "/", 64, &["-s", &harness.script("tasks.lua")])?;
+    rows.push(Row {
+        scenario: "tasks, POST then GET".into(),
+        requests_per_sec: Some(run.requests_per_sec),
+        p50_ms: Some(run.p50_ms),
+        p99_ms: Some(run.p99_ms),
+        ..Row::default()
+    });
+    drop(server);
+
+    // Echo: 64 KiB in, 64 KiB out.
+    let server = harness.start(Target::Wasm("echo"), &[])?;
+    let (run, _) = harness.wrk(&server, "/", 64, &["-s", &harness.script("echo64k.lua")])?;
+    rows.push(Row {
+        scenario: "echo, 64 KiB body".into(),
+        requests_per_sec: Some(run.requests_per_sec),
+        p50_ms: Some(run.p50_ms),
+        p99_ms: Some(run.p99_ms),
+        mb_per_sec: Some(run.requests_per_sec / 16.0),
+        notes: "MB/s of request bodies".into(),
+    });
+    drop(server);
+
+    // Streaming out: 100k lines a response.
+    let server = harness.start(Target::Wasm("stream"), &[])?;
+    let (run, _) = harness.wrk(&server, "/count?n=100000", 8, &[])?;
+    rows.push(Row {
+        scenario: "stream /count of 100k lines, 8 connections".into(),
+        requests_per_sec: Some(run.requests_per_sec),
+        p50_ms: Some(run.p50_ms),
+        p99_ms: Some(run.p99_ms),
+        mb_per_sec: Some(run.transfer_mb_per_sec),
+        ..Row::default()
+    });
+    drop(server);
+
+    let (upload_mb_per_sec, rss_growth) = upload(&harness)?;
+    rows.push(Row {
+        scenario: format!("upload of {} MiB to /sink", upload_size(&harness) >> 20),
+        mb_per_sec: Some(upload_mb_per_sec),
+        notes: format!("peak RSS growth {rss_growth:.1} MiB"),
+        ..Row::default()
+    });
+    ratios.push(("upload MB/s".into(), upload_mb_per_sec, "≥ 1000".into()));
+
+    let (cold, cached) = start_times(&harness)?;
+    rows.push(Row {
+        scenario: "start to first 200: cold / cached".into(),
+        notes: format!("{cold:.0} ms / {cached:.0} ms"),
+        ..Row::default()
+    });
+    ratios.push((
+        "cold / cached start time".into(),
+        cold / cached,
+        "≥ 5".into(),
+    ));
+
+    let (idle, loaded) = idle_memory(&harness)?;
+    rows.push(Row {
+        scenario: "memory: idle / with 1,000 idle keep-alive connections".into(),
+        notes: format!("{idle:.1} MiB / {loaded:.1} MiB RSS"),
+        ..Row::default()
+    });
+
+    let revision = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()?;
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()?;
+    let machine = Machine {
+        cores: thread::available_parallelism().map_or(1, usize::from),
+        date: String::from_utf8_lossy(&date.stdout).trim().to_owned(),
+        revision: String::from_utf8_lossy(&revision.stdout).trim().to_owned(),
+        mode: if args.quick {
+            "quick".into()
+        } else {
+            "full".into()
+        },
+    };
+    let report = render(&machine, &rows, &ratios);
+    print!("{report}");
+    std::fs::write(root.join(&args.out), report)?;
+    Ok(())
+}
+
+fn upload_size(harness: &Harness) -> u64 {
+    if harness.quick { 256 << 20 } else { 1 << 30 }
+}
+
+/// Streams a large body to /sink: MB/s, and how far the server's peak RSS rose.
+fn upload(harness: &Harness) -> anyhow::Result<(f64, f64)> {
+    let server = harness.start(Target::Wasm("stream"), &["--workers", "1"])?;
+    let mut warm = keep_alive(address(&server))?;
+    write!(
+        warm.get_mut(),
+        "POST /sink HTTP/1.1\r\nHost: b\r\nContent-Length: 1\r\n\r\nx"
+    )?;
+    let mut line = String::new();
+    warm.read_line(&mut line)?;
+    let (baseline, _) = memory_mib(server.child.id())?;
+
+    let total = upload_size(harness);
+    let mut stream = TcpStream::connect(address(&server))?;
+    let started = Instant::now();
+    write!(
+        stream,
+        "POST /sink HTTP/1.1\r\nHost: b\r\nContent-Length: {total}\r\n\r\n"
+    )?;
+    let block = vec![b'u'; 1 << 20];
+    for _ in 0..total >> 20 {
+        stream.write_all(&block)?;
+    }
+    let mut reply = [0; 12];
+    stream.read_exact(&mut reply)?;
+    let seconds = started.elapsed().as_secs_f64();
+    if &reply[9..12] != b"200" {
+        bail!("upload answered {}", String::from_utf8_lossy(&reply));
+    }
+    let (_, peak) = memory_mib(server.child.id())?;
+    Ok((total as f64 / (1 << 20) as f64 / seconds, peak - baseline))
+}
+
+/// Milliseconds from spawning the server to its first 200: with an empty code cache, and
+/// with a warm one. Medians of three.
+fn start_times(harness: &Harness) -> anyhow::Result<(f64, f64)> {
+    let mut cold = Vec::new();
+    let mut cached = Vec::new();
+    for attempt in 0..3 {
+        let cache = std::env::temp_dir().join(format!(
+            "wasm-gw-bench-cache-{}-{attempt}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&cache);
+        let cache_arg = cache.display().to_string();
+        cold.push(first_response_ms(harness, &cache_arg)?);
+        cached.push(first_response_ms(harness, &cache_arg)?);
+        let _ = std::fs::remove_dir_all(&cache);
+    }
+    Ok((median(&cold), median(&cached)))
+}
+
+fn first_response_ms(harness: &Harness, cache: &str) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let server = harness.start(Target::Wasm("tasks"), &["--cache-dir", cache])?;
+    let mut stream = keep_alive(address(&server))?;
+    let status = get(&mut stream, "/tasks")?;
+    if status != 200 {
+        bail!("first response was {status}");
+    }
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// The server's RSS after a warm-up, then with 1,000 idle keep-alive connections open.
+fn idle_memory(harness: &Harness) -> anyhow::Result<(f64, f64)> {
+    let server = harness.start(
+        Target::Wasm("hello"),
+        &["--keep-alive", "60", "--max-connections", "2000"],
+    )?;
+    let mut first = keep_alive(address(&server))?;
+    get(&mut first, "/")?;
+    let (idle, _) = memory_mib(server.child.id())?;
+    let mut open = Vec::new();
+    for _ in 0..1000 {
+        let mut stream = keep_alive(address(&server))?;
+        get(&mut stream, "/")?;
+        open.push(stream);
+    }
+    let (loaded, _) = memory_mib(server.child.id())?;
+    drop(open);
+    Ok((idle, loaded))
+}

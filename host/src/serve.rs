@@ -1,0 +1,146 @@
+//! `wasm-gw serve` put together: load the app, bind, serve, reload, stop.
+
+use std::io::IsTerminal;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Sender};
+use std::thread;
+use std::time::Duration;
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::access_log;
+use crate::cli::ServeArgs;
+use crate::connection::{ConnectionConfig, Timeouts};
+use crate::http::body::BodyPace;
+use crate::lifecycle::Lifecycle;
+use crate::pool::{CurrentPool, Pool};
+use crate::reload::{self, Reloader};
+use crate::runtime::WasmApp;
+use crate::server;
+
+/// `wasm-gw serve`: loads the app and serves it until SIGTERM or SIGINT.
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_level)?;
+    let workers = args.workers();
+    let policy = args.instance_policy();
+    let cache = args.code_cache();
+    let app = WasmApp::load(&args.app, policy.clone(), cache.as_ref())?;
+    let pool = Arc::new(CurrentPool::new(Pool::new(&app, workers)?));
+    let reloader = Reloader {
+        app: args.app.clone(),
+        policy,
+        cache,
+        workers,
+        current: pool.clone(),
+    };
+    run(&args, pool, Some(reloader))
+}
+
+/// Logs to stderr at `level`, in color on a terminal; at `info` and more verbose, with an
+/// access log line per request.
+pub fn init_logging(level: tracing::Level) -> std::io::Result<()> {
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    if level >= tracing::Level::INFO {
+        access_log::enable()?;
+    }
+    Ok(())
+}
+
+/// Serves the apps in `pool` with the connection settings in `args` until SIGTERM or SIGINT.
+/// This is the seam where the benchmarks serve a native handler through the same server.
+pub fn run(
+    args: &ServeArgs,
+    pool: Arc<CurrentPool>,
+    reloader: Option<Reloader>,
+) -> anyhow::Result<()> {
+    let workers = args.workers();
+    let listener = server::bind(&args.host, args.port, args.backlog)?;
+    let address = listener.local_addr()?;
+    tracing::info!("serving {} with {workers} workers", args.app.display());
+    tracing::info!("listening on http://{address}");
+
+    let config = ConnectionConfig {
+        limits: args.http_limits(),
+        timeouts: Timeouts {
+            keep_alive: args.keep_alive,
+            head: args.header_timeout,
+            write: Duration::from_secs(30),
+        },
+        body_pace: BodyPace {
+            patience: args.body_timeout,
+            min_rate: args.body_min_rate,
+        },
+        multithread: workers > 1,
+    };
+    let (reload_requests, reloads) = mpsc::channel();
+    if let Some(reloader) = reloader {
+        reloader.run(reloads)?;
+        if args.reload {
+            reload::watch(args.app.clone(), reload_requests.clone())?;
+        }
+    }
+    let lifecycle = Arc::new(Lifecycle::default());
+    handle_signals(&lifecycle, address, args.graceful_timeout, reload_requests)?;
+    server::run(
+        listener,
+        pool,
+        config,
+        args.max_connections,
+        lifecycle.clone(),
+    );
+    let finished = lifecycle.wait_for_connections(args.graceful_timeout);
+    access_log::flush();
+    if finished {
+        tracing::info!("all requests finished; exiting");
+    } else {
+        tracing::warn!("graceful timeout passed with requests still running; exiting");
+    }
+    Ok(())
+}
+
+/// On SIGHUP, reloads the app. On SIGTERM or SIGINT, stops the server gracefully; on a
+/// second one, exits at once.
+fn handle_signals(
+    lifecycle: &Arc<Lifecycle>,
+    address: SocketAddr,
+    graceful: Duration,
+    reload_requests: Sender<&'static str>,
+) -> anyhow::Result<()> {
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    let lifecycle = lifecycle.clone();
+    // The accept loop blocks in accept(); a connection of our own wakes it to see the stop.
+    let mut wake = address;
+    if wake.ip().is_unspecified() {
+        wake.set_ip(if wake.is_ipv4() {
+            Ipv4Addr::LOCALHOST.into()
+        } else {
+            Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    let _ = reload_requests.send("SIGHUP");
+                } else if !lifecycle.is_stopping() {
+                    let in_flight = lifecycle.stop();
+                    tracing::info!(
+                        signal,
+                        "shutting down: {in_flight} requests in flight, waiting up to {graceful:?}"
+                    );
+                    let _ = TcpStream::connect(wake);
+                } else {
+                    tracing::warn!(signal, "second signal: exiting now");
+                    std::process::exit(130);
+                }
+            }
+        })?;
+    Ok(())
+}
