@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
 fi
-cargo build --release --target wasm32-wasip2 --workspace --exclude wasm-gw
+cargo build --release --target wasm32-wasip2 --workspace --exclude wasm-gw --exclude wasm-gw-bench

@@ -43,7 +43,10 @@ pub fn flush() {
     let Some(log) = LOG.get() else {
         return;
     };
-    let lines = std::mem::take(&mut *log.lock().unwrap_or_else(PoisonError::into_inner));
+    let lines = std::mem::replace(
+        &mut *log.lock().unwrap_or_else(PoisonError::into_inner),
+        Vec::with_capacity(FLUSH_BYTES),
+    );
     if !lines.is_empty() {
         let _ = std::io::stderr().lock().write_all(&lines);
     }

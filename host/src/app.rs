@@ -41,6 +41,9 @@ pub enum Failure {
     /// The app needed more memory than its cap; its worker was replaced.
     #[error("ran out of memory: {0}")]
     MemoryCap(String),
+    /// No instance could be made to serve the request.
+    #[error("has no instance to serve with: {0}")]
+    Unavailable(String),
     /// The app ran past its deadline and was stopped; its worker was replaced.
     #[error("stopped after exceeding the {0:?} deadline")]
     Timeout(Duration),
@@ -51,6 +54,7 @@ impl Failure {
     pub fn status(&self) -> (u16, &'static str) {
         match self {
             Failure::Timeout(_) => (504, "Gateway Timeout"),
+            Failure::Unavailable(_) => (503, "Service Unavailable"),
             Failure::Application(_) | Failure::Trap(_) | Failure::MemoryCap(_) => {
                 (500, "Internal Server Error")
             }

@@ -1,7 +1,9 @@
 //! From a file to a compiled component: `.wasm` compiled by Cranelift, or `.cwasm` compiled
 //! ahead of time, with a cache of compiled code on disk in between.
 
-use std::hash::Hasher;
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -47,12 +49,21 @@ impl CodeCache {
     }
 
     fn load(&self, engine: &Engine, entry: &Path) -> Option<Component> {
-        if !entry.exists() {
+        let metadata = std::fs::metadata(entry).ok()?;
+        // Native code is trusted by its name here, so only a file no one else could have
+        // written is used.
+        if metadata.permissions().mode() & 0o022 != 0 || !self.is_private() {
+            tracing::warn!(
+                "ignoring cache entry {}: others may write it",
+                entry.display()
+            );
             return None;
         }
-        // SAFETY: the entry is code this program compiled and wrote into the operator's own
-        // cache directory; wasmtime checks that it fits this engine's version and settings.
-        match unsafe { Component::deserialize_file(engine, entry) } {
+        // Read, not mapped: another process replacing the file can't change code in use.
+        let code = std::fs::read(entry).ok()?;
+        // SAFETY: the entry is code this program compiled and wrote into a directory only its
+        // user can write; wasmtime checks that it fits this engine's version and settings.
+        match unsafe { Component::deserialize(engine, &code) } {
             Ok(component) => Some(component),
             Err(error) => {
                 tracing::warn!(
@@ -64,11 +75,30 @@ impl CodeCache {
         }
     }
 
+    /// Whether the cache directory is writable by its owner alone.
+    fn is_private(&self) -> bool {
+        std::fs::metadata(&self.dir).is_ok_and(|dir| dir.permissions().mode() & 0o022 == 0)
+    }
+
     fn store(&self, component: &Component, entry: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        // Write then rename, so that a reader never sees half an entry.
-        let partial = entry.with_extension(format!("{}.partial", std::process::id()));
-        std::fs::write(&partial, component.serialize()?)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)?;
+        if !self.is_private() {
+            anyhow::bail!("others may write to it");
+        }
+        // Write a file of our own, then rename it into place, so that a reader never sees
+        // half an entry, even with writers in other processes (or containers) at once.
+        let unique = RandomState::new().hash_one((std::process::id(), Instant::now()));
+        let partial = entry.with_extension(format!("{unique:016x}.partial"));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&partial)?;
+        file.write_all(&component.serialize()?)?;
+        drop(file);
         std::fs::rename(&partial, entry)?;
         Ok(())
     }

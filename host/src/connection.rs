@@ -119,7 +119,15 @@ pub fn serve(
             }
         };
         if !registration.begin_request() {
-            // Stopping: the client may retry this request elsewhere.
+            let body = "Service Unavailable: the server is stopping\n";
+            let _ = write_server_response(
+                &mut io,
+                503,
+                "Service Unavailable",
+                body,
+                Some(framing),
+                false,
+            );
             return io.close_gracefully();
         }
         match handle(io, &environ, framing, pool, config) {
@@ -275,8 +283,12 @@ fn error_response(
         return Some(error.status());
     }
     let failure = result.err();
-    if let Some(failure @ (Failure::Trap(_) | Failure::Timeout(_) | Failure::MemoryCap(_))) =
-        &failure
+    if let Some(
+        failure @ (Failure::Trap(_)
+        | Failure::Timeout(_)
+        | Failure::MemoryCap(_)
+        | Failure::Unavailable(_)),
+    ) = &failure
     {
         tracing::error!(app, request = id, ?ran_for, "app {failure}");
         return Some(failure.status());

@@ -113,6 +113,7 @@ impl GuestState {
             table: ResourceTable::new(),
             limits: Sandbox {
                 max_memory,
+                memory_in_use: 0,
                 memory_cap_hit: false,
             },
             exchange: None,
@@ -212,25 +213,30 @@ pub const MAX_INSTANCE_PARTS: u32 = 100;
 /// The resource limits of one instance, and whether the app ran into its memory cap.
 pub struct Sandbox {
     max_memory: usize,
+    /// Linear memory of all the instance's memories together.
+    memory_in_use: usize,
     pub memory_cap_hit: bool,
 }
 
 impl ResourceLimiter for Sandbox {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_memory {
+        // The cap is for the instance: a component with several memories shares it.
+        let total = self.memory_in_use - current.min(self.memory_in_use) + desired;
+        if total > self.max_memory {
             self.memory_cap_hit = true;
             // A trap, not a failed grow: the app could not go on anyway, and the trap says why.
             wasmtime::bail!(
                 "the app needed {} MiB of memory, past its cap of {} MiB",
-                desired >> 20,
+                total >> 20,
                 self.max_memory >> 20
             );
         }
+        self.memory_in_use = total;
         Ok(true)
     }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 #[derive(Default)]
 pub struct Lifecycle {
     stopping: AtomicBool,
+    stopped_at: Mutex<Option<Instant>>,
     next_connection: AtomicU64,
     connections: Mutex<HashMap<u64, Arc<Tracked>>>,
     /// Signalled when a connection ends.
@@ -18,7 +19,9 @@ pub struct Lifecycle {
 
 /// An open connection, as the shutdown sees it.
 struct Tracked {
-    stream: TcpStream,
+    /// A handle on the connection's socket, to wake it when idle; none if the process ran
+    /// out of descriptors for it.
+    stream: Option<TcpStream>,
     /// A request is in flight; shutting down waits for it.
     busy: Mutex<bool>,
 }
@@ -37,8 +40,14 @@ impl Lifecycle {
 
     /// Tracks a new connection, or returns `None` when the server is stopping.
     pub fn register(self: &Arc<Self>, stream: &TcpStream) -> Option<Registration> {
+        let handle = stream
+            .try_clone()
+            .inspect_err(|error| {
+                tracing::warn!("an idle keep-alive connection won't close at shutdown: {error}");
+            })
+            .ok();
         let tracked = Arc::new(Tracked {
-            stream: stream.try_clone().ok()?,
+            stream: handle,
             busy: Mutex::new(false),
         });
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
@@ -57,29 +66,37 @@ impl Lifecycle {
     /// Stops the server: from now on no connection takes a new request, and every idle one
     /// is closed. Returns how many requests are still in flight.
     pub fn stop(&self) -> usize {
+        *self
+            .stopped_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         self.stopping.store(true, Ordering::Release);
         let connections = self.lock();
         let mut busy = 0;
         for tracked in connections.values() {
             if *tracked.busy.lock().unwrap_or_else(PoisonError::into_inner) {
                 busy += 1;
-            } else {
+            } else if let Some(stream) = &tracked.stream {
                 // Wakes the connection's blocked read with an end of input.
-                let _ = tracked.stream.shutdown(Shutdown::Read);
+                let _ = stream.shutdown(Shutdown::Read);
             }
         }
         busy
     }
 
-    /// Waits until every connection has ended, or `timeout` has passed. Returns whether
-    /// they all ended.
-    pub fn wait_for_connections(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+    /// Waits until every connection has ended, or `timeout` has passed since the stop.
+    /// Returns how many connections are still open.
+    pub fn wait_for_connections(&self, timeout: Duration) -> usize {
+        let stopped_at = *self
+            .stopped_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let deadline = stopped_at.unwrap_or_else(Instant::now) + timeout;
         let mut connections = self.lock();
         while !connections.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return false;
+                return connections.len();
             }
             connections = self
                 .ended
@@ -87,7 +104,7 @@ impl Lifecycle {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        true
+        0
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Tracked>>> {

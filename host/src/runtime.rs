@@ -159,6 +159,7 @@ impl AppFactory for Arc<WasmApp> {
             instance,
             served: 0,
             retire_after: self.retire_after(),
+            retiring: None,
         }))
     }
 }
@@ -184,6 +185,8 @@ struct WasmWorker {
     /// Requests this instance has served.
     served: u64,
     retire_after: Option<u64>,
+    /// Why the instance must be replaced before it serves again, if it must.
+    retiring: Option<&'static str>,
 }
 
 impl App for WasmWorker {
@@ -193,11 +196,18 @@ impl App for WasmWorker {
         environ: &Environ,
         exchange: Exchange,
     ) -> (Exchange, Result<(), Failure>) {
+        // A spent instance is replaced when next needed, not after its last response, so
+        // that the response never waits for a new instance.
+        if let Some(reason) = self.retiring
+            && let Err(error) = self.replace_instance(request_id, reason)
+        {
+            return (exchange, Err(Failure::Unavailable(error)));
+        }
         let input = self.store.data_mut().begin(request_id, exchange);
         let result = self.run(environ, input);
         let exchange = self.store.data_mut().end();
         self.served += 1;
-        let reason = match &result {
+        self.retiring = match &result {
             Err(Failure::Trap(_)) => Some("trap"),
             Err(Failure::Timeout(_)) => Some("timeout"),
             Err(Failure::MemoryCap(_)) => Some("memory"),
@@ -207,9 +217,6 @@ impl App for WasmWorker {
             }
             _ => None,
         };
-        if let Some(reason) = reason {
-            self.replace_instance(request_id, reason);
-        }
         (exchange, result)
     }
 
@@ -291,13 +298,13 @@ impl WasmWorker {
         &mut self,
         call: impl FnOnce(&mut Store<GuestState>, &bindings::App) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
+        self.store.data_mut().enter_guest();
         let left = self
             .app
             .policy
             .timeout
             .saturating_sub(self.store.data().clock().used());
         self.store.set_epoch_deadline(ticks(left));
-        self.store.data_mut().enter_guest();
         let result = call(&mut self.store, &self.instance);
         self.store.data_mut().leave_guest();
         result.map_err(|error| self.failure(error))
@@ -317,26 +324,22 @@ impl WasmWorker {
         }
     }
 
-    fn replace_instance(&mut self, request_id: u64, reason: &'static str) {
-        match self.app.instantiate() {
-            Ok((store, instance)) => {
-                self.store = store;
-                self.instance = instance;
-                self.served = 0;
-                self.retire_after = self.app.retire_after();
-                // Per-request isolation replaces every instance; that is no news.
-                if reason != "isolation" {
-                    tracing::info!(app = %self.app.name, request = request_id, reason, "instance replaced");
-                }
-            }
-            Err(error) => {
-                tracing::error!(
-                    app = %self.app.name,
-                    request = request_id,
-                    reason,
-                    "cannot replace instance: {error:#}"
-                );
-            }
+    /// Replaces the instance. On failure the old one stays marked as spent: it never serves
+    /// again, and the next request tries anew.
+    fn replace_instance(&mut self, request_id: u64, reason: &'static str) -> Result<(), String> {
+        let (store, instance) = self
+            .app
+            .instantiate()
+            .map_err(|error| format!("{error:#}"))?;
+        self.store = store;
+        self.instance = instance;
+        self.served = 0;
+        self.retire_after = self.app.retire_after();
+        self.retiring = None;
+        // Per-request isolation replaces every instance; that is no news.
+        if reason != "isolation" {
+            tracing::info!(app = %self.app.name, request = request_id, reason, "instance replaced");
         }
+        Ok(())
     }
 }

@@ -22,6 +22,8 @@ use crate::server;
 
 /// `wasm-gw serve`: loads the app and serves it until SIGTERM or SIGINT.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Before the app loads, which can take seconds: a SIGHUP meanwhile must not kill us.
+    let signals = catch_signals()?;
     init_logging(args.log_level)?;
     let workers = args.workers();
     let policy = args.instance_policy();
@@ -35,7 +37,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         workers,
         current: pool.clone(),
     };
-    run(&args, pool, Some(reloader))
+    run(&args, pool, Some(reloader), signals)
+}
+
+/// Takes over SIGTERM, SIGINT and SIGHUP; they wait until [`run`] handles them.
+pub fn catch_signals() -> std::io::Result<Signals> {
+    Signals::new([SIGTERM, SIGINT, SIGHUP])
 }
 
 /// Logs to stderr at `level`, in color on a terminal; at `info` and more verbose, with an
@@ -58,6 +65,7 @@ pub fn run(
     args: &ServeArgs,
     pool: Arc<CurrentPool>,
     reloader: Option<Reloader>,
+    signals: Signals,
 ) -> anyhow::Result<()> {
     let workers = args.workers();
     let listener = server::bind(&args.host, args.port, args.backlog)?;
@@ -86,7 +94,13 @@ pub fn run(
         }
     }
     let lifecycle = Arc::new(Lifecycle::default());
-    handle_signals(&lifecycle, address, args.graceful_timeout, reload_requests)?;
+    handle_signals(
+        signals,
+        &lifecycle,
+        address,
+        args.graceful_timeout,
+        reload_requests,
+    )?;
     server::run(
         listener,
         pool,
@@ -94,25 +108,27 @@ pub fn run(
         args.max_connections,
         lifecycle.clone(),
     );
-    let finished = lifecycle.wait_for_connections(args.graceful_timeout);
+    let still_open = lifecycle.wait_for_connections(args.graceful_timeout);
     access_log::flush();
-    if finished {
-        tracing::info!("all requests finished; exiting");
-    } else {
-        tracing::warn!("graceful timeout passed with requests still running; exiting");
+    if still_open > 0 {
+        anyhow::bail!("the graceful timeout passed with {still_open} connections still open");
     }
+    tracing::info!("all requests finished; exiting");
     Ok(())
 }
+
+/// How long the signal thread tries to wake the accept loop.
+const WAKE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// On SIGHUP, reloads the app. On SIGTERM or SIGINT, stops the server gracefully; on a
 /// second one, exits at once.
 fn handle_signals(
+    mut signals: Signals,
     lifecycle: &Arc<Lifecycle>,
     address: SocketAddr,
     graceful: Duration,
     reload_requests: Sender<&'static str>,
 ) -> anyhow::Result<()> {
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let lifecycle = lifecycle.clone();
     // The accept loop blocks in accept(); a connection of our own wakes it to see the stop.
     let mut wake = address;
@@ -135,10 +151,12 @@ fn handle_signals(
                         signal,
                         "shutting down: {in_flight} requests in flight, waiting up to {graceful:?}"
                     );
-                    let _ = TcpStream::connect(wake);
+                    // Bounded: a full backlog must not keep this thread from a second signal.
+                    let _ = TcpStream::connect_timeout(&wake, WAKE_TIMEOUT);
                 } else {
                     tracing::warn!(signal, "second signal: exiting now");
-                    std::process::exit(130);
+                    access_log::flush();
+                    std::process::exit(128 + signal);
                 }
             }
         })?;

@@ -72,3 +72,16 @@ fn an_app_compiled_ahead_of_time_serves() {
     let server = Server::start_path(&compiled, &["--no-cache"]);
     greets(&server);
 }
+
+#[test]
+fn a_cache_others_can_write_is_never_trusted() {
+    use std::os::unix::fs::PermissionsExt;
+    let cache = scratch_dir("shared-cache");
+    let cache_arg = cache.to_str().unwrap();
+    drop(Server::start("hello", &["--cache-dir", cache_arg]));
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let server = Server::start("hello", &["--cache-dir", cache_arg]);
+    server.wait_for_log(&["ignoring cache entry", "others may write it"]);
+    server.wait_for_log(&["cannot write to the code cache", "others may write to it"]);
+    greets(&server);
+}

@@ -27,7 +27,7 @@ pub fn guest(name: &str) -> PathBuf {
     assert!(
         path.exists(),
         "{} is missing: build the guests with ./scripts/test.sh or \
-         `cargo build --release --target wasm32-wasip2 --workspace --exclude wasm-gw`",
+         `scripts/build-guests.sh`",
         path.display()
     );
     path

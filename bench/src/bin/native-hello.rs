@@ -9,7 +9,7 @@ use wasm_gw::bindings::wasm_gw::wsgi::request::Environ;
 use wasm_gw::cli::{Cli, Command};
 use wasm_gw::http::Exchange;
 use wasm_gw::pool::{CurrentPool, Pool};
-use wasm_gw::serve::{init_logging, run};
+use wasm_gw::serve::{catch_signals, init_logging, run};
 
 /// Answers `GET /?name=X` with `Hello, X!`, as the hello guest does.
 struct NativeHello {
@@ -66,7 +66,8 @@ fn main() -> anyhow::Result<()> {
     let Command::Serve(args) = Cli::parse_from(arguments).command else {
         unreachable!("parsed as serve");
     };
+    let signals = catch_signals()?;
     init_logging(args.log_level)?;
     let pool = Pool::new(&NativeHelloFactory, args.workers())?;
-    run(&args, Arc::new(CurrentPool::new(pool)), None)
+    run(&args, Arc::new(CurrentPool::new(pool)), None, signals)
 }
