@@ -121,13 +121,14 @@ pub struct ServeArgs {
     #[arg(long, default_value = "10", value_parser = parse_seconds)]
     pub header_timeout: Duration,
 
-    /// Seconds a request body may take before --body-min-rate applies (Apache's
-    /// mod_reqtimeout `body=`).
+    /// Seconds a request body, or a response, may take before --body-min-rate applies
+    /// (Apache's mod_reqtimeout `body=`, applied both ways).
     #[arg(long, default_value = "20", value_parser = parse_seconds)]
     pub body_timeout: Duration,
 
-    /// Bytes a second a request body must keep up: each this many bytes received earns the
-    /// body another second, so a trickle is cut off and a moving upload is not.
+    /// Bytes a second a request body must arrive, and a response drain, at the least: each
+    /// this many bytes earns another second, so a trickle is cut off and a moving transfer
+    /// is not.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     pub body_min_rate: u64,
 

@@ -13,9 +13,9 @@ use crate::bindings::wasm_gw::wsgi::request::Environ;
 use crate::environ::{self, ConnectionInfo};
 use crate::http::Exchange;
 use crate::http::Limits;
-use crate::http::body::{BodyDecoder, BodyError, BodyPace};
+use crate::http::body::{BodyDecoder, BodyError};
 use crate::http::error::RequestError;
-use crate::http::io::Io;
+use crate::http::io::{Io, Pace};
 use crate::http::request::{self, Framing};
 use crate::http::response::write_server_response;
 use crate::lifecycle::Lifecycle;
@@ -38,14 +38,13 @@ pub struct Timeouts {
     pub keep_alive: Duration,
     /// The whole request head must arrive within this, however slowly it trickles.
     pub head: Duration,
-    /// Each write of the response may wait this long.
-    pub write: Duration,
 }
 
 pub struct ConnectionConfig {
     pub limits: Limits,
     pub timeouts: Timeouts,
-    pub body_pace: BodyPace,
+    /// How fast request bodies must arrive and responses drain.
+    pub body_pace: Pace,
     pub multithread: bool,
 }
 
@@ -69,14 +68,11 @@ pub fn serve(
         multithread: config.multithread,
     };
     // Responses are written whole or in large pieces; Nagle's delay only adds latency.
-    let setup = stream
-        .set_nodelay(true)
-        .and_then(|()| stream.set_write_timeout(Some(config.timeouts.write)));
-    if let Err(error) = setup {
+    if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%peer, "cannot configure connection: {error}");
         return;
     }
-    let mut io = Io::new(stream);
+    let mut io = Io::new(stream, config.body_pace);
     let mut first = true;
     loop {
         let idle_wait = if first {
@@ -130,10 +126,11 @@ pub fn serve(
             );
             return io.close_gracefully();
         }
-        match handle(io, &environ, framing, pool, config) {
-            Ok(kept) if registration.end_request() => io = kept,
-            Ok(closing) | Err(closing) => return closing.close_gracefully(),
+        let (kept, reusable) = handle(io, &environ, framing, pool, config);
+        if !(reusable && registration.end_request()) {
+            return kept.close_gracefully();
         }
+        io = kept;
     }
 }
 
@@ -205,15 +202,15 @@ fn worth_parsing(buffered: &[u8], scanned: usize, limits: &Limits) -> bool {
         || buffered.len() > limits.max_head_bytes()
 }
 
-/// Runs one request through a worker and finishes its response. Returns the connection, as
-/// `Ok` if it can carry another request and as `Err` if it must close.
+/// Runs one request through a worker and finishes its response. Returns the connection, and
+/// whether it can carry another request.
 fn handle(
     io: Io,
     environ: &Environ,
     framing: Framing,
     pool: &CurrentPool,
     config: &ConnectionConfig,
-) -> Result<Io, Io> {
+) -> (Io, bool) {
     let request_id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     let body = BodyDecoder::new(framing.body, config.limits, config.body_pace);
@@ -257,11 +254,7 @@ fn handle(
             .body
             .skip(&mut exchange.io, MAX_DRAIN)
             .unwrap_or(false);
-    if reusable {
-        Ok(exchange.io)
-    } else {
-        Err(exchange.io)
-    }
+    (exchange.io, reusable)
 }
 
 /// Which request a log line is about.

@@ -13,7 +13,7 @@ use signal_hook::iterator::Signals;
 use crate::access_log;
 use crate::cli::ServeArgs;
 use crate::connection::{ConnectionConfig, Timeouts};
-use crate::http::body::BodyPace;
+use crate::http::io::Pace;
 use crate::lifecycle::Lifecycle;
 use crate::pool::{CurrentPool, Pool};
 use crate::reload::{self, Reloader};
@@ -78,9 +78,8 @@ pub fn run(
         timeouts: Timeouts {
             keep_alive: args.keep_alive,
             head: args.header_timeout,
-            write: Duration::from_secs(30),
         },
-        body_pace: BodyPace {
+        body_pace: Pace {
             patience: args.body_timeout,
             min_rate: args.body_min_rate,
         },

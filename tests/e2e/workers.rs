@@ -116,3 +116,28 @@ fn a_trickling_body_is_cut_off() {
     assert_eq!(response.status, 408);
     server.wait_for_log(&["request body not received"]);
 }
+
+#[test]
+fn a_client_that_stops_reading_cannot_hold_a_worker() {
+    let server = Server::start(
+        "stream",
+        &[
+            "--workers",
+            "1",
+            "--body-timeout",
+            "1",
+            "--body-min-rate",
+            "1000000",
+        ],
+    );
+    // It asks for an endless stream and never reads: the socket buffers fill, and the one
+    // worker blocks writing to it until the pace runs out.
+    let mut stalled = server.connect();
+    stalled
+        .write_all(b"GET /count?n=1000000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let response = server.raw(b"GET /count?n=3 HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(response.text(), "1\n2\n3\n");
+    server.wait_for_log(&["count stream closed after", "of 1000000000 lines"]);
+    drop(stalled);
+}

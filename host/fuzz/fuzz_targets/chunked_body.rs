@@ -4,7 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use wasm_gw_fuzz::http::Limits;
-use wasm_gw_fuzz::http::body::{BodyDecoder, BodyPace, Decoded};
+use wasm_gw_fuzz::http::body::{BodyDecoder, Decoded};
+use wasm_gw_fuzz::http::io::Pace;
 use wasm_gw_fuzz::http::request::BodyKind;
 
 const LIMITS: Limits = Limits {
@@ -16,7 +17,7 @@ const LIMITS: Limits = Limits {
 
 /// The body, or None where the framing was refused or never ended.
 fn decode(input: &[u8], piece: usize) -> Option<Vec<u8>> {
-    let pace = BodyPace { patience: std::time::Duration::from_secs(1), min_rate: 1 };
+    let pace = Pace { patience: std::time::Duration::from_secs(1), min_rate: 1 };
     let mut decoder = BodyDecoder::new(BodyKind::Chunked, LIMITS, pace);
     let mut buffered = Vec::new();
     let mut fed = 0;

@@ -4,27 +4,17 @@
 //! from the read buffer, so the body is never held whole in memory.
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::Limits;
 use super::error::RequestError;
-use super::io::Io;
+use super::io::{Io, Pace};
 use super::request::BodyKind;
 
 /// A chunk extension longer than this is refused.
 const MAX_CHUNK_EXTENSION: usize = 4096;
 /// A chunk size with its whitespace longer than this is refused, however many leading zeros.
 const MAX_CHUNK_SIZE_LINE: usize = 64;
-
-/// How long a body may take to arrive: `patience`, plus a second for every `min_rate` bytes
-/// received, as Apache's mod_reqtimeout does. A client trickling a byte a second is cut off;
-/// a large upload that keeps moving is not.
-#[derive(Clone, Copy, Debug)]
-pub struct BodyPace {
-    pub patience: Duration,
-    /// Bytes per second.
-    pub min_rate: u64,
-}
 
 /// Why the body could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +89,7 @@ pub struct BodyDecoder {
     announced: u64,
     /// The trailer section, parsed when it ends and then dropped.
     trailer: Vec<u8>,
-    pace: BodyPace,
+    pace: Pace,
     /// When the first read of the body began.
     started: Option<Instant>,
     /// Bytes taken off the connection so far, framing included.
@@ -107,7 +97,7 @@ pub struct BodyDecoder {
 }
 
 impl BodyDecoder {
-    pub fn new(kind: BodyKind, limits: Limits, pace: BodyPace) -> BodyDecoder {
+    pub fn new(kind: BodyKind, limits: Limits, pace: Pace) -> BodyDecoder {
         BodyDecoder {
             state: match kind {
                 BodyKind::Length(length) => State::Length(length),
@@ -306,8 +296,7 @@ impl BodyDecoder {
             if let Some(len) = result {
                 return Ok(len);
             }
-            let earned = Duration::from_secs(self.consumed / self.pace.min_rate.max(1));
-            if io.fill(started + self.pace.patience + earned)? == 0 {
+            if io.fill(self.pace.deadline(started, self.consumed))? == 0 {
                 return Err(BodyError::Truncated);
             }
         }
@@ -383,6 +372,8 @@ fn clamp(wanted: u64, available: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     const LIMITS: Limits = Limits {
@@ -398,7 +389,7 @@ mod tests {
         input: &[u8],
         piece: usize,
     ) -> Result<(Vec<u8>, usize), RequestError> {
-        let pace = BodyPace {
+        let pace = Pace {
             patience: Duration::from_secs(1),
             min_rate: 1,
         };

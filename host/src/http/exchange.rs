@@ -23,7 +23,8 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn new(io: Io, framing: Framing, body: BodyDecoder) -> Exchange {
+    pub fn new(mut io: Io, framing: Framing, body: BodyDecoder) -> Exchange {
+        io.start_response();
         Exchange {
             io,
             body,
@@ -79,6 +80,8 @@ impl Exchange {
         {
             self.io
                 .write_all_vectored(&[b"HTTP/1.1 100 Continue\r\n\r\n"])?;
+            // The final response has its own write clock, however long the body takes.
+            self.io.start_response();
         }
         Ok(())
     }

@@ -15,8 +15,38 @@ const READ_CHUNK: usize = 16 * 1024;
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
 
-/// A read timeout this close to the one wanted is left alone, saving a syscall per read.
+/// A socket timeout this close to the one wanted is left alone, saving a syscall.
 const TIMEOUT_SLACK: Duration = Duration::from_millis(50);
+
+/// How long a body may take in either direction: `patience`, plus a second for every
+/// `min_rate` bytes moved, as Apache's mod_reqtimeout does for requests. A peer trickling a
+/// byte a second is cut off; a large transfer that keeps moving is not.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    pub patience: Duration,
+    /// Bytes per second.
+    pub min_rate: u64,
+}
+
+impl Pace {
+    /// When a transfer that began at `started` and has moved `bytes` must have moved more.
+    pub fn deadline(&self, started: Instant, bytes: u64) -> Instant {
+        started + self.patience + Duration::from_secs(bytes / self.min_rate.max(1))
+    }
+}
+
+/// A socket timeout and when it was last set, to skip setting it again.
+#[derive(Default)]
+struct SocketTimeout(Option<Duration>);
+
+impl SocketTimeout {
+    /// Whether `wanted` is far enough from the current timeout to be worth a syscall.
+    fn needs(&self, wanted: Duration) -> bool {
+        self.0.is_none_or(|current| {
+            current > wanted + TIMEOUT_SLACK || current + TIMEOUT_SLACK < wanted
+        })
+    }
+}
 
 /// A connection's socket and its read buffer.
 pub struct Io {
@@ -26,19 +56,35 @@ pub struct Io {
     /// The unconsumed bytes are `buf[pos..end]`.
     pos: usize,
     end: usize,
-    /// The socket's read timeout as last set.
-    read_timeout: Option<Duration>,
+    read_timeout: SocketTimeout,
+    write_timeout: SocketTimeout,
+    /// How fast responses must drain, and when the current response's first write began and
+    /// how much it has written.
+    write_pace: Pace,
+    response_started: Option<Instant>,
+    response_bytes: u64,
 }
 
 impl Io {
-    pub fn new(stream: TcpStream) -> Io {
+    pub fn new(stream: TcpStream, write_pace: Pace) -> Io {
         Io {
             stream,
             buf: vec![0; READ_CHUNK],
             pos: 0,
             end: 0,
-            read_timeout: None,
+            read_timeout: SocketTimeout::default(),
+            write_timeout: SocketTimeout::default(),
+            write_pace,
+            response_started: None,
+            response_bytes: 0,
         }
+    }
+
+    /// Resets the write clock for a new response. It starts with the response's first write:
+    /// a client that then reads too slowly is cut off, so that it can't hold a worker.
+    pub fn start_response(&mut self) {
+        self.response_started = None;
+        self.response_bytes = 0;
     }
 
     /// The bytes read from the socket and not consumed yet.
@@ -66,12 +112,9 @@ impl Io {
             if left.is_zero() {
                 return Err(io::ErrorKind::TimedOut.into());
             }
-            let stale = self.read_timeout.is_none_or(|current| {
-                current > left + TIMEOUT_SLACK || current + TIMEOUT_SLACK < left
-            });
-            if stale {
+            if self.read_timeout.needs(left) {
                 self.stream.set_read_timeout(Some(left))?;
-                self.read_timeout = Some(left);
+                self.read_timeout.0 = Some(left);
             }
             match self.stream.read(&mut self.buf[self.end..]) {
                 Ok(read) => {
@@ -113,11 +156,34 @@ impl Io {
             .map(|part| io::IoSlice::new(part))
             .collect();
         let mut remaining = &mut slices[..];
+        let started = *self.response_started.get_or_insert_with(Instant::now);
         while !remaining.is_empty() {
-            let written = self.stream.write_vectored(remaining)?;
-            if written == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+            let deadline = self.write_pace.deadline(started, self.response_bytes);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
             }
+            if self.write_timeout.needs(left) {
+                self.stream.set_write_timeout(Some(left))?;
+                self.write_timeout.0 = Some(left);
+            }
+            let written = match self.stream.write_vectored(remaining) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => written,
+                // The timeout may be a little shorter than the deadline; look again.
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            self.response_bytes += written as u64;
             io::IoSlice::advance_slices(&mut remaining, written);
         }
         Ok(())
