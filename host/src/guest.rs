@@ -329,7 +329,7 @@ impl response::Host for GuestState {
     }
 }
 
-pub fn to_wit(error: ResponseError) -> WitResponseError {
+fn to_wit(error: ResponseError) -> WitResponseError {
     match error {
         ResponseError::InvalidStatus(status) => WitResponseError::InvalidStatus(status),
         ResponseError::InvalidHeader(why) => WitResponseError::InvalidHeader(why),

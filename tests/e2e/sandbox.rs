@@ -54,6 +54,14 @@ fn grants_open_exactly_what_they_name() {
 }
 
 #[test]
+fn the_denied_read_succeeds_once_its_folder_is_granted() {
+    let server = Server::start("faulty", &["--dir", "/etc::/etc:ro"]);
+    let said = answer(&server, "/escape/read?path=/etc/passwd");
+    assert!(said.starts_with("allowed: root:"), "{said}");
+    assert!(answer(&server, "/escape/list?path=/etc").starts_with("allowed: "));
+}
+
+#[test]
 fn unbounded_allocation_stays_inside_the_sandbox() {
     let server = Server::start("faulty", &["--workers", "1", "--max-memory", "64MiB"]);
     let (before, _) = server.memory();

@@ -445,7 +445,7 @@ fn check_name(name: &str) -> Result<(), ResponseError> {
 
 /// RFC 9110 §5.6.2: `tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." /
 /// "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA`.
-pub fn is_tchar(byte: u8) -> bool {
+fn is_tchar(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
