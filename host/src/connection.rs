@@ -81,6 +81,8 @@ pub fn serve(
             config.timeouts.keep_alive
         };
         first = false;
+        // Whatever answers this request, its writes run on a clock of their own.
+        io.start_response();
         let (environ, framing) = match read_head(&mut io, config, &info, idle_wait) {
             Ok(Some(request)) => request,
             Ok(None) => return,

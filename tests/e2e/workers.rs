@@ -141,3 +141,28 @@ fn a_client_that_stops_reading_cannot_hold_a_worker() {
     server.wait_for_log(&["count stream closed after", "of 1000000000 lines"]);
     drop(stalled);
 }
+
+#[test]
+fn each_response_has_its_own_write_clock() {
+    let server = Server::start(
+        "hello",
+        &[
+            "--keep-alive",
+            "10",
+            "--body-timeout",
+            "1",
+            "--body-min-rate",
+            "1000000",
+        ],
+    );
+    let stream = server.connect();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    (&stream)
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    assert_eq!(RawResponse::read(&mut reader, false).status, 200);
+    // An idle client, longer than a response may take: the next answer is still written.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    (&stream).write_all(b"NOT HTTP\r\n\r\n").unwrap();
+    assert_eq!(RawResponse::read(&mut reader, false).status, 400);
+}

@@ -23,8 +23,7 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn new(mut io: Io, framing: Framing, body: BodyDecoder) -> Exchange {
-        io.start_response();
+    pub fn new(io: Io, framing: Framing, body: BodyDecoder) -> Exchange {
         Exchange {
             io,
             body,
