@@ -138,3 +138,30 @@ fn a_slow_client_does_not_spend_the_apps_deadline() {
     assert_eq!(response.status, 200);
     assert_eq!(response.text(), "10\n");
 }
+
+#[test]
+fn exc_info_replaces_a_response_only_before_it_is_sent() {
+    let server = Server::start("faulty", &[]);
+    let response = server.raw(b"GET /exc-info HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(response.status, 503);
+    assert_eq!(response.text(), "handled\n");
+    server.wait_for_log(&["replacing its response: ValueError: the database is down"]);
+
+    // Too late: the 200 head and 7 bytes are out; the response ends by closing.
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET /late-exc-info HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("7\r\npartial\r\n"),
+        "no end of the chunked body: {answer}"
+    );
+    server.wait_for_log(&[
+        "ERROR",
+        "start_response called again after the headers were set",
+    ]);
+}

@@ -59,6 +59,30 @@ impl Guest for Faulty {
                 let _ = start_response("201 Created", &plain, None);
                 ok_body("started twice\n")
             }
+            // PEP 3333's error path: a second start-response with exc-info replaces the first
+            // while nothing is sent; once the head is out, it is refused.
+            "/exc-info" => {
+                start_response("200 OK", &plain, None).map_err(|e| format!("{e:?}"))?;
+                start_response(
+                    "503 Service Unavailable",
+                    &plain,
+                    Some("ValueError: the database is down"),
+                )
+                .map_err(|e| format!("{e:?}"))?;
+                ok_body("handled\n")
+            }
+            "/late-exc-info" => {
+                start_response("200 OK", &plain, None).map_err(|e| format!("{e:?}"))?;
+                write(b"partial").map_err(|e| format!("{e:?}"))?;
+                match start_response(
+                    "500 Internal Server Error",
+                    &plain,
+                    Some("ValueError: too late"),
+                ) {
+                    Ok(()) => ok_body("replaced after the head was sent\n"),
+                    Err(error) => Err(format!("re-raised: {error:?}")),
+                }
+            }
             "/bad-header" => {
                 let _ = start_response(
                     "200 OK",
