@@ -24,9 +24,18 @@ pub struct Cli {
 pub enum Command {
     /// Serve one app over HTTP/1.1.
     Serve(Box<ServeArgs>),
+    /// Check whether a component fits the app world: list the imports it needs and the
+    /// exports it has, and name what is missing. Exits 1 if it does not fit.
+    Check(CheckArgs),
     /// Compile an app ahead of time into a `.cwasm` that `serve` starts at once. The
     /// result is native code for this machine and this wasm-gw version.
     Compile(CompileArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The component to check.
+    pub app: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]

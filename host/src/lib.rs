@@ -8,6 +8,7 @@
 pub mod access_log;
 pub mod app;
 pub mod bindings;
+pub mod check;
 pub mod cli;
 pub mod compile;
 pub mod connection;

@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use wasm_gw::check::check;
 use wasm_gw::cli::{Cli, Command};
 use wasm_gw::compile::compile_to_file;
 use wasm_gw::serve::serve;
@@ -9,6 +10,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
+        Command::Check(args) => match check(&args.app) {
+            Ok((report, fits)) => {
+                print!("{report}");
+                return if fits {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                };
+            }
+            Err(error) => Err(error),
+        },
         Command::Compile(args) => {
             let output = args
                 .output

@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use wasmtime::component::{HasSelf, Linker, ResourceAny};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceAny};
 use wasmtime::{
     Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
 };
@@ -23,6 +23,19 @@ use crate::http::Exchange;
 
 /// How often the deadline clock ticks; deadlines are accurate to about this much.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Links `component` against what wasm-gw provides (WASI 0.2 and the wsgi imports) and checks
+/// that it exports the handler.
+pub fn link(
+    engine: &Engine,
+    component: &Component,
+) -> anyhow::Result<bindings::AppPre<GuestState>> {
+    let mut linker = Linker::<GuestState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    bindings::App::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
+    let pre = linker.instantiate_pre(component)?;
+    Ok(bindings::AppPre::new(pre)?)
+}
 
 /// Epoch ticks in `duration`, at least one.
 fn ticks(duration: Duration) -> u64 {
@@ -91,17 +104,8 @@ impl WasmApp {
         let engine = Engine::new(&config)?;
         let component = load_component(&engine, path, cache)?;
 
-        let mut linker = Linker::<GuestState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        bindings::App::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
-        let unfit = || format!("{} does not fit the wasm-gw app world", path.display());
-        let pre = linker
-            .instantiate_pre(&component)
-            .map_err(anyhow::Error::from)
-            .with_context(unfit)?;
-        let pre = bindings::AppPre::new(pre)
-            .map_err(anyhow::Error::from)
-            .with_context(unfit)?;
+        let pre = link(&engine, &component)
+            .with_context(|| format!("{} does not fit the wasm-gw app world", path.display()))?;
 
         let ticker = engine.weak();
         thread::Builder::new()

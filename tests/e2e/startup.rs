@@ -106,3 +106,38 @@ fn a_port_already_in_use() {
         &[&format!("cannot listen on 127.0.0.1:{port}"), "in use"],
     );
 }
+
+#[test]
+fn check_describes_a_good_and_a_bad_component() {
+    let run = |app: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
+            .arg("check")
+            .arg(app)
+            .output()
+            .unwrap()
+    };
+    let good = run(&guest("hello"));
+    let report = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success(), "{report}");
+    for expected in [
+        "wasm-gw:wsgi/request@0.1.0",
+        "provided",
+        "wasm-gw:wsgi/handler@0.1.0",
+        "the app's entry point",
+        "fits the wasm-gw app world",
+    ] {
+        assert!(report.contains(expected), "{expected:?} not in:\n{report}");
+    }
+
+    let bad = run(&guest("mismatch"));
+    let report = String::from_utf8_lossy(&bad.stdout);
+    assert!(!bad.status.success(), "{report}");
+    for expected in [
+        "test:mismatch/clock-tower",
+        "NOT PROVIDED",
+        "(missing) wasm-gw:wsgi/handler",
+        "does not fit the wasm-gw app world",
+    ] {
+        assert!(report.contains(expected), "{expected:?} not in:\n{report}");
+    }
+}

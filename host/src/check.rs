@@ -1,0 +1,83 @@
+//! `wasm-gw check`: whether a component fits the app world, in words a guest author can act on.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use wasmtime::Engine;
+
+use crate::compile::{base_config, load_component};
+use crate::runtime::link;
+
+/// Interfaces wasm-gw gives every app, by name prefix: WASI 0.2 and the wsgi imports.
+const PROVIDED: [&str; 8] = [
+    "wasi:io/",
+    "wasi:clocks/",
+    "wasi:random/",
+    "wasi:cli/",
+    "wasi:filesystem/",
+    "wasi:sockets/",
+    "wasm-gw:wsgi/request@0.1.",
+    "wasm-gw:wsgi/response@0.1.",
+];
+
+/// The export wasm-gw calls.
+const HANDLER: &str = "wasm-gw:wsgi/handler@0.1.";
+
+/// Checks the component at `path`. Returns the report, and whether the component fits.
+pub fn check(path: &Path) -> anyhow::Result<(String, bool)> {
+    let engine = Engine::new(&base_config())?;
+    let component = load_component(&engine, path, None)?;
+    let kind = component.component_type();
+    let mut report = String::new();
+
+    writeln!(report, "imports (what the app needs):")?;
+    for (name, _) in kind.imports(&engine) {
+        let provided = PROVIDED
+            .iter()
+            .any(|prefix| name.starts_with(prefix) && is_v0_2_or_wsgi(name));
+        let note = if provided {
+            "provided"
+        } else {
+            "NOT PROVIDED: wasm-gw has no such interface"
+        };
+        writeln!(report, "  {name:<48} {note}")?;
+    }
+    writeln!(report, "exports (what the app offers):")?;
+    let mut has_handler = false;
+    for (name, _) in kind.exports(&engine) {
+        let note = if name.starts_with(HANDLER) {
+            has_handler = true;
+            "the app's entry point"
+        } else {
+            "not used by wasm-gw"
+        };
+        writeln!(report, "  {name:<48} {note}")?;
+    }
+    if !has_handler {
+        writeln!(
+            report,
+            "  (missing) {HANDLER}0 — export it, for example with the SDK's export_app!"
+        )?;
+    }
+
+    let fits = match link(&engine, &component) {
+        Ok(_) => {
+            writeln!(report, "{}: fits the wasm-gw app world", path.display())?;
+            true
+        }
+        Err(error) => {
+            writeln!(
+                report,
+                "{}: does not fit the wasm-gw app world: {error:#}",
+                path.display()
+            )?;
+            false
+        }
+    };
+    Ok((report, fits))
+}
+
+/// WASI interfaces are provided at 0.2.x; the wsgi ones carry their own version in the prefix.
+fn is_v0_2_or_wsgi(name: &str) -> bool {
+    name.starts_with("wasm-gw:") || name.contains("@0.2.")
+}
