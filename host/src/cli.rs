@@ -27,6 +27,9 @@ pub enum Command {
     /// Check whether a component fits the app world: list the imports it needs and the
     /// exports it has, and name what is missing. Exits 1 if it does not fit.
     Check(CheckArgs),
+    /// Create a Rust app crate, NAME, that builds and serves as it is; print the two
+    /// commands that do it.
+    New(NewArgs),
     /// Compile an app ahead of time into a `.cwasm` that `serve` starts at once. The
     /// result is native code for this machine and this wasm-gw version.
     Compile(CompileArgs),
@@ -36,6 +39,12 @@ pub enum Command {
 pub struct CheckArgs {
     /// The component to check.
     pub app: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NewArgs {
+    /// The new crate's directory; its last part is the crate's name.
+    pub name: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]

@@ -19,5 +19,6 @@ pub mod lifecycle;
 pub mod pool;
 pub mod reload;
 pub mod runtime;
+pub mod scaffold;
 pub mod serve;
 pub mod server;

@@ -4,6 +4,7 @@ use clap::Parser;
 use wasm_gw::check::check;
 use wasm_gw::cli::{Cli, Command};
 use wasm_gw::compile::compile_to_file;
+use wasm_gw::scaffold::new_app;
 use wasm_gw::serve::serve;
 
 fn main() -> ExitCode {
@@ -21,6 +22,12 @@ fn main() -> ExitCode {
             }
             Err(error) => Err(error),
         },
+        Command::New(args) => new_app(&args.name).map(|commands| {
+            println!(
+                "Created {}. Build and serve it with:\n{commands}",
+                args.name.display()
+            );
+        }),
         Command::Compile(args) => {
             let output = args
                 .output

@@ -141,3 +141,61 @@ fn check_describes_a_good_and_a_bad_component() {
         assert!(report.contains(expected), "{expected:?} not in:\n{report}");
     }
 }
+
+#[test]
+fn a_new_app_builds_and_serves_with_the_commands_it_prints() {
+    let dir = std::env::temp_dir().join(format!("wasm-gw-new-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = dir.join("greeter-app");
+    let created = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
+        .arg("new")
+        .arg(&app)
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let printed = String::from_utf8_lossy(&created.stdout);
+    let build = printed
+        .lines()
+        .find(|line| line.contains("cargo build"))
+        .expect("a build command");
+    let serve = printed
+        .lines()
+        .find(|line| line.starts_with("wasm-gw serve"))
+        .expect("a serve command");
+
+    let built = Command::new("sh")
+        .args(["-c", build])
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let component = serve
+        .split_whitespace()
+        .nth(2)
+        .expect("the component's path");
+    let server = crate::support::Server::start_path(Path::new(component), &[]);
+    let mut response = crate::support::client()
+        .get(server.url("/?name=new"))
+        .call()
+        .unwrap();
+    assert_eq!(
+        response.body_mut().read_to_string().unwrap(),
+        "Hello, new!\n"
+    );
+    // A second `new` never overwrites.
+    let again = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
+        .arg("new")
+        .arg(&app)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+}
