@@ -60,22 +60,30 @@ pub fn record(environ: &Environ, code: Option<u16>, body_bytes: u64, elapsed: Du
     };
     LINE.with_borrow_mut(|(line, time)| {
         line.clear();
-        let _ = write!(
-            line,
-            "{} - - [{}] \"{} {} {}\" ",
-            environ.remote_addr,
-            time.clf(SystemTime::now()),
-            environ.request_method,
-            environ.raw_uri.escape_debug(),
-            environ.server_protocol,
-        );
+        line.push_str(&environ.remote_addr);
+        line.push_str(" - - [");
+        line.push_str(time.clf(SystemTime::now()));
+        line.push_str("] \"");
+        line.push_str(&environ.request_method);
+        line.push(' ');
+        push_escaped(line, &environ.raw_uri);
+        line.push(' ');
+        line.push_str(&environ.server_protocol);
+        line.push_str("\" ");
         match code {
             Some(code) => {
                 let _ = write!(line, "{code}");
             }
             None => line.push('-'),
         }
-        let _ = writeln!(line, " {body_bytes} {:.6}", elapsed.as_secs_f64());
+        // Integer formatting: seconds with six decimals, without a float.
+        let micros = elapsed.as_micros();
+        let _ = writeln!(
+            line,
+            " {body_bytes} {}.{:06}",
+            micros / 1_000_000,
+            micros % 1_000_000
+        );
         let mut buffer = log.lock().unwrap_or_else(PoisonError::into_inner);
         buffer.extend_from_slice(line.as_bytes());
         if buffer.len() >= FLUSH_BYTES {
@@ -84,6 +92,18 @@ pub fn record(environ: &Environ, code: Option<u16>, body_bytes: u64, elapsed: Du
             let _ = std::io::stderr().lock().write_all(&full);
         }
     });
+}
+
+/// Appends `text`, escaping what could break the line or its quotes; most targets need none.
+fn push_escaped(line: &mut String, text: &str) {
+    let plain = text
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    if plain {
+        line.push_str(text);
+    } else {
+        let _ = write!(line, "{}", text.escape_debug());
+    }
 }
 
 /// The CLF timestamp of the current second, formatted once.
@@ -145,6 +165,14 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_only_what_needs_it() {
+        let mut line = String::new();
+        push_escaped(&mut line, "/a?b=c");
+        push_escaped(&mut line, " /\"x\"\n");
+        assert_eq!(line, "/a?b=c /\\\"x\\\"\\n");
+    }
 
     #[test]
     fn formats_clf_time() {
