@@ -130,7 +130,8 @@ impl GuestState {
         self.request_id.store(request_id, Ordering::Relaxed);
         self.request_seq = self.request_seq.wrapping_add(1);
         self.exchange = Some(exchange);
-        self.clock = GuestClock::new();
+        // A new request starts with a full budget; the first guest call starts its clock.
+        self.clock.finished = Duration::ZERO;
         Resource::new_own(self.request_seq)
     }
 
@@ -139,16 +140,20 @@ impl GuestState {
     }
 
     /// Starts timing a call into the guest.
-    pub fn enter_guest(&mut self) {
+    /// Returns the app time the request used before this call.
+    pub fn enter_guest(&mut self) -> Duration {
         self.clock.call_started = Instant::now();
         self.clock.waiting = Duration::ZERO;
+        self.clock.finished
     }
 
     /// Stops timing a call into the guest.
     pub fn leave_guest(&mut self) {
-        self.clock.finished = self.clock.used();
+        let now = Instant::now();
+        let call = now.saturating_duration_since(self.clock.call_started);
+        self.clock.finished += call.saturating_sub(self.clock.waiting);
         self.clock.waiting = Duration::ZERO;
-        self.clock.call_started = Instant::now();
+        self.clock.call_started = now;
     }
 
     /// Runs `io`, a wait on the client, off the app's clock.

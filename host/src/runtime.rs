@@ -302,12 +302,8 @@ impl WasmWorker {
         &mut self,
         call: impl FnOnce(&mut Store<GuestState>, &bindings::App) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
-        self.store.data_mut().enter_guest();
-        let left = self
-            .app
-            .policy
-            .timeout
-            .saturating_sub(self.store.data().clock().used());
+        let used = self.store.data_mut().enter_guest();
+        let left = self.app.policy.timeout.saturating_sub(used);
         self.store.set_epoch_deadline(ticks(left));
         let result = call(&mut self.store, &self.instance);
         self.store.data_mut().leave_guest();
