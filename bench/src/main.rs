@@ -38,6 +38,12 @@ struct Harness {
     quick: bool,
 }
 
+/// One server under load, and wrk's extra arguments for it.
+struct Load<'a> {
+    server: &'a Running,
+    extra: &'a [&'a str],
+}
+
 /// A server started for one scenario, killed when dropped.
 struct Running {
     child: Child,
@@ -87,43 +93,68 @@ impl Harness {
         Ok(running)
     }
 
-    /// Runs wrk `self.runs` times and returns the median of each figure, with the server's
-    /// CPU time per request.
+    /// Runs wrk `self.runs` times against each server in turn (a, b, a, b, ...), so that the
+    /// machine's drift falls on all of them alike. Returns, for each, the median of each
+    /// figure and the server's CPU time per request.
     fn wrk(
+        &self,
+        loads: &[Load],
+        path: &str,
+        connections: u32,
+    ) -> anyhow::Result<Vec<(WrkRun, f64)>> {
+        for load in loads {
+            // A warm-up, so that lazy work (instances, caches, page faults) is not measured.
+            self.wrk_once(
+                &format!("{}{path}", load.server.url),
+                connections,
+                1,
+                load.extra,
+            )?;
+        }
+        let mut measured: Vec<(Vec<WrkRun>, Vec<f64>)> =
+            vec![(Vec::new(), Vec::new()); loads.len()];
+        for _ in 0..self.runs {
+            for (load, (runs, cpu_per_request)) in loads.iter().zip(&mut measured) {
+                let url = format!("{}{path}", load.server.url);
+                let cpu_before = cpu_seconds(load.server.child.id())?;
+                let run = self.wrk_once(&url, connections, self.seconds, load.extra)?;
+                let cpu = cpu_seconds(load.server.child.id())? - cpu_before;
+                if run.errors > 0 {
+                    bail!("{url}: {} errors under load", run.errors);
+                }
+                cpu_per_request.push(cpu / run.requests.max(1) as f64 * 1e6);
+                runs.push(run);
+            }
+        }
+        Ok(measured
+            .into_iter()
+            .map(|(runs, cpu_per_request)| {
+                let pick = |figure: fn(&WrkRun) -> f64| {
+                    median(&runs.iter().map(figure).collect::<Vec<_>>())
+                };
+                let summary = WrkRun {
+                    requests_per_sec: pick(|run| run.requests_per_sec),
+                    p50_ms: pick(|run| run.p50_ms),
+                    p99_ms: pick(|run| run.p99_ms),
+                    transfer_mb_per_sec: pick(|run| run.transfer_mb_per_sec),
+                    requests: runs.iter().map(|run| run.requests).sum(),
+                    errors: 0,
+                };
+                (summary, median(&cpu_per_request))
+            })
+            .collect())
+    }
+
+    /// [`Harness::wrk`] for one server.
+    fn wrk_one(
         &self,
         server: &Running,
         path: &str,
         connections: u32,
         extra: &[&str],
     ) -> anyhow::Result<(WrkRun, f64)> {
-        let url = format!("{}{path}", server.url);
-        // A warm-up, so that lazy work (instances, caches, page faults) is not measured.
-        self.wrk_once(&url, connections, 1, extra)?;
-        let mut runs = Vec::new();
-        let mut cpu_per_request = Vec::new();
-        for _ in 0..self.runs {
-            let cpu_before = cpu_seconds(server.child.id())?;
-            let run = self.wrk_once(&url, connections, self.seconds, extra)?;
-            let cpu = cpu_seconds(server.child.id())? - cpu_before;
-            if run.errors > 0 {
-                bail!("{url}: {} errors under load", run.errors);
-            }
-            cpu_per_request.push(cpu / run.requests.max(1) as f64 * 1e6);
-            runs.push(run);
-        }
-        let pick =
-            |figure: fn(&WrkRun) -> f64| median(&runs.iter().map(figure).collect::<Vec<_>>());
-        Ok((
-            WrkRun {
-                requests_per_sec: pick(|run| run.requests_per_sec),
-                p50_ms: pick(|run| run.p50_ms),
-                p99_ms: pick(|run| run.p99_ms),
-                transfer_mb_per_sec: pick(|run| run.transfer_mb_per_sec),
-                requests: runs.iter().map(|run| run.requests).sum(),
-                errors: 0,
-            },
-            median(&cpu_per_request),
-        ))
+        let mut results = self.wrk(&[Load { server, extra }], path, connections)?;
+        Ok(results.remove(0))
     }
 
     fn wrk_once(
@@ -240,54 +271,64 @@ fn main() -> anyhow::Result<()> {
     let mut ratios: Vec<(String, f64, String)> = Vec::new();
     let hello_path = "/?name=bench";
 
-    let mut hello = |name: &str,
-                     target: Target,
-                     extra_server: &[&str],
-                     extra_wrk: &[&str]|
-     -> anyhow::Result<WrkRun> {
-        let server = harness.start(target, extra_server)?;
-        let (run, cpu) = harness.wrk(&server, hello_path, 64, extra_wrk)?;
+    // The hello variants run side by side and take turns under load, so that their ratios
+    // compare like with like on a noisy machine.
+    let variants: [(&str, Target, &[&str], &[&str]); 5] = [
+        (
+            "hello, keep-alive, 64 connections (Wasm)",
+            Target::Wasm("hello"),
+            &[],
+            &[],
+        ),
+        (
+            "hello, keep-alive, 64 connections (native handler)",
+            Target::NativeHello,
+            &[],
+            &[],
+        ),
+        (
+            "hello, keep-alive, access log off",
+            Target::Wasm("hello"),
+            &["--log-level", "warn"],
+            &[],
+        ),
+        (
+            "hello, keep-alive, --isolation request",
+            Target::Wasm("hello"),
+            &["--isolation", "request"],
+            &[],
+        ),
+        (
+            "hello, Connection: close",
+            Target::Wasm("hello"),
+            &[],
+            &["-H", "Connection: close"],
+        ),
+    ];
+    let servers = variants
+        .iter()
+        .map(|(_, target, args, _)| harness.start(*target, args))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let loads: Vec<Load> = servers
+        .iter()
+        .zip(&variants)
+        .map(|(server, (_, _, _, extra))| Load { server, extra })
+        .collect();
+    let results = harness.wrk(&loads, hello_path, 64)?;
+    drop(loads);
+    drop(servers);
+    for ((name, ..), (run, cpu)) in variants.iter().zip(&results) {
         eprintln!("{name}: {:.0} req/s", run.requests_per_sec);
         rows.push(Row {
-            scenario: name.to_owned(),
+            scenario: (*name).to_owned(),
             requests_per_sec: Some(run.requests_per_sec),
             p50_ms: Some(run.p50_ms),
             p99_ms: Some(run.p99_ms),
             mb_per_sec: None,
             notes: format!("{cpu:.1} µs server CPU per request"),
         });
-        Ok(run)
-    };
-    let wasm = hello(
-        "hello, keep-alive, 64 connections (Wasm)",
-        Target::Wasm("hello"),
-        &[],
-        &[],
-    )?;
-    let native = hello(
-        "hello, keep-alive, 64 connections (native handler)",
-        Target::NativeHello,
-        &[],
-        &[],
-    )?;
-    let quiet = hello(
-        "hello, keep-alive, access log off",
-        Target::Wasm("hello"),
-        &["--log-level", "warn"],
-        &[],
-    )?;
-    let per_request = hello(
-        "hello, keep-alive, --isolation request",
-        Target::Wasm("hello"),
-        &["--isolation", "request"],
-        &[],
-    )?;
-    hello(
-        "hello, Connection: close",
-        Target::Wasm("hello"),
-        &[],
-        &["-H", "Connection: close"],
-    )?;
+    }
+    let [wasm, native, quiet, per_request, _] = [0, 1, 2, 3, 4].map(|index| results[index].0);
     ratios.push((
         "Wasm / native hello throughput".into(),
         wasm.requests_per_sec / native.requests_per_sec,
@@ -306,7 +347,7 @@ fn main() -> anyhow::Result<()> {
 
     // Tasks: POST then GET, on the app's store.
     let server = harness.start(Target::Wasm("tasks"), &[])?;
-    let (run, _) = harness.wrk(&server, "/", 64, &["-s", &harness.script("tasks.lua")])?;
+    let (run, _) = harness.wrk_one(&server, "/", 64, &["-s", &harness.script("tasks.lua")])?;
     rows.push(Row {
         scenario: "tasks, POST then GET".into(),
         requests_per_sec: Some(run.requests_per_sec),
@@ -318,7 +359,7 @@ fn main() -> anyhow::Result<()> {
 
     // Echo: 64 KiB in, 64 KiB out.
     let server = harness.start(Target::Wasm("echo"), &[])?;
-    let (run, _) = harness.wrk(&server, "/", 64, &["-s", &harness.script("echo64k.lua")])?;
+    let (run, _) = harness.wrk_one(&server, "/", 64, &["-s", &harness.script("echo64k.lua")])?;
     rows.push(Row {
         scenario: "echo, 64 KiB body".into(),
         requests_per_sec: Some(run.requests_per_sec),
@@ -331,7 +372,7 @@ fn main() -> anyhow::Result<()> {
 
     // Streaming out: 100k lines a response.
     let server = harness.start(Target::Wasm("stream"), &[])?;
-    let (run, _) = harness.wrk(&server, "/count?n=100000", 8, &[])?;
+    let (run, _) = harness.wrk_one(&server, "/count?n=100000", 8, &[])?;
     rows.push(Row {
         scenario: "stream /count of 100k lines, 8 connections".into(),
         requests_per_sec: Some(run.requests_per_sec),
