@@ -5,5 +5,6 @@ cd "$(dirname "$0")/.."
 
 scripts/build-guests.sh
 cargo build --release -p wasm-gw
-# The tasks app keeps its list in instance memory: one worker, so every request sees it.
-exec target/release/wasm-gw serve target/wasm32-wasip2/release/tasks.wasm --port 8000 --workers 1 "$@"
+# The tasks live in ./wasm-gw-data/kv.sqlite: every worker shares them, and they survive
+# a restart.
+exec target/release/wasm-gw serve target/wasm32-wasip2/release/tasks.wasm --port 8000 "$@"

@@ -3,4 +3,8 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "wasm-gw:wsgi/app",
+    with: {
+        "wasi:keyvalue/store.bucket": crate::kv::guest::Bucket,
+        "wasi:keyvalue/atomics.cas": crate::kv::guest::Cas,
+    },
 });

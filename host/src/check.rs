@@ -8,14 +8,18 @@ use wasmtime::Engine;
 use crate::compile::{base_config, load_component};
 use crate::runtime::link;
 
-/// Interfaces wasm-gw gives every app, by name prefix: WASI 0.2 and the wsgi imports.
-const PROVIDED: [&str; 8] = [
+/// Interfaces wasm-gw gives every app, by name prefix: WASI 0.2, key-value and the wsgi
+/// imports.
+const PROVIDED: [&str; 11] = [
     "wasi:io/",
     "wasi:clocks/",
     "wasi:random/",
     "wasi:cli/",
     "wasi:filesystem/",
     "wasi:sockets/",
+    "wasi:keyvalue/store@0.2.0-draft2",
+    "wasi:keyvalue/atomics@0.2.0-draft2",
+    "wasi:keyvalue/batch@0.2.0-draft2",
     "wasm-gw:wsgi/request@0.1.",
     "wasm-gw:wsgi/response@0.1.",
 ];

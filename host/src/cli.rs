@@ -1,12 +1,14 @@
 //! The command line: `wasm-gw serve APP.wasm [options]`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use crate::compile::CodeCache;
 use crate::guest::{DirGrant, Grants};
+use crate::kv::{self, BackendUrl};
 use crate::runtime::{InstancePolicy, Isolation};
 
 #[derive(Debug, Parser)]
@@ -122,6 +124,29 @@ pub struct ServeArgs {
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
 
+    /// Where the app's key-value data lives (wasi:keyvalue): sqlite:PATH, shared by this
+    /// process's workers and kept across restarts; redis://HOST:PORT/DB, shared by several
+    /// wasm-gw processes; or memory, gone at exit [default: sqlite:STATE_DIR/kv.sqlite].
+    #[arg(long, value_name = "URL")]
+    pub kv: Option<BackendUrl>,
+
+    /// The directory for state that outlives the process: the default key-value database.
+    #[arg(long, default_value = "wasm-gw-data")]
+    pub state_dir: PathBuf,
+
+    /// The app's key-value namespace: it sees only its own buckets, and two apps with
+    /// different namespaces never see each other's keys [default: the app's file stem].
+    #[arg(long, value_name = "NAME")]
+    pub kv_namespace: Option<String>,
+
+    /// Longest key-value key in bytes.
+    #[arg(long, default_value = "256", value_parser = parse_size)]
+    pub kv_max_key: usize,
+
+    /// Largest key-value value, for example 1MiB.
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    pub kv_max_value: usize,
+
     /// Seconds an idle keep-alive connection waits for its next request.
     #[arg(long, default_value = "5", value_parser = parse_seconds)]
     pub keep_alive: Duration,
@@ -188,7 +213,35 @@ impl ServeArgs {
             .map(CodeCache::new)
     }
 
-    pub fn instance_policy(&self) -> InstancePolicy {
+    /// The app's view of the key-value backend: its namespace and limits.
+    pub fn kv_store(&self, backend: Arc<dyn kv::Backend>) -> anyhow::Result<kv::Store> {
+        let namespace = match &self.kv_namespace {
+            Some(namespace) => namespace.clone(),
+            None => self
+                .app
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        let limits = kv::Limits {
+            max_key: self.kv_max_key,
+            max_value: self.kv_max_value,
+        };
+        kv::Store::new(backend, self.kv_url(), &namespace, limits).map_err(|error| {
+            match self.kv_namespace {
+                Some(_) => error,
+                None => error.context("pass --kv-namespace, as the app's file name cannot be one"),
+            }
+        })
+    }
+
+    pub fn kv_url(&self) -> BackendUrl {
+        self.kv
+            .clone()
+            .unwrap_or_else(|| BackendUrl::in_state_dir(&self.state_dir))
+    }
+
+    pub fn instance_policy(&self, kv: Arc<kv::Store>) -> InstancePolicy {
         InstancePolicy {
             max_memory: self.max_memory,
             timeout: self.timeout,
@@ -198,6 +251,7 @@ impl ServeArgs {
             grants: Grants {
                 dirs: self.dirs.clone(),
                 env: self.env.clone(),
+                kv,
             },
             workers: self.workers(),
         }

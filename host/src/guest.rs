@@ -20,12 +20,16 @@ use crate::bindings::wasm_gw::wsgi::request::{self, InputError, InputStream};
 use crate::bindings::wasm_gw::wsgi::response::{self, ResponseError as WitResponseError};
 use crate::http::Exchange;
 use crate::http::response::ResponseError;
+use crate::kv::guest::{KeyValue, Session};
+use crate::kv::{self, Connection};
 
 /// What the operator grants an app beyond its sandbox.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Grants {
     pub dirs: Vec<DirGrant>,
     pub env: Vec<(String, String)>,
+    /// The app's key-value namespace, on the backend every worker shares.
+    pub kv: Arc<kv::Store>,
 }
 
 /// A host directory the app may use, under a path of its own.
@@ -52,6 +56,7 @@ pub struct GuestState {
     max_read: usize,
     /// The request's app time: guest calls, less the time they spent waiting on the client.
     clock: GuestClock,
+    kv: Session,
 }
 
 /// Measures how long the app itself runs during a request, leaving out the time its host
@@ -82,7 +87,12 @@ impl GuestClock {
 }
 
 impl GuestState {
-    pub fn new(max_memory: usize, grants: &Grants) -> anyhow::Result<GuestState> {
+    /// `kv_connection` is the worker's, if an earlier instance of it opened one.
+    pub fn new(
+        max_memory: usize,
+        grants: &Grants,
+        kv_connection: Option<Box<dyn Connection>>,
+    ) -> anyhow::Result<GuestState> {
         let request_id = Arc::new(AtomicU64::new(0));
         let logs = [
             GuestLog::new("stdout", request_id.clone()),
@@ -122,7 +132,22 @@ impl GuestState {
             logs,
             max_read: max_memory,
             clock: GuestClock::new(),
+            kv: Session::new(grants.kv.clone(), kv_connection),
         })
+    }
+
+    /// What the `wasi:keyvalue` functions work on.
+    pub fn keyvalue(&mut self) -> KeyValue<'_> {
+        KeyValue {
+            table: &mut self.table,
+            session: &mut self.kv,
+            request_id: self.request_id.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Gives up the worker's key-value connection, for its next instance.
+    pub fn take_kv_connection(&mut self) -> Option<Box<dyn Connection>> {
+        self.kv.take_connection()
     }
 
     /// Hands the request to the guest side and returns the input handle for it.

@@ -3,7 +3,8 @@
 //! Data flows one way through the modules: [`cli`] → [`server`] (listener, accept loop) →
 //! [`connection`] (keep-alive loop) → [`http`] (head parsing, body decoding, response
 //! encoding) → [`environ`] → [`pool`] → [`app`], the seam that [`runtime`] implements for
-//! components, with [`guest`] answering the component's calls.
+//! components, with [`guest`] answering the component's calls and [`kv`] its key-value
+//! storage.
 
 pub mod access_log;
 pub mod app;
@@ -15,6 +16,7 @@ pub mod connection;
 pub mod environ;
 pub mod guest;
 pub mod http;
+pub mod kv;
 pub mod lifecycle;
 pub mod pool;
 pub mod reload;

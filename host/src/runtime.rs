@@ -16,10 +16,12 @@ use wasmtime::{
 use crate::app::{App, AppFactory, Failure};
 use crate::bindings;
 use crate::bindings::exports::wasm_gw::wsgi::handler::Body;
-use crate::bindings::wasm_gw::wsgi::request::Environ;
+use crate::bindings::wasm_gw::wsgi::request::{self, Environ};
+use crate::bindings::wasm_gw::wsgi::response;
 use crate::compile::{CodeCache, base_config, load_component};
 use crate::guest::{Grants, GuestState, MAX_INSTANCE_PARTS};
 use crate::http::Exchange;
+use crate::kv::{self, Connection};
 
 /// How often the deadline clock ticks; deadlines are accurate to about this much.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -32,7 +34,9 @@ pub fn link(
 ) -> anyhow::Result<bindings::AppPre<GuestState>> {
     let mut linker = Linker::<GuestState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    bindings::App::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
+    request::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
+    response::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
+    kv::guest::add_to_linker(&mut linker, GuestState::keyvalue)?;
     let pre = linker.instantiate_pre(component)?;
     Ok(bindings::AppPre::new(pre)?)
 }
@@ -75,6 +79,7 @@ pub struct WasmApp {
     engine: Engine,
     pre: bindings::AppPre<GuestState>,
     policy: InstancePolicy,
+    uses_keyvalue: bool,
 }
 
 impl WasmApp {
@@ -106,6 +111,10 @@ impl WasmApp {
 
         let pre = link(&engine, &component)
             .with_context(|| format!("{} does not fit the wasm-gw app world", path.display()))?;
+        let uses_keyvalue = component
+            .component_type()
+            .imports(&engine)
+            .any(|(name, _)| name.starts_with("wasi:keyvalue/"));
 
         let ticker = engine.weak();
         thread::Builder::new()
@@ -126,11 +135,21 @@ impl WasmApp {
             engine,
             pre,
             policy,
+            uses_keyvalue,
         }))
     }
 
-    fn instantiate(&self) -> anyhow::Result<(Store<GuestState>, bindings::App)> {
-        let state = GuestState::new(self.policy.max_memory, &self.policy.grants)?;
+    /// Whether the component imports `wasi:keyvalue`.
+    pub fn uses_keyvalue(&self) -> bool {
+        self.uses_keyvalue
+    }
+
+    /// Makes an instance; `kv_connection` is the worker's, if it has one already.
+    fn instantiate(
+        &self,
+        kv_connection: Option<Box<dyn Connection>>,
+    ) -> anyhow::Result<(Store<GuestState>, bindings::App)> {
+        let state = GuestState::new(self.policy.max_memory, &self.policy.grants, kv_connection)?;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         // At each tick past the deadline, look at the app time actually used: time spent
@@ -156,7 +175,7 @@ impl WasmApp {
 
 impl AppFactory for Arc<WasmApp> {
     fn new_worker(&self) -> anyhow::Result<Box<dyn App>> {
-        let (store, instance) = self.instantiate()?;
+        let (store, instance) = self.instantiate(None)?;
         Ok(Box::new(WasmWorker {
             app: self.clone(),
             store,
@@ -327,9 +346,10 @@ impl WasmWorker {
     /// Replaces the instance. On failure the old one stays marked as spent: it never serves
     /// again, and the next request tries anew.
     fn replace_instance(&mut self, request_id: u64, reason: &'static str) -> Result<(), String> {
+        let kv_connection = self.store.data_mut().take_kv_connection();
         let (store, instance) = self
             .app
-            .instantiate()
+            .instantiate(kv_connection)
             .map_err(|error| format!("{error:#}"))?;
         self.store = store;
         self.instance = instance;

@@ -14,6 +14,7 @@ use crate::access_log;
 use crate::cli::ServeArgs;
 use crate::connection::{ConnectionConfig, Timeouts};
 use crate::http::io::Pace;
+use crate::kv::{self, BackendUrl};
 use crate::lifecycle::Lifecycle;
 use crate::pool::{CurrentPool, Pool};
 use crate::reload::{self, Reloader};
@@ -26,9 +27,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let signals = catch_signals()?;
     init_logging(args.log_level)?;
     let workers = args.workers();
-    let policy = args.instance_policy();
+    let kv = Arc::new(args.kv_store(args.kv_url().open()?)?);
+    let policy = args.instance_policy(kv.clone());
     let cache = args.code_cache();
     let app = WasmApp::load(&args.app, policy.clone(), cache.as_ref())?;
+    if app.uses_keyvalue() {
+        prepare_kv(&kv)?;
+    }
     let pool = Arc::new(CurrentPool::new(Pool::new(&app, workers)?));
     let reloader = Reloader {
         app: args.app.clone(),
@@ -38,6 +43,23 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         current: pool.clone(),
     };
     run(&args, pool, Some(reloader), signals)
+}
+
+/// Connects to the key-value store once, so that a database that cannot be opened stops the
+/// server now rather than failing requests later. Redis may be down for a while, though:
+/// requests that need it fail until it answers, and the server keeps serving.
+fn prepare_kv(kv: &kv::Store) -> anyhow::Result<()> {
+    match kv.connect() {
+        Ok(_) => {
+            tracing::info!(namespace = %kv.namespace, "key-value store: {}", kv.url);
+            Ok(())
+        }
+        Err(error) if matches!(kv.url, BackendUrl::Redis(_)) => {
+            tracing::warn!(namespace = %kv.namespace, "key-value store {} is unreachable for now: {error}", kv.url);
+            Ok(())
+        }
+        Err(error) => Err(anyhow::anyhow!("key-value store {}: {error}", kv.url)),
+    }
 }
 
 /// Takes over SIGTERM, SIGINT and SIGHUP; they wait until [`run`] handles them.

@@ -6,6 +6,7 @@ mod corpus;
 mod environ;
 mod fast_start;
 mod faults;
+mod kv;
 mod lifecycle;
 mod properties;
 mod protocol;

@@ -1,9 +1,10 @@
 //! Running the real `wasm-gw` binary and talking to it over real sockets.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -40,11 +41,44 @@ struct Log {
     grew: Condvar,
 }
 
-/// A running `wasm-gw serve`, killed when dropped.
+/// A directory of one test's own under target/, removed when dropped.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let unique = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = workspace_root().join(format!(
+            "target/e2e-scratch/{name}-{}-{unique}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Scratch(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn arg(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `wasm-gw serve`, killed (SIGKILL) when dropped.
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
     log: Arc<Log>,
+    /// The server's own state directory, unless the test chose where state lives.
+    _state: Option<Scratch>,
 }
 
 impl Server {
@@ -63,11 +97,24 @@ impl Server {
             true => Vec::new(),
             false => vec!["--cache-dir".into(), cache_dir.into_os_string()],
         };
+        // Key-value state starts empty for every server, unless the test says where it is.
+        let state = match args
+            .iter()
+            .any(|arg| *arg == "--state-dir" || *arg == "--kv")
+        {
+            true => None,
+            false => Some(Scratch::new("state")),
+        };
+        let state_args = match &state {
+            Some(dir) => vec!["--state-dir", dir.arg()],
+            None => Vec::new(),
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
             .arg("serve")
             .arg(app)
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(cache_args)
+            .args(state_args)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -102,6 +149,7 @@ impl Server {
             child,
             addr: address.parse().expect("socket address in the startup line"),
             log,
+            _state: state,
         }
     }
 
@@ -287,4 +335,88 @@ pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
     let mut rest = Vec::new();
     let _ = stream.read_to_end(&mut rest);
     rest
+}
+
+/// A real redis-server of the test's own on a free loopback port, stopped when dropped.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: Scratch,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        // The port is free when we look; if another process takes it before Redis binds it,
+        // try another.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut redis = Redis {
+                child: None,
+                port,
+                dir: Scratch::new("redis"),
+            };
+            if redis.launch() {
+                return redis;
+            }
+        }
+        panic!("redis-server could not bind a free port");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Stops the server, as an outage would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        assert!(
+            self.launch(),
+            "redis-server did not come back on port {}",
+            self.port
+        );
+    }
+
+    /// Starts redis-server and waits until it is ready; false if it could not bind.
+    fn launch(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--dir", self.dir.arg()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed: scripts/test.sh installs it");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|line| line.contains("Ready to accept connections"));
+        // Keep reading, so that Redis never blocks on a full pipe.
+        thread::spawn(move || lines.for_each(drop));
+        if ready {
+            self.child = Some(child);
+        } else {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        ready
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -2,50 +2,41 @@
 
 use std::io::{BufReader, Write};
 
-use serde_json::Value;
-
 use crate::support::{RawResponse, Server, client};
 
-fn task_count(server: &Server) -> usize {
-    let mut response = client().get(server.url("/tasks")).call().unwrap();
-    let tasks: Value =
-        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
-    tasks.as_array().unwrap().len()
-}
-
-fn create_task(server: &Server) {
-    let response = client()
-        .post(server.url("/tasks"))
-        .send(r#"{"title": "t"}"#)
-        .unwrap();
-    assert_eq!(response.status(), 201);
+/// How many requests the instance that answers has served, itself included.
+fn served(server: &Server) -> u64 {
+    let mut response = client().get(server.url("/served")).call().unwrap();
+    response
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
 fn worker_isolation_keeps_state_and_request_isolation_does_not() {
-    let kept = Server::start("tasks", &["--workers", "1"]);
-    create_task(&kept);
-    create_task(&kept);
-    assert_eq!(task_count(&kept), 2);
+    let kept = Server::start("faulty", &["--workers", "1"]);
+    assert_eq!([served(&kept), served(&kept), served(&kept)], [1, 2, 3]);
 
-    let fresh = Server::start("tasks", &["--workers", "1", "--isolation", "request"]);
-    create_task(&fresh);
-    create_task(&fresh);
+    let fresh = Server::start("faulty", &["--workers", "1", "--isolation", "request"]);
     assert_eq!(
-        task_count(&fresh),
-        0,
+        [served(&fresh), served(&fresh), served(&fresh)],
+        [1, 1, 1],
         "no state may leak from one request to the next"
     );
 }
 
 #[test]
 fn instances_are_recycled_after_max_requests() {
-    let server = Server::start("tasks", &["--workers", "1", "--max-requests", "3"]);
-    create_task(&server);
-    create_task(&server);
-    assert_eq!(task_count(&server), 2);
+    let server = Server::start("faulty", &["--workers", "1", "--max-requests", "3"]);
+    assert_eq!(
+        [served(&server), served(&server), served(&server)],
+        [1, 2, 3]
+    );
     // That was the third request: the next one gets a new instance, with new memory.
-    assert_eq!(task_count(&server), 0);
+    assert_eq!(served(&server), 1);
     server.wait_for_log(&["instance replaced", "reason=\"max-requests\""]);
 }
 

@@ -1,17 +1,23 @@
 //! Routes that each do one wrong thing, for the host's fault tests: `/trap`, `/panic`,
 //! `/no-start`, `/double-start`, `/bad-header`, `/hop-header`, `/wrong-length`,
 //! `/short-write`, `/long-write`, `/loop` and `/alloc`; anything else answers 200 `ok`.
-//! `/sleep?ms=N` is healthy but slow.
+//! `/sleep?ms=N` is healthy but slow. `/served` counts the requests this instance has served,
+//! which shows when an instance is replaced.
 //! The `/escape/...` routes try to leave the sandbox (read a file, list a directory, read
 //! the environment, open a TCP connection) and say whether they could. It implements the WSGI
 //! contract directly, without the SDK's `App`, because several faults are ones the SDK
 //! prevents.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasm_gw_sdk::bindings::exports::wasm_gw::wsgi::handler::{Body, Guest};
 use wasm_gw_sdk::bindings::wasm_gw::wsgi::request::InputStream;
 use wasm_gw_sdk::{Environ, start_response, write};
 
 struct Faulty;
+
+/// Requests this instance has served: module state, kept as long as the instance lives.
+static SERVED: AtomicU64 = AtomicU64::new(0);
 
 fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -44,7 +50,12 @@ impl Guest for Faulty {
 
     fn application(environ: Environ, _input: InputStream) -> Result<Body, String> {
         let plain = headers(&[("Content-Type", "text/plain")]);
+        let served = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
         match environ.path_info.as_str() {
+            "/served" => {
+                start_response("200 OK", &plain, None).map_err(|e| format!("{e:?}"))?;
+                ok_body(&served.to_string())
+            }
             // The last byte of the 4 GiB address space is past any memory the sandbox allows.
             "/trap" => {
                 let byte = unsafe { std::ptr::read_volatile(u32::MAX as usize as *const u8) };

@@ -2,7 +2,8 @@
 //!
 //! An app is a type that implements [`App`]: it gets a [`Request`] and returns a
 //! [`Response`]. [`export_app!`] makes it the component's WSGI application. The host keeps one
-//! instance alive across requests, so the app's fields are its state.
+//! instance alive across requests, so the app's fields are its state; state that every worker
+//! shares, and that survives restarts, goes in the key-value store, [`kv`].
 //!
 //! ```no_run
 //! use wasm_gw_sdk::{App, Request, Response};
@@ -26,6 +27,8 @@
 use std::cell::RefCell;
 use std::io;
 
+pub mod kv;
+
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
@@ -33,6 +36,8 @@ pub mod bindings {
         world: "wasm-gw:wsgi/app",
         pub_export_macro: true,
         default_bindings_module: "wasm_gw_sdk::bindings",
+        // The world includes wasi:keyvalue, whose bindings live here too.
+        generate_all,
     });
 }
 

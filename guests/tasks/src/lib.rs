@@ -1,116 +1,170 @@
 //! A JSON tasks API: create, list, read, update and delete tasks.
 //!
-//! Tasks live in the instance's memory, so every worker has its own list; serve it with
-//! `--workers 1` for one shared list.
+//! Tasks live in the host's key-value store, so every worker sees the same list and it
+//! survives restarts. Ids come from an atomic counter; each task is one JSON value.
 
-use std::collections::BTreeMap;
-
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use wasm_gw_sdk::kv::{self, Bucket};
 use wasm_gw_sdk::{App, Request, Response, Result};
 
-#[derive(Clone, Serialize)]
+#[derive(Serialize, Deserialize)]
 struct Task {
     id: u64,
     title: String,
     done: bool,
 }
 
-#[derive(Default)]
-struct Tasks {
-    tasks: BTreeMap<u64, Task>,
-    last_id: u64,
+/// Where the tasks are, by id.
+const TASKS: &str = "tasks";
+/// Where the id counter is.
+const COUNTERS: &str = "counters";
+
+/// Keys are zero-padded so that the store's own order is the order of ids.
+fn task_key(id: u64) -> String {
+    format!("{id:020}")
 }
+
+#[derive(Default)]
+struct Tasks;
 
 impl App for Tasks {
     fn handle(&mut self, mut request: Request) -> Result<Response> {
-        let path = request.path().trim_end_matches('/').to_owned();
-        let method = request.method().to_owned();
-        let Some(rest) = path.strip_prefix("/tasks") else {
-            return Ok(error(404, "not found"));
-        };
-        if rest.is_empty() {
-            return Ok(match method.as_str() {
-                "GET" | "HEAD" => json_response(200, &self.tasks.values().collect::<Vec<_>>()),
-                "POST" => self.create(&mut request)?,
-                _ => method_not_allowed("GET, HEAD, POST"),
-            });
-        }
-        let Some(id) = rest.strip_prefix('/').and_then(|id| id.parse::<u64>().ok()) else {
-            return Ok(error(404, "not found"));
-        };
-        if !self.tasks.contains_key(&id) {
-            let allowed = matches!(method.as_str(), "GET" | "HEAD" | "PATCH" | "DELETE");
-            return Ok(if allowed {
-                error(404, &format!("no task {id}"))
-            } else {
-                method_not_allowed("GET, HEAD, PATCH, DELETE")
-            });
-        }
-        Ok(match method.as_str() {
-            "GET" | "HEAD" => json_response(200, &self.tasks[&id]),
-            "PATCH" => self.update(id, &mut request)?,
-            "DELETE" => {
-                self.tasks.remove(&id);
-                Response::new(204)
+        match route(&mut request) {
+            Ok(response) => Ok(response),
+            // The store is down or refused: the client may retry, and the log says why.
+            Err(Failure::Store(why)) => {
+                eprintln!("tasks: key-value store: {why}");
+                Ok(error(503, &format!("storage unavailable: {why}")).header("Retry-After", "1"))
             }
-            _ => method_not_allowed("GET, HEAD, PATCH, DELETE"),
-        })
+            Err(Failure::Other(why)) => Err(why),
+        }
     }
 }
 
-impl Tasks {
-    fn create(&mut self, request: &mut Request) -> Result<Response> {
-        let fields = match read_object(request)? {
-            Ok(fields) => fields,
-            Err(response) => return Ok(response),
-        };
-        let Some(Value::String(title)) = fields.get("title") else {
-            return Ok(error(400, "\"title\" must be a string"));
-        };
-        let done = match fields.get("done") {
-            None => false,
-            Some(Value::Bool(done)) => *done,
-            Some(_) => return Ok(error(400, "\"done\" must be true or false")),
-        };
-        self.last_id += 1;
-        let task = Task {
-            id: self.last_id,
-            title: title.clone(),
-            done,
-        };
-        self.tasks.insert(task.id, task.clone());
-        Ok(json_response(201, &task).header("Location", format!("/tasks/{}", task.id)))
-    }
+enum Failure {
+    Store(kv::Error),
+    Other(wasm_gw_sdk::Error),
+}
 
-    fn update(&mut self, id: u64, request: &mut Request) -> Result<Response> {
-        let fields = match read_object(request)? {
-            Ok(fields) => fields,
-            Err(response) => return Ok(response),
+impl From<kv::Error> for Failure {
+    fn from(error: kv::Error) -> Failure {
+        Failure::Store(error)
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(error: std::io::Error) -> Failure {
+        Failure::Other(error.into())
+    }
+}
+
+fn route(request: &mut Request) -> Result<Response, Failure> {
+    let path = request.path().trim_end_matches('/').to_owned();
+    let method = request.method().to_owned();
+    let Some(rest) = path.strip_prefix("/tasks") else {
+        return Ok(error(404, "not found"));
+    };
+    let tasks = Bucket::open(TASKS)?;
+    if rest.is_empty() {
+        return match method.as_str() {
+            "GET" | "HEAD" => Ok(json_response(200, &list(&tasks)?)),
+            "POST" => create(&tasks, request),
+            _ => Ok(method_not_allowed("GET, HEAD, POST")),
         };
-        let title = match fields.get("title") {
-            None => None,
-            Some(Value::String(title)) => Some(title.clone()),
-            Some(_) => return Ok(error(400, "\"title\" must be a string")),
-        };
-        let done = match fields.get("done") {
-            None => None,
-            Some(Value::Bool(done)) => Some(*done),
-            Some(_) => return Ok(error(400, "\"done\" must be true or false")),
-        };
-        let task = self.tasks.get_mut(&id).expect("checked by the caller");
-        if let Some(title) = title {
-            task.title = title;
+    }
+    let Some(id) = rest.strip_prefix('/').and_then(|id| id.parse::<u64>().ok()) else {
+        return Ok(error(404, "not found"));
+    };
+    let key = task_key(id);
+    let missing = || error(404, &format!("no task {id}"));
+    match method.as_str() {
+        "GET" | "HEAD" => Ok(match tasks.get_json::<Task>(&key)? {
+            Some(task) => json_response(200, &task),
+            None => missing(),
+        }),
+        "PATCH" => update(&tasks, &key, request).map(|response| response.unwrap_or_else(missing)),
+        "DELETE" => Ok(if tasks.exists(&key)? {
+            tasks.delete(&key)?;
+            Response::new(204)
+        } else {
+            missing()
+        }),
+        _ => Ok(method_not_allowed("GET, HEAD, PATCH, DELETE")),
+    }
+}
+
+/// Every task, ordered by id.
+fn list(tasks: &Bucket) -> Result<Vec<Task>, Failure> {
+    let mut keys = tasks.keys()?;
+    // A listing may name a key twice while the bucket grows.
+    keys.sort_unstable();
+    keys.dedup();
+    // A task deleted between the listing and the read is simply gone.
+    Ok(tasks
+        .get_many_json::<Task>(&keys)?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+fn create(tasks: &Bucket, request: &mut Request) -> Result<Response, Failure> {
+    let fields = match read_object(request)? {
+        Ok(fields) => fields,
+        Err(response) => return Ok(response),
+    };
+    let Some(Value::String(title)) = fields.get("title") else {
+        return Ok(error(400, "\"title\" must be a string"));
+    };
+    let done = match fields.get("done") {
+        None => false,
+        Some(Value::Bool(done)) => *done,
+        Some(_) => return Ok(error(400, "\"done\" must be true or false")),
+    };
+    let id = Bucket::open(COUNTERS)?.increment(TASKS, 1)?;
+    let task = Task {
+        id: u64::try_from(id).expect("the counter only grows from 0"),
+        title: title.clone(),
+        done,
+    };
+    tasks.set_json(&task_key(task.id), &task)?;
+    Ok(json_response(201, &task).header("Location", format!("/tasks/{}", task.id)))
+}
+
+/// Applies the request's changes to the task at `key`; `None` if there is no such task.
+fn update(tasks: &Bucket, key: &str, request: &mut Request) -> Result<Option<Response>, Failure> {
+    let fields = match read_object(request)? {
+        Ok(fields) => fields,
+        Err(response) => return Ok(Some(response)),
+    };
+    let title = match fields.get("title") {
+        None => None,
+        Some(Value::String(title)) => Some(title.clone()),
+        Some(_) => return Ok(Some(error(400, "\"title\" must be a string"))),
+    };
+    let done = match fields.get("done") {
+        None => None,
+        Some(Value::Bool(done)) => Some(*done),
+        Some(_) => return Ok(Some(error(400, "\"done\" must be true or false"))),
+    };
+    // Compare-and-swap: a concurrent PATCH of another field is never lost.
+    let updated = tasks.update_json::<Task>(key, |task| {
+        let mut task = task?;
+        if let Some(title) = &title {
+            task.title = title.clone();
         }
         if let Some(done) = done {
             task.done = done;
         }
-        Ok(json_response(200, task))
-    }
+        Some(task)
+    })?;
+    Ok(updated.map(|task| json_response(200, &task)))
 }
 
 /// Reads the body as a JSON object, or the 400 response that says why it is not one.
-fn read_object(request: &mut Request) -> Result<Result<serde_json::Map<String, Value>, Response>> {
+fn read_object(
+    request: &mut Request,
+) -> Result<Result<serde_json::Map<String, Value>, Response>, Failure> {
     let body = request.body().read_all()?;
     Ok(match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(fields)) => Ok(fields),
