@@ -214,7 +214,7 @@ impl ServeArgs {
     }
 
     /// The app's view of the key-value backend: its namespace and limits.
-    pub fn kv_store(&self, backend: Arc<dyn kv::Backend>) -> anyhow::Result<kv::Store> {
+    pub fn kv_store(&self, backend: Arc<dyn kv::Backend>) -> kv::Store {
         let namespace = match &self.kv_namespace {
             Some(namespace) => namespace.clone(),
             None => self
@@ -227,12 +227,7 @@ impl ServeArgs {
             max_key: self.kv_max_key,
             max_value: self.kv_max_value,
         };
-        kv::Store::new(backend, self.kv_url(), &namespace, limits).map_err(|error| {
-            match self.kv_namespace {
-                Some(_) => error,
-                None => error.context("pass --kv-namespace, as the app's file name cannot be one"),
-            }
-        })
+        kv::Store::new(backend, self.kv_url(), &namespace, limits)
     }
 
     pub fn kv_url(&self) -> BackendUrl {

@@ -115,6 +115,15 @@ impl WasmApp {
             .component_type()
             .imports(&engine)
             .any(|(name, _)| name.starts_with("wasi:keyvalue/"));
+        if uses_keyvalue {
+            kv::check_name(&policy.grants.kv.namespace).map_err(|why| {
+                anyhow::anyhow!(
+                    "{} uses key-value storage, but its namespace {why}: choose one with \
+                     --kv-namespace",
+                    path.display()
+                )
+            })?;
+        }
 
         let ticker = engine.weak();
         thread::Builder::new()

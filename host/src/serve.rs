@@ -27,7 +27,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let signals = catch_signals()?;
     init_logging(args.log_level)?;
     let workers = args.workers();
-    let kv = Arc::new(args.kv_store(args.kv_url().open()?)?);
+    let kv = Arc::new(args.kv_store(args.kv_url().open()?));
     let policy = args.instance_policy(kv.clone());
     let cache = args.code_cache();
     let app = WasmApp::load(&args.app, policy.clone(), cache.as_ref())?;

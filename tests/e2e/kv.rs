@@ -279,7 +279,7 @@ fn every_operation_works(server: &Server) {
     assert_eq!(text(&mut negative), "-20");
     http.put(url("/b/word")).send("abc").unwrap();
     let mut not_a_number = http.post(url("/b/word?increment=1")).send("").unwrap();
-    assert_eq!(not_a_number.status(), 503);
+    assert_eq!(not_a_number.status(), 400);
     assert!(text(&mut not_a_number).contains("not"));
 
     // Compare-and-swap appends from many clients at once: none is lost.
@@ -379,7 +379,7 @@ fn keys_and_values_past_the_limits_are_refused() {
         .put(server.url(&format!("/b/{long_key}")))
         .send("v")
         .unwrap();
-    assert_eq!(response.status(), 503);
+    assert_eq!(response.status(), 400);
     assert_eq!(
         text(&mut response).trim(),
         "the key is 17 bytes, past the limit of 16"
@@ -388,7 +388,7 @@ fn keys_and_values_past_the_limits_are_refused() {
         .put(server.url("/b/big"))
         .send(vec![b'x'; 1025])
         .unwrap();
-    assert_eq!(response.status(), 503);
+    assert_eq!(response.status(), 400);
     assert_eq!(
         text(&mut response).trim(),
         "the value is 1025 bytes, past the limit of 1024"
@@ -402,4 +402,77 @@ fn keys_and_values_past_the_limits_are_refused() {
     assert_eq!(put.status(), 204);
     let mut read = http.get(server.url(&format!("/b/{key}"))).call().unwrap();
     assert_eq!(text(&mut read).len(), 1024);
+}
+
+#[test]
+fn a_guest_cannot_pile_up_host_memory_through_the_store() {
+    let server = Server::start("kv", &["--kv", "memory", "--kv-max-value", "1MiB"]);
+    let http = client();
+
+    // Refused swaps give their handles back: far more of them than a worker may hold at once.
+    for _ in 0..100 {
+        let mut refused = http
+            .post(server.url("/b/log?append"))
+            .send(vec![b'x'; (1 << 20) + 1])
+            .unwrap();
+        assert_eq!(refused.status(), 400);
+        assert!(text(&mut refused).contains("past the limit"));
+    }
+    let appended = http.post(server.url("/b/log?append")).send("x").unwrap();
+    assert_eq!(appended.status(), 200);
+
+    // One large value named many times in one batch: the host stops gathering.
+    let put = http
+        .put(server.url("/b/big"))
+        .send(vec![b'v'; 1 << 20])
+        .unwrap();
+    assert_eq!(put.status(), 204);
+    let mut batch = http
+        .post(server.url("/b/?batch"))
+        .send(json!({ "get": vec!["big"; 200] }).to_string())
+        .unwrap();
+    assert_eq!(batch.status(), 400);
+    assert!(
+        text(&mut batch).contains("the values come to more than"),
+        "the batch must be refused"
+    );
+    let mut read = http.get(server.url("/b/log")).call().unwrap();
+    assert_eq!(text(&mut read), "x");
+}
+
+#[test]
+fn a_task_too_large_to_store_is_a_client_error() {
+    let server = Server::start("tasks", &["--kv", "memory", "--kv-max-value", "1KiB"]);
+    let (status, body) = create_task(&server, &"t".repeat(2000)).unwrap_err();
+    assert_eq!(status, 400);
+    assert!(body.contains("past the limit of 1024"), "{body}");
+    assert!(create_task(&server, "small").is_ok());
+}
+
+#[test]
+fn an_app_that_never_uses_the_store_may_have_any_file_name() {
+    let scratch = Scratch::new("names");
+    let renamed = scratch.path().join("hello app@2.wasm");
+    std::fs::copy(crate::support::guest("hello"), &renamed).unwrap();
+    let server = Server::start_path(&renamed, &[]);
+    assert_eq!(client().get(server.url("/")).call().unwrap().status(), 200);
+
+    let tasks = scratch.path().join("my tasks.wasm");
+    std::fs::copy(crate::support::guest("tasks"), &tasks).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
+        .args([
+            "serve",
+            tasks.to_str().unwrap(),
+            "--port",
+            "0",
+            "--no-cache",
+        ])
+        .args(["--kv", "memory"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--kv-namespace"), "{stderr}");
+    let named = Server::start_path(&tasks, &["--kv", "memory", "--kv-namespace", "tasks"]);
+    assert!(create_task(&named, "named").is_ok());
 }

@@ -378,14 +378,19 @@ impl Redis {
         }
     }
 
-    /// Starts the server again on the same port.
+    /// Starts the server again on the same port. A connection of another process may hold
+    /// the port for a moment; it is tried until it is free.
     pub fn restart(&mut self) {
         self.stop();
-        assert!(
-            self.launch(),
-            "redis-server did not come back on port {}",
-            self.port
-        );
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while !self.launch() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not come back on port {}",
+                self.port
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Starts redis-server and waits until it is ready; false if it could not bind.
@@ -398,13 +403,18 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is not installed: scripts/test.sh installs it");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|line| line.contains("Ready to accept connections"));
-        // Keep reading, so that Redis never blocks on a full pipe.
-        thread::spawn(move || lines.for_each(drop));
+        let stdout = child.stdout.take().unwrap();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+            let ready = lines
+                .by_ref()
+                .any(|line| line.contains("Ready to accept connections"));
+            let _ = ready_tx.send(ready);
+            // Keep reading, so that Redis never blocks on a full pipe.
+            lines.for_each(drop);
+        });
+        let ready = ready_rx.recv_timeout(START_TIMEOUT).unwrap_or(false);
         if ready {
             self.child = Some(child);
         } else {

@@ -8,7 +8,7 @@
 //! - `POST /BUCKET/?batch` takes `{"set": {KEY: VALUE}, "get": [KEY], "delete": [KEY]}`, runs
 //!   them in that order as batches, and answers `{"got": {KEY: VALUE or null}}`
 //!
-//! A store error answers 503 with the error's text.
+//! A refused operation answers 400, a failed backend 503, each with the error's text.
 
 use serde_json::{Map, Value, json};
 use wasm_gw_sdk::kv::{self, Bucket};
@@ -23,6 +23,7 @@ impl App for KeyValue {
         Ok(match route(&request, &body) {
             Ok(response) => response,
             Err(kv::Error::NoSuchBucket) => Response::text(404, "no such bucket\n"),
+            Err(error @ kv::Error::Refused(_)) => Response::text(400, format!("{error}\n")),
             Err(error) => Response::text(503, format!("{error}\n")),
         })
     }

@@ -25,6 +25,9 @@ use crate::bindings::wasi::keyvalue::batch;
 pub use crate::bindings::wasi::keyvalue::store::KeyResponse as KeyPage;
 use crate::bindings::wasi::keyvalue::store::{self, Error as WitError};
 
+/// How wasm-gw begins the message of an error that is the backend's, not the caller's.
+const BACKEND_FAILED: &str = "the key-value backend failed";
+
 /// How many times [`Bucket::update`] retries when other writers keep changing the value.
 const MAX_UPDATE_ATTEMPTS: usize = 100;
 
@@ -36,8 +39,11 @@ pub enum Error {
     NoSuchBucket,
     /// The app may not use this bucket.
     AccessDenied,
-    /// The store refused (a key or value past its limit) or failed (its backend is down).
-    Store(String),
+    /// The store refused the operation: a key or value past its limit, an increment of a
+    /// value that is not an integer. Trying again will not help.
+    Refused(String),
+    /// The store's backend failed (down, unreachable, locked); later may work.
+    Unavailable(String),
     /// Other writers changed the value every time [`Bucket::update`] tried.
     Contended,
     /// A stored value is not the JSON the app expected, or a value would not serialize.
@@ -50,7 +56,7 @@ impl fmt::Display for Error {
         match self {
             Error::NoSuchBucket => f.write_str("no such bucket"),
             Error::AccessDenied => f.write_str("access to the bucket is denied"),
-            Error::Store(why) => f.write_str(why),
+            Error::Refused(why) | Error::Unavailable(why) => f.write_str(why),
             Error::Contended => write!(
                 f,
                 "the value kept changing; gave up after {MAX_UPDATE_ATTEMPTS} attempts"
@@ -68,7 +74,9 @@ impl From<WitError> for Error {
         match error {
             WitError::NoSuchStore => Error::NoSuchBucket,
             WitError::AccessDenied => Error::AccessDenied,
-            WitError::Other(why) => Error::Store(why),
+            // wasm-gw's convention: a backend failure says so first.
+            WitError::Other(why) if why.starts_with(BACKEND_FAILED) => Error::Unavailable(why),
+            WitError::Other(why) => Error::Refused(why),
         }
     }
 }

@@ -32,11 +32,16 @@ impl App for Tasks {
     fn handle(&mut self, mut request: Request) -> Result<Response> {
         match route(&mut request) {
             Ok(response) => Ok(response),
-            // The store is down or refused: the client may retry, and the log says why.
-            Err(Failure::Store(why)) => {
+            // The store is down: the client may retry, and the log says why.
+            Err(Failure::Store(kv::Error::Unavailable(why))) => {
                 eprintln!("tasks: key-value store: {why}");
                 Ok(error(503, &format!("storage unavailable: {why}")).header("Retry-After", "1"))
             }
+            // The store refused what the request asked to store, such as a huge title.
+            Err(Failure::Store(kv::Error::Refused(why))) => {
+                Ok(error(400, &format!("cannot store this: {why}")))
+            }
+            Err(Failure::Store(other)) => Err(other.into()),
             Err(Failure::Other(why)) => Err(why),
         }
     }
@@ -122,8 +127,13 @@ fn create(tasks: &Bucket, request: &mut Request) -> Result<Response, Failure> {
         Some(_) => return Ok(error(400, "\"done\" must be true or false")),
     };
     let id = Bucket::open(COUNTERS)?.increment(TASKS, 1)?;
+    let Ok(id) = u64::try_from(id) else {
+        return Err(Failure::Other(
+            format!("the task counter is negative: {id}").into(),
+        ));
+    };
     let task = Task {
-        id: u64::try_from(id).expect("the counter only grows from 0"),
+        id,
         title: title.clone(),
         done,
     };

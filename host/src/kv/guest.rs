@@ -10,9 +10,15 @@ use crate::bindings::wasi::keyvalue::atomics::{self, CasError};
 use crate::bindings::wasi::keyvalue::batch;
 use crate::bindings::wasi::keyvalue::store::{self, Error as WitError, KeyResponse};
 
-/// Most bucket and CAS handles a guest may hold at once, so that a guest cannot grow the
-/// host's handle table without bound.
-const MAX_HANDLES: usize = 10_000;
+/// Most bucket handles a guest may hold at once: each costs the host a little memory.
+const MAX_BUCKETS: usize = 10_000;
+/// Most compare-and-swap handles a guest may hold at once: each holds a copy of a value.
+const MAX_SWAPS: usize = 64;
+/// Most value bytes one `get-many` gathers, unless one value may be larger: the guest could
+/// name the same large key a million times.
+const MAX_BATCH_BYTES: usize = 64 << 20;
+/// Keys `get-many` reads at a time, between checks of the running total.
+const BATCH_CHUNK: usize = 64;
 
 /// An open bucket, as the guest holds it.
 pub struct Bucket {
@@ -31,7 +37,9 @@ pub struct Cas {
 pub struct Session {
     store: Arc<Store>,
     connection: Option<Box<dyn Connection>>,
-    handles: usize,
+    /// Open handles of each kind, held to [`MAX_BUCKETS`] and [`MAX_SWAPS`].
+    buckets: usize,
+    swaps: usize,
 }
 
 impl Session {
@@ -39,7 +47,8 @@ impl Session {
         Session {
             store,
             connection,
-            handles: 0,
+            buckets: 0,
+            swaps: 0,
         }
     }
 
@@ -122,28 +131,40 @@ impl KeyValue<'_> {
         self.session.store.check_value(value).map_err(refused)
     }
 
-    fn push<H: Send + 'static>(&mut self, handle: H) -> Result<Resource<H>, WitError> {
-        if self.session.handles >= MAX_HANDLES {
-            return Err(WitError::Other(format!(
-                "more than {MAX_HANDLES} key-value handles are open; drop some"
-            )));
+    fn push_bucket(&mut self, bucket: Bucket) -> Result<Resource<Bucket>, WitError> {
+        if self.session.buckets >= MAX_BUCKETS {
+            return Err(refused(Error::Refused(format!(
+                "{MAX_BUCKETS} buckets are open already; drop some"
+            ))));
         }
-        let handle = self
-            .table
-            .push(handle)
-            .map_err(|error| WitError::Other(error.to_string()))?;
-        self.session.handles += 1;
-        Ok(handle)
+        let bucket = self.table.push(bucket).map_err(table_error)?;
+        self.session.buckets += 1;
+        Ok(bucket)
     }
 
-    fn release<H: 'static>(&mut self, handle: Resource<H>) -> wasmtime::Result<H> {
-        let handle = self.table.delete(handle)?;
-        self.session.handles -= 1;
-        Ok(handle)
+    fn push_cas(&mut self, cas: Cas) -> Result<Resource<Cas>, WitError> {
+        if self.session.swaps >= MAX_SWAPS {
+            return Err(refused(Error::Refused(format!(
+                "{MAX_SWAPS} compare-and-swap handles are open already; drop some"
+            ))));
+        }
+        let cas = self.table.push(cas).map_err(table_error)?;
+        self.session.swaps += 1;
+        Ok(cas)
+    }
+
+    fn release_cas(&mut self, cas: Resource<Cas>) -> wasmtime::Result<Cas> {
+        let cas = self.table.delete(cas)?;
+        self.session.swaps -= 1;
+        Ok(cas)
     }
 }
 
 fn refused(error: Error) -> WitError {
+    WitError::Other(error.to_string())
+}
+
+fn table_error(error: wasmtime::component::ResourceTableError) -> WitError {
     WitError::Other(error.to_string())
 }
 
@@ -153,7 +174,7 @@ impl store::Host for KeyValue<'_> {
             tracing::debug!(request = self.request_id, "no such bucket: {why}");
             return Err(WitError::NoSuchStore);
         }
-        self.push(Bucket { name: identifier })
+        self.push_bucket(Bucket { name: identifier })
     }
 }
 
@@ -206,7 +227,9 @@ impl store::HostBucket for KeyValue<'_> {
     }
 
     fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
-        self.release(bucket).map(drop)
+        self.table.delete(bucket)?;
+        self.session.buckets -= 1;
+        Ok(())
     }
 }
 
@@ -225,10 +248,11 @@ impl atomics::Host for KeyValue<'_> {
     }
 
     fn swap(&mut self, cas: Resource<Cas>, value: Vec<u8>) -> Result<(), CasError> {
-        self.check_value(&value).map_err(CasError::StoreError)?;
+        // The guest gave the handle up with this call, whatever happens next.
         let cas = self
-            .release(cas)
+            .release_cas(cas)
             .map_err(|error| CasError::StoreError(WitError::Other(error.to_string())))?;
+        self.check_value(&value).map_err(CasError::StoreError)?;
         let swapped = self
             .run(&cas.bucket, |connection, bucket| {
                 connection.compare_and_swap(bucket, &cas.key, cas.current.as_deref(), &value)
@@ -238,7 +262,7 @@ impl atomics::Host for KeyValue<'_> {
             Ok(()) => Ok(()),
             Err(current) => {
                 let retry = Cas { current, ..cas };
-                Err(match self.push(retry) {
+                Err(match self.push_cas(retry) {
                     Ok(retry) => CasError::CasFailed(retry),
                     Err(error) => CasError::StoreError(error),
                 })
@@ -252,7 +276,7 @@ impl atomics::HostCas for KeyValue<'_> {
         self.check_key(&key)?;
         let name = self.bucket_name(&bucket)?;
         let current = self.run(&name, |connection, bucket| connection.get(bucket, &key))?;
-        self.push(Cas {
+        self.push_cas(Cas {
             bucket: name,
             key,
             current,
@@ -267,7 +291,7 @@ impl atomics::HostCas for KeyValue<'_> {
     }
 
     fn drop(&mut self, cas: Resource<Cas>) -> wasmtime::Result<()> {
-        self.release(cas).map(drop)
+        self.release_cas(cas).map(drop)
     }
 }
 
@@ -279,9 +303,21 @@ impl batch::Host for KeyValue<'_> {
     ) -> Result<Vec<Option<(String, Vec<u8>)>>, WitError> {
         keys.iter().try_for_each(|key| self.check_key(key))?;
         let name = self.bucket_name(&bucket)?;
-        let values = self.run(&name, |connection, bucket| {
-            connection.get_many(bucket, &keys)
-        })?;
+        let budget = MAX_BATCH_BYTES.max(self.session.store.limits.max_value);
+        let mut values = Vec::with_capacity(keys.len());
+        let mut gathered = 0;
+        for chunk in keys.chunks(BATCH_CHUNK) {
+            let chunk = self.run(&name, |connection, bucket| {
+                connection.get_many(bucket, chunk)
+            })?;
+            gathered += chunk.iter().flatten().map(Vec::len).sum::<usize>();
+            if gathered > budget {
+                return Err(refused(Error::Refused(format!(
+                    "the values come to more than {budget} bytes; get fewer at a time"
+                ))));
+            }
+            values.extend(chunk);
+        }
         Ok(keys
             .into_iter()
             .zip(values)

@@ -79,14 +79,26 @@ pub trait Connection: Send {
 fn incremented(current: Option<&[u8]>, delta: i64) -> Result<i64> {
     let current = match current {
         None => 0,
-        Some(bytes) => std::str::from_utf8(bytes)
-            .ok()
-            .and_then(|text| text.parse::<i64>().ok())
+        Some(bytes) => parse_integer(bytes)
             .ok_or_else(|| Error::Refused("the value is not a decimal integer".into()))?,
     };
     current
         .checked_add(delta)
         .ok_or_else(|| Error::Refused("the increment overflows a 64-bit integer".into()))
+}
+
+/// A decimal integer as Redis spells one, so that every backend takes the same values: an
+/// optional minus, and no plus sign, spaces or leading zeros.
+fn parse_integer(bytes: &[u8]) -> Option<i64> {
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    let canonical = match digits {
+        [b'0'] => bytes.len() == 1,
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    canonical
+        .then(|| std::str::from_utf8(bytes).ok()?.parse().ok())
+        .flatten()
 }
 
 /// The `--kv` setting: which backend, and where.
@@ -173,19 +185,20 @@ impl fmt::Debug for Store {
 }
 
 impl Store {
+    /// The namespace is checked when an app that uses the store loads, not here: an app that
+    /// never uses it may have any file name.
     pub fn new(
         backend: Arc<dyn Backend>,
         url: BackendUrl,
         namespace: &str,
         limits: Limits,
-    ) -> anyhow::Result<Store> {
-        check_name(namespace).map_err(|why| anyhow::anyhow!("key-value namespace: {why}"))?;
-        Ok(Store {
+    ) -> Store {
+        Store {
             backend,
             url,
             namespace: namespace.into(),
             limits,
-        })
+        }
     }
 
     pub fn connect(&self) -> Result<Box<dyn Connection>> {
@@ -271,5 +284,9 @@ mod tests {
             incremented(Some(i64::MAX.to_string().as_bytes()), 1),
             Err(Error::Refused(_))
         ));
+        assert_eq!(incremented(Some(b"0"), -1).unwrap(), -1);
+        for odd in [&b"+5"[..], b"007", b" 5", b"-0", b"-", b""] {
+            assert!(incremented(Some(odd), 1).is_err(), "{odd:?}");
+        }
     }
 }

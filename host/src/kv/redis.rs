@@ -2,7 +2,7 @@
 //! one Redis hash, `wasm-gw:NAMESPACE:BUCKET`, so a namespace can never reach past its own
 //! hashes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{Backend, BucketId, Connection, Error, KeyPage, PAGE_SIZE, Result};
 
@@ -10,6 +10,9 @@ use super::{Backend, BucketId, Connection, Error, KeyPage, PAGE_SIZE, Result};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one command may take before the worker gives up on the server.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection idle this long is checked with a PING before use: Redis may have restarted,
+/// or closed it, meanwhile. Busy connections skip the round trip.
+const IDLE_CHECK: Duration = Duration::from_millis(100);
 
 /// Compare-and-swap in one step on the server: a Lua script runs with nothing else between
 /// its read and its write. ARGV: field, whether a value is expected ("1"/"0"), the expected
@@ -25,47 +28,66 @@ end
 return {0, current}
 ";
 
+/// HSCAN that returns only the fields: the values stay on the server. (HSCAN's NOVALUES
+/// needs Redis 7.4.) ARGV: the cursor, the page size. Returns {next cursor, fields}.
+const LIST_KEYS: &str = r"
+local page = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local fields = {}
+for i = 1, #page[2], 2 do fields[#fields + 1] = page[2][i] end
+return {page[1], fields}
+";
+
 pub struct Redis {
     client: redis::Client,
-    script: redis::Script,
 }
 
 impl Redis {
     pub fn new(url: &str) -> anyhow::Result<Redis> {
         let client =
             redis::Client::open(url).map_err(|error| anyhow::anyhow!("--kv {url}: {error}"))?;
-        Ok(Redis {
-            client,
-            script: redis::Script::new(COMPARE_AND_SWAP),
-        })
+        Ok(Redis { client })
     }
+}
+
+fn connect(client: &redis::Client) -> Result<redis::Connection> {
+    client
+        .get_connection_with_timeout(CONNECT_TIMEOUT)
+        .and_then(|connection| {
+            connection.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+            connection.set_write_timeout(Some(COMMAND_TIMEOUT))?;
+            Ok(connection)
+        })
+        .map_err(backend)
 }
 
 impl Backend for Redis {
     fn connect(&self) -> Result<Box<dyn Connection>> {
-        let connection = self
-            .client
-            .get_connection_with_timeout(CONNECT_TIMEOUT)
-            .and_then(|connection| {
-                connection.set_read_timeout(Some(COMMAND_TIMEOUT))?;
-                connection.set_write_timeout(Some(COMMAND_TIMEOUT))?;
-                Ok(connection)
-            })
-            .map_err(backend)?;
         Ok(Box::new(RedisConnection {
-            connection,
-            script: self.script.clone(),
+            connection: connect(&self.client)?,
+            client: self.client.clone(),
+            last_used: Instant::now(),
+            compare_and_swap: redis::Script::new(COMPARE_AND_SWAP),
+            list_keys: redis::Script::new(LIST_KEYS),
         }))
     }
 }
 
 struct RedisConnection {
     connection: redis::Connection,
-    script: redis::Script,
+    client: redis::Client,
+    last_used: Instant,
+    compare_and_swap: redis::Script,
+    list_keys: redis::Script,
 }
 
 fn backend(error: redis::RedisError) -> Error {
     Error::Backend(error.to_string())
+}
+
+/// Whether the connection itself failed, rather than the server refusing the command.
+fn connection_lost(error: &redis::RedisError) -> bool {
+    !error.is_timeout()
+        && (error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal())
 }
 
 fn hash(bucket: BucketId) -> String {
@@ -73,8 +95,43 @@ fn hash(bucket: BucketId) -> String {
 }
 
 impl RedisConnection {
+    /// Runs `act` on a live connection. One that sat idle is checked first; if `act` is
+    /// idempotent and the connection turns out dead, it runs once more on a new one.
+    fn run<T>(
+        &mut self,
+        idempotent: bool,
+        act: impl Fn(&mut Self) -> redis::RedisResult<T>,
+    ) -> Result<T> {
+        if self.last_used.elapsed() > IDLE_CHECK
+            && redis::cmd("PING")
+                .query::<()>(&mut self.connection)
+                .is_err()
+        {
+            self.connection = connect(&self.client)?;
+        }
+        let result = match act(self) {
+            Err(error) if idempotent && connection_lost(&error) => {
+                self.connection = connect(&self.client)?;
+                act(self)
+            }
+            other => other,
+        };
+        self.last_used = Instant::now();
+        result.map_err(backend)
+    }
+
     fn query<T: redis::FromRedisValue>(&mut self, command: &redis::Cmd) -> Result<T> {
-        command.query(&mut self.connection).map_err(backend)
+        self.run(true, |this| command.query(&mut this.connection))
+    }
+}
+
+/// A bulk string, or nothing: nil in RESP2, false in RESP3.
+fn optional_bytes(value: redis::Value) -> Result<Option<Vec<u8>>> {
+    match value {
+        redis::Value::Nil | redis::Value::Boolean(false) => Ok(None),
+        value => redis::from_redis_value(value)
+            .map(Some)
+            .map_err(|error| Error::Backend(error.to_string())),
     }
 }
 
@@ -97,16 +154,15 @@ impl Connection for RedisConnection {
 
     fn list_keys(&mut self, bucket: BucketId, cursor: Option<&str>) -> Result<KeyPage> {
         // HSCAN may list a key twice if the hash grows meanwhile; the interface allows that.
-        let (next, fields_and_values): (String, Vec<Vec<u8>>) = self.query(
-            redis::cmd("HSCAN")
-                .arg(hash(bucket))
+        let (next, fields): (String, Vec<Vec<u8>>) = self.run(true, |this| {
+            this.list_keys
+                .key(hash(bucket))
                 .arg(cursor.unwrap_or("0"))
-                .arg("COUNT")
-                .arg(PAGE_SIZE),
-        )?;
-        let keys = fields_and_values
+                .arg(PAGE_SIZE)
+                .invoke(&mut this.connection)
+        })?;
+        let keys = fields
             .iter()
-            .step_by(2)
             .map(|field| String::from_utf8_lossy(field).into_owned())
             .collect();
         let cursor = (next != "0").then_some(next);
@@ -114,21 +170,22 @@ impl Connection for RedisConnection {
     }
 
     fn increment(&mut self, bucket: BucketId, key: &str, delta: i64) -> Result<i64> {
-        redis::cmd("HINCRBY")
+        // Not retried: the first try may have counted before the connection failed.
+        let command = redis::cmd("HINCRBY")
             .arg(hash(bucket))
             .arg(key)
             .arg(delta)
-            .query(&mut self.connection)
-            .map_err(|error| match error.kind() {
-                // Not an integer, or an overflow: the value's fault, not the server's.
-                redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => Error::Refused(
-                    error
-                        .detail()
-                        .unwrap_or("the value is not a decimal integer")
-                        .to_owned(),
-                ),
-                _ => backend(error),
-            })
+            .clone();
+        let result = self.run(false, |this| command.query(&mut this.connection));
+        match result {
+            Err(Error::Backend(why))
+                if why.contains("not an integer") || why.contains("overflow") =>
+            {
+                // The value's fault, not the server's.
+                Err(Error::Refused(why))
+            }
+            other => other,
+        }
     }
 
     fn compare_and_swap(
@@ -138,16 +195,20 @@ impl Connection for RedisConnection {
         expected: Option<&[u8]>,
         value: &[u8],
     ) -> Result<Result<(), Option<Vec<u8>>>> {
-        let (swapped, current): (i64, Option<Vec<u8>>) = self
-            .script
-            .key(hash(bucket))
-            .arg(key)
-            .arg(if expected.is_some() { "1" } else { "0" })
-            .arg(expected.unwrap_or_default())
-            .arg(value)
-            .invoke(&mut self.connection)
-            .map_err(backend)?;
-        Ok(if swapped == 1 { Ok(()) } else { Err(current) })
+        // Not retried: the first try may have swapped before the connection failed.
+        let (swapped, current): (i64, redis::Value) = self.run(false, |this| {
+            this.compare_and_swap
+                .key(hash(bucket))
+                .arg(key)
+                .arg(if expected.is_some() { "1" } else { "0" })
+                .arg(expected.unwrap_or_default())
+                .arg(value)
+                .invoke(&mut this.connection)
+        })?;
+        if swapped == 1 {
+            return Ok(Ok(()));
+        }
+        Ok(Err(optional_bytes(current)?))
     }
 
     fn get_many(&mut self, bucket: BucketId, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
