@@ -5,9 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v wrk >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq wrk
-fi
+for tool in wrk redis-server; do
+    if ! command -v "$tool" >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq "$tool"
+    fi
+done
 scripts/build-guests.sh
 cargo build --release -p wasm-gw -p wasm-gw-bench
 exec target/release/wasm-gw-bench "$@"

@@ -179,6 +179,25 @@ impl Harness {
         parse_wrk(&text).with_context(|| format!("unreadable wrk output:\n{text}"))
     }
 
+    /// A redis-server of our own, without persistence, on a free loopback port.
+    fn start_redis(&self) -> anyhow::Result<Running> {
+        let port = free_port()?;
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start redis-server")?;
+        let running = Running {
+            child,
+            url: format!("redis://127.0.0.1:{port}/0"),
+        };
+        wait_for_port(port, Duration::from_secs(10))?;
+        Ok(running)
+    }
+
     fn script(&self, name: &str) -> String {
         self.root.join("bench").join(name).display().to_string()
     }
@@ -345,17 +364,34 @@ fn main() -> anyhow::Result<()> {
         "reported".into(),
     ));
 
-    // Tasks: POST then GET, on the app's store.
-    let server = harness.start(Target::Wasm("tasks"), &[])?;
-    let (run, _) = harness.wrk_one(&server, "/", 64, &["-s", &harness.script("tasks.lua")])?;
-    rows.push(Row {
-        scenario: "tasks, POST then GET".into(),
-        requests_per_sec: Some(run.requests_per_sec),
-        p50_ms: Some(run.p50_ms),
-        p99_ms: Some(run.p99_ms),
-        ..Row::default()
-    });
-    drop(server);
+    // Tasks: POST then GET, on each key-value backend.
+    let state = harness.root.join("target/bench-state");
+    let _ = std::fs::remove_dir_all(&state);
+    let sqlite = format!("sqlite:{}/kv.sqlite", state.display());
+    let redis = harness.start_redis()?;
+    let backends = [
+        (
+            "SQLite",
+            sqlite.as_str(),
+            "an fsync per write (synchronous=FULL)",
+        ),
+        ("Redis", redis.url.as_str(), "Redis without persistence"),
+        ("memory", "memory", ""),
+    ];
+    for (name, kv, notes) in backends {
+        let server = harness.start(Target::Wasm("tasks"), &["--kv", kv])?;
+        let (run, _) = harness.wrk_one(&server, "/", 64, &["-s", &harness.script("tasks.lua")])?;
+        rows.push(Row {
+            scenario: format!("tasks, POST then GET, {name}"),
+            requests_per_sec: Some(run.requests_per_sec),
+            p50_ms: Some(run.p50_ms),
+            p99_ms: Some(run.p99_ms),
+            notes: notes.into(),
+            ..Row::default()
+        });
+    }
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&state);
 
     // Echo: 64 KiB in, 64 KiB out.
     let server = harness.start(Target::Wasm("echo"), &[])?;
@@ -491,7 +527,10 @@ fn start_times(harness: &Harness) -> anyhow::Result<(f64, f64)> {
 
 fn first_response_ms(harness: &Harness, cache: &str) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let server = harness.start(Target::Wasm("tasks"), &["--cache-dir", cache])?;
+    let server = harness.start(
+        Target::Wasm("tasks"),
+        &["--cache-dir", cache, "--kv", "memory"],
+    )?;
     let mut stream = keep_alive(address(&server))?;
     let status = get(&mut stream, "/tasks")?;
     if status != 200 {
