@@ -4,11 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The key-value tests start redis-server instances of their own.
+# The key-value tests start redis-server instances of their own; the Python tests build
+# apps with Python 3, venv and pip (componentize-py itself is installed by the build).
+sudo=$(command -v sudo || true)
 if ! command -v redis-server >/dev/null; then
-    sudo=$(command -v sudo || true)
     $sudo apt-get update -qq
     $sudo apt-get install -y -qq redis-server
+fi
+if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq python3 python3-venv python3-pip
 fi
 scripts/build-guests.sh
 cargo test --workspace

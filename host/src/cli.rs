@@ -35,6 +35,38 @@ pub enum Command {
     /// Compile an app ahead of time into a `.cwasm` that `serve` starts at once. The
     /// result is native code for this machine and this wasm-gw version.
     Compile(CompileArgs),
+    /// Build a Python WSGI app (any PEP 3333 callable, Flask included) into a component.
+    /// Needs Python 3 with venv and pip; componentize-py is installed on first use.
+    BuildPython(BuildPythonArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BuildPythonArgs {
+    /// The WSGI callable, MODULE:NAME, as in hello:hello_app or app:app.
+    pub callable: String,
+
+    /// The component to write.
+    #[arg(short, long)]
+    pub output: PathBuf,
+
+    /// Packages the app needs, as a pip requirements file. Wheels only; native code in them
+    /// is left out, and a package that cannot do without it fails the build by name.
+    #[arg(long)]
+    pub requirements: Option<PathBuf>,
+
+    /// A directory with the app's modules; repeatable [default: .].
+    #[arg(long = "path")]
+    pub paths: Vec<PathBuf>,
+
+    /// Wrap the app in wsgiref.validate.validator, which checks every call against PEP 3333
+    /// and fails the request on a violation: for testing an app, or wasm-gw.
+    #[arg(long)]
+    pub validate: bool,
+
+    /// Where wasm-gw keeps componentize-py [default: $XDG_CACHE_HOME/wasm-gw or
+    /// ~/.cache/wasm-gw].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -19,6 +19,7 @@ pub mod http;
 pub mod kv;
 pub mod lifecycle;
 pub mod pool;
+pub mod python;
 pub mod reload;
 pub mod runtime;
 pub mod scaffold;

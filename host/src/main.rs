@@ -2,10 +2,40 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use wasm_gw::check::check;
+use wasm_gw::cli::BuildPythonArgs;
 use wasm_gw::cli::{Cli, Command};
-use wasm_gw::compile::compile_to_file;
+use wasm_gw::compile::{CodeCache, compile_to_file};
+use wasm_gw::python::{PythonApp, build_python as build};
 use wasm_gw::scaffold::new_app;
 use wasm_gw::serve::serve;
+
+fn build_python(args: &BuildPythonArgs) -> anyhow::Result<()> {
+    let tools_dir = args
+        .cache_dir
+        .clone()
+        .or_else(CodeCache::default_dir)
+        .ok_or_else(|| anyhow::anyhow!("no cache directory: pass --cache-dir"))?
+        .join("python");
+    let current = [std::path::PathBuf::from(".")];
+    let paths = if args.paths.is_empty() {
+        &current[..]
+    } else {
+        &args.paths
+    };
+    let warnings = build(&PythonApp {
+        callable: &args.callable,
+        paths,
+        requirements: args.requirements.as_deref(),
+        validate: args.validate,
+        output: &args.output,
+        tools_dir: &tools_dir,
+    })?;
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+    println!("Built {}", args.output.display());
+    Ok(())
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -28,6 +58,7 @@ fn main() -> ExitCode {
                 args.name.display()
             );
         }),
+        Command::BuildPython(args) => build_python(&args),
         Command::Compile(args) => {
             let output = args
                 .output

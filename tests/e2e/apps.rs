@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{Server, client};
+use crate::support::{Server, client, guest, python_guest};
 
 fn body_json(response: &mut ureq::http::Response<ureq::Body>) -> Value {
     serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap()
@@ -35,79 +35,85 @@ fn hello_greets_by_name() {
 
 #[test]
 fn tasks_crud() {
-    let server = Server::start("tasks", &["--workers", "1"]);
-    let http = client();
+    for tasks in [guest("tasks"), python_guest("tasks")] {
+        eprintln!("tasks app: {}", tasks.display());
+        let server = Server::start_path(&tasks, &["--workers", "1"]);
+        let http = client();
 
-    let mut created = http
-        .post(server.url("/tasks"))
-        .header("Content-Type", "application/json")
-        .send(r#"{"title": "Works on my server"}"#)
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    assert_eq!(created.headers()["content-type"], "application/json");
-    let task = body_json(&mut created);
-    assert_eq!(
-        task,
-        json!({"id": 1, "title": "Works on my server", "done": false})
-    );
-    http.post(server.url("/tasks"))
-        .send(r#"{"title": "Second", "done": true}"#)
-        .unwrap();
+        let mut created = http
+            .post(server.url("/tasks"))
+            .header("Content-Type", "application/json")
+            .send(r#"{"title": "Works on my server"}"#)
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        assert_eq!(created.headers()["content-type"], "application/json");
+        let task = body_json(&mut created);
+        assert_eq!(
+            task,
+            json!({"id": 1, "title": "Works on my server", "done": false})
+        );
+        http.post(server.url("/tasks"))
+            .send(r#"{"title": "Second", "done": true}"#)
+            .unwrap();
 
-    let mut listed = http.get(server.url("/tasks")).call().unwrap();
-    assert_eq!(listed.status(), 200);
-    let titles: Vec<Value> = body_json(&mut listed)
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|task| task["title"].clone())
-        .collect();
-    assert_eq!(titles, [json!("Works on my server"), json!("Second")]);
+        let mut listed = http.get(server.url("/tasks")).call().unwrap();
+        assert_eq!(listed.status(), 200);
+        let titles: Vec<Value> = body_json(&mut listed)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|task| task["title"].clone())
+            .collect();
+        assert_eq!(titles, [json!("Works on my server"), json!("Second")]);
 
-    let mut patched = http
-        .patch(server.url("/tasks/1"))
-        .send(r#"{"done": true}"#)
-        .unwrap();
-    assert_eq!(patched.status(), 200);
-    assert_eq!(body_json(&mut patched)["done"], json!(true));
-    let mut fetched = http.get(server.url("/tasks/1")).call().unwrap();
-    assert_eq!(
-        body_json(&mut fetched),
-        json!({"id": 1, "title": "Works on my server", "done": true})
-    );
+        let mut patched = http
+            .patch(server.url("/tasks/1"))
+            .send(r#"{"done": true}"#)
+            .unwrap();
+        assert_eq!(patched.status(), 200);
+        assert_eq!(body_json(&mut patched)["done"], json!(true));
+        let mut fetched = http.get(server.url("/tasks/1")).call().unwrap();
+        assert_eq!(
+            body_json(&mut fetched),
+            json!({"id": 1, "title": "Works on my server", "done": true})
+        );
 
-    let deleted = http.delete(server.url("/tasks/1")).call().unwrap();
-    assert_eq!(deleted.status(), 204);
-    let mut gone = http.get(server.url("/tasks/1")).call().unwrap();
-    assert_eq!(gone.status(), 404);
-    assert!(body_json(&mut gone)["error"].is_string());
+        let deleted = http.delete(server.url("/tasks/1")).call().unwrap();
+        assert_eq!(deleted.status(), 204);
+        let mut gone = http.get(server.url("/tasks/1")).call().unwrap();
+        assert_eq!(gone.status(), 404);
+        assert!(body_json(&mut gone)["error"].is_string());
+    }
 }
 
 #[test]
 fn tasks_errors_are_json() {
-    let server = Server::start("tasks", &["--workers", "1"]);
-    let http = client();
-    for (body, why) in [
-        ("{not json", "invalid JSON"),
-        (r#"{"done": true}"#, "missing title"),
-        ("[1]", "not an object"),
-    ] {
-        let mut response = http.post(server.url("/tasks")).send(body).unwrap();
-        assert_eq!(response.status(), 400, "{why}");
-        assert_eq!(response.headers()["content-type"], "application/json");
-        assert!(body_json(&mut response)["error"].is_string(), "{why}");
-    }
-    let mut unknown = http.get(server.url("/tasks/99")).call().unwrap();
-    assert_eq!(unknown.status(), 404);
-    assert!(body_json(&mut unknown)["error"].is_string());
+    for tasks in [guest("tasks"), python_guest("tasks")] {
+        eprintln!("tasks app: {}", tasks.display());
+        let server = Server::start_path(&tasks, &["--workers", "1"]);
+        let http = client();
+        for (body, why) in [
+            ("{not json", "invalid JSON"),
+            (r#"{"done": true}"#, "missing title"),
+            ("[1]", "not an object"),
+        ] {
+            let mut response = http.post(server.url("/tasks")).send(body).unwrap();
+            assert_eq!(response.status(), 400, "{why}");
+            assert_eq!(response.headers()["content-type"], "application/json");
+            assert!(body_json(&mut response)["error"].is_string(), "{why}");
+        }
+        let mut unknown = http.get(server.url("/tasks/99")).call().unwrap();
+        assert_eq!(unknown.status(), 404);
+        assert!(body_json(&mut unknown)["error"].is_string());
 
-    let wrong = http.put(server.url("/tasks")).send("{}").unwrap();
-    assert_eq!(wrong.status(), 405);
-    assert_eq!(wrong.headers()["allow"], "GET, HEAD, POST");
-    http.post(server.url("/tasks"))
-        .send(r#"{"title": "x"}"#)
-        .unwrap();
-    let wrong = http.post(server.url("/tasks/1")).send("{}").unwrap();
-    assert_eq!(wrong.status(), 405);
-    assert_eq!(wrong.headers()["allow"], "GET, HEAD, PATCH, DELETE");
+        let wrong = http.put(server.url("/tasks")).send("{}").unwrap();
+        assert_eq!(wrong.status(), 405);
+        assert_eq!(wrong.headers()["allow"], "GET, HEAD, POST");
+        http.post(server.url("/tasks"))
+            .send(r#"{"title": "x"}"#)
+            .unwrap();
+        let wrong = http.post(server.url("/tasks/1")).send("{}").unwrap();
+        assert_eq!(wrong.status(), 405);
+        assert_eq!(wrong.headers()["allow"], "GET, HEAD, PATCH, DELETE");
+    }
 }

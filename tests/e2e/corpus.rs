@@ -4,7 +4,7 @@
 
 use std::io::{BufReader, Write};
 
-use crate::support::{RawResponse, Server, read_to_close};
+use crate::support::{RawResponse, Server, echo_apps, read_to_close};
 
 const PROBE: &[u8] = b"GET /probe HTTP/1.1\r\nHost: probe\r\n\r\n";
 
@@ -219,20 +219,23 @@ fn cases() -> Vec<Case> {
 fn the_request_corpus() {
     let cases = cases();
     assert!(cases.len() >= 100, "the corpus has {} cases", cases.len());
-    let server = Server::start("echo", &["--max-body-size", "1MiB"]);
-    let mut failures = Vec::new();
-    for case in &cases {
-        if let Err(why) = run(&server, case) {
-            failures.push(format!("{}: {why}", case.name));
+    for echo in echo_apps() {
+        eprintln!("echo app: {}", echo.display());
+        let server = Server::start_path(&echo, &["--max-body-size", "1MiB"]);
+        let mut failures = Vec::new();
+        for case in &cases {
+            if let Err(why) = run(&server, case) {
+                failures.push(format!("{}: {why}", case.name));
+            }
         }
+        assert!(
+            failures.is_empty(),
+            "{} of {} cases failed:\n{}",
+            failures.len(),
+            cases.len(),
+            failures.join("\n")
+        );
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
 }
 
 fn run(server: &Server, case: &Case) -> Result<(), String> {

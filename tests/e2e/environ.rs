@@ -5,7 +5,7 @@ use std::io::Write;
 use base64::Engine;
 use serde_json::Value;
 
-use crate::support::{RawResponse, Server};
+use crate::support::{RawResponse, Server, echo_apps};
 
 fn meta(response: &RawResponse) -> Value {
     let encoded = response.header("x-echo-meta").expect("X-Echo-Meta header");
@@ -27,12 +27,14 @@ fn native_bytes(value: &Value) -> Vec<u8> {
 
 #[test]
 fn every_pep3333_variable_reaches_the_app() {
-    let server = Server::start("echo", &["--workers", "2"]);
-    let mut stream = server.connect();
-    let client_port = stream.local_addr().unwrap().port();
-    stream
-        .write_all(
-            b"POST /a%20b/c%2Fd?x=1&y=%20 HTTP/1.1\r\n\
+    for echo in echo_apps() {
+        eprintln!("echo app: {}", echo.display());
+        let server = Server::start_path(&echo, &["--workers", "2"]);
+        let mut stream = server.connect();
+        let client_port = stream.local_addr().unwrap().port();
+        stream
+            .write_all(
+                b"POST /a%20b/c%2Fd?x=1&y=%20 HTTP/1.1\r\n\
               Host: example.test:8080\r\n\
               X-Echo-Environ: 1\r\n\
               Content-Type: text/plain\r\n\
@@ -40,115 +42,122 @@ fn every_pep3333_variable_reaches_the_app() {
               x-repeat: two\r\n\
               X_Underscore: sneaky\r\n\
               Content-Length: 5\r\n\r\nhello",
-        )
-        .unwrap();
-    let response = RawResponse::read(&mut std::io::BufReader::new(stream), false);
-    assert_eq!(response.status, 200);
-    assert_eq!(response.body, b"hello");
-    let meta = meta(&response);
-    let environ = meta["environ"].as_object().expect("environ object");
-    let expect = |key: &str, value: &str| {
-        assert_eq!(
-            environ.get(key).and_then(Value::as_str),
-            Some(value),
-            "{key}"
+            )
+            .unwrap();
+        let response = RawResponse::read(&mut std::io::BufReader::new(stream), false);
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, b"hello");
+        let meta = meta(&response);
+        let environ = meta["environ"].as_object().expect("environ object");
+        let expect = |key: &str, value: &str| {
+            assert_eq!(
+                environ.get(key).and_then(Value::as_str),
+                Some(value),
+                "{key}"
+            );
+        };
+        expect("REQUEST_METHOD", "POST");
+        expect("SCRIPT_NAME", "");
+        expect("PATH_INFO", "/a b/c/d");
+        expect("QUERY_STRING", "x=1&y=%20");
+        expect("CONTENT_TYPE", "text/plain");
+        expect("CONTENT_LENGTH", "5");
+        expect("SERVER_NAME", "example.test");
+        expect("SERVER_PORT", "8080");
+        expect("SERVER_PROTOCOL", "HTTP/1.1");
+        expect("REMOTE_ADDR", "127.0.0.1");
+        expect("REMOTE_PORT", &client_port.to_string());
+        expect("RAW_URI", "/a%20b/c%2Fd?x=1&y=%20");
+        expect("REQUEST_URI", "/a%20b/c%2Fd?x=1&y=%20");
+        expect("wsgi.version", "(1, 0)");
+        expect("wsgi.url_scheme", "http");
+        expect("wsgi.multithread", "True");
+        expect("wsgi.multiprocess", "False");
+        expect("wsgi.run_once", "False");
+        expect("wsgi.input_terminated", "True");
+        expect("HTTP_HOST", "example.test:8080");
+        expect("HTTP_X_REPEAT", "one,two");
+        expect("HTTP_X_ECHO_ENVIRON", "1");
+        assert!(
+            !environ.contains_key("HTTP_CONTENT_TYPE"),
+            "Content-Type only as CONTENT_TYPE"
         );
-    };
-    expect("REQUEST_METHOD", "POST");
-    expect("SCRIPT_NAME", "");
-    expect("PATH_INFO", "/a b/c/d");
-    expect("QUERY_STRING", "x=1&y=%20");
-    expect("CONTENT_TYPE", "text/plain");
-    expect("CONTENT_LENGTH", "5");
-    expect("SERVER_NAME", "example.test");
-    expect("SERVER_PORT", "8080");
-    expect("SERVER_PROTOCOL", "HTTP/1.1");
-    expect("REMOTE_ADDR", "127.0.0.1");
-    expect("REMOTE_PORT", &client_port.to_string());
-    expect("RAW_URI", "/a%20b/c%2Fd?x=1&y=%20");
-    expect("REQUEST_URI", "/a%20b/c%2Fd?x=1&y=%20");
-    expect("wsgi.version", "(1, 0)");
-    expect("wsgi.url_scheme", "http");
-    expect("wsgi.multithread", "True");
-    expect("wsgi.multiprocess", "False");
-    expect("wsgi.run_once", "False");
-    expect("wsgi.input_terminated", "True");
-    expect("HTTP_HOST", "example.test:8080");
-    expect("HTTP_X_REPEAT", "one,two");
-    expect("HTTP_X_ECHO_ENVIRON", "1");
-    assert!(
-        !environ.contains_key("HTTP_CONTENT_TYPE"),
-        "Content-Type only as CONTENT_TYPE"
-    );
-    assert!(!environ.contains_key("HTTP_CONTENT_LENGTH"));
-    assert!(
-        !environ
-            .keys()
-            .any(|key| key.starts_with("HTTP_X_UNDERSCORE")),
-        "a header named with _ must not pose as one named with -"
-    );
+        assert!(!environ.contains_key("HTTP_CONTENT_LENGTH"));
+        assert!(
+            !environ
+                .keys()
+                .any(|key| key.starts_with("HTTP_X_UNDERSCORE")),
+            "a header named with _ must not pose as one named with -"
+        );
 
-    assert_eq!(meta["method"], "POST");
-    assert_eq!(meta["path"], "/a b/c/d");
-    assert_eq!(meta["query"], "x=1&y=%20");
-    assert_eq!(meta["raw_uri"], "/a%20b/c%2Fd?x=1&y=%20");
-    assert_eq!(meta["version"], "HTTP/1.1");
-    assert_eq!(meta["body_len"], 5);
-    let names: Vec<&str> = meta["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|pair| pair[0].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        names,
-        [
-            "Host",
-            "X-Echo-Environ",
-            "Content-Type",
-            "X-Repeat",
-            "x-repeat",
-            "X_Underscore",
-            "Content-Length"
-        ],
-        "raw headers keep their order, case and repeats"
-    );
+        assert_eq!(meta["method"], "POST");
+        assert_eq!(meta["path"], "/a b/c/d");
+        assert_eq!(meta["query"], "x=1&y=%20");
+        assert_eq!(meta["raw_uri"], "/a%20b/c%2Fd?x=1&y=%20");
+        assert_eq!(meta["version"], "HTTP/1.1");
+        assert_eq!(meta["body_len"], 5);
+        let names: Vec<&str> = meta["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|pair| pair[0].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Host",
+                "X-Echo-Environ",
+                "Content-Type",
+                "X-Repeat",
+                "x-repeat",
+                "X_Underscore",
+                "Content-Length"
+            ],
+            "raw headers keep their order, case and repeats"
+        );
+    }
 }
 
 #[test]
 fn latin1_header_bytes_round_trip() {
-    let server = Server::start("echo", &[]);
-    let high: Vec<u8> = (0x80..=0xFF).collect();
-    let mut request = b"GET / HTTP/1.1\r\nHost: a\r\nX-Latin: caf".to_vec();
-    request.extend_from_slice(&high);
-    request.extend_from_slice(b"\r\n\r\n");
-    let response = server.raw(&request);
-    assert_eq!(response.status, 200);
-    let meta = meta(&response);
-    let latin = meta["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|pair| pair[0] == "X-Latin")
-        .expect("X-Latin reported");
-    let mut expected = b"caf".to_vec();
-    expected.extend_from_slice(&high);
-    assert_eq!(native_bytes(&latin[1]), expected);
+    for echo in echo_apps() {
+        eprintln!("echo app: {}", echo.display());
+        let server = Server::start_path(&echo, &[]);
+        let high: Vec<u8> = (0x80..=0xFF).collect();
+        let mut request = b"GET / HTTP/1.1\r\nHost: a\r\nX-Latin: caf".to_vec();
+        request.extend_from_slice(&high);
+        request.extend_from_slice(b"\r\n\r\n");
+        let response = server.raw(&request);
+        assert_eq!(response.status, 200);
+        let meta = meta(&response);
+        let latin = meta["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|pair| pair[0] == "X-Latin")
+            .expect("X-Latin reported");
+        let mut expected = b"caf".to_vec();
+        expected.extend_from_slice(&high);
+        assert_eq!(native_bytes(&latin[1]), expected);
+    }
 }
 
 #[test]
 fn binary_body_echoes_exactly() {
-    let server = Server::start("echo", &[]);
-    let body: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
-    let mut request = format!(
-        "PUT /bin HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(&body);
-    let response = server.raw(&request);
-    assert_eq!(response.status, 200);
-    assert_eq!(response.header("content-length"), Some("100000"));
-    assert!(response.body == body, "body differs");
-    assert_eq!(meta(&response)["body_len"], 100_000);
+    for echo in echo_apps() {
+        eprintln!("echo app: {}", echo.display());
+        let server = Server::start_path(&echo, &[]);
+        let body: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+        let mut request = format!(
+            "PUT /bin HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&body);
+        let response = server.raw(&request);
+        assert_eq!(response.status, 200);
+        assert_eq!(response.header("content-length"), Some("100000"));
+        assert!(response.body == body, "body differs");
+        assert_eq!(meta(&response)["body_len"], 100_000);
+    }
 }

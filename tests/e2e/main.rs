@@ -10,6 +10,7 @@ mod kv;
 mod lifecycle;
 mod properties;
 mod protocol;
+mod python;
 mod reload;
 mod sandbox;
 mod startup;

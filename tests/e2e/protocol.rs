@@ -3,7 +3,7 @@
 
 use std::io::{BufReader, Read, Write};
 
-use crate::support::{RawResponse, Server, read_to_close};
+use crate::support::{RawResponse, Server, echo_apps, read_to_close};
 
 #[test]
 fn keep_alive_serves_three_requests_on_one_socket() {
@@ -44,72 +44,84 @@ fn http10_keeps_alive_only_on_request() {
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
-    let server = Server::start("echo", &[]);
-    let stream = server.connect();
-    let mut writer = stream.try_clone().unwrap();
-    let mut pipeline = Vec::new();
-    for index in 0..5 {
-        let body = format!("body number {index}");
-        pipeline.extend_from_slice(
-            format!(
-                "POST /{index} HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        );
+    for echo in echo_apps() {
+        eprintln!("echo app: {}", echo.display());
+        let server = Server::start_path(&echo, &[]);
+        let stream = server.connect();
+        let mut writer = stream.try_clone().unwrap();
+        let mut pipeline = Vec::new();
+        for index in 0..5 {
+            let body = format!("body number {index}");
+            pipeline.extend_from_slice(
+                format!(
+                    "POST /{index} HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+        pipeline.extend_from_slice(b"GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        writer.write_all(&pipeline).unwrap();
+        let mut reader = BufReader::new(stream);
+        for index in 0..5 {
+            let response = RawResponse::read(&mut reader, false);
+            assert_eq!(response.text(), format!("body number {index}"));
+        }
+        let last = RawResponse::read(&mut reader, false);
+        assert_eq!(last.status, 200);
+        assert_eq!(last.header("connection"), Some("close"));
+        assert!(read_to_close(reader.get_mut()).is_empty());
     }
-    pipeline.extend_from_slice(b"GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
-    writer.write_all(&pipeline).unwrap();
-    let mut reader = BufReader::new(stream);
-    for index in 0..5 {
-        let response = RawResponse::read(&mut reader, false);
-        assert_eq!(response.text(), format!("body number {index}"));
-    }
-    let last = RawResponse::read(&mut reader, false);
-    assert_eq!(last.status, 200);
-    assert_eq!(last.header("connection"), Some("close"));
-    assert!(read_to_close(reader.get_mut()).is_empty());
 }
 
 #[test]
 fn a_request_trickled_byte_by_byte_parses() {
-    let server = Server::start("echo", &[]);
-    let mut stream = server.connect();
-    stream.set_nodelay(true).unwrap();
-    let request = b"POST /slow HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
-    for byte in request {
-        stream.write_all(&[*byte]).unwrap();
+    for echo in echo_apps() {
+        eprintln!("echo app: {}", echo.display());
+        let server = Server::start_path(&echo, &[]);
+        let mut stream = server.connect();
+        stream.set_nodelay(true).unwrap();
+        let request = b"POST /slow HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        for byte in request {
+            stream.write_all(&[*byte]).unwrap();
+        }
+        let response = RawResponse::read(&mut BufReader::new(stream), false);
+        assert_eq!(response.status, 200);
+        assert_eq!(response.text(), "abc");
     }
-    let response = RawResponse::read(&mut BufReader::new(stream), false);
-    assert_eq!(response.status, 200);
-    assert_eq!(response.text(), "abc");
 }
 
 #[test]
 fn chunked_request_body_is_decoded() {
-    let server = Server::start("echo", &[]);
-    let response = server.raw(
-        b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+    for echo in echo_apps() {
+        eprintln!("echo app: {}", echo.display());
+        let server = Server::start_path(&echo, &[]);
+        let response = server.raw(
+            b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
           5;name=value\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nX-Trailer: yes\r\n\r\n",
-    );
-    assert_eq!(response.status, 200);
-    assert_eq!(response.text(), "hello 0123456789");
+        );
+        assert_eq!(response.status, 200);
+        assert_eq!(response.text(), "hello 0123456789");
+    }
 }
 
 #[test]
 fn malformed_chunked_body_gets_400() {
-    let server = Server::start("echo", &[]);
-    let mut stream = server.connect();
-    stream
+    for echo in echo_apps() {
+        eprintln!("echo app: {}", echo.display());
+        let server = Server::start_path(&echo, &[]);
+        let mut stream = server.connect();
+        stream
         .write_all(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n")
         .unwrap();
-    let mut reader = BufReader::new(stream);
-    let response = RawResponse::read(&mut reader, false);
-    assert_eq!(response.status, 400);
-    assert!(
-        read_to_close(reader.get_mut()).is_empty(),
-        "the connection closes"
-    );
+        let mut reader = BufReader::new(stream);
+        let response = RawResponse::read(&mut reader, false);
+        assert_eq!(response.status, 400);
+        assert!(
+            read_to_close(reader.get_mut()).is_empty(),
+            "the connection closes"
+        );
+    }
 }
 
 #[test]
@@ -191,22 +203,25 @@ fn head_never_pulls_a_streamed_body() {
 
 #[test]
 fn expect_100_continue_is_sent_when_the_app_reads() {
-    let server = Server::start("echo", &[]);
-    let stream = server.connect();
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
-    writer
-        .write_all(
-            b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 7\r\n\r\n",
-        )
-        .unwrap();
-    let mut interim = [0; 25];
-    reader.read_exact(&mut interim).unwrap();
-    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
-    writer.write_all(b"payload").unwrap();
-    let response = RawResponse::read(&mut reader, false);
-    assert_eq!(response.status, 200);
-    assert_eq!(response.text(), "payload");
+    for echo in echo_apps() {
+        eprintln!("echo app: {}", echo.display());
+        let server = Server::start_path(&echo, &[]);
+        let stream = server.connect();
+        let mut writer = stream.try_clone().unwrap();
+        let mut reader = BufReader::new(stream);
+        writer
+            .write_all(
+                b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 7\r\n\r\n",
+            )
+            .unwrap();
+        let mut interim = [0; 25];
+        reader.read_exact(&mut interim).unwrap();
+        assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+        writer.write_all(b"payload").unwrap();
+        let response = RawResponse::read(&mut reader, false);
+        assert_eq!(response.status, 200);
+        assert_eq!(response.text(), "payload");
+    }
 }
 
 #[test]

@@ -34,6 +34,88 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
+/// The Python example apps (guests/python/examples): each one's callable, and whether it
+/// has requirements to install.
+const PYTHON_GUESTS: [(&str, &str, bool); 5] = [
+    ("hello", "hello:hello_app", false),
+    ("echo", "echo:application", false),
+    ("tasks", "tasks:application", false),
+    ("faulty", "faulty:application", false),
+    ("flask", "app:app", true),
+];
+
+/// The component of Python example `name`, built by the real `wasm-gw build-python` inside
+/// `wsgiref.validate.validator`, once per test run, and again only when its sources change.
+pub fn python_guest(name: &str) -> PathBuf {
+    static BUILDS: Mutex<()> = Mutex::new(());
+    let (_, callable, has_requirements) = PYTHON_GUESTS
+        .iter()
+        .find(|(guest, _, _)| *guest == name)
+        .unwrap_or_else(|| panic!("no Python example {name}"));
+    let root = workspace_root();
+    let sources = root.join("guests/python/examples").join(name);
+    let output = root.join(format!("target/python-guests/{name}.wasm"));
+    // One build at a time: they share componentize-py's virtualenv and both cores.
+    let _one_at_a_time = BUILDS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let built = std::fs::metadata(&output)
+        .and_then(|meta| meta.modified())
+        .ok();
+    let newest_source = [
+        sources.clone(),
+        root.join("guests/python/bridge"),
+        root.join("wit"),
+    ]
+    .iter()
+    .filter_map(|dir| newest_modification(dir))
+    .max();
+    if built.is_some() && built >= newest_source {
+        return output;
+    }
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wasm-gw"));
+    command
+        .args(["build-python", callable, "--validate", "--path"])
+        .arg(&sources)
+        .arg("-o")
+        .arg(&output)
+        .arg("--cache-dir")
+        .arg(root.join("target/python-tools"));
+    if *has_requirements {
+        command
+            .arg("--requirements")
+            .arg(sources.join("requirements.txt"));
+    }
+    std::fs::create_dir_all(output.parent().unwrap()).unwrap();
+    let result = command.output().expect("run wasm-gw build-python");
+    assert!(
+        result.status.success(),
+        "wasm-gw build-python {callable} failed:\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    output
+}
+
+/// When anything under `dir` last changed.
+fn newest_modification(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = std::fs::metadata(dir).and_then(|meta| meta.modified()).ok();
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let modified = if path.is_dir() {
+            newest_modification(&path)
+        } else {
+            entry.metadata().and_then(|meta| meta.modified()).ok()
+        };
+        newest = newest.max(modified);
+    }
+    newest
+}
+
+/// The echo contract's two implementations: the Rust guest and the Python one.
+pub fn echo_apps() -> [PathBuf; 2] {
+    [guest("echo"), python_guest("echo")]
+}
+
 /// The lines a server wrote to stderr, shared with the thread that collects them.
 #[derive(Default)]
 struct Log {

@@ -1,0 +1,369 @@
+//! `wasm-gw build-python`: turns a Python WSGI app into a component, with the bridge in
+//! `guests/python/bridge` and componentize-py, which bundles CPython and snapshots the app.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::SystemTime;
+
+use anyhow::{Context, bail};
+
+/// The componentize-py release the bridge is built and tested with.
+pub const COMPONENTIZE_PY: &str = "0.25.1";
+/// The suffix of the bytecode that its CPython (3.14) writes.
+const BYTECODE: &str = ".cpython-314.pyc";
+
+/// The contract and the bridge, built into the binary so that it needs no source tree.
+const WIT: [(&str, &str); 5] = [
+    ("wsgi.wit", include_str!("../../wit/wsgi.wit")),
+    (
+        "deps/keyvalue/world.wit",
+        include_str!("../../wit/deps/keyvalue/world.wit"),
+    ),
+    (
+        "deps/keyvalue/store.wit",
+        include_str!("../../wit/deps/keyvalue/store.wit"),
+    ),
+    (
+        "deps/keyvalue/atomics.wit",
+        include_str!("../../wit/deps/keyvalue/atomics.wit"),
+    ),
+    (
+        "deps/keyvalue/batch.wit",
+        include_str!("../../wit/deps/keyvalue/batch.wit"),
+    ),
+];
+const BRIDGE: [(&str, &str); 3] = [
+    (
+        "wasm_gw_bridge.py",
+        include_str!("../../guests/python/bridge/wasm_gw_bridge.py"),
+    ),
+    (
+        "wasm_gw_kv.py",
+        include_str!("../../guests/python/bridge/wasm_gw_kv.py"),
+    ),
+    (
+        "wasm_gw_validate.py",
+        include_str!("../../guests/python/bridge/wasm_gw_validate.py"),
+    ),
+];
+
+/// What to build.
+pub struct PythonApp<'a> {
+    /// The callable, `MODULE:NAME`.
+    pub callable: &'a str,
+    /// Directories the app's modules are in.
+    pub paths: &'a [PathBuf],
+    pub requirements: Option<&'a Path>,
+    /// Wrap the app in `wsgiref.validate.validator`, which checks PEP 3333 on every call.
+    pub validate: bool,
+    pub output: &'a Path,
+    /// Where the managed componentize-py lives.
+    pub tools_dir: &'a Path,
+}
+
+/// Builds the component; returns warnings for the user.
+pub fn build_python(app: &PythonApp) -> anyhow::Result<Vec<String>> {
+    let (module, name) = parse_callable(app.callable)?;
+    let componentize = componentize_py(app.tools_dir)?;
+    let build = BuildDir::new()?;
+
+    for (file, text) in WIT {
+        build.write(&format!("wit/{file}"), text)?;
+    }
+    for (file, text) in BRIDGE {
+        build.write(&format!("bridge/{file}"), text)?;
+    }
+    let entry = if app.validate {
+        format!(
+            "from wasm_gw_validate import validator\nfrom {module} import {name} as _app\n\
+             application = validator(_app)\n"
+        )
+    } else {
+        format!("from {module} import {name} as application\n")
+    };
+    build.write("bridge/wasm_gw_app.py", &entry)?;
+
+    let mut warnings = Vec::new();
+    let site = build.path().join("site");
+    let mut native = Vec::new();
+    if let Some(requirements) = app.requirements {
+        install_requirements(&componentize.python, requirements, &site)?;
+        native = remove_native_code(&site)?;
+        if !native.is_empty() {
+            warnings.push(format!(
+                "left out native code that cannot run in WebAssembly; each package must work \
+                 without it: {}",
+                native
+                    .iter()
+                    .map(|(package, file)| format!("{package} ({file})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+
+    let mut command = componentize.command();
+    command
+        .arg("-d")
+        .arg(build.path().join("wit"))
+        .args(["-w", "wasm-gw:wsgi/app", "componentize", "wasm_gw_bridge"])
+        .arg("-p")
+        .arg(build.path().join("bridge"));
+    for path in app.paths {
+        command.arg("-p").arg(path);
+    }
+    if app.requirements.is_some() {
+        command.arg("-p").arg(&site);
+    }
+    command.arg("-o").arg(app.output);
+    let started = SystemTime::now();
+    let output = run(&mut command, "componentize-py")?;
+    for path in app.paths {
+        remove_bytecode_since(path, started);
+    }
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        // The app is imported at build time: a package whose native code was left out fails
+        // here if it cannot do without it.
+        if let Some((package, file)) = native
+            .iter()
+            .find(|(package, _)| stderr.contains(&format!("'{package}")))
+        {
+            bail!(
+                "{package} needs its native code ({file}), which cannot run in WebAssembly: \
+                 use a pure-Python package instead\n{stderr}"
+            );
+        }
+        bail!(
+            "componentize-py could not build {}:\n{stderr}",
+            app.callable
+        );
+    }
+    Ok(warnings)
+}
+
+/// Splits `MODULE:NAME`, checking that each is a Python name.
+fn parse_callable(callable: &str) -> anyhow::Result<(&str, &str)> {
+    let identifier =
+        |part: &str| !part.is_empty() && part.chars().all(|c| c.is_alphanumeric() || c == '_');
+    match callable.split_once(':') {
+        Some((module, name)) if module.split('.').all(identifier) && identifier(name) => {
+            Ok((module, name))
+        }
+        _ => bail!("{callable:?} is not MODULE:CALLABLE, as in hello:hello_app"),
+    }
+}
+
+/// The Python of the virtualenv that holds componentize-py.
+struct Componentize {
+    python: PathBuf,
+}
+
+impl Componentize {
+    /// componentize-py, run through the virtualenv's Python: the virtualenv's own scripts
+    /// name the directory it was made in, which is not where it ends up.
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.python);
+        command.args([
+            "-c",
+            "import sys; from componentize_py import script; \
+             sys.argv[0] = 'componentize-py'; sys.exit(script())",
+        ]);
+        command
+    }
+}
+
+/// Installs componentize-py at the pinned version into a virtualenv of our own, once.
+fn componentize_py(tools_dir: &Path) -> anyhow::Result<Componentize> {
+    let venv = tools_dir.join(format!("componentize-py-{COMPONENTIZE_PY}"));
+    let installed = Componentize {
+        python: venv.join("bin/python"),
+    };
+    if installed.python.exists() {
+        return Ok(installed);
+    }
+    std::fs::create_dir_all(tools_dir)
+        .with_context(|| format!("cannot create {}", tools_dir.display()))?;
+    // Built aside and renamed into place, so that two builds at once never share a half-made
+    // virtualenv.
+    let staging = tools_dir.join(format!(
+        ".componentize-py-{COMPONENTIZE_PY}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&staging);
+    check(
+        run(
+            Command::new("python3").args(["-m", "venv"]).arg(&staging),
+            "python3",
+        )?,
+        "python3 -m venv (wasm-gw build-python needs Python 3 with venv and pip)",
+    )?;
+    check(
+        run(
+            Command::new(staging.join("bin/python")).args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                &format!("componentize-py=={COMPONENTIZE_PY}"),
+            ]),
+            "pip",
+        )?,
+        "pip install componentize-py",
+    )?;
+    if std::fs::rename(&staging, &venv).is_err() {
+        // Another build finished first; use its copy.
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    Ok(installed)
+}
+
+/// Installs the requirements as wheels only: nothing is compiled for this machine.
+fn install_requirements(python: &Path, requirements: &Path, site: &Path) -> anyhow::Result<()> {
+    let output = run(
+        Command::new(python)
+            .args(["-m", "pip", "install", "--quiet", "--only-binary=:all:"])
+            .arg("--target")
+            .arg(site)
+            .arg("-r")
+            .arg(requirements),
+        "pip",
+    )?;
+    check(
+        output,
+        &format!("pip could not install {}", requirements.display()),
+    )
+}
+
+/// Removes compiled extension modules from `site`, which CPython in WebAssembly cannot load,
+/// and returns each with the top-level package it belongs to.
+fn remove_native_code(site: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let mut removed = Vec::new();
+    let mut pending = vec![site.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "so") {
+                let relative = path.strip_prefix(site).unwrap_or(&path);
+                let package = relative
+                    .components()
+                    .next()
+                    .map(|part| part.as_os_str().to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                // `pkg/_speedups.cpython-311-x86_64-linux-gnu.so` or a top-level `pkg.cpython-...so`.
+                let package = package.split('.').next().unwrap_or_default().to_owned();
+                std::fs::remove_file(&path)?;
+                removed.push((package, relative.display().to_string()));
+            }
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
+/// The CPython inside componentize-py writes `__pycache__` next to the app's modules as it
+/// imports them; this removes what it wrote during the build, leaving the user's tree as it
+/// was. Hidden directories and dependency trees are not the app's modules.
+fn remove_bytecode_since(dir: &Path, since: SystemTime) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !path.is_dir() || name.starts_with('.') || name == "node_modules" {
+            continue;
+        }
+        if name != "__pycache__" {
+            remove_bytecode_since(&path, since);
+            continue;
+        }
+        let Ok(files) = std::fs::read_dir(&path) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let written_by_build = file
+                .metadata()
+                .and_then(|meta| meta.modified())
+                .is_ok_and(|modified| modified >= since);
+            if written_by_build && file.file_name().to_string_lossy().ends_with(BYTECODE) {
+                let _ = std::fs::remove_file(file.path());
+            }
+        }
+        // Only if it is empty now, that is, if the build made it.
+        let _ = std::fs::remove_dir(&path);
+    }
+}
+
+fn run(command: &mut Command, program: &str) -> anyhow::Result<Output> {
+    command
+        .output()
+        .with_context(|| format!("cannot run {program}"))
+}
+
+fn check(output: Output, what: &str) -> anyhow::Result<()> {
+    if output.status.success() {
+        return Ok(());
+    }
+    bail!(
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A scratch directory for one build, removed when dropped.
+struct BuildDir(PathBuf);
+
+impl BuildDir {
+    fn new() -> anyhow::Result<BuildDir> {
+        let path = std::env::temp_dir().join(format!(
+            "wasm-gw-build-python-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_nanos())
+        ));
+        std::fs::create_dir_all(&path)?;
+        Ok(BuildDir(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn write(&self, file: &str, text: &str) -> anyhow::Result<()> {
+        let path = self.0.join(file);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+impl Drop for BuildDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callables() {
+        assert_eq!(
+            parse_callable("hello:hello_app").unwrap(),
+            ("hello", "hello_app")
+        );
+        assert_eq!(parse_callable("pkg.web:app").unwrap(), ("pkg.web", "app"));
+        assert!(parse_callable("hello").is_err());
+        assert!(parse_callable("hello:").is_err());
+        assert!(parse_callable("a b:app").is_err());
+        assert!(parse_callable("x:app; import os").is_err());
+    }
+}

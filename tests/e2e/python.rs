@@ -1,0 +1,231 @@
+//! Python WSGI apps, built by `wasm-gw build-python` inside wsgiref's PEP 3333 validator and
+//! served by the real server. The echo and tasks examples also run the Rust guests' tests
+//! (environ, protocol, corpus, apps).
+
+use std::io::{BufReader, Read, Write};
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::support::{RawResponse, Scratch, Server, client, python_guest};
+
+fn text(response: &mut ureq::http::Response<ureq::Body>) -> String {
+    response.body_mut().read_to_string().unwrap()
+}
+
+#[test]
+fn the_tutorial_hello_app_runs_verbatim() {
+    let server = Server::start_path(&python_guest("hello"), &[]);
+    let mut response = client().get(server.url("/?name=WSGI")).call().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-length"], "13");
+    assert_eq!(response.headers()["content-type"], "text/plain");
+    assert_eq!(text(&mut response), "Hello, WSGI!\n");
+    let mut response = client().get(server.url("/")).call().unwrap();
+    assert_eq!(text(&mut response), "Hello, world!\n");
+}
+
+#[test]
+fn flask_routes_json_and_streams() {
+    let server = Server::start_path(&python_guest("flask"), &["--workers", "1"]);
+    let http = client();
+    let mut index = http.get(server.url("/")).call().unwrap();
+    assert_eq!(index.status(), 200);
+    assert_eq!(index.headers()["content-type"], "application/json");
+    let index: Value = serde_json::from_str(&text(&mut index)).unwrap();
+    assert_eq!(index["app"], "flask");
+
+    let mut put = http
+        .put(server.url("/notes/first"))
+        .header("Content-Type", "application/json")
+        .send(json!({"text": "from Flask"}).to_string())
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    assert_eq!(
+        serde_json::from_str::<Value>(&text(&mut put)).unwrap(),
+        json!({"name": "first", "text": "from Flask"})
+    );
+    let mut bad = http
+        .put(server.url("/notes/second"))
+        .header("Content-Type", "application/json")
+        .send("[]")
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(text(&mut bad).contains("error"));
+    let mut got = http.get(server.url("/notes/first")).call().unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&text(&mut got)).unwrap()["text"],
+        "from Flask"
+    );
+    assert_eq!(
+        http.get(server.url("/notes/none")).call().unwrap().status(),
+        404
+    );
+    assert_eq!(
+        http.get(server.url("/no/such/route"))
+            .call()
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // A generator body is streamed: chunked on the wire, every line there.
+    let response = server.raw(b"GET /count/1000 HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(response.status, 200);
+    assert!(response.chunked);
+    let expected: String = (0..1000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(response.text(), expected);
+
+    // Flask answers its own 500 and logs the traceback through wsgi.errors.
+    assert_eq!(http.get(server.url("/boom")).call().unwrap().status(), 500);
+    server.wait_for_log(&["flask view failed on purpose", "stream=\"stderr\""]);
+}
+
+#[test]
+fn an_exception_is_a_500_with_the_traceback_and_the_instance_serves_on() {
+    let server = Server::start_path(&python_guest("faulty"), &["--workers", "1"]);
+    let http = client();
+    assert_eq!(text(&mut http.get(server.url("/")).call().unwrap()), "1\n");
+    assert_eq!(http.get(server.url("/raise")).call().unwrap().status(), 500);
+    server.wait_for_log(&["ValueError: faulty Python app raises on purpose"]);
+    server.wait_for_log(&["Traceback (most recent call last)"]);
+    // The same instance, with its module state: the third request it has served.
+    assert_eq!(text(&mut http.get(server.url("/")).call().unwrap()), "3\n");
+}
+
+#[test]
+fn a_python_loop_is_stopped_by_the_deadline() {
+    let server = Server::start_path(
+        &python_guest("faulty"),
+        &["--workers", "1", "--timeout", "1"],
+    );
+    let http = client();
+    assert_eq!(http.get(server.url("/loop")).call().unwrap().status(), 504);
+    // The spent instance is replaced when the next request needs it.
+    assert_eq!(text(&mut http.get(server.url("/")).call().unwrap()), "1\n");
+    server.wait_for_log(&["instance replaced", "reason=\"timeout\""]);
+}
+
+#[test]
+fn unbounded_python_allocation_hits_the_memory_cap() {
+    let server = Server::start_path(
+        &python_guest("faulty"),
+        &["--workers", "1", "--max-memory", "96MiB"],
+    );
+    let http = client();
+    assert_eq!(http.get(server.url("/alloc")).call().unwrap().status(), 500);
+    // Python turns a failed allocation into MemoryError, and the bridge retires the
+    // instance; or the cap traps first. Either way a fresh instance serves next.
+    assert_eq!(text(&mut http.get(server.url("/")).call().unwrap()), "1\n");
+}
+
+#[test]
+fn system_exit_retires_the_instance() {
+    let server = Server::start_path(&python_guest("faulty"), &["--workers", "1"]);
+    let http = client();
+    assert_eq!(text(&mut http.get(server.url("/")).call().unwrap()), "1\n");
+    assert_eq!(http.get(server.url("/exit")).call().unwrap().status(), 500);
+    assert_eq!(text(&mut http.get(server.url("/")).call().unwrap()), "1\n");
+    server.wait_for_log(&["instance replaced", "reason=\"trap\""]);
+    server.wait_for_log(&["SystemExit: 3"]);
+}
+
+#[test]
+fn python_cannot_read_host_files() {
+    let server = Server::start_path(&python_guest("faulty"), &[]);
+    let mut response = client().get(server.url("/passwd")).call().unwrap();
+    assert_eq!(response.status(), 200);
+    let answer = text(&mut response);
+    assert!(answer.starts_with("denied:"), "{answer}");
+}
+
+#[test]
+fn a_body_that_fails_halfway_is_cut_short_not_passed_off_as_whole() {
+    let server = Server::start_path(&python_guest("faulty"), &["--workers", "1"]);
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET /stream-raise HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("first"), "{rest}");
+    assert!(
+        !rest.ends_with("0\r\n\r\n"),
+        "a truncated body must not end like a whole one"
+    );
+    server.wait_for_log(&["the body failed halfway"]);
+    assert_eq!(
+        text(&mut client().get(server.url("/")).call().unwrap()),
+        "1\n"
+    );
+}
+
+#[test]
+fn the_validator_catches_a_pep3333_violation() {
+    let server = Server::start_path(&python_guest("faulty"), &[]);
+    let response: RawResponse = server.raw(b"GET /tuple-headers HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(response.status, 500);
+    server.wait_for_log(&["AssertionError", "must be of type list"]);
+}
+
+#[test]
+fn python_tasks_share_the_store_with_every_worker() {
+    let state = Scratch::new("python-tasks");
+    let args = ["--workers", "2", "--state-dir", state.arg()];
+    let server = Server::start_path(&python_guest("tasks"), &args);
+    let http = client();
+    for n in 1..=10 {
+        let mut created = http
+            .post(server.url("/tasks"))
+            .send(json!({ "title": format!("task {n}") }).to_string())
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        let task: Value = serde_json::from_str(&text(&mut created)).unwrap();
+        assert_eq!(task["id"], n);
+    }
+    drop(server);
+    // Restarted on the same state: the tasks are there, in id order.
+    let server = Server::start_path(&python_guest("tasks"), &args);
+    let mut listed = http.get(server.url("/tasks")).call().unwrap();
+    let listed: Value = serde_json::from_str(&text(&mut listed)).unwrap();
+    let ids: Vec<u64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|task| task["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=10).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_package_that_needs_native_code_fails_the_build_by_name() {
+    let scratch = Scratch::new("native");
+    std::fs::write(
+        scratch.path().join("app.py"),
+        "import ujson\n\ndef application(environ, start_response):\n    return []\n",
+    )
+    .unwrap();
+    std::fs::write(scratch.path().join("requirements.txt"), "ujson\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
+        .args(["build-python", "app:application", "--path", scratch.arg()])
+        .arg("--requirements")
+        .arg(scratch.path().join("requirements.txt"))
+        .arg("-o")
+        .arg(scratch.path().join("app.wasm"))
+        .arg("--cache-dir")
+        .arg(crate::support::workspace_root().join("target/python-tools"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("ujson needs its native code"),
+        "the error must name the package: {stderr}"
+    );
+    assert!(!scratch.path().join("app.wasm").exists());
+}
