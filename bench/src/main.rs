@@ -28,8 +28,18 @@ struct Args {
 #[derive(Clone, Copy)]
 enum Target {
     Wasm(&'static str),
+    /// A Python example built by `wasm-gw build-python`.
+    Python(&'static str),
     NativeHello,
+    /// Gunicorn's gthread workers serving a Python example natively: (example, callable).
+    Gunicorn(&'static str, &'static str),
 }
+
+/// The Python examples the bench serves both ways: (example, callable, requirements).
+const PYTHON_APPS: [(&str, &str, bool); 2] = [
+    ("hello", "hello:hello_app", false),
+    ("flask", "app:app", true),
+];
 
 struct Harness {
     root: PathBuf,
@@ -75,10 +85,28 @@ impl Harness {
                 command.arg("serve").arg(self.guest(app));
                 command
             }
+            Target::Python(app) => {
+                let mut command = Command::new(self.binary("wasm-gw"));
+                command.arg("serve").arg(self.python_component(app));
+                command
+            }
             Target::NativeHello => Command::new(self.binary("native-hello")),
+            Target::Gunicorn(app, callable) => {
+                // As many processes as cores, each with threads: Gunicorn's advice for I/O.
+                let mut command = Command::new(self.venv().join("bin/gunicorn"));
+                command
+                    .args(["-k", "gthread", "--workers", "2", "--threads", "4"])
+                    .args(["--bind", &format!("127.0.0.1:{port}")])
+                    .arg("--chdir")
+                    .arg(self.python_example(app))
+                    .arg(callable);
+                command
+            }
         };
+        if !matches!(target, Target::Gunicorn(..)) {
+            command.args(["--host", "127.0.0.1", "--port", &port.to_string()]);
+        }
         let child = command
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -179,6 +207,49 @@ impl Harness {
         parse_wrk(&text).with_context(|| format!("unreadable wrk output:\n{text}"))
     }
 
+    fn python_example(&self, app: &str) -> PathBuf {
+        self.root.join("guests/python/examples").join(app)
+    }
+
+    fn python_component(&self, app: &str) -> PathBuf {
+        self.root.join(format!("target/bench-python/{app}.wasm"))
+    }
+
+    /// The virtualenv with Gunicorn and Flask, for the native side of the comparison.
+    fn venv(&self) -> PathBuf {
+        self.root.join("target/bench-venv")
+    }
+
+    /// Builds the Python examples with the release `wasm-gw build-python`, and installs
+    /// Gunicorn and the examples' requirements for running them natively.
+    fn prepare_python(&self) -> anyhow::Result<()> {
+        let venv = self.venv();
+        if !venv.join("bin/gunicorn").exists() {
+            run_checked(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+            run_checked(
+                Command::new(venv.join("bin/python"))
+                    .args(["-m", "pip", "install", "--quiet", "gunicorn"])
+                    .arg("-r")
+                    .arg(self.python_example("flask").join("requirements.txt")),
+            )?;
+        }
+        for (app, callable, has_requirements) in PYTHON_APPS {
+            let mut command = Command::new(self.binary("wasm-gw"));
+            command
+                .args(["build-python", callable, "--path"])
+                .arg(self.python_example(app))
+                .arg("-o")
+                .arg(self.python_component(app));
+            if has_requirements {
+                command
+                    .arg("--requirements")
+                    .arg(self.python_example(app).join("requirements.txt"));
+            }
+            run_checked(&mut command)?;
+        }
+        Ok(())
+    }
+
     /// A redis-server of our own, without persistence, on a free loopback port.
     fn start_redis(&self) -> anyhow::Result<Running> {
         let port = free_port()?;
@@ -201,6 +272,19 @@ impl Harness {
     fn script(&self, name: &str) -> String {
         self.root.join("bench").join(name).display().to_string()
     }
+}
+
+fn run_checked(command: &mut Command) -> anyhow::Result<()> {
+    let output = command
+        .output()
+        .with_context(|| format!("run {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -392,6 +476,50 @@ fn main() -> anyhow::Result<()> {
     }
     drop(redis);
     let _ = std::fs::remove_dir_all(&state);
+
+    // Python: the same apps in wasm-gw and in Gunicorn, taking turns under load.
+    harness.prepare_python()?;
+    for (app, callable, _) in PYTHON_APPS {
+        let path = if app == "hello" { hello_path } else { "/" };
+        let sides = [Target::Python(app), Target::Gunicorn(app, callable)];
+        let servers = sides
+            .iter()
+            .map(|target| harness.start(*target, &[]))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let loads: Vec<Load> = servers
+            .iter()
+            .map(|server| Load { server, extra: &[] })
+            .collect();
+        let results = harness.wrk(&loads, path, 64)?;
+        // Gunicorn's CPU is in its worker processes, which the per-process figure misses.
+        let notes = [
+            format!("{:.1} µs server CPU per request", results[0].1),
+            "2 workers × 4 threads, natively".to_owned(),
+        ];
+        for ((run, _), (side, notes)) in results
+            .iter()
+            .zip(["wasm-gw", "Gunicorn gthread"].iter().zip(notes))
+        {
+            rows.push(Row {
+                scenario: format!("Python {app}, {side}"),
+                requests_per_sec: Some(run.requests_per_sec),
+                p50_ms: Some(run.p50_ms),
+                p99_ms: Some(run.p99_ms),
+                notes,
+                ..Row::default()
+            });
+        }
+        ratios.push((
+            format!("Python {app}: wasm-gw / Gunicorn gthread throughput"),
+            results[0].0.requests_per_sec / results[1].0.requests_per_sec,
+            if app == "hello" {
+                "≥ 1.0"
+            } else {
+                "reported"
+            }
+            .into(),
+        ));
+    }
 
     // Echo: 64 KiB in, 64 KiB out.
     let server = harness.start(Target::Wasm("echo"), &[])?;
