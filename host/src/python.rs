@@ -9,7 +9,8 @@ use anyhow::{Context, bail};
 
 /// The componentize-py release the bridge is built and tested with.
 pub const COMPONENTIZE_PY: &str = "0.25.1";
-/// The suffix of the bytecode that its CPython (3.14) writes.
+/// The CPython that componentize-py bundles, and the suffix of the bytecode it writes.
+const BUNDLED_PYTHON: &str = "3.14";
 const BYTECODE: &str = ".cpython-314.pyc";
 
 /// The contract and the bridge, built into the binary so that it needs no source tree.
@@ -173,56 +174,99 @@ impl Componentize {
     }
 }
 
-/// Installs componentize-py at the pinned version into a virtualenv of our own, once.
+/// Installs componentize-py at the pinned version into a virtualenv of our own, once, and
+/// again if that virtualenv stopped working (its system Python was upgraded, say).
 fn componentize_py(tools_dir: &Path) -> anyhow::Result<Componentize> {
     let venv = tools_dir.join(format!("componentize-py-{COMPONENTIZE_PY}"));
     let installed = Componentize {
         python: venv.join("bin/python"),
     };
-    if installed.python.exists() {
+    if works(&installed.python) {
         return Ok(installed);
+    }
+    if venv.exists() && !works(&installed.python) {
+        // Broken, not merely just finished by another build.
+        let _ = std::fs::remove_dir_all(&venv);
     }
     std::fs::create_dir_all(tools_dir)
         .with_context(|| format!("cannot create {}", tools_dir.display()))?;
     // Built aside and renamed into place, so that two builds at once never share a half-made
-    // virtualenv.
-    let staging = tools_dir.join(format!(
+    // virtualenv; removed when dropped, if the rename did not take it.
+    let staging = Staging(tools_dir.join(format!(
         ".componentize-py-{COMPONENTIZE_PY}-{}",
         std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&staging);
+    )));
+    let _ = std::fs::remove_dir_all(&staging.0);
     check(
         run(
-            Command::new("python3").args(["-m", "venv"]).arg(&staging),
+            Command::new("python3").args(["-m", "venv"]).arg(&staging.0),
             "python3",
         )?,
         "python3 -m venv (wasm-gw build-python needs Python 3 with venv and pip)",
     )?;
-    check(
-        run(
-            Command::new(staging.join("bin/python")).args([
-                "-m",
+    let pip = |args: &[&str], what: &str| {
+        check(
+            run(
+                Command::new(staging.0.join("bin/python"))
+                    .args(["-m", "pip"])
+                    .args(args),
                 "pip",
-                "install",
-                "--quiet",
-                &format!("componentize-py=={COMPONENTIZE_PY}"),
-            ]),
-            "pip",
-        )?,
-        "pip install componentize-py",
+            )?,
+            what,
+        )
+    };
+    // An old pip may not know the wheel's platform tag and fall back to building from
+    // source, which needs a Rust toolchain; a current one, and wheels only, avoid that.
+    pip(
+        &["install", "--quiet", "--upgrade", "pip"],
+        "pip install --upgrade pip",
     )?;
-    if std::fs::rename(&staging, &venv).is_err() {
-        // Another build finished first; use its copy.
-        let _ = std::fs::remove_dir_all(&staging);
+    pip(
+        &[
+            "install",
+            "--quiet",
+            "--only-binary=:all:",
+            &format!("componentize-py=={COMPONENTIZE_PY}"),
+        ],
+        "pip install componentize-py (it ships wheels for Linux x86_64 and aarch64 with \
+         glibc 2.28 or later, macOS and Windows)",
+    )?;
+    if let Err(error) = std::fs::rename(&staging.0, &venv) {
+        // Another build may have finished first; its copy is as good.
+        if !works(&installed.python) {
+            bail!(
+                "cannot move the new virtualenv to {}: {error}",
+                venv.display()
+            );
+        }
     }
     Ok(installed)
 }
 
-/// Installs the requirements as wheels only: nothing is compiled for this machine.
+/// Whether `python` runs and has componentize-py.
+fn works(python: &Path) -> bool {
+    Command::new(python)
+        .args(["-c", "import componentize_py"])
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+/// A directory removed when dropped, unless it was moved away.
+struct Staging(PathBuf);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Installs the requirements as wheels only, nothing compiled for this machine, chosen for
+/// the CPython inside the component rather than the one running pip.
 fn install_requirements(python: &Path, requirements: &Path, site: &Path) -> anyhow::Result<()> {
     let output = run(
         Command::new(python)
             .args(["-m", "pip", "install", "--quiet", "--only-binary=:all:"])
+            .args(["--python-version", BUNDLED_PYTHON])
             .arg("--target")
             .arg(site)
             .arg("-r")

@@ -7,7 +7,9 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::support::{RawResponse, Scratch, Server, client, python_guest};
+use crate::support::{
+    RawResponse, Scratch, Server, client, python_guest, python_guest_unvalidated,
+};
 
 fn text(response: &mut ureq::http::Response<ureq::Body>) -> String {
     response.body_mut().read_to_string().unwrap()
@@ -159,6 +161,8 @@ fn a_body_that_fails_halfway_is_cut_short_not_passed_off_as_whole() {
         "a truncated body must not end like a whole one"
     );
     server.wait_for_log(&["the body failed halfway"]);
+    // PEP 3333: close() runs whatever happened, although the instance is gone after.
+    server.wait_for_log(&["closed the broken stream"]);
     assert_eq!(
         text(&mut client().get(server.url("/")).call().unwrap()),
         "1\n"
@@ -228,4 +232,42 @@ fn a_package_that_needs_native_code_fails_the_build_by_name() {
         "the error must name the package: {stderr}"
     );
     assert!(!scratch.path().join("app.wasm").exists());
+}
+
+#[test]
+fn app_mistakes_are_type_errors_not_garbage_or_crashes() {
+    let server = Server::start_path(&python_guest_unvalidated("faulty"), &["--workers", "1"]);
+    let http = client();
+    assert_eq!(text(&mut http.get(server.url("/")).call().unwrap()), "1\n");
+    // Bytes iterate as ints: never sent as NUL bytes.
+    assert_eq!(
+        http.get(server.url("/bytes-body")).call().unwrap().status(),
+        500
+    );
+    server.wait_for_log(&["TypeError: each chunk of the body must be bytes, not int"]);
+    // A header value that is not a str: the app's TypeError, not a crash of the instance.
+    assert_eq!(
+        http.get(server.url("/int-header")).call().unwrap().status(),
+        500
+    );
+    server.wait_for_log(&["TypeError: header names and values must be str"]);
+    // The same instance served all of it.
+    assert_eq!(text(&mut http.get(server.url("/")).call().unwrap()), "4\n");
+}
+
+#[test]
+fn a_list_body_is_sent_whole_and_closed_once() {
+    let server = Server::start_path(&python_guest_unvalidated("faulty"), &["--workers", "1"]);
+    let response = server.raw(b"GET /closing-list HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(response.status, 200);
+    assert!(!response.chunked, "a list body gets a Content-Length");
+    assert_eq!(response.text(), "listed\n");
+    server.wait_for_log(&["closed the list"]);
+    // Another request, whose access line comes after any second close() would have.
+    assert_eq!(
+        text(&mut client().get(server.url("/")).call().unwrap()),
+        "2\n"
+    );
+    server.wait_for_log(&["\"GET / HTTP/1.1\" 200"]);
+    assert_eq!(server.log_lines_with("closed the list"), 1);
 }

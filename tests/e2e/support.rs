@@ -47,6 +47,16 @@ const PYTHON_GUESTS: [(&str, &str, bool); 5] = [
 /// The component of Python example `name`, built by the real `wasm-gw build-python` inside
 /// `wsgiref.validate.validator`, once per test run, and again only when its sources change.
 pub fn python_guest(name: &str) -> PathBuf {
+    build_python_guest(name, true)
+}
+
+/// Python example `name` built as users build it, without the validator, whose wrappers
+/// would otherwise catch app mistakes before the bridge does.
+pub fn python_guest_unvalidated(name: &str) -> PathBuf {
+    build_python_guest(name, false)
+}
+
+fn build_python_guest(name: &str, validate: bool) -> PathBuf {
     static BUILDS: Mutex<()> = Mutex::new(());
     let (_, callable, has_requirements) = PYTHON_GUESTS
         .iter()
@@ -54,7 +64,8 @@ pub fn python_guest(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no Python example {name}"));
     let root = workspace_root();
     let sources = root.join("guests/python/examples").join(name);
-    let output = root.join(format!("target/python-guests/{name}.wasm"));
+    let flavor = if validate { "" } else { "-unvalidated" };
+    let output = root.join(format!("target/python-guests/{name}{flavor}.wasm"));
     // One build at a time: they share componentize-py's virtualenv and both cores.
     let _one_at_a_time = BUILDS
         .lock()
@@ -66,6 +77,7 @@ pub fn python_guest(name: &str) -> PathBuf {
         sources.clone(),
         root.join("guests/python/bridge"),
         root.join("wit"),
+        root.join("host/src/python.rs"),
     ]
     .iter()
     .filter_map(|dir| newest_modification(dir))
@@ -75,12 +87,15 @@ pub fn python_guest(name: &str) -> PathBuf {
     }
     let mut command = Command::new(env!("CARGO_BIN_EXE_wasm-gw"));
     command
-        .args(["build-python", callable, "--validate", "--path"])
+        .args(["build-python", callable, "--path"])
         .arg(&sources)
         .arg("-o")
         .arg(&output)
         .arg("--cache-dir")
         .arg(root.join("target/python-tools"));
+    if validate {
+        command.arg("--validate");
+    }
     if *has_requirements {
         command
             .arg("--requirements")
@@ -96,19 +111,19 @@ pub fn python_guest(name: &str) -> PathBuf {
     output
 }
 
-/// When anything under `dir` last changed.
-fn newest_modification(dir: &Path) -> Option<std::time::SystemTime> {
-    let mut newest = std::fs::metadata(dir).and_then(|meta| meta.modified()).ok();
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let modified = if path.is_dir() {
-            newest_modification(&path)
-        } else {
-            entry.metadata().and_then(|meta| meta.modified()).ok()
-        };
-        newest = newest.max(modified);
+/// When `path`, or a file under it, last changed. Directories' own times are left out: the
+/// build touches them when it cleans up the bytecode it wrote there.
+fn newest_modification(path: &Path) -> Option<std::time::SystemTime> {
+    if !path.is_dir() {
+        return std::fs::metadata(path)
+            .and_then(|meta| meta.modified())
+            .ok();
     }
-    newest
+    std::fs::read_dir(path)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| newest_modification(&entry.path()))
+        .max()
 }
 
 /// The echo contract's two implementations: the Rust guest and the Python one.
@@ -283,6 +298,12 @@ impl Server {
             );
             lines = self.log.grew.wait_timeout(lines, left).unwrap().0;
         }
+    }
+
+    /// How many log lines so far contain `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> usize {
+        let lines = self.log.lines.lock().unwrap();
+        lines.iter().filter(|line| line.contains(needle)).count()
     }
 
     /// Opens a raw connection to the server.

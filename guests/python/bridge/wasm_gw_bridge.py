@@ -117,43 +117,79 @@ def _environ(meta, stream):
     return environ
 
 
+def _bytes(data, what):
+    """`data` as bytes, if it is bytes-like. bytes(5) would be five NULs, and bytes("x") an
+    error far from its cause, so anything else is the app's TypeError, named here."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"{what} must be bytes, not {type(data).__name__}")
+
+
+def _check_head(status, headers):
+    """PEP 3333's types for start_response, checked in Python, where the app sees the
+    error, rather than when the values cross into the host."""
+    if type(status) is not str:
+        raise TypeError(f"the status must be a str, not {type(status).__name__}")
+    if type(headers) is not list:
+        raise TypeError(f"the headers must be a list, not {type(headers).__name__}")
+    for header in headers:
+        if type(header) is not tuple or len(header) != 2:
+            raise TypeError(f"each header must be a (name, value) tuple, not {header!r}")
+        name, value = header
+        if type(name) is not str or type(value) is not str:
+            raise TypeError(f"header names and values must be str: {header!r}")
+
+
 def _start_response(status, headers, exc_info=None):
     """PEP 3333's start_response; the host enforces when it may be called."""
+    _check_head(status, headers)
+    reason = None
     if exc_info is not None:
+        reason = "".join(traceback.format_exception(*exc_info)).rstrip()
+    try:
+        response.start_response(status, headers, reason)
+        refusal = None
+    except Err as error:
+        refusal = error.value
+    if refusal is None:
+        return _write
+    if exc_info is not None and isinstance(refusal, response.ResponseError_AlreadyStarted):
+        # Too late to replace the response: PEP 3333 says re-raise, chain and all.
         try:
-            reason = "".join(traceback.format_exception(*exc_info)).rstrip()
-            try:
-                response.start_response(status, list(headers), reason)
-            except Err as error:
-                if isinstance(error.value, response.ResponseError_AlreadyStarted):
-                    # Too late to replace the response: PEP 3333 says re-raise.
-                    raise exc_info[1].with_traceback(exc_info[2]) from None
-                raise _refused("start_response", error) from None
+            raise exc_info[1].with_traceback(exc_info[2])
         finally:
             exc_info = None
-    else:
-        try:
-            response.start_response(status, list(headers), None)
-        except Err as error:
-            raise _refused("start_response", error) from None
-    return _write
+    raise _refused("start_response", refusal)
 
 
 def _write(data):
+    data = _bytes(data, "write()'s argument")
     try:
-        response.write(bytes(data))
+        response.write(data)
+        return
     except Err as error:
-        raise _refused("write", error) from None
+        refusal = error.value
+    raise _refused("write", refusal)
 
 
-def _refused(call, error):
-    return OSError(f"the server refused {call}: {error.value}")
+def _refused(call, refusal):
+    return OSError(f"the server refused {call}: {refusal}")
 
 
-def _close(result):
-    close = getattr(result, "close", None)
-    if close is not None:
-        close()
+class _Result:
+    """The app's iterable, closed exactly once, whatever happens."""
+
+    def __init__(self, result):
+        self.result = result
+        self._closed = False
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        close = getattr(self.result, "close", None)
+        if close is not None:
+            close()
 
 
 class Stream(handler.BodyStream):
@@ -168,61 +204,68 @@ class Stream(handler.BodyStream):
         if self._first is not None:
             chunk, self._first = self._first, None
             return chunk
-        # An exception here traps: the host cuts the response short and replaces the
-        # instance, rather than letting a truncated body pass for a whole one.
-        with _logged():
+        try:
             for chunk in self._rest:
                 if chunk:
-                    return bytes(chunk)
+                    return _bytes(chunk, "each chunk of the body")
             return None
+        except BaseException:
+            # This traps: the host cuts the response short and replaces the instance, rather
+            # than letting a truncated body pass for a whole one. The instance will not get
+            # to call close() afterwards, so call it now.
+            _log_exception()
+            try:
+                self._result.close()
+            except BaseException:
+                _log_exception()
+            raise
 
     def close(self):
-        with _logged():
-            _close(self._result)
+        try:
+            self._result.close()
+        except BaseException:
+            _log_exception()
+            raise
 
 
-class _logged:
-    """Logs an exception's traceback before it traps, which would otherwise say only that
-    Python raised."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, trace):
-        # An Err is the app's exception already formatted for the host, which logs it.
-        if error is not None and not isinstance(error, Err):
-            sys.stderr.write("".join(traceback.format_exception(kind, error, trace)))
-            sys.stderr.flush()
-        return False
+def _log_exception():
+    """Logs the exception being handled: a trap would only say that Python raised."""
+    sys.stderr.write(traceback.format_exc())
+    sys.stderr.flush()
 
 
 class Handler(exports.Handler):
     def application(self, meta, stream):
-        with _logged():
-            try:
-                return _serve(meta, stream)
-            except MemoryError:
-                # The instance may be in any state: let the host replace it.
-                raise
-            except Exception:
-                raise Err(traceback.format_exc().rstrip())
+        try:
+            return _serve(meta, stream)
+        except MemoryError:
+            # The instance may be in any state: let the host replace it.
+            _log_exception()
+            raise
+        except Exception:
+            raise Err(traceback.format_exc().rstrip())
+        except BaseException:
+            # SystemExit and the like end the instance.
+            _log_exception()
+            raise
 
 
 def _serve(meta, stream):
-    result = application(_environ(meta, stream), _start_response)
+    result = _Result(application(_environ(meta, stream), _start_response))
     try:
-        if isinstance(result, (list, tuple)):
-            body = handler.Body_Chunks([bytes(chunk) for chunk in result])
-            _close(result)
-            return body
+        if isinstance(result.result, (list, tuple)):
+            chunks = [_bytes(chunk, "each chunk of the body") for chunk in result.result]
+            result.close()
+            return handler.Body_Chunks(chunks)
         # Headers go out with the first non-empty chunk, so run the iterable that far now:
         # a generator may call start_response only once it starts.
-        rest = iter(result)
+        rest = iter(result.result)
         for chunk in rest:
             if chunk:
-                return handler.Body_Stream(Stream(bytes(chunk), rest, result))
-        _close(result)
+                first = _bytes(chunk, "each chunk of the body")
+                return handler.Body_Stream(Stream(first, rest, result))
+        result.close()
         return handler.Body_Chunks([])
     except BaseException:
-        _close(result)
+        result.close()
         raise

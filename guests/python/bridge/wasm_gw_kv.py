@@ -39,6 +39,13 @@ def _error(error):
     return StoreError(message)
 
 
+def _bytes(value):
+    # bytes(5) would be five NULs: only bytes-like values are stored.
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"values must be bytes, not {type(value).__name__}")
+
+
 def _call(function, *args):
     try:
         return function(*args)
@@ -60,7 +67,7 @@ class Bucket:
         return _call(self._bucket.get, key)
 
     def set(self, key, value):
-        _call(self._bucket.set, key, bytes(value))
+        _call(self._bucket.set, key, _bytes(value))
 
     def delete(self, key):
         _call(self._bucket.delete, key)
@@ -92,7 +99,7 @@ class Bucket:
             if new is None:
                 return None
             try:
-                atomics.swap(cas, bytes(new))
+                atomics.swap(cas, _bytes(new))
                 return new
             except Err as error:
                 if isinstance(error.value, atomics.CasError_CasFailed):
@@ -107,7 +114,7 @@ class Bucket:
         return [pair[1] if pair is not None else None for pair in pairs]
 
     def set_many(self, pairs):
-        _call(batch.set_many, self._bucket, [(key, bytes(value)) for key, value in pairs])
+        _call(batch.set_many, self._bucket, [(key, _bytes(value)) for key, value in pairs])
 
     def delete_many(self, keys):
         _call(batch.delete_many, self._bucket, list(keys))

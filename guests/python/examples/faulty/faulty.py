@@ -1,7 +1,11 @@
 """Python apps that each do one wrong thing, for the host's fault tests: `/raise`, `/loop`,
 `/alloc`, `/passwd` (tries to read /etc/passwd), `/exit` (SystemExit), `/tuple-headers` (a
-PEP 3333 violation) and `/stream-raise` (fails halfway through a streamed body). Anything else answers 200 with how many requests
+PEP 3333 violation), `/stream-raise` (fails halfway through a streamed body), `/bytes-body`
+(bytes, not a list of them), `/int-header` (a header value that is not a str) and
+`/closing-list` (a list with close()). Anything else answers 200 with how many requests
 this instance has served."""
+
+import sys
 
 served = 0
 
@@ -35,11 +39,42 @@ def application(environ, start_response):
         return [b"tuple\n"]
     if path == "/stream-raise":
         start_response("200 OK", [("Content-Type", "text/plain")])
-        return broken_stream()
+        return BrokenStream()
+    if path == "/bytes-body":
+        # A classic mistake: bytes, not a list of bytes, iterate as ints.
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return b"hi"
+    if path == "/int-header":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", 2)])
+        return [b"hi"]
+    if path == "/closing-list":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return ClosingList([b"listed\n"])
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [f"{served}\n".encode()]
 
 
-def broken_stream():
-    yield b"first\n"
-    raise RuntimeError("the body failed halfway")
+class BrokenStream:
+    """Fails after its first chunk; its close() must still run."""
+
+    def __init__(self):
+        self.sent = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if not self.sent:
+            self.sent = True
+            return b"first\n"
+        raise RuntimeError("the body failed halfway")
+
+    def close(self):
+        print("closed the broken stream", file=sys.stderr)
+
+
+class ClosingList(list):
+    """A list body with a close() that PEP 3333 says runs once."""
+
+    def close(self):
+        print("closed the list", file=sys.stderr)
