@@ -229,6 +229,11 @@ pub struct ServeArgs {
     #[arg(long, default_value = "30", value_parser = parse_seconds)]
     pub graceful_timeout: Duration,
 
+    /// Serve /health and /metrics (Prometheus) on this address, apart from the apps; off
+    /// unless given. Keep it off the public network.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub admin: Option<String>,
+
     /// Log verbosity: error, warn, info, debug or trace. Access lines are logged at info.
     #[arg(long, default_value = "info")]
     pub log_level: tracing::Level,

@@ -19,6 +19,7 @@ use crate::http::io::{Io, Pace};
 use crate::http::request::{self, Framing};
 use crate::http::response::write_server_response;
 use crate::lifecycle::Lifecycle;
+use crate::metrics::metrics;
 use crate::pool::CurrentPool;
 
 /// Header slots kept on the stack; a larger `--limit-request-fields` uses the heap.
@@ -215,6 +216,7 @@ fn handle(
 ) -> (Io, bool) {
     let request_id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
+    metrics().request_started();
     let body = BodyDecoder::new(framing.body, config.limits, config.body_pace);
     let exchange = Exchange::new(io, framing, body);
     // The worker goes back to the pool at the end of this statement, before the connection
@@ -256,6 +258,14 @@ fn handle(
             .body
             .skip(&mut exchange.io, MAX_DRAIN)
             .unwrap_or(false);
+    metrics().request_finished(
+        &app,
+        &environ.request_method,
+        code.unwrap_or(0),
+        started.elapsed(),
+        exchange.body.consumed(),
+        exchange.response.body_bytes(),
+    );
     (exchange.io, reusable)
 }
 

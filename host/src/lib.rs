@@ -7,6 +7,7 @@
 //! storage.
 
 pub mod access_log;
+pub mod admin;
 pub mod app;
 pub mod bindings;
 pub mod check;
@@ -18,6 +19,7 @@ pub mod guest;
 pub mod http;
 pub mod kv;
 pub mod lifecycle;
+pub mod metrics;
 pub mod pool;
 pub mod python;
 pub mod reload;

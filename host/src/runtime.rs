@@ -22,6 +22,7 @@ use crate::compile::{CodeCache, base_config, load_component};
 use crate::guest::{Grants, GuestState, MAX_INSTANCE_PARTS};
 use crate::http::Exchange;
 use crate::kv::{self, Connection};
+use crate::metrics::metrics;
 
 /// How often the deadline clock ticks; deadlines are accurate to about this much.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -184,7 +185,9 @@ impl WasmApp {
 
 impl AppFactory for Arc<WasmApp> {
     fn new_worker(&self) -> anyhow::Result<Box<dyn App>> {
-        let (store, instance) = self.instantiate(None)?;
+        let made = self.instantiate(None);
+        metrics().instantiated(&self.name, made.is_ok());
+        let (store, instance) = made?;
         Ok(Box::new(WasmWorker {
             app: self.clone(),
             store,
@@ -219,6 +222,13 @@ struct WasmWorker {
     retire_after: Option<u64>,
     /// Why the instance must be replaced before it serves again, if it must.
     retiring: Option<&'static str>,
+}
+
+impl Drop for WasmWorker {
+    fn drop(&mut self) {
+        // Workers go away with their pool, when a reload replaces it.
+        metrics().retired(&self.app.name, "reload");
+    }
 }
 
 impl App for WasmWorker {
@@ -356,10 +366,10 @@ impl WasmWorker {
     /// again, and the next request tries anew.
     fn replace_instance(&mut self, request_id: u64, reason: &'static str) -> Result<(), String> {
         let kv_connection = self.store.data_mut().take_kv_connection();
-        let (store, instance) = self
-            .app
-            .instantiate(kv_connection)
-            .map_err(|error| format!("{error:#}"))?;
+        let made = self.app.instantiate(kv_connection);
+        metrics().instantiated(&self.app.name, made.is_ok());
+        let (store, instance) = made.map_err(|error| format!("{error:#}"))?;
+        metrics().retired(&self.app.name, reason);
         self.store = store;
         self.instance = instance;
         self.served = 0;

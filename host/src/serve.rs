@@ -10,7 +10,6 @@ use std::time::Duration;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::access_log;
 use crate::cli::ServeArgs;
 use crate::connection::{ConnectionConfig, Timeouts};
 use crate::http::io::Pace;
@@ -20,6 +19,7 @@ use crate::pool::{CurrentPool, Pool};
 use crate::reload::{self, Reloader};
 use crate::runtime::WasmApp;
 use crate::server;
+use crate::{access_log, admin};
 
 /// `wasm-gw serve`: loads the app and serves it until SIGTERM or SIGINT.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -94,6 +94,10 @@ pub fn run(
     let address = listener.local_addr()?;
     tracing::info!("serving {} with {workers} workers", args.app.display());
     tracing::info!("listening on http://{address}");
+    if let Some(admin) = &args.admin {
+        let admin = admin::start(admin)?;
+        tracing::info!("admin endpoint on http://{admin} (/health, /metrics)");
+    }
 
     let config = ConnectionConfig {
         limits: args.http_limits(),

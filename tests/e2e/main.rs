@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `wasm-gw` binary on an ephemeral loopback port, real guest
 //! components from `guests/`, and real sockets.
 
+mod admin;
 mod apps;
 mod corpus;
 mod environ;

@@ -114,6 +114,11 @@ impl BodyDecoder {
         }
     }
 
+    /// Bytes of the body taken off the connection so far, framing included.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
     /// Whether the whole body, framing included, has been consumed.
     pub fn is_done(&self) -> bool {
         matches!(self.state, State::Length(0) | State::Chunked(Chunked::End))

@@ -9,6 +9,7 @@ use super::{BucketId, Connection, Error, Store, check_name};
 use crate::bindings::wasi::keyvalue::atomics::{self, CasError};
 use crate::bindings::wasi::keyvalue::batch;
 use crate::bindings::wasi::keyvalue::store::{self, Error as WitError, KeyResponse};
+use crate::metrics::metrics;
 
 /// Most bucket handles a guest may hold at once: each costs the host a little memory.
 const MAX_BUCKETS: usize = 10_000;
@@ -102,6 +103,12 @@ impl KeyValue<'_> {
                 .connect()
                 .and_then(|connection| act(session.connection.insert(connection).as_mut(), bucket)),
         };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(Error::Refused(_)) => "refused",
+            Err(Error::Backend(_)) => "failed",
+        };
+        metrics().kv_operation(&session.store.namespace, outcome);
         result.map_err(|error| {
             if let Error::Backend(why) = &error {
                 session.connection = None;

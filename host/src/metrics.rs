@@ -1,0 +1,261 @@
+//! What the admin endpoint reports: Prometheus metrics for requests, instances and key-value
+//! storage, and each app's health. Recording is a few atomic operations, so it is always on.
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// An app's name as a label value, shared rather than copied for every request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct AppName(pub Arc<str>);
+
+impl EncodeLabelValue for AppName {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        encoder.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppLabels {
+    app: AppName,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    app: AppName,
+    method: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetiredLabels {
+    app: AppName,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KvLabels {
+    namespace: AppName,
+    outcome: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms to about 8 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<AppLabels, Histogram, fn() -> Histogram>,
+    in_flight: Gauge,
+    instances_live: Family<AppLabels, Gauge>,
+    instances_created: Family<AppLabels, Counter>,
+    instances_retired: Family<RetiredLabels, Counter>,
+    bytes_in: Family<AppLabels, Counter>,
+    bytes_out: Family<AppLabels, Counter>,
+    kv_operations: Family<KvLabels, Counter>,
+    /// Whether each app's last attempt to make an instance worked.
+    instantiable: Mutex<BTreeMap<Arc<str>, bool>>,
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency: Family<AppLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        let in_flight = Gauge::default();
+        let instances_live = Family::<AppLabels, Gauge>::default();
+        let instances_created = Family::<AppLabels, Counter>::default();
+        let instances_retired = Family::<RetiredLabels, Counter>::default();
+        let bytes_in = Family::<AppLabels, Counter>::default();
+        let bytes_out = Family::<AppLabels, Counter>::default();
+        let kv_operations = Family::<KvLabels, Counter>::default();
+
+        let mut registry = Registry::with_prefix("wasm_gw");
+        registry.register(
+            "requests",
+            "Requests answered, by app, method and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's head to the end of its response, by app",
+            latency.clone(),
+        );
+        registry.register(
+            "requests_in_flight",
+            "Requests being served now",
+            in_flight.clone(),
+        );
+        registry.register(
+            "instances_live",
+            "Instances alive, by app",
+            instances_live.clone(),
+        );
+        registry.register(
+            "instances_created",
+            "Instances made, by app",
+            instances_created.clone(),
+        );
+        registry.register(
+            "instances_retired",
+            "Instances replaced or dropped, by app and reason: trap, timeout, memory, \
+             max-requests, isolation or reload",
+            instances_retired.clone(),
+        );
+        registry.register(
+            "request_body_bytes",
+            "Request body bytes read off connections, framing included, by app",
+            bytes_in.clone(),
+        );
+        registry.register(
+            "response_body_bytes",
+            "Response body bytes written, by app",
+            bytes_out.clone(),
+        );
+        registry.register(
+            "kv_operations",
+            "Key-value operations, by namespace and outcome: ok, refused or failed",
+            kv_operations.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            in_flight,
+            instances_live,
+            instances_created,
+            instances_retired,
+            bytes_in,
+            bytes_out,
+            kv_operations,
+            instantiable: Mutex::default(),
+        }
+    }
+
+    /// A request began.
+    pub fn request_started(&self) {
+        self.in_flight.inc();
+    }
+
+    /// A request ended with `status` (0 if nothing was sent) after `duration`.
+    pub fn request_finished(
+        &self,
+        app: &Arc<str>,
+        method: &str,
+        status: u16,
+        duration: Duration,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
+        self.in_flight.dec();
+        let app = AppName(app.clone());
+        self.requests
+            .get_or_create(&RequestLabels {
+                app: app.clone(),
+                method: method_class(method),
+                status: status_class(status),
+            })
+            .inc();
+        let labels = AppLabels { app };
+        self.latency
+            .get_or_create(&labels)
+            .observe(duration.as_secs_f64());
+        self.bytes_in.get_or_create(&labels).inc_by(bytes_in);
+        self.bytes_out.get_or_create(&labels).inc_by(bytes_out);
+    }
+
+    /// An instance of `app` was made, or could not be.
+    pub fn instantiated(&self, app: &Arc<str>, worked: bool) {
+        self.instantiable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(app.clone(), worked);
+        if worked {
+            let labels = AppLabels {
+                app: AppName(app.clone()),
+            };
+            self.instances_created.get_or_create(&labels).inc();
+            self.instances_live.get_or_create(&labels).inc();
+        }
+    }
+
+    /// An instance of `app` went away, for `reason`.
+    pub fn retired(&self, app: &Arc<str>, reason: &'static str) {
+        let app = AppName(app.clone());
+        self.instances_retired
+            .get_or_create(&RetiredLabels {
+                app: app.clone(),
+                reason,
+            })
+            .inc();
+        self.instances_live.get_or_create(&AppLabels { app }).dec();
+    }
+
+    /// A key-value operation of `namespace` ended: `ok`, `refused` or `failed`.
+    pub fn kv_operation(&self, namespace: &Arc<str>, outcome: &'static str) {
+        self.kv_operations
+            .get_or_create(&KvLabels {
+                namespace: AppName(namespace.clone()),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Every app, and whether it can make instances.
+    pub fn health(&self) -> Vec<(Arc<str>, bool)> {
+        self.instantiable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(app, &worked)| (app.clone(), worked))
+            .collect()
+    }
+
+    /// The metrics in Prometheus's text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+fn method_class(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
