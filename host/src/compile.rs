@@ -59,11 +59,12 @@ impl CodeCache {
             );
             return None;
         }
-        // Read, not mapped: another process replacing the file can't change code in use.
-        let code = std::fs::read(entry).ok()?;
+        // Mapped rather than read, which saves copying tens of megabytes for a big app. Entries
+        // are only ever replaced by renaming a new file over them, which leaves a mapping of
+        // the old one as it was.
         // SAFETY: the entry is code this program compiled and wrote into a directory only its
         // user can write; wasmtime checks that it fits this engine's version and settings.
-        match unsafe { Component::deserialize(engine, &code) } {
+        match unsafe { Component::deserialize_file(engine, entry) } {
             Ok(component) => Some(component),
             Err(error) => {
                 tracing::warn!(
@@ -127,6 +128,7 @@ pub fn load_component(
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     match Engine::detect_precompiled(&bytes) {
         Some(Precompiled::Component) => {
+            // Read, not mapped: the operator may overwrite the file in place while serving.
             // SAFETY: a `.cwasm` is native code that the operator chose to run, made by
             // `wasm-gw compile`; wasmtime checks that it fits this engine.
             return unsafe { Component::deserialize(engine, &bytes) }

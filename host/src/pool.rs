@@ -2,7 +2,9 @@
 //! keep-alive connections and slow clients never pin one.
 
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
+use std::thread;
 
 use crate::app::{App, AppFactory};
 
@@ -13,11 +15,35 @@ pub struct Pool {
 
 impl Pool {
     /// Creates `size` workers up front, so that a broken app fails at startup, not on the
-    /// first request.
+    /// first request. They are made on every core at once: an instance of a big app, such
+    /// as a Python one, copies tens of megabytes of initial memory.
     pub fn new(factory: &dyn AppFactory, size: usize) -> anyhow::Result<Pool> {
-        let workers = (0..size)
-            .map(|_| factory.new_worker())
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let cores = thread::available_parallelism().map_or(1, usize::from);
+        let left = AtomicUsize::new(size);
+        let make = || {
+            let mut made = Vec::new();
+            while left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                made.push(factory.new_worker()?);
+            }
+            anyhow::Ok(made)
+        };
+        let batches = thread::scope(|scope| {
+            let helpers: Vec<_> = (1..cores.min(size)).map(|_| scope.spawn(make)).collect();
+            let mut batches = vec![make()];
+            batches.extend(helpers.into_iter().map(|helper| {
+                helper
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            }));
+            batches
+        });
+        let mut workers = Vec::with_capacity(size);
+        for batch in batches {
+            workers.extend(batch?);
+        }
         Ok(Pool {
             idle: Mutex::new(workers),
             returned: Condvar::new(),
