@@ -1,6 +1,6 @@
 //! The command line: `wasm-gw serve APP.wasm [options]`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,8 +94,15 @@ pub struct CompileArgs {
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// The app: a WebAssembly component built for the wasm-gw app world (`.wasm`), or one
-    /// compiled ahead of time by `wasm-gw compile` (`.cwasm`).
-    pub app: PathBuf,
+    /// compiled ahead of time by `wasm-gw compile` (`.cwasm`). It is mounted at `/`.
+    #[arg(required_unless_present = "mounts")]
+    pub app: Option<PathBuf>,
+
+    /// Mount an app at a path prefix: PREFIX=APP.wasm, repeatable. A request goes to the app
+    /// with the longest prefix of its path, on whole segments; the prefix is its SCRIPT_NAME
+    /// and the rest its PATH_INFO. Paths under no app get 404.
+    #[arg(long = "mount", value_name = "PREFIX=APP", value_parser = parse_mount)]
+    pub mounts: Vec<(String, PathBuf)>,
 
     /// Watch the app file and reload it when it changes, as SIGHUP does (for development).
     #[arg(long)]
@@ -250,12 +257,31 @@ impl ServeArgs {
             .map(CodeCache::new)
     }
 
-    /// The app's view of the key-value backend: its namespace and limits.
-    pub fn kv_store(&self, backend: Arc<dyn kv::Backend>) -> kv::Store {
+    /// Every app and its mount prefix (`""` for the root), or why they cannot be served
+    /// together.
+    pub fn apps(&self) -> anyhow::Result<Vec<(String, PathBuf)>> {
+        let root = self.app.iter().map(|app| (String::new(), app.clone()));
+        let apps: Vec<(String, PathBuf)> = root.chain(self.mounts.iter().cloned()).collect();
+        for (index, (prefix, _)) in apps.iter().enumerate() {
+            if apps[..index].iter().any(|(earlier, _)| earlier == prefix) {
+                let shown = if prefix.is_empty() { "/" } else { prefix };
+                anyhow::bail!("two apps are mounted at {shown}: each prefix takes one app");
+            }
+        }
+        if apps.len() > 1 && self.kv_namespace.is_some() {
+            anyhow::bail!(
+                "--kv-namespace names one app's namespace; with several apps, each has its \
+                 file stem"
+            );
+        }
+        Ok(apps)
+    }
+
+    /// The view of the key-value backend for the app in `path`: its namespace and limits.
+    pub fn kv_store(&self, backend: Arc<dyn kv::Backend>, path: &Path) -> kv::Store {
         let namespace = match &self.kv_namespace {
             Some(namespace) => namespace.clone(),
-            None => self
-                .app
+            None => path
                 .file_stem()
                 .map(|stem| stem.to_string_lossy().into_owned())
                 .unwrap_or_default(),
@@ -333,6 +359,16 @@ fn parse_dir(text: &str) -> Result<DirGrant, String> {
         guest: guest.to_owned(),
         read_only,
     })
+}
+
+fn parse_mount(text: &str) -> Result<(String, PathBuf), String> {
+    let Some((prefix, app)) = text.split_once('=') else {
+        return Err(format!("{text:?} is not PREFIX=APP.wasm"));
+    };
+    if app.is_empty() {
+        return Err(format!("{text:?} names no app"));
+    }
+    Ok((crate::router::normalize_prefix(prefix)?, app.into()))
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {

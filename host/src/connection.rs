@@ -21,6 +21,7 @@ use crate::http::response::write_server_response;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::metrics;
 use crate::pool::CurrentPool;
+use crate::router::Router;
 
 /// Header slots kept on the stack; a larger `--limit-request-fields` uses the heap.
 const INLINE_HEADER_SLOTS: usize = 128;
@@ -53,7 +54,7 @@ pub struct ConnectionConfig {
 /// server stops.
 pub fn serve(
     stream: TcpStream,
-    pool: &CurrentPool,
+    router: &Router,
     config: &ConnectionConfig,
     lifecycle: &Arc<Lifecycle>,
 ) {
@@ -84,7 +85,7 @@ pub fn serve(
         first = false;
         // Whatever answers this request, its writes run on a clock of their own.
         io.start_response();
-        let (environ, framing) = match read_head(&mut io, config, &info, idle_wait) {
+        let (mut environ, framing) = match read_head(&mut io, config, &info, idle_wait) {
             Ok(Some(request)) => request,
             Ok(None) => return,
             Err(HeadError::Invalid(error)) => {
@@ -129,6 +130,23 @@ pub fn serve(
             );
             return io.close_gracefully();
         }
+        let Some((mount, pool)) = router.route(&environ.path_info) else {
+            // No app is mounted there; the body, unread, rules out keeping the connection.
+            access_log::record(&environ, Some(404), 0, Duration::ZERO);
+            let _ = write_server_response(
+                &mut io,
+                404,
+                "Not Found",
+                "Not Found: no app is mounted at this path\n",
+                Some(framing),
+                false,
+            );
+            registration.end_request();
+            return io.close_gracefully();
+        };
+        // WSGI's split: the mount prefix is SCRIPT_NAME, the rest PATH_INFO.
+        let rest = environ.path_info.split_off(mount);
+        environ.script_name = std::mem::replace(&mut environ.path_info, rest);
         let (kept, reusable) = handle(io, &environ, framing, pool, config);
         if !(reusable && registration.end_request()) {
             return kept.close_gracefully();

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod pool;
 pub mod python;
 pub mod reload;
+pub mod router;
 pub mod runtime;
 pub mod scaffold;
 pub mod serve;

@@ -13,12 +13,17 @@ use crate::runtime::{InstancePolicy, WasmApp};
 /// How often `--reload` looks at the app file.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Everything needed to build the app's pool again.
+/// Everything needed to build the apps' pools again.
 pub struct Reloader {
-    pub app: PathBuf,
-    pub policy: InstancePolicy,
+    pub apps: Vec<ReloadTarget>,
     pub cache: Option<CodeCache>,
     pub workers: usize,
+}
+
+/// One app: its file, its limits and grants, and the pool that serves it.
+pub struct ReloadTarget {
+    pub app: PathBuf,
+    pub policy: InstancePolicy,
     pub current: Arc<CurrentPool>,
 }
 
@@ -29,7 +34,9 @@ impl Reloader {
             .name("reloader".into())
             .spawn(move || {
                 for why in requests {
-                    self.reload(why);
+                    for target in &self.apps {
+                        self.reload(target, why);
+                    }
                 }
             })?;
         Ok(())
@@ -37,21 +44,21 @@ impl Reloader {
 
     /// Compiles and instantiates the new code first; only then do new requests move to it.
     /// If anything fails, the old code keeps serving.
-    fn reload(&self, why: &str) {
-        tracing::info!(app = %self.app.display(), "reloading ({why})");
-        let pool = WasmApp::load(&self.app, self.policy.clone(), self.cache.as_ref())
+    fn reload(&self, target: &ReloadTarget, why: &str) {
+        tracing::info!(app = %target.app.display(), "reloading ({why})");
+        let pool = WasmApp::load(&target.app, target.policy.clone(), self.cache.as_ref())
             .and_then(|app| Pool::new(&app, self.workers));
         match pool {
             Ok(pool) => {
-                self.current.replace(pool);
+                target.current.replace(pool);
                 tracing::info!(
-                    app = %self.app.display(),
+                    app = %target.app.display(),
                     reason = "reload",
                     "instances replaced: new requests get the new code"
                 );
             }
             Err(error) => {
-                tracing::error!(app = %self.app.display(), "reload failed, the old version keeps serving: {error:#}");
+                tracing::error!(app = %target.app.display(), "reload failed, the old version keeps serving: {error:#}");
             }
         }
     }

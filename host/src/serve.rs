@@ -16,33 +16,50 @@ use crate::http::io::Pace;
 use crate::kv::{self, BackendUrl};
 use crate::lifecycle::Lifecycle;
 use crate::pool::{CurrentPool, Pool};
-use crate::reload::{self, Reloader};
+use crate::reload::{self, ReloadTarget, Reloader};
+use crate::router::Router;
 use crate::runtime::WasmApp;
 use crate::server;
 use crate::{access_log, admin};
 
-/// `wasm-gw serve`: loads the app and serves it until SIGTERM or SIGINT.
+/// `wasm-gw serve`: loads the apps and serves them until SIGTERM or SIGINT.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    // Before the app loads, which can take seconds: a SIGHUP meanwhile must not kill us.
+    // Before the apps load, which can take seconds: a SIGHUP meanwhile must not kill us.
     let signals = catch_signals()?;
     init_logging(args.log_level)?;
     let workers = args.workers();
-    let kv = Arc::new(args.kv_store(args.kv_url().open()?));
-    let policy = args.instance_policy(kv.clone());
+    let backend = args.kv_url().open()?;
     let cache = args.code_cache();
-    let app = WasmApp::load(&args.app, policy.clone(), cache.as_ref())?;
-    if app.uses_keyvalue() {
-        prepare_kv(&kv)?;
+    let mut mounts = Vec::new();
+    let mut targets = Vec::new();
+    for (prefix, path) in args.apps()? {
+        let kv = Arc::new(args.kv_store(backend.clone(), &path));
+        let policy = args.instance_policy(kv.clone());
+        let app = WasmApp::load(&path, policy.clone(), cache.as_ref())?;
+        if app.uses_keyvalue() {
+            prepare_kv(&kv)?;
+        }
+        let pool = Arc::new(CurrentPool::new(Pool::new(&app, workers)?));
+        let shown = if prefix.is_empty() { "/" } else { &prefix };
+        tracing::info!("mounted {} at {shown}", path.display());
+        mounts.push((prefix, pool.clone()));
+        targets.push(ReloadTarget {
+            app: path,
+            policy,
+            current: pool,
+        });
     }
-    let pool = Arc::new(CurrentPool::new(Pool::new(&app, workers)?));
     let reloader = Reloader {
-        app: args.app.clone(),
-        policy,
+        apps: targets,
         cache,
         workers,
-        current: pool.clone(),
     };
-    run(&args, pool, Some(reloader), signals)
+    run(
+        &args,
+        Arc::new(Router::new(mounts)),
+        Some(reloader),
+        signals,
+    )
 }
 
 /// Connects to the key-value store once, so that a database that cannot be opened stops the
@@ -85,14 +102,14 @@ pub fn init_logging(level: tracing::Level) -> std::io::Result<()> {
 /// This is the seam where the benchmarks serve a native handler through the same server.
 pub fn run(
     args: &ServeArgs,
-    pool: Arc<CurrentPool>,
+    router: Arc<Router>,
     reloader: Option<Reloader>,
     signals: Signals,
 ) -> anyhow::Result<()> {
     let workers = args.workers();
     let listener = server::bind(&args.host, args.port, args.backlog)?;
     let address = listener.local_addr()?;
-    tracing::info!("serving {} with {workers} workers", args.app.display());
+    tracing::info!("serving with {workers} workers per app");
     tracing::info!("listening on http://{address}");
     if let Some(admin) = &args.admin {
         let admin = admin::start(admin)?;
@@ -113,10 +130,12 @@ pub fn run(
     };
     let (reload_requests, reloads) = mpsc::channel();
     if let Some(reloader) = reloader {
-        reloader.run(reloads)?;
         if args.reload {
-            reload::watch(args.app.clone(), reload_requests.clone())?;
+            for target in &reloader.apps {
+                reload::watch(target.app.clone(), reload_requests.clone())?;
+            }
         }
+        reloader.run(reloads)?;
     }
     let lifecycle = Arc::new(Lifecycle::default());
     handle_signals(
@@ -128,7 +147,7 @@ pub fn run(
     )?;
     server::run(
         listener,
-        pool,
+        router,
         config,
         args.max_connections,
         lifecycle.clone(),

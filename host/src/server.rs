@@ -1,5 +1,5 @@
 //! The listener and the accept loop: one thread per connection, up to a limit, all sharing
-//! one pool of app workers. Threads outlive their connection for a while, to take the next.
+//! the router to the apps' worker pools. Threads outlive their connection for a while, to take the next.
 
 use std::collections::VecDeque;
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -12,7 +12,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::connection::{self, ConnectionConfig};
 use crate::lifecycle::Lifecycle;
-use crate::pool::CurrentPool;
+use crate::router::Router;
 
 /// Binds the listening socket with SO_REUSEADDR, so that a restarted server can bind while
 /// old connections sit in TIME_WAIT, and a listen queue of `backlog`.
@@ -38,12 +38,12 @@ pub fn bind(host: &str, port: u16, backlog: i32) -> anyhow::Result<TcpListener> 
 /// Accepts connections, serving each on its own thread, until the server stops.
 pub fn run(
     listener: TcpListener,
-    pool: Arc<CurrentPool>,
+    router: Arc<Router>,
     config: ConnectionConfig,
     max_connections: usize,
     lifecycle: Arc<Lifecycle>,
 ) {
-    let shared = Arc::new((pool, config));
+    let shared = Arc::new((router, config));
     let open = Arc::new(ConnectionSlots::new(max_connections));
     let idle = Arc::new(IdleThreads::default());
     loop {
@@ -72,10 +72,10 @@ pub fn run(
         let spawned = thread::Builder::new()
             .name("connection".into())
             .spawn(move || {
-                let (pool, config) = &*shared;
+                let (router, config) = &*shared;
                 let mut next = Some((stream, slot));
                 while let Some((stream, slot)) = next {
-                    connection::serve(stream, pool, config, &lifecycle);
+                    connection::serve(stream, router, config, &lifecycle);
                     drop(slot);
                     next = idle.next();
                 }

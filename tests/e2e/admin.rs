@@ -1,10 +1,12 @@
 //! The admin endpoint: /health and /metrics on their own listener.
 
 use std::net::SocketAddr;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Server, client};
+use crate::support::{IO_TIMEOUT, Server, client};
 
 /// The admin address from the startup log.
 fn admin_address(server: &Server) -> SocketAddr {
@@ -25,6 +27,30 @@ fn get(url: &str) -> (u16, String, String) {
         content_type,
         response.body_mut().read_to_string().unwrap(),
     )
+}
+
+/// /metrics once every request answered so far has been counted: a request is counted just
+/// after its response is written, so a scrape may overtake the last one.
+fn settled_scrape(admin: SocketAddr) -> prometheus_parse::Scrape {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let (status, content_type, text) = get(&format!("http://{admin}/metrics"));
+        assert_eq!(status, 200);
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).unwrap();
+        if sample(&scrape, "wasm_gw_requests_in_flight", &[]) == 0.0 {
+            return scrape;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "requests stayed in flight:\n{text}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The samples of `metric` whose labels include every pair of `labels`, summed.
@@ -85,14 +111,7 @@ fn health_and_metrics_count_what_was_served() {
     }
     server.wait_for_log(&["instance replaced", "reason=\"trap\""]);
 
-    let (status, content_type, text) = get(&format!("http://{admin}/metrics"));
-    assert_eq!(status, 200);
-    assert!(
-        content_type.starts_with("text/plain; version=0.0.4"),
-        "{content_type}"
-    );
-    let scrape =
-        prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).unwrap();
+    let scrape = settled_scrape(admin);
     let app = ("app", "faulty");
     let requests = "wasm_gw_requests_total";
     assert_eq!(
@@ -119,7 +138,6 @@ fn health_and_metrics_count_what_was_served() {
         ),
         1.0
     );
-    assert_eq!(sample(&scrape, "wasm_gw_requests_in_flight", &[]), 0.0);
     assert_eq!(sample(&scrape, "wasm_gw_instances_live", &[app]), 2.0);
     assert_eq!(
         sample(&scrape, "wasm_gw_instances_created_total", &[app]),
@@ -185,9 +203,7 @@ fn key_value_operations_are_counted_by_outcome() {
             .status(),
         400
     );
-    let (_, _, text) = get(&format!("http://{admin}/metrics"));
-    let scrape =
-        prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).unwrap();
+    let scrape = settled_scrape(admin);
     let namespace = ("namespace", "kv");
     let operations = "wasm_gw_kv_operations_total";
     assert_eq!(

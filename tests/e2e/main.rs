@@ -9,6 +9,7 @@ mod fast_start;
 mod faults;
 mod kv;
 mod lifecycle;
+mod mounts;
 mod properties;
 mod protocol;
 mod python;

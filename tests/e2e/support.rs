@@ -185,6 +185,15 @@ impl Server {
     }
 
     pub fn start_path(app: &Path, args: &[&str]) -> Server {
+        Server::launch(Some(app), args)
+    }
+
+    /// Serves with `args` alone: apps come from `--mount` flags.
+    pub fn start_mounts(args: &[&str]) -> Server {
+        Server::launch(None, args)
+    }
+
+    fn launch(app: Option<&Path>, args: &[&str]) -> Server {
         // Tests share one code cache, out of the user's home, unless they test the cache.
         let cache_dir = workspace_root().join("target/e2e-code-cache");
         let cache_args = match args
@@ -208,7 +217,7 @@ impl Server {
         };
         let mut child = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
             .arg("serve")
-            .arg(app)
+            .args(app)
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(cache_args)
             .args(state_args)

@@ -9,6 +9,7 @@ use wasm_gw::bindings::wasm_gw::wsgi::request::Environ;
 use wasm_gw::cli::{Cli, Command};
 use wasm_gw::http::Exchange;
 use wasm_gw::pool::{CurrentPool, Pool};
+use wasm_gw::router::Router;
 use wasm_gw::serve::{catch_signals, init_logging, run};
 
 /// Answers `GET /?name=X` with `Hello, X!`, as the hello guest does.
@@ -69,5 +70,6 @@ fn main() -> anyhow::Result<()> {
     let signals = catch_signals()?;
     init_logging(args.log_level)?;
     let pool = Pool::new(&NativeHelloFactory, args.workers())?;
-    run(&args, Arc::new(CurrentPool::new(pool)), None, signals)
+    let router = Router::single(Arc::new(CurrentPool::new(pool)));
+    run(&args, Arc::new(router), None, signals)
 }
