@@ -6,11 +6,15 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use wasm_gw::app::{App, AppFactory};
+use wasm_gw::pool::{CurrentPool, Pool};
+use wasm_gw::router::Router;
 use wasm_gw_bench::{Machine, Row, WrkRun, median, parse_wrk, render};
 
 #[derive(Parser)]
@@ -576,6 +580,18 @@ fn main() -> anyhow::Result<()> {
     });
     ratios.push(("Flask cached start, ms".into(), cached, "≤ 200".into()));
 
+    let (one, thousand) = routing_ns();
+    rows.push(Row {
+        scenario: "routing /api/tasks/1: 1 route / 1,000 routes".into(),
+        notes: format!("{one:.0} ns / {thousand:.0} ns per lookup, in process"),
+        ..Row::default()
+    });
+    ratios.push((
+        "routing cost, 1,000 routes / 1 route".into(),
+        thousand / one,
+        "≈ 1 (under 5% of a request either way)".into(),
+    ));
+
     let (idle, loaded) = idle_memory(&harness)?;
     rows.push(Row {
         scenario: "memory: idle / with 1,000 idle keep-alive connections".into(),
@@ -677,6 +693,39 @@ fn first_response_ms(
         bail!("first response was {status}");
     }
     Ok(started.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Nanoseconds per routing decision with one app mounted, and with 1,000: the router itself,
+/// in this process, since a thousand real apps would measure their startup instead.
+fn routing_ns() -> (f64, f64) {
+    struct Unused;
+    impl AppFactory for Unused {
+        fn new_worker(&self) -> anyhow::Result<Box<dyn App>> {
+            bail!("the routing benchmark makes no workers")
+        }
+    }
+    let pool = || Arc::new(CurrentPool::new(Pool::new(&Unused, 0).expect("no workers")));
+    let one = Router::new([("/api".to_owned(), pool())]);
+    let thousand = Router::new(
+        (0..999)
+            .map(|n| (format!("/app{n}"), pool()))
+            .chain([("/api".to_owned(), pool())]),
+    );
+    let per_lookup = |router: &Router| {
+        const LOOKUPS: u32 = 2_000_000;
+        let started = Instant::now();
+        for _ in 0..LOOKUPS {
+            std::hint::black_box(router.route(std::hint::black_box("/api/tasks/1")));
+        }
+        started.elapsed().as_nanos() as f64 / f64::from(LOOKUPS)
+    };
+    // Interleaved, the better of three each, against the machine's drift.
+    let mut best = (f64::MAX, f64::MAX);
+    for _ in 0..3 {
+        best.0 = best.0.min(per_lookup(&one));
+        best.1 = best.1.min(per_lookup(&thousand));
+    }
+    best
 }
 
 /// The server's RSS after a warm-up, then with 1,000 idle keep-alive connections open.
