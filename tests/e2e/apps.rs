@@ -46,6 +46,7 @@ fn tasks_crud() {
             .send(r#"{"title": "Works on my server"}"#)
             .unwrap();
         assert_eq!(created.status(), 201);
+        assert_eq!(created.headers()["location"], "/tasks/1");
         assert_eq!(created.headers()["content-type"], "application/json");
         let task = body_json(&mut created);
         assert_eq!(

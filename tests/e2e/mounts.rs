@@ -90,6 +90,7 @@ fn different_apps_side_by_side_and_404_where_none_is_mounted() {
         .send(r#"{"title": "mounted"}"#)
         .unwrap();
     assert_eq!(created.status(), 201);
+    assert_eq!(created.headers()["location"], "/api/tasks/1");
     assert_eq!(
         http.get(server.url("/api/tasks/1"))
             .call()

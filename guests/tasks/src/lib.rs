@@ -138,7 +138,9 @@ fn create(tasks: &Bucket, request: &mut Request) -> Result<Response, Failure> {
         done,
     };
     tasks.set_json(&task_key(task.id), &task)?;
-    Ok(json_response(201, &task).header("Location", format!("/tasks/{}", task.id)))
+    // Under a mount, the task's URL starts with the mount's prefix.
+    let location = format!("{}/tasks/{}", request.environ().script_name, task.id);
+    Ok(json_response(201, &task).header("Location", location))
 }
 
 /// Applies the request's changes to the task at `key`; `None` if there is no such task.

@@ -111,7 +111,9 @@ def create(environ, start_response, tasks):
     task_id = Bucket.open(COUNTERS).increment(TASKS)
     task = {"id": task_id, "title": title, "done": done}
     tasks.set_json(task_key(task_id), task)
-    return respond(start_response, "201 Created", task, [("Location", f"/tasks/{task_id}")])
+    # Under a mount, the task's URL starts with the mount's prefix.
+    location = f"{environ['SCRIPT_NAME']}/tasks/{task_id}"
+    return respond(start_response, "201 Created", task, [("Location", location)])
 
 
 def update(environ, start_response, tasks, key, missing):
