@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::compile::CodeCache;
+use crate::config;
 use crate::guest::{DirGrant, Grants};
 use crate::kv::{self, BackendUrl};
 use crate::runtime::{InstancePolicy, Isolation};
@@ -91,12 +92,25 @@ pub struct CompileArgs {
     pub output: Option<PathBuf>,
 }
 
+/// One app to serve: where it is mounted, its file, and its limits and grants; its
+/// `policy.workers` instances are its share of the server.
+pub struct AppSpec {
+    pub prefix: String,
+    pub path: PathBuf,
+    pub policy: InstancePolicy,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// The app: a WebAssembly component built for the wasm-gw app world (`.wasm`), or one
     /// compiled ahead of time by `wasm-gw compile` (`.cwasm`). It is mounted at `/`.
-    #[arg(required_unless_present = "mounts")]
+    #[arg(required_unless_present_any = ["mounts", "config"])]
     pub app: Option<PathBuf>,
+
+    /// Host the apps of this TOML file, one [[app]] table each, with settings of their own;
+    /// the other flags are every app's defaults.
+    #[arg(long, conflicts_with_all = ["app", "mounts"])]
+    pub config: Option<PathBuf>,
 
     /// Mount an app at a path prefix: PREFIX=APP.wasm, repeatable. A request goes to the app
     /// with the longest prefix of its path, on whole segments; the prefix is its SCRIPT_NAME
@@ -277,10 +291,81 @@ impl ServeArgs {
         Ok(apps)
     }
 
-    /// The view of the key-value backend for the app in `path`: its namespace and limits.
-    pub fn kv_store(&self, backend: Arc<dyn kv::Backend>, path: &Path) -> kv::Store {
-        let namespace = match &self.kv_namespace {
-            Some(namespace) => namespace.clone(),
+    /// Every app to serve, from the config file or the command line, with its settings.
+    pub fn app_specs(&self, backend: &Arc<dyn kv::Backend>) -> anyhow::Result<Vec<AppSpec>> {
+        let Some(file) = &self.config else {
+            return self
+                .apps()?
+                .into_iter()
+                .map(|(prefix, path)| {
+                    let kv = Arc::new(self.kv_store(backend.clone(), &path, None));
+                    Ok(AppSpec {
+                        prefix,
+                        path,
+                        policy: self.instance_policy(kv),
+                    })
+                })
+                .collect();
+        };
+        config::load(file)?
+            .into_iter()
+            .map(|app| {
+                let invalid = |why: String| {
+                    anyhow::anyhow!("{}: [[app]] {:?}: {why}", file.display(), app.name)
+                };
+                let namespace = app.kv_namespace.clone().unwrap_or_else(|| app.name.clone());
+                let kv = Arc::new(self.kv_store(backend.clone(), &app.component, Some(namespace)));
+                let mut policy = self.instance_policy(kv);
+                if let Some(timeout) = &app.timeout {
+                    policy.timeout =
+                        parse_seconds(timeout).map_err(|why| invalid(format!("timeout: {why}")))?;
+                }
+                if let Some(max_memory) = &app.max_memory {
+                    policy.max_memory = parse_size(max_memory)
+                        .map_err(|why| invalid(format!("max-memory: {why}")))?;
+                }
+                if let Some(isolation) = &app.isolation {
+                    policy.isolation = <Isolation as clap::ValueEnum>::from_str(isolation, false)
+                        .map_err(|_| {
+                        invalid(format!("isolation {isolation:?}: use worker or request"))
+                    })?;
+                }
+                if let Some(max_requests) = app.max_requests {
+                    policy.max_requests = (max_requests > 0).then_some(max_requests);
+                }
+                if let Some(instances) = app.instances {
+                    policy.workers = instances;
+                }
+                if !app.dirs.is_empty() {
+                    policy.grants.dirs = app
+                        .dirs
+                        .iter()
+                        .map(|dir| parse_dir(dir))
+                        .collect::<Result<_, _>>()
+                        .map_err(|why| invalid(format!("dirs: {why}")))?;
+                }
+                if !app.env.is_empty() {
+                    policy.grants.env = app.env.clone();
+                }
+                Ok(AppSpec {
+                    prefix: app.route,
+                    path: app.component,
+                    policy,
+                })
+            })
+            .collect()
+    }
+
+    /// The view of the key-value backend for the app in `path`: its namespace (`namespace`,
+    /// else --kv-namespace, else the file stem) and limits.
+    pub fn kv_store(
+        &self,
+        backend: Arc<dyn kv::Backend>,
+        path: &Path,
+        namespace: Option<String>,
+    ) -> kv::Store {
+        let namespace = match namespace.or_else(|| self.kv_namespace.clone()) {
+            Some(namespace) => namespace,
             None => path
                 .file_stem()
                 .map(|stem| stem.to_string_lossy().into_owned())

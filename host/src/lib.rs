@@ -13,6 +13,7 @@ pub mod bindings;
 pub mod check;
 pub mod cli;
 pub mod compile;
+pub mod config;
 pub mod connection;
 pub mod environ;
 pub mod guest;

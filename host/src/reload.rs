@@ -17,7 +17,6 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 pub struct Reloader {
     pub apps: Vec<ReloadTarget>,
     pub cache: Option<CodeCache>,
-    pub workers: usize,
 }
 
 /// One app: its file, its limits and grants, and the pool that serves it.
@@ -47,7 +46,7 @@ impl Reloader {
     fn reload(&self, target: &ReloadTarget, why: &str) {
         tracing::info!(app = %target.app.display(), "reloading ({why})");
         let pool = WasmApp::load(&target.app, target.policy.clone(), self.cache.as_ref())
-            .and_then(|app| Pool::new(&app, self.workers));
+            .and_then(|app| Pool::new(&app, target.policy.workers));
         match pool {
             Ok(pool) => {
                 target.current.replace(pool);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::cli::ServeArgs;
+use crate::cli::{AppSpec, ServeArgs};
 use crate::connection::{ConnectionConfig, Timeouts};
 use crate::http::io::Pace;
 use crate::kv::{self, BackendUrl};
@@ -27,21 +27,27 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Before the apps load, which can take seconds: a SIGHUP meanwhile must not kill us.
     let signals = catch_signals()?;
     init_logging(args.log_level)?;
-    let workers = args.workers();
     let backend = args.kv_url().open()?;
     let cache = args.code_cache();
     let mut mounts = Vec::new();
     let mut targets = Vec::new();
-    for (prefix, path) in args.apps()? {
-        let kv = Arc::new(args.kv_store(backend.clone(), &path));
-        let policy = args.instance_policy(kv.clone());
+    for AppSpec {
+        prefix,
+        path,
+        policy,
+    } in args.app_specs(&backend)?
+    {
         let app = WasmApp::load(&path, policy.clone(), cache.as_ref())?;
         if app.uses_keyvalue() {
-            prepare_kv(&kv)?;
+            prepare_kv(&policy.grants.kv)?;
         }
-        let pool = Arc::new(CurrentPool::new(Pool::new(&app, workers)?));
+        let pool = Arc::new(CurrentPool::new(Pool::new(&app, policy.workers)?));
         let shown = if prefix.is_empty() { "/" } else { &prefix };
-        tracing::info!("mounted {} at {shown}", path.display());
+        tracing::info!(
+            "mounted {} at {shown}, {} instances",
+            path.display(),
+            policy.workers
+        );
         mounts.push((prefix, pool.clone()));
         targets.push(ReloadTarget {
             app: path,
@@ -52,7 +58,6 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let reloader = Reloader {
         apps: targets,
         cache,
-        workers,
     };
     run(
         &args,
@@ -109,7 +114,7 @@ pub fn run(
     let workers = args.workers();
     let listener = server::bind(&args.host, args.port, args.backlog)?;
     let address = listener.local_addr()?;
-    tracing::info!("serving with {workers} workers per app");
+
     tracing::info!("listening on http://{address}");
     if let Some(admin) = &args.admin {
         let admin = admin::start(admin)?;

@@ -24,7 +24,13 @@ fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
     server.wait_for_log(&["sleeping 1500 ms"]);
 
     server.signal("TERM");
-    server.wait_for_log(&["shutting down: 1 requests in flight"]);
+    // The slow request is in flight; the idle connection's may still be finishing its tail
+    // (logging, metrics) when the signal lands, so the count is 1 or 2.
+    let line = server.wait_for_log(&["shutting down:", "requests in flight"]);
+    assert!(
+        line.contains("shutting down: 1 requests") || line.contains("shutting down: 2 requests"),
+        "{line}"
+    );
     assert!(
         read_to_close(idle_reader.get_mut()).is_empty(),
         "the idle connection closes"

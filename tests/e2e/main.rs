@@ -3,6 +3,7 @@
 
 mod admin;
 mod apps;
+mod config;
 mod corpus;
 mod environ;
 mod fast_start;

@@ -1,0 +1,108 @@
+//! `wasm-gw serve --config wasm-gw.toml`: the apps to host, one `[[app]]` table each, with
+//! settings of their own. The command line's flags are the defaults for every app.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::router::normalize_prefix;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(rename = "app", default)]
+    apps: Vec<AppTable>,
+}
+
+/// One `[[app]]` table as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct AppTable {
+    name: String,
+    component: PathBuf,
+    #[serde(default = "root")]
+    route: String,
+    /// Seconds of app time per request.
+    timeout: Option<f64>,
+    /// Linear memory per instance, as in `--max-memory`: `64MiB`.
+    max_memory: Option<String>,
+    /// `worker` or `request`.
+    isolation: Option<String>,
+    max_requests: Option<u64>,
+    /// How many warm instances the app may hold: its share of the server.
+    instances: Option<u32>,
+    /// Directories granted, as in `--dir`: `HOST_PATH[::GUEST_PATH][:ro]`.
+    #[serde(default)]
+    dirs: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    kv_namespace: Option<String>,
+}
+
+fn root() -> String {
+    "/".to_owned()
+}
+
+/// One app to host, checked, with paths resolved against the config file's directory.
+#[derive(Debug)]
+pub struct AppConfig {
+    pub name: String,
+    pub component: PathBuf,
+    /// The mount prefix, `""` for the root.
+    pub route: String,
+    pub timeout: Option<String>,
+    pub max_memory: Option<String>,
+    pub isolation: Option<String>,
+    pub max_requests: Option<u64>,
+    pub instances: Option<usize>,
+    pub dirs: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub kv_namespace: Option<String>,
+}
+
+/// Reads and checks the config file at `path`; an error names the file, and toml's names
+/// the line and the field.
+pub fn load(path: &Path) -> anyhow::Result<Vec<AppConfig>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    let file: File =
+        toml::from_str(&text).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let invalid =
+        |app: &str, why: String| anyhow::anyhow!("{}: [[app]] {app:?}: {why}", path.display());
+    if file.apps.is_empty() {
+        anyhow::bail!("{}: no [[app]] tables: nothing to serve", path.display());
+    }
+    let mut apps: Vec<AppConfig> = Vec::new();
+    for table in file.apps {
+        let route = normalize_prefix(&table.route).map_err(|why| invalid(&table.name, why))?;
+        if let Some(other) = apps.iter().find(|app| app.route == route) {
+            return Err(invalid(
+                &table.name,
+                format!("route {:?} is {:?}'s already", table.route, other.name),
+            ));
+        }
+        if apps.iter().any(|app| app.name == table.name) {
+            return Err(invalid(&table.name, "another app has this name".into()));
+        }
+        if table.instances == Some(0) {
+            return Err(invalid(&table.name, "instances must be at least 1".into()));
+        }
+        apps.push(AppConfig {
+            component: base.join(&table.component),
+            route,
+            timeout: table.timeout.map(|seconds| seconds.to_string()),
+            max_memory: table.max_memory,
+            isolation: table.isolation,
+            max_requests: table.max_requests,
+            instances: table.instances.map(|count| count as usize),
+            dirs: table.dirs,
+            env: table.env.into_iter().collect(),
+            kv_namespace: table.kv_namespace,
+            name: table.name,
+        });
+    }
+    Ok(apps)
+}

@@ -1,0 +1,115 @@
+//! `--config wasm-gw.toml`: apps with settings of their own, and errors that point at the
+//! line and the field.
+
+use std::process::Command;
+
+use crate::support::{Scratch, Server, client, guest};
+
+fn write_config(dir: &Scratch, text: &str) -> String {
+    let path = dir.path().join("wasm-gw.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn each_app_gets_its_route_and_its_own_limits() {
+    let dir = Scratch::new("config");
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+[[app]]
+name = "site"
+component = "{echo}"
+route = "/"
+instances = 1
+
+[[app]]
+name = "api"
+component = "{tasks}"
+route = "/api"
+kv-namespace = "api-tasks"
+
+[[app]]
+name = "slow"
+component = "{faulty}"
+route = "/faulty"
+timeout = 1
+instances = 1
+"#,
+            echo = guest("echo").display(),
+            tasks = guest("tasks").display(),
+            faulty = guest("faulty").display(),
+        ),
+    );
+    let server = Server::start_mounts(&["--config", &config, "--kv", "memory", "--timeout", "30"]);
+    let http = client();
+    assert_eq!(
+        http.get(server.url("/anything")).call().unwrap().status(),
+        200
+    );
+    assert_eq!(
+        http.post(server.url("/api/tasks"))
+            .send(r#"{"title": "configured"}"#)
+            .unwrap()
+            .status(),
+        201
+    );
+    // The faulty app's own timeout of 1 s stops its loop, not the server's 30 s.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        http.get(server.url("/faulty/loop"))
+            .call()
+            .unwrap()
+            .status(),
+        504
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    server.wait_for_log(&["stopped after exceeding the 1s deadline"]);
+    server.wait_for_log(&["mounted", "at /faulty, 1 instances"]);
+    server.wait_for_log(&["key-value store: memory", "namespace=api-tasks"]);
+}
+
+fn refused(config_text: &str) -> String {
+    let dir = Scratch::new("bad-config");
+    let config = write_config(&dir, config_text);
+    let output = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
+        .args([
+            "serve", "--config", &config, "--port", "0", "--kv", "memory",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_bad_config_is_refused_with_the_line_and_the_field() {
+    let echo = guest("echo");
+    let unknown = refused(&format!(
+        "[[app]]\nname = \"a\"\ncomponent = \"{}\"\nroute = \"/\"\ntimeuot = 3\n",
+        echo.display()
+    ));
+    assert!(unknown.contains("wasm-gw.toml"), "{unknown}");
+    assert!(unknown.contains("line 5"), "{unknown}");
+    assert!(unknown.contains("timeuot"), "{unknown}");
+
+    let shadowed = refused(&format!(
+        "[[app]]\nname = \"a\"\ncomponent = \"{0}\"\nroute = \"/api\"\n\n\
+         [[app]]\nname = \"b\"\ncomponent = \"{0}\"\nroute = \"/api/\"\n",
+        echo.display()
+    ));
+    assert!(
+        shadowed.contains(r#"[[app]] "b": route "/api/" is "a"'s already"#),
+        "{shadowed}"
+    );
+
+    let bad_size = refused(&format!(
+        "[[app]]\nname = \"a\"\ncomponent = \"{}\"\nmax-memory = \"lots\"\n",
+        echo.display()
+    ));
+    assert!(
+        bad_size.contains(r#"[[app]] "a": max-memory"#),
+        "{bad_size}"
+    );
+}
