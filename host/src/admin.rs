@@ -5,12 +5,14 @@ use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::metrics::metrics;
 
 /// How long one admin client may take to send its request and read the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait after a failed accept before the next.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 /// The most of a request head the admin endpoint reads.
 const MAX_HEAD: usize = 8 * 1024;
 
@@ -22,9 +24,15 @@ pub fn start(address: &str) -> anyhow::Result<SocketAddr> {
     let bound = listener.local_addr()?;
     thread::Builder::new().name("admin".into()).spawn(move || {
         // One client at a time: scrapes are rare and quick, and each is bounded in time.
-        for stream in listener.incoming().flatten() {
-            if let Err(error) = answer(stream) {
-                tracing::debug!("admin client: {error}");
+        for stream in listener.incoming() {
+            match stream {
+                Ok(stream) => {
+                    if let Err(error) = answer(stream) {
+                        tracing::debug!("admin client: {error}");
+                    }
+                }
+                // Out of file descriptors, say: wait rather than spin.
+                Err(_) => thread::sleep(ACCEPT_BACKOFF),
             }
         }
     })?;
@@ -32,11 +40,18 @@ pub fn start(address: &str) -> anyhow::Result<SocketAddr> {
 }
 
 fn answer(mut stream: TcpStream) -> io::Result<()> {
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    // One deadline for the whole exchange, so that a client trickling its request cannot
+    // hold the endpoint longer than that.
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let left = || {
+        Some(deadline.saturating_duration_since(Instant::now()))
+            .filter(|left| !left.is_zero())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "the client was too slow"))
+    };
     let mut head = Vec::new();
     let mut buffer = [0; 1024];
     while !head.windows(4).any(|window| window == b"\r\n\r\n") {
+        stream.set_read_timeout(Some(left()?))?;
         let read = stream.read(&mut buffer)?;
         if read == 0 || head.len() + read > MAX_HEAD {
             return respond(
@@ -44,10 +59,12 @@ fn answer(mut stream: TcpStream) -> io::Result<()> {
                 "400 Bad Request",
                 "text/plain",
                 "bad request\n",
+                false,
             );
         }
         head.extend_from_slice(&buffer[..read]);
     }
+    stream.set_write_timeout(Some(left()?))?;
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut request = httparse::Request::new(&mut headers);
     let (Ok(httparse::Status::Complete(_)), Some(method), Some(target)) =
@@ -58,16 +75,17 @@ fn answer(mut stream: TcpStream) -> io::Result<()> {
             "400 Bad Request",
             "text/plain",
             "bad request\n",
+            false,
         );
     };
-    if method != "GET" && method != "HEAD" {
-        return respond(
-            &mut stream,
-            "405 Method Not Allowed",
-            "text/plain",
-            "use GET\n",
-        );
-    }
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => {
+            let status = "405 Method Not Allowed";
+            return respond(&mut stream, status, "text/plain", "use GET\n", false);
+        }
+    };
     let path = target.split('?').next().unwrap_or_default();
     match path {
         "/health" => {
@@ -77,19 +95,21 @@ fn answer(mut stream: TcpStream) -> io::Result<()> {
             } else {
                 "503 Service Unavailable"
             };
-            respond(&mut stream, status, "application/json", &body)
+            respond(&mut stream, status, "application/json", &body, head_only)
         }
         "/metrics" => respond(
             &mut stream,
             "200 OK",
             prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
             &metrics().encode(),
+            head_only,
         ),
         _ => respond(
             &mut stream,
             "404 Not Found",
             "text/plain",
             "the admin endpoint serves /health and /metrics\n",
+            head_only,
         ),
     }
 }
@@ -131,13 +151,22 @@ fn json_string(text: &str) -> String {
     json
 }
 
-fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) -> io::Result<()> {
+/// Writes a response, without its body for HEAD; the connection then closes.
+fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+    head_only: bool,
+) -> io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
          Connection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
+    if !head_only {
+        stream.write_all(body.as_bytes())?;
+    }
     stream.flush()
 }

@@ -95,6 +95,8 @@ pub struct CompileArgs {
 /// One app to serve: where it is mounted, its file, and its limits and grants; its
 /// `policy.workers` instances are its share of the server.
 pub struct AppSpec {
+    /// The app's id in logs and metrics: its config name, or its file stem.
+    pub name: String,
     pub prefix: String,
     pub path: PathBuf,
     pub policy: InstancePolicy,
@@ -109,7 +111,7 @@ pub struct ServeArgs {
 
     /// Host the apps of this TOML file, one [[app]] table each, with settings of their own;
     /// the other flags are every app's defaults.
-    #[arg(long, conflicts_with_all = ["app", "mounts"])]
+    #[arg(long, conflicts_with_all = ["app", "mounts", "kv_namespace"])]
     pub config: Option<PathBuf>,
 
     /// Mount an app at a path prefix: PREFIX=APP.wasm, repeatable. A request goes to the app
@@ -299,7 +301,11 @@ impl ServeArgs {
                 .into_iter()
                 .map(|(prefix, path)| {
                     let kv = Arc::new(self.kv_store(backend.clone(), &path, None));
+                    let name = path
+                        .file_stem()
+                        .map_or_else(|| "app".into(), |stem| stem.to_string_lossy().into());
                     Ok(AppSpec {
+                        name,
                         prefix,
                         path,
                         policy: self.instance_policy(kv),
@@ -336,18 +342,18 @@ impl ServeArgs {
                 if let Some(instances) = app.instances {
                     policy.workers = instances;
                 }
-                if !app.dirs.is_empty() {
-                    policy.grants.dirs = app
-                        .dirs
+                if let Some(dirs) = &app.dirs {
+                    policy.grants.dirs = dirs
                         .iter()
                         .map(|dir| parse_dir(dir))
                         .collect::<Result<_, _>>()
                         .map_err(|why| invalid(format!("dirs: {why}")))?;
                 }
-                if !app.env.is_empty() {
-                    policy.grants.env = app.env.clone();
+                if let Some(env) = &app.env {
+                    policy.grants.env = env.clone();
                 }
                 Ok(AppSpec {
+                    name: app.name,
                     prefix: app.route,
                     path: app.component,
                     policy,

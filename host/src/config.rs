@@ -33,11 +33,10 @@ struct AppTable {
     max_requests: Option<u64>,
     /// How many warm instances the app may hold: its share of the server.
     instances: Option<u32>,
-    /// Directories granted, as in `--dir`: `HOST_PATH[::GUEST_PATH][:ro]`.
-    #[serde(default)]
-    dirs: Vec<String>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
+    /// Directories granted, as in `--dir`: `HOST_PATH[::GUEST_PATH][:ro]`. Present, even
+    /// empty, it replaces the command line's grants.
+    dirs: Option<Vec<String>>,
+    env: Option<BTreeMap<String, String>>,
     kv_namespace: Option<String>,
 }
 
@@ -57,10 +56,13 @@ pub struct AppConfig {
     pub isolation: Option<String>,
     pub max_requests: Option<u64>,
     pub instances: Option<usize>,
-    pub dirs: Vec<String>,
-    pub env: Vec<(String, String)>,
+    pub dirs: Option<Vec<String>>,
+    pub env: Option<Vec<(String, String)>>,
     pub kv_namespace: Option<String>,
 }
+
+/// Most instances one app may have, as for `--workers`.
+const MAX_INSTANCES: u32 = 1024;
 
 /// Reads and checks the config file at `path`; an error names the file, and toml's names
 /// the line and the field.
@@ -87,8 +89,25 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<AppConfig>> {
         if apps.iter().any(|app| app.name == table.name) {
             return Err(invalid(&table.name, "another app has this name".into()));
         }
-        if table.instances == Some(0) {
-            return Err(invalid(&table.name, "instances must be at least 1".into()));
+        if table
+            .instances
+            .is_some_and(|count| !(1..=MAX_INSTANCES).contains(&count))
+        {
+            return Err(invalid(
+                &table.name,
+                format!("instances must be 1 to {MAX_INSTANCES}"),
+            ));
+        }
+        if let Some(key) = table
+            .env
+            .iter()
+            .flat_map(BTreeMap::keys)
+            .find(|key| key.is_empty() || key.contains('='))
+        {
+            return Err(invalid(
+                &table.name,
+                format!("env: {key:?} is not a variable name"),
+            ));
         }
         apps.push(AppConfig {
             component: base.join(&table.component),
@@ -98,11 +117,43 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<AppConfig>> {
             isolation: table.isolation,
             max_requests: table.max_requests,
             instances: table.instances.map(|count| count as usize),
-            dirs: table.dirs,
-            env: table.env.into_iter().collect(),
+            // Relative host paths are the config file's, like the component's.
+            dirs: table.dirs.map(|dirs| {
+                dirs.into_iter()
+                    .map(|dir| resolve_dir(base, &dir))
+                    .collect()
+            }),
+            env: table.env.map(|env| env.into_iter().collect()),
             kv_namespace: table.kv_namespace,
             name: table.name,
         });
     }
     Ok(apps)
+}
+
+/// `HOST_PATH[::GUEST_PATH][:ro]` with a relative host path made relative to `base`.
+fn resolve_dir(base: &Path, dir: &str) -> String {
+    let host_end = dir
+        .find("::")
+        .or_else(|| dir.strip_suffix(":ro").map(str::len))
+        .unwrap_or(dir.len());
+    let (host, rest) = dir.split_at(host_end);
+    if host.is_empty() || Path::new(host).is_absolute() {
+        return dir.to_owned();
+    }
+    format!("{}{rest}", base.join(host).display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_dirs_are_the_config_files() {
+        let base = Path::new("/etc/gw");
+        assert_eq!(resolve_dir(base, "data"), "/etc/gw/data");
+        assert_eq!(resolve_dir(base, "data::/d:ro"), "/etc/gw/data::/d:ro");
+        assert_eq!(resolve_dir(base, "data:ro"), "/etc/gw/data:ro");
+        assert_eq!(resolve_dir(base, "/srv/x::/x"), "/srv/x::/x");
+    }
 }

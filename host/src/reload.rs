@@ -21,6 +21,7 @@ pub struct Reloader {
 
 /// One app: its file, its limits and grants, and the pool that serves it.
 pub struct ReloadTarget {
+    pub name: String,
     pub app: PathBuf,
     pub policy: InstancePolicy,
     pub current: Arc<CurrentPool>,
@@ -45,8 +46,13 @@ impl Reloader {
     /// If anything fails, the old code keeps serving.
     fn reload(&self, target: &ReloadTarget, why: &str) {
         tracing::info!(app = %target.app.display(), "reloading ({why})");
-        let pool = WasmApp::load(&target.app, target.policy.clone(), self.cache.as_ref())
-            .and_then(|app| Pool::new(&app, target.policy.workers));
+        let pool = WasmApp::load(
+            &target.name,
+            &target.app,
+            target.policy.clone(),
+            self.cache.as_ref(),
+        )
+        .and_then(|app| Pool::new(&app, target.policy.workers));
         match pool {
             Ok(pool) => {
                 target.current.replace(pool);

@@ -10,6 +10,8 @@ use crate::pool::CurrentPool;
 pub struct Router {
     /// Mount prefix (`""` for the root) to the app's pool.
     mounts: HashMap<String, Arc<CurrentPool>>,
+    /// The longest prefix: no longer candidate can match, however long the path.
+    longest: usize,
 }
 
 impl Router {
@@ -17,20 +19,30 @@ impl Router {
     pub fn single(pool: Arc<CurrentPool>) -> Router {
         Router {
             mounts: HashMap::from([(String::new(), pool)]),
+            longest: 0,
         }
     }
 
     /// Apps at their prefixes, each already checked by [`normalize_prefix`].
     pub fn new(mounts: impl IntoIterator<Item = (String, Arc<CurrentPool>)>) -> Router {
-        Router {
-            mounts: mounts.into_iter().collect(),
-        }
+        let mounts: HashMap<String, Arc<CurrentPool>> = mounts.into_iter().collect();
+        let longest = mounts.keys().map(String::len).max().unwrap_or(0);
+        Router { mounts, longest }
     }
 
     /// The app for `path`, and the length of its mount prefix. Each candidate prefix is one
-    /// lookup, so the cost grows with the path's segments, not with the number of apps.
+    /// lookup, and candidates start no longer than the longest mount, so the cost is bounded
+    /// by the mounts' depth: not by the number of apps, nor by a hostile path's length.
     pub fn route(&self, path: &str) -> Option<(usize, &CurrentPool)> {
         let mut candidate = path;
+        if path.len() > self.longest {
+            // The longest candidate that ends where a segment does.
+            let end = path.as_bytes()[..=self.longest]
+                .iter()
+                .rposition(|&byte| byte == b'/')
+                .unwrap_or(0);
+            candidate = &path[..end];
+        }
         loop {
             if let Some(pool) = self.mounts.get(candidate) {
                 return Some((candidate.len(), pool));
@@ -47,7 +59,11 @@ impl Router {
 /// with `/`, have no empty segments and lose a trailing `/`.
 pub fn normalize_prefix(prefix: &str) -> Result<String, String> {
     let trimmed = prefix.trim_end_matches('/');
+    // Request paths arrive percent-decoded and without their query: a prefix with `%`, `?`,
+    // `#` or non-ASCII characters could never match one.
+    let plain = |c: char| c.is_ascii_graphic() && !matches!(c, '%' | '?' | '#');
     let valid = prefix.starts_with('/')
+        && prefix.chars().all(plain)
         && !trimmed.contains("//")
         && !trimmed
             .split('/')
@@ -102,6 +118,18 @@ mod tests {
     }
 
     #[test]
+    fn long_paths_cost_no_more_than_the_deepest_mount() {
+        let api = pool();
+        let router = Router::new([(String::new(), pool()), ("/api".to_owned(), api.clone())]);
+        let hostile = "/".repeat(8000);
+        assert_eq!(router.route(&hostile).unwrap().0, 0);
+        let deep = format!("/api{}", "/x".repeat(4000));
+        let (len, routed) = router.route(&deep).unwrap();
+        assert_eq!((len, routed as *const CurrentPool), (4, &*api as *const _));
+        assert_eq!(router.route("/apix/y").unwrap().0, 0);
+    }
+
+    #[test]
     fn no_root_no_match() {
         let router = Router::new([("/api".to_owned(), pool())]);
         assert!(router.route("/").is_none());
@@ -117,5 +145,8 @@ mod tests {
         assert!(normalize_prefix("api").is_err());
         assert!(normalize_prefix("/a//b").is_err());
         assert!(normalize_prefix("/a/../b").is_err());
+        assert!(normalize_prefix("/a%20b").is_err());
+        assert!(normalize_prefix("/x?y").is_err());
+        assert!(normalize_prefix("/café").is_err());
     }
 }

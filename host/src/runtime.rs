@@ -75,7 +75,7 @@ pub struct InstancePolicy {
 
 /// A component compiled and linked, ready to instantiate.
 pub struct WasmApp {
-    /// The component's file stem, for logs.
+    /// The app's name, for logs and metrics.
     name: Arc<str>,
     engine: Engine,
     pre: bindings::AppPre<GuestState>,
@@ -86,7 +86,9 @@ pub struct WasmApp {
 impl WasmApp {
     /// Loads and checks the component at `path`, with one clear error for each way it can be
     /// unfit to serve.
+    /// `name` labels the app in logs and metrics.
     pub fn load(
+        name: &str,
         path: &Path,
         policy: InstancePolicy,
         cache: Option<&CodeCache>,
@@ -137,11 +139,8 @@ impl WasmApp {
                 }
             })?;
 
-        let name = path
-            .file_stem()
-            .map_or_else(|| "app".into(), |stem| stem.to_string_lossy().into());
         Ok(Arc::new(WasmApp {
-            name,
+            name: name.into(),
             engine,
             pre,
             policy,
@@ -185,9 +184,10 @@ impl WasmApp {
 
 impl AppFactory for Arc<WasmApp> {
     fn new_worker(&self) -> anyhow::Result<Box<dyn App>> {
-        let made = self.instantiate(None);
-        metrics().instantiated(&self.name, made.is_ok());
-        let (store, instance) = made?;
+        // A failure here fails the startup or the reload as a whole, and the pool already
+        // serving, if any, keeps serving: the app's health is unchanged.
+        let (store, instance) = self.instantiate(None)?;
+        metrics().instantiated(&self.name, true);
         Ok(Box::new(WasmWorker {
             app: self.clone(),
             store,

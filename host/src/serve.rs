@@ -32,12 +32,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut mounts = Vec::new();
     let mut targets = Vec::new();
     for AppSpec {
+        name,
         prefix,
         path,
         policy,
     } in args.app_specs(&backend)?
     {
-        let app = WasmApp::load(&path, policy.clone(), cache.as_ref())?;
+        let app = WasmApp::load(&name, &path, policy.clone(), cache.as_ref())?;
         if app.uses_keyvalue() {
             prepare_kv(&policy.grants.kv)?;
         }
@@ -50,6 +51,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         mounts.push((prefix, pool.clone()));
         targets.push(ReloadTarget {
+            name,
             app: path,
             policy,
             current: pool,

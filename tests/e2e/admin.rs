@@ -171,6 +171,16 @@ fn health_and_metrics_count_what_was_served() {
 
     let (status, _, _) = get(&format!("http://{admin}/nothing"));
     assert_eq!(status, 404);
+    // HEAD gets the head alone.
+    let mut head = std::net::TcpStream::connect(admin).unwrap();
+    std::io::Write::write_all(&mut head, b"HEAD /health HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let answer = crate::support::read_to_close(&mut head);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\n"),
+        "no body after the head: {answer}"
+    );
     // The public listener does not serve the admin paths.
     let (_, _, body) = get(&server.url("/metrics"));
     assert!(!body.contains("wasm_gw_requests_total"));

@@ -42,7 +42,16 @@ instances = 1
             faulty = guest("faulty").display(),
         ),
     );
-    let server = Server::start_mounts(&["--config", &config, "--kv", "memory", "--timeout", "30"]);
+    let server = Server::start_mounts(&[
+        "--config",
+        &config,
+        "--kv",
+        "memory",
+        "--timeout",
+        "30",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
     let http = client();
     assert_eq!(
         http.get(server.url("/anything")).call().unwrap().status(),
@@ -68,6 +77,24 @@ instances = 1
     server.wait_for_log(&["stopped after exceeding the 1s deadline"]);
     server.wait_for_log(&["mounted", "at /faulty, 1 instances"]);
     server.wait_for_log(&["key-value store: memory", "namespace=api-tasks"]);
+
+    // Logs and metrics know each app by its name in the file, not its file's stem.
+    let admin = server.wait_for_log(&["admin endpoint on http://"]);
+    let admin = admin
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let mut metrics = http.get(format!("http://{admin}/metrics")).call().unwrap();
+    let metrics = metrics.body_mut().read_to_string().unwrap();
+    for name in ["site", "api", "slow"] {
+        assert!(
+            metrics.contains(&format!("wasm_gw_instances_live{{app=\"{name}\"}}")),
+            "{name} in:\n{metrics}"
+        );
+    }
 }
 
 fn refused(config_text: &str) -> String {
