@@ -27,15 +27,25 @@ pub struct ReloadTarget {
     pub current: Arc<CurrentPool>,
 }
 
+/// A request to reload: every app (SIGHUP), or the one whose file changed.
+pub struct ReloadRequest {
+    pub why: &'static str,
+    pub app: Option<PathBuf>,
+}
+
 impl Reloader {
     /// Reloads once per message on `requests`, for as long as senders remain.
-    pub fn run(self, requests: Receiver<&'static str>) -> std::io::Result<()> {
+    pub fn run(self, requests: Receiver<ReloadRequest>) -> std::io::Result<()> {
         thread::Builder::new()
             .name("reloader".into())
             .spawn(move || {
-                for why in requests {
-                    for target in &self.apps {
-                        self.reload(target, why);
+                for request in requests {
+                    // Only the app asked for: reloading others would drop their state.
+                    let wanted = |target: &&ReloadTarget| {
+                        request.app.as_ref().is_none_or(|app| *app == target.app)
+                    };
+                    for target in self.apps.iter().filter(wanted) {
+                        self.reload(target, request.why);
                     }
                 }
             })?;
@@ -70,9 +80,10 @@ impl Reloader {
 }
 
 /// `--reload`: asks for a reload whenever the app file's modification time changes.
-pub fn watch(app: PathBuf, requests: Sender<&'static str>) -> std::io::Result<()> {
+pub fn watch(app: PathBuf, requests: Sender<ReloadRequest>) -> std::io::Result<()> {
+    let watched = app.clone();
     let modified = move || {
-        std::fs::metadata(&app)
+        std::fs::metadata(&watched)
             .and_then(|meta| meta.modified())
             .ok()
     };
@@ -85,7 +96,11 @@ pub fn watch(app: PathBuf, requests: Sender<&'static str>) -> std::io::Result<()
                 let now = modified();
                 if now.is_some() && now != last {
                     last = now;
-                    if requests.send("the file changed").is_err() {
+                    let request = ReloadRequest {
+                        why: "the file changed",
+                        app: Some(app.clone()),
+                    };
+                    if requests.send(request).is_err() {
                         return;
                     }
                 }

@@ -16,7 +16,7 @@ use crate::http::io::Pace;
 use crate::kv::{self, BackendUrl};
 use crate::lifecycle::Lifecycle;
 use crate::pool::{CurrentPool, Pool};
-use crate::reload::{self, ReloadTarget, Reloader};
+use crate::reload::{self, ReloadRequest, ReloadTarget, Reloader};
 use crate::router::Router;
 use crate::runtime::WasmApp;
 use crate::server;
@@ -178,7 +178,7 @@ fn handle_signals(
     lifecycle: &Arc<Lifecycle>,
     address: SocketAddr,
     graceful: Duration,
-    reload_requests: Sender<&'static str>,
+    reload_requests: Sender<ReloadRequest>,
 ) -> anyhow::Result<()> {
     let lifecycle = lifecycle.clone();
     // The accept loop blocks in accept(); a connection of our own wakes it to see the stop.
@@ -195,7 +195,10 @@ fn handle_signals(
         .spawn(move || {
             for signal in signals.forever() {
                 if signal == SIGHUP {
-                    let _ = reload_requests.send("SIGHUP");
+                    let _ = reload_requests.send(ReloadRequest {
+                        why: "SIGHUP",
+                        app: None,
+                    });
                 } else if !lifecycle.is_stopping() {
                     let in_flight = lifecycle.stop();
                     tracing::info!(

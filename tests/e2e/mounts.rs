@@ -139,3 +139,52 @@ fn two_apps_at_one_prefix_are_an_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("two apps are mounted at /api"), "{stderr}");
 }
+
+#[test]
+fn reload_on_change_reloads_only_the_app_that_changed() {
+    let dir = crate::support::Scratch::new("mount-reload");
+    let (first, second) = (
+        dir.path().join("first.wasm"),
+        dir.path().join("second.wasm"),
+    );
+    std::fs::copy(guest("faulty"), &first).unwrap();
+    std::fs::copy(guest("faulty"), &second).unwrap();
+    let server = Server::start_mounts(&[
+        "--mount",
+        &format!("/first={}", first.display()),
+        "--mount",
+        &format!("/second={}", second.display()),
+        "--workers",
+        "1",
+        "--kv",
+        "memory",
+        "--reload",
+    ]);
+    let served = |app: &str| {
+        let mut response = client()
+            .get(server.url(&format!("/{app}/served")))
+            .call()
+            .unwrap();
+        response.body_mut().read_to_string().unwrap()
+    };
+    assert_eq!(
+        (served("first"), served("second")),
+        ("1".into(), "1".into())
+    );
+
+    // A new modification time on the first app's file alone.
+    let file = std::fs::File::options().write(true).open(&first).unwrap();
+    file.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+        .unwrap();
+    server.wait_for_log(&["instances replaced", "first.wasm"]);
+    // The first app starts over; the second kept its instance and its state.
+    assert_eq!(
+        (served("first"), served("second")),
+        ("1".into(), "2".into())
+    );
+    assert_eq!(
+        server.log_lines_with("reloading"),
+        1,
+        "only the changed app reloads"
+    );
+}
