@@ -54,13 +54,7 @@ fn answer(mut stream: TcpStream) -> io::Result<()> {
         stream.set_read_timeout(Some(left()?))?;
         let read = stream.read(&mut buffer)?;
         if read == 0 || head.len() + read > MAX_HEAD {
-            return respond(
-                &mut stream,
-                "400 Bad Request",
-                "text/plain",
-                "bad request\n",
-                false,
-            );
+            return bad_request(&mut stream);
         }
         head.extend_from_slice(&buffer[..read]);
     }
@@ -70,13 +64,7 @@ fn answer(mut stream: TcpStream) -> io::Result<()> {
     let (Ok(httparse::Status::Complete(_)), Some(method), Some(target)) =
         (request.parse(&head), request.method, request.path)
     else {
-        return respond(
-            &mut stream,
-            "400 Bad Request",
-            "text/plain",
-            "bad request\n",
-            false,
-        );
+        return bad_request(&mut stream);
     };
     let head_only = match method {
         "GET" => false,
@@ -149,6 +137,16 @@ fn json_string(text: &str) -> String {
     }
     json.push('"');
     json
+}
+
+fn bad_request(stream: &mut TcpStream) -> io::Result<()> {
+    respond(
+        stream,
+        "400 Bad Request",
+        "text/plain",
+        "bad request\n",
+        false,
+    )
 }
 
 /// Writes a response, without its body for HEAD; the connection then closes.

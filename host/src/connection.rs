@@ -144,9 +144,12 @@ pub fn serve(
             registration.end_request();
             return io.close_gracefully();
         };
-        // WSGI's split: the mount prefix is SCRIPT_NAME, the rest PATH_INFO.
-        let rest = environ.path_info.split_off(mount);
-        environ.script_name = std::mem::replace(&mut environ.path_info, rest);
+        // WSGI's split: the mount prefix is SCRIPT_NAME, the rest PATH_INFO. At the root,
+        // the usual case, there is nothing to split and nothing to allocate.
+        if mount > 0 {
+            let rest = environ.path_info.split_off(mount);
+            environ.script_name = std::mem::replace(&mut environ.path_info, rest);
+        }
         let (kept, reusable) = handle(io, &environ, framing, pool, config);
         if !(reusable && registration.end_request()) {
             return kept.close_gracefully();

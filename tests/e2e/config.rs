@@ -139,4 +139,29 @@ fn a_bad_config_is_refused_with_the_line_and_the_field() {
         bad_size.contains(r#"[[app]] "a": max-memory"#),
         "{bad_size}"
     );
+
+    // Each app's namespace is in the file: a command-line one would be ambiguous.
+    let dir = Scratch::new("config-namespace");
+    let config = write_config(
+        &dir,
+        &format!(
+            "[[app]]\nname = \"a\"\ncomponent = \"{}\"\n",
+            echo.display()
+        ),
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
+        .args([
+            "serve",
+            "--config",
+            &config,
+            "--kv-namespace",
+            "x",
+            "--port",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--kv-namespace"), "{stderr}");
 }

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::{Backend, BucketId, Connection, KeyPage, PAGE_SIZE, Result, incremented};
+use super::{Backend, BucketId, Connection, KeyPage, PAGE_SIZE, Result, Swap, incremented};
 
 type Buckets = HashMap<String, BTreeMap<String, Vec<u8>>>;
 
@@ -86,7 +86,7 @@ impl Connection for MemoryConnection {
         key: &str,
         expected: Option<&[u8]>,
         value: &[u8],
-    ) -> Result<Result<(), Option<Vec<u8>>>> {
+    ) -> Result<Swap> {
         Ok(self.with(bucket, |map| {
             let current = map.get(key);
             if current.map(Vec::as_slice) != expected {

@@ -61,19 +61,21 @@ pub trait Connection: Send {
     fn list_keys(&mut self, bucket: BucketId, cursor: Option<&str>) -> Result<KeyPage>;
     /// Adds `delta` to the decimal integer stored at `key` (0 if unset) and returns the sum.
     fn increment(&mut self, bucket: BucketId, key: &str, delta: i64) -> Result<i64>;
-    /// Sets `key` to `value` if it still holds `expected` (`None`: unset). Otherwise returns
-    /// what it holds now.
+    /// Sets `key` to `value` if it still holds `expected` (`None`: unset).
     fn compare_and_swap(
         &mut self,
         bucket: BucketId,
         key: &str,
         expected: Option<&[u8]>,
         value: &[u8],
-    ) -> Result<Result<(), Option<Vec<u8>>>>;
+    ) -> Result<Swap>;
     fn get_many(&mut self, bucket: BucketId, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>>;
     fn set_many(&mut self, bucket: BucketId, pairs: &[(String, Vec<u8>)]) -> Result<()>;
     fn delete_many(&mut self, bucket: BucketId, keys: &[String]) -> Result<()>;
 }
+
+/// How a compare-and-swap went: swapped, or not, with what the key holds now.
+pub type Swap = std::result::Result<(), Option<Vec<u8>>>;
 
 /// The sum an increment stores, or why there is none.
 fn incremented(current: Option<&[u8]>, delta: i64) -> Result<i64> {

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Backend, BucketId, Connection, Error, KeyPage, PAGE_SIZE, Result};
+use super::{Backend, BucketId, Connection, Error, KeyPage, PAGE_SIZE, Result, Swap};
 
 /// How long connecting may take; loopback or LAN answers in far less.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -194,7 +194,7 @@ impl Connection for RedisConnection {
         key: &str,
         expected: Option<&[u8]>,
         value: &[u8],
-    ) -> Result<Result<(), Option<Vec<u8>>>> {
+    ) -> Result<Swap> {
         // Not retried: the first try may have swapped before the connection failed.
         let (swapped, current): (i64, redis::Value) = self.run(false, |this| {
             this.compare_and_swap

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
-use super::{Backend, BucketId, Connection, Error, KeyPage, PAGE_SIZE, Result, incremented};
+use super::{Backend, BucketId, Connection, Error, KeyPage, PAGE_SIZE, Result, Swap, incremented};
 
 /// How long a write waits for another worker's write to finish before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -191,7 +191,7 @@ impl Connection for SqliteConnection {
         key: &str,
         expected: Option<&[u8]>,
         value: &[u8],
-    ) -> Result<Result<(), Option<Vec<u8>>>> {
+    ) -> Result<Swap> {
         self.write_transaction(|connection| {
             let current = read(connection, bucket, key).map_err(backend)?;
             if current.as_deref() != expected {
