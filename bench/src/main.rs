@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use wasm_gw::app::{App, AppFactory};
 use wasm_gw::pool::{CurrentPool, Pool};
-use wasm_gw::router::Router;
+use wasm_gw::router::{Mount, Route, Router};
 use wasm_gw_bench::{Machine, Row, WrkRun, median, parse_wrk, render};
 
 #[derive(Parser)]
@@ -704,18 +704,26 @@ fn routing_ns() -> (f64, f64) {
             bail!("the routing benchmark makes no workers")
         }
     }
-    let pool = || Arc::new(CurrentPool::new(Pool::new(&Unused, 0).expect("no workers")));
-    let one = Router::new([("/api".to_owned(), pool())]);
+    let mount = |prefix: String| Mount {
+        hosts: Vec::new(),
+        prefix,
+        route: Route {
+            pool: Arc::new(CurrentPool::new(Pool::new(&Unused, 0).expect("no workers"))),
+            max_body: None,
+        },
+    };
+    let one = Router::new([mount("/api".to_owned())]);
     let thousand = Router::new(
         (0..999)
-            .map(|n| (format!("/app{n}"), pool()))
-            .chain([("/api".to_owned(), pool())]),
+            .map(|n| mount(format!("/app{n}")))
+            .chain([mount("/api".to_owned())]),
     );
     let per_lookup = |router: &Router| {
         const LOOKUPS: u32 = 2_000_000;
         let started = Instant::now();
         for _ in 0..LOOKUPS {
-            std::hint::black_box(router.route(std::hint::black_box("/api/tasks/1")));
+            let path = std::hint::black_box("/api/tasks/1");
+            std::hint::black_box(router.route("localhost", path));
         }
         started.elapsed().as_nanos() as f64 / f64::from(LOOKUPS)
     };

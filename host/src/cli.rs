@@ -97,9 +97,13 @@ pub struct CompileArgs {
 pub struct AppSpec {
     /// The app's id in logs and metrics: its config name, or its file stem.
     pub name: String,
+    /// Virtual hosts, lowercase; empty for every host no other app names.
+    pub hosts: Vec<String>,
     pub prefix: String,
     pub path: PathBuf,
     pub policy: InstancePolicy,
+    /// The largest request body the app takes; `None` for any.
+    pub max_body: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -306,9 +310,11 @@ impl ServeArgs {
                         .map_or_else(|| "app".into(), |stem| stem.to_string_lossy().into());
                     Ok(AppSpec {
                         name,
+                        hosts: Vec::new(),
                         prefix,
                         path,
                         policy: self.instance_policy(kv),
+                        max_body: self.max_body(),
                     })
                 })
                 .collect();
@@ -352,11 +358,19 @@ impl ServeArgs {
                 if let Some(env) = &app.env {
                     policy.grants.env = env.clone();
                 }
+                let max_body = match &app.max_body_size {
+                    Some(size) => parse_size_or_zero(size)
+                        .map(|size| (size > 0).then_some(size as u64))
+                        .map_err(|why| invalid(format!("max-body-size: {why}")))?,
+                    None => self.max_body(),
+                };
                 Ok(AppSpec {
                     name: app.name,
+                    hosts: app.hosts,
                     prefix: app.route,
                     path: app.component,
                     policy,
+                    max_body,
                 })
             })
             .collect()
@@ -411,8 +425,12 @@ impl ServeArgs {
             request_line: self.limit_request_line as usize,
             fields: self.limit_request_fields as usize,
             field_bytes: self.limit_request_field_size as usize,
-            body: (self.max_body_size > 0).then_some(self.max_body_size as u64),
         }
+    }
+
+    /// The largest request body an app takes unless it says otherwise; `None` for any.
+    pub fn max_body(&self) -> Option<u64> {
+        (self.max_body_size > 0).then_some(self.max_body_size as u64)
     }
 
     pub fn workers(&self) -> usize {

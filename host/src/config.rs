@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Deserialize;
 
-use crate::router::normalize_prefix;
+use crate::router::{normalize_host, normalize_prefix};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,10 +24,15 @@ struct AppTable {
     component: PathBuf,
     #[serde(default = "root")]
     route: String,
+    /// Virtual hosts: the app takes requests whose Host is one of these.
+    #[serde(default)]
+    hosts: Vec<String>,
     /// Seconds of app time per request.
     timeout: Option<f64>,
     /// Linear memory per instance, as in `--max-memory`: `64MiB`.
     max_memory: Option<String>,
+    /// The largest request body, as in `--max-body-size`: `10MiB`, or 0 for any.
+    max_body_size: Option<String>,
     /// `worker` or `request`.
     isolation: Option<String>,
     max_requests: Option<u64>,
@@ -51,8 +56,11 @@ pub struct AppConfig {
     pub component: PathBuf,
     /// The mount prefix, `""` for the root.
     pub route: String,
+    /// Lowercase; empty for any host that no other app names.
+    pub hosts: Vec<String>,
     pub timeout: Option<String>,
     pub max_memory: Option<String>,
+    pub max_body_size: Option<String>,
     pub isolation: Option<String>,
     pub max_requests: Option<u64>,
     pub instances: Option<usize>,
@@ -80,10 +88,25 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<AppConfig>> {
     let mut apps: Vec<AppConfig> = Vec::new();
     for table in file.apps {
         let route = normalize_prefix(&table.route).map_err(|why| invalid(&table.name, why))?;
-        if let Some(other) = apps.iter().find(|app| app.route == route) {
+        let hosts = table
+            .hosts
+            .iter()
+            .map(|host| normalize_host(host))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|why| invalid(&table.name, format!("hosts: {why}")))?;
+        // Two apps clash when they share a route and a host, or both name no host.
+        for other in apps.iter().filter(|app| app.route == route) {
+            let shared = other.hosts.iter().find(|host| hosts.contains(host));
+            let place = match shared {
+                Some(host) => format!("route {:?} on {host}", table.route),
+                None if other.hosts.is_empty() && hosts.is_empty() => {
+                    format!("route {:?}", table.route)
+                }
+                None => continue,
+            };
             return Err(invalid(
                 &table.name,
-                format!("route {:?} is {:?}'s already", table.route, other.name),
+                format!("{place} is {:?}'s already", other.name),
             ));
         }
         if apps.iter().any(|app| app.name == table.name) {
@@ -112,6 +135,8 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<AppConfig>> {
         apps.push(AppConfig {
             component: base.join(&table.component),
             route,
+            hosts,
+            max_body_size: table.max_body_size,
             timeout: table.timeout.map(|seconds| seconds.to_string()),
             max_memory: table.max_memory,
             isolation: table.isolation,

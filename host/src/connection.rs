@@ -16,12 +16,11 @@ use crate::http::Limits;
 use crate::http::body::{BodyDecoder, BodyError};
 use crate::http::error::RequestError;
 use crate::http::io::{Io, Pace};
-use crate::http::request::{self, Framing};
+use crate::http::request::{self, BodyKind, Framing};
 use crate::http::response::write_server_response;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::metrics;
-use crate::pool::CurrentPool;
-use crate::router::Router;
+use crate::router::{CurrentRouter, Route};
 
 /// Header slots kept on the stack; a larger `--limit-request-fields` uses the heap.
 const INLINE_HEADER_SLOTS: usize = 128;
@@ -54,7 +53,7 @@ pub struct ConnectionConfig {
 /// server stops.
 pub fn serve(
     stream: TcpStream,
-    router: &Router,
+    router: &CurrentRouter,
     config: &ConnectionConfig,
     lifecycle: &Arc<Lifecycle>,
 ) {
@@ -130,7 +129,8 @@ pub fn serve(
             );
             return io.close_gracefully();
         }
-        let Some((mount, pool)) = router.route(&environ.path_info) else {
+        let router = router.get();
+        let Some((mount, route)) = router.route(&environ.server_name, &environ.path_info) else {
             // No app is mounted there; the body, unread, rules out keeping the connection.
             access_log::record(&environ, Some(404), 0, Duration::ZERO);
             let _ = write_server_response(
@@ -144,13 +144,31 @@ pub fn serve(
             registration.end_request();
             return io.close_gracefully();
         };
+        // The app's own limit, known only now that the route is; chunked bodies are held
+        // to it as they arrive.
+        if let BodyKind::Length(length) = framing.body
+            && route.max_body.is_some_and(|max| length > max)
+        {
+            tracing::warn!(%peer, "rejected request with 413: a body of {length} bytes is over the app's limit");
+            access_log::record(&environ, Some(413), 0, Duration::ZERO);
+            let _ = write_server_response(
+                &mut io,
+                413,
+                "Content Too Large",
+                "Content Too Large\n",
+                Some(framing),
+                false,
+            );
+            registration.end_request();
+            return io.close_gracefully();
+        }
         // WSGI's split: the mount prefix is SCRIPT_NAME, the rest PATH_INFO. At the root,
         // the usual case, there is nothing to split and nothing to allocate.
         if mount > 0 {
             let rest = environ.path_info.split_off(mount);
             environ.script_name = std::mem::replace(&mut environ.path_info, rest);
         }
-        let (kept, reusable) = handle(io, &environ, framing, pool, config);
+        let (kept, reusable) = handle(io, &environ, framing, route, config);
         if !(reusable && registration.end_request()) {
             return kept.close_gracefully();
         }
@@ -232,18 +250,23 @@ fn handle(
     io: Io,
     environ: &Environ,
     framing: Framing,
-    pool: &CurrentPool,
+    route: &Route,
     config: &ConnectionConfig,
 ) -> (Io, bool) {
     let request_id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     metrics().request_started();
-    let body = BodyDecoder::new(framing.body, config.limits, config.body_pace);
+    let body = BodyDecoder::new(
+        framing.body,
+        config.limits,
+        route.max_body,
+        config.body_pace,
+    );
     let exchange = Exchange::new(io, framing, body);
     // The worker goes back to the pool at the end of this statement, before the connection
     // writes a whole body to a client that may be slow.
     let (app, (mut exchange, result)) = {
-        let pool = pool.get();
+        let pool = route.pool.get();
         let mut worker = pool.checkout();
         (worker.name(), worker.call(request_id, environ, exchange))
     };

@@ -1,10 +1,11 @@
 //! wasm-gw: a WSGI-style gateway that serves web apps compiled to WebAssembly components.
 //!
-//! Data flows one way through the modules: [`cli`] → [`server`] (listener, accept loop) →
-//! [`connection`] (keep-alive loop) → [`http`] (head parsing, body decoding, response
-//! encoding) → [`environ`] → [`pool`] → [`app`], the seam that [`runtime`] implements for
-//! components, with [`guest`] answering the component's calls and [`kv`] its key-value
-//! storage.
+//! Data flows one way through the modules: [`cli`] and [`config`] → [`loader`] (the apps,
+//! and the router over them; [`reload`] goes through it again) → [`server`] (listener,
+//! accept loop) → [`connection`] (keep-alive loop) → [`http`] (head parsing, body decoding,
+//! response encoding) → [`environ`] → [`router`] → [`pool`] → [`app`], the seam that
+//! [`runtime`] implements for components, with [`guest`] answering the component's calls and
+//! [`kv`] its key-value storage.
 
 pub mod access_log;
 pub mod admin;
@@ -20,6 +21,7 @@ pub mod guest;
 pub mod http;
 pub mod kv;
 pub mod lifecycle;
+pub mod loader;
 pub mod metrics;
 pub mod pool;
 pub mod python;

@@ -65,6 +65,8 @@ pub struct Metrics {
     kv_operations: Family<KvLabels, Counter>,
     /// Whether each app's last attempt to make an instance worked.
     instantiable: Mutex<BTreeMap<Arc<str>, bool>>,
+    /// The apps served now: a reload may add some and remove others.
+    serving: Mutex<Vec<Arc<str>>>,
 }
 
 /// The process's metrics.
@@ -145,6 +147,7 @@ impl Metrics {
             bytes_out,
             kv_operations,
             instantiable: Mutex::default(),
+            serving: Mutex::default(),
         }
     }
 
@@ -217,13 +220,22 @@ impl Metrics {
             .inc();
     }
 
-    /// Every app, and whether it can make instances.
+    /// The apps served from now on.
+    pub fn serving(&self, apps: Vec<Arc<str>>) {
+        *self.serving.lock().unwrap_or_else(PoisonError::into_inner) = apps;
+    }
+
+    /// Every app served, and whether it can make instances.
     pub fn health(&self) -> Vec<(Arc<str>, bool)> {
-        self.instantiable
+        let instantiable = self
+            .instantiable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.serving
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|(app, &worked)| (app.clone(), worked))
+            .map(|app| (app.clone(), instantiable.get(app) == Some(&true)))
             .collect()
     }
 

@@ -1,89 +1,165 @@
-//! Swapping in new code while serving: on SIGHUP, or when the app file changes.
+//! Swapping in new code and new apps while serving: on SIGHUP, or when a watched file
+//! changes.
 
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
 use std::thread;
 use std::time::{Duration, SystemTime};
 
+use crate::cli::ServeArgs;
 use crate::compile::CodeCache;
-use crate::pool::{CurrentPool, Pool};
-use crate::runtime::{InstancePolicy, WasmApp};
+use crate::kv;
+use crate::loader::{self, LoadedApp};
+use crate::router::CurrentRouter;
 
-/// How often `--reload` looks at the app file.
+/// How often `--reload` looks at the watched files.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Everything needed to build the apps' pools again.
+/// The apps served now, and everything needed to load them again.
 pub struct Reloader {
-    pub apps: Vec<ReloadTarget>,
+    pub args: Arc<ServeArgs>,
+    pub backend: Arc<dyn kv::Backend>,
     pub cache: Option<CodeCache>,
+    pub apps: Vec<LoadedApp>,
+    pub router: Arc<CurrentRouter>,
 }
 
-/// One app: its file, its limits and grants, and the pool that serves it.
-pub struct ReloadTarget {
-    pub name: String,
-    pub app: PathBuf,
-    pub policy: InstancePolicy,
-    pub current: Arc<CurrentPool>,
-}
-
-/// A request to reload: every app (SIGHUP), or the one whose file changed.
+/// A request to reload: everything, the config file included (SIGHUP), or the one app
+/// whose file changed.
 pub struct ReloadRequest {
     pub why: &'static str,
     pub app: Option<PathBuf>,
 }
 
 impl Reloader {
-    /// Reloads once per message on `requests`, for as long as senders remain.
-    pub fn run(self, requests: Receiver<ReloadRequest>) -> std::io::Result<()> {
+    /// Reloads once per message on `requests`, for as long as senders remain. With
+    /// `watch`, each app's file and the config file are watched, and a change to one is
+    /// sent there.
+    pub fn run(
+        mut self,
+        requests: Receiver<ReloadRequest>,
+        watch: Option<Sender<ReloadRequest>>,
+    ) -> std::io::Result<()> {
+        let mut watched = HashSet::new();
+        if let Some(watch) = &watch {
+            if let Some(config) = &self.args.config {
+                watch_file(config.clone(), None, watch.clone())?;
+            }
+            self.watch_new_files(&mut watched, watch)?;
+        }
         thread::Builder::new()
             .name("reloader".into())
             .spawn(move || {
                 for request in requests {
-                    // Only the app asked for: reloading others would drop their state.
-                    let wanted = |target: &&ReloadTarget| {
-                        request.app.as_ref().is_none_or(|app| *app == target.app)
-                    };
-                    for target in self.apps.iter().filter(wanted) {
-                        self.reload(target, request.why);
+                    match &request.app {
+                        Some(path) => self.reload_app(path, request.why),
+                        None => self.reload_all(request.why),
+                    }
+                    if let Some(watch) = &watch
+                        && let Err(error) = self.watch_new_files(&mut watched, watch)
+                    {
+                        tracing::warn!("cannot watch the new apps' files: {error}");
                     }
                 }
             })?;
         Ok(())
     }
 
-    /// Compiles and instantiates the new code first; only then do new requests move to it.
-    /// If anything fails, the old code keeps serving.
-    fn reload(&self, target: &ReloadTarget, why: &str) {
-        tracing::info!(app = %target.app.display(), "reloading ({why})");
-        let pool = WasmApp::load(
-            &target.name,
-            &target.app,
-            target.policy.clone(),
-            self.cache.as_ref(),
-        )
-        .and_then(|app| Pool::new(&app, target.policy.workers));
-        match pool {
-            Ok(pool) => {
-                target.current.replace(pool);
-                tracing::info!(
-                    app = %target.app.display(),
-                    reason = "reload",
-                    "instances replaced: new requests get the new code"
-                );
-            }
+    /// Re-reads the config and every component, and swaps all at once: new requests go to
+    /// the new apps, requests in flight finish on the old ones, and an app no longer
+    /// configured stops when its last request ends. If anything fails, nothing changes.
+    fn reload_all(&mut self, why: &str) {
+        tracing::info!("reloading every app ({why})");
+        let loaded = self
+            .args
+            .app_specs(&self.backend)
+            .and_then(|specs| loader::load(specs, self.cache.as_ref()));
+        let (apps, router) = match loaded {
+            Ok(loaded) => loaded,
             Err(error) => {
-                tracing::error!(app = %target.app.display(), "reload failed, the old version keeps serving: {error:#}");
+                tracing::error!("reload failed, the old apps keep serving: {error:#}");
+                return;
+            }
+        };
+        let names = |apps: &[LoadedApp]| -> Vec<String> {
+            apps.iter().map(|app| app.spec.name.clone()).collect()
+        };
+        let (old, new) = (names(&self.apps), names(&apps));
+        self.router.replace(router);
+        self.apps = apps;
+        loader::announce(&self.apps);
+        for name in old.iter().filter(|name| !new.contains(name)) {
+            tracing::info!(
+                app = name.as_str(),
+                "removed: it stops when its requests in flight end"
+            );
+        }
+        for name in new.iter().filter(|name| !old.contains(name)) {
+            tracing::info!(app = name.as_str(), "added");
+        }
+        tracing::info!(
+            reason = "reload",
+            "instances replaced: new requests get the new apps ({} serving)",
+            new.len()
+        );
+    }
+
+    /// Compiles and instantiates the new code of the app in `path` first; only then do new
+    /// requests move to it. Others keep their instances, and their state. If anything
+    /// fails, the old code keeps serving.
+    fn reload_app(&self, path: &Path, why: &str) {
+        for app in self.apps.iter().filter(|app| app.spec.path == path) {
+            let name = &app.spec.name;
+            tracing::info!(app = name.as_str(), "reloading {} ({why})", path.display());
+            match loader::load_pool(&app.spec, self.cache.as_ref()) {
+                Ok(pool) => {
+                    app.pool.replace(pool);
+                    tracing::info!(
+                        app = name.as_str(),
+                        reason = "reload",
+                        "instances replaced: new requests get the new code"
+                    );
+                }
+                Err(error) => {
+                    tracing::error!(
+                        app = name.as_str(),
+                        "reload failed, the old version keeps serving: {error:#}"
+                    );
+                }
             }
         }
     }
+
+    /// Starts watching the files of apps not watched yet.
+    fn watch_new_files(
+        &self,
+        watched: &mut HashSet<PathBuf>,
+        watch: &Sender<ReloadRequest>,
+    ) -> std::io::Result<()> {
+        for app in &self.apps {
+            if watched.insert(app.spec.path.clone()) {
+                watch_file(
+                    app.spec.path.clone(),
+                    Some(app.spec.path.clone()),
+                    watch.clone(),
+                )?;
+            }
+        }
+        Ok(())
+    }
 }
 
-/// `--reload`: asks for a reload whenever the app file's modification time changes.
-pub fn watch(app: PathBuf, requests: Sender<ReloadRequest>) -> std::io::Result<()> {
-    let watched = app.clone();
+/// `--reload`: asks for a reload of `app`, or of everything, whenever the modification time
+/// of `file` changes.
+fn watch_file(
+    file: PathBuf,
+    app: Option<PathBuf>,
+    requests: Sender<ReloadRequest>,
+) -> std::io::Result<()> {
     let modified = move || {
-        std::fs::metadata(&watched)
+        std::fs::metadata(&file)
             .and_then(|meta| meta.modified())
             .ok()
     };
@@ -98,7 +174,7 @@ pub fn watch(app: PathBuf, requests: Sender<ReloadRequest>) -> std::io::Result<(
                     last = now;
                     let request = ReloadRequest {
                         why: "the file changed",
-                        app: Some(app.clone()),
+                        app: app.clone(),
                     };
                     if requests.send(request).is_err() {
                         return;

@@ -1,39 +1,60 @@
-//! Which app a request goes to: the app mounted at the longest prefix of its path that ends
-//! at a segment boundary. `/api` takes `/api` and `/api/x`, never `/apix`. As in WSGI, the
-//! prefix becomes SCRIPT_NAME and the rest PATH_INFO.
+//! Which app a request goes to. The Host picks a site: the apps that name that host, or,
+//! when none does, the apps that name no host. Within the site, the app mounted at the
+//! longest prefix of the path that ends at a segment boundary takes it: `/api` takes `/api`
+//! and `/api/x`, never `/apix`. As in WSGI, the prefix becomes SCRIPT_NAME and the rest
+//! PATH_INFO.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::pool::CurrentPool;
 
+/// Where one app is mounted, and what it accepts.
+pub struct Mount {
+    /// Host names, lowercase; `*.example.com` takes every name under example.com. Empty:
+    /// every host that no other app names.
+    pub hosts: Vec<String>,
+    /// The prefix, checked by [`normalize_prefix`]; `""` for the root.
+    pub prefix: String,
+    pub route: Route,
+}
+
+/// An app as the router hands it out.
+#[derive(Clone)]
+pub struct Route {
+    pub pool: Arc<CurrentPool>,
+    /// The largest request body the app takes, `None` for any.
+    pub max_body: Option<u64>,
+}
+
 pub struct Router {
-    /// Mount prefix (`""` for the root) to the app's pool.
-    mounts: HashMap<String, Arc<CurrentPool>>,
+    /// Sites by exact host name.
+    named: HashMap<String, Site>,
+    /// Sites by the domain under `*.`: `example.com` for `*.example.com`.
+    wildcard: HashMap<String, Site>,
+    /// The apps that name no host.
+    default: Site,
+}
+
+/// The apps of one host, by prefix.
+#[derive(Default)]
+struct Site {
+    mounts: HashMap<String, Route>,
     /// The longest prefix: no longer candidate can match, however long the path.
     longest: usize,
 }
 
-impl Router {
-    /// One app at the root.
-    pub fn single(pool: Arc<CurrentPool>) -> Router {
-        Router {
-            mounts: HashMap::from([(String::new(), pool)]),
-            longest: 0,
-        }
+impl Site {
+    fn add(&mut self, prefix: String, route: Route) {
+        self.longest = self.longest.max(prefix.len());
+        self.mounts.insert(prefix, route);
     }
 
-    /// Apps at their prefixes, each already checked by [`normalize_prefix`].
-    pub fn new(mounts: impl IntoIterator<Item = (String, Arc<CurrentPool>)>) -> Router {
-        let mounts: HashMap<String, Arc<CurrentPool>> = mounts.into_iter().collect();
-        let longest = mounts.keys().map(String::len).max().unwrap_or(0);
-        Router { mounts, longest }
-    }
-
-    /// The app for `path`, and the length of its mount prefix. Each candidate prefix is one
-    /// lookup, and candidates start no longer than the longest mount, so the cost is bounded
-    /// by the mounts' depth: not by the number of apps, nor by a hostile path's length.
-    pub fn route(&self, path: &str) -> Option<(usize, &CurrentPool)> {
+    /// Each candidate prefix is one lookup, and candidates start no longer than the longest
+    /// mount, so the cost is bounded by the mounts' depth: not by the number of apps, nor by
+    /// a hostile path's length.
+    fn route(&self, path: &str) -> Option<(usize, &Route)> {
         let mut candidate = path;
         if path.len() > self.longest {
             // The longest candidate that ends where a segment does.
@@ -44,14 +65,104 @@ impl Router {
             candidate = &path[..end];
         }
         loop {
-            if let Some(pool) = self.mounts.get(candidate) {
-                return Some((candidate.len(), pool));
+            if let Some(route) = self.mounts.get(candidate) {
+                return Some((candidate.len(), route));
             }
             let Some(slash) = candidate.rfind('/') else {
-                return self.mounts.get("").map(|pool| (0, &**pool));
+                return self.mounts.get("").map(|route| (0, route));
             };
             candidate = &candidate[..slash];
         }
+    }
+}
+
+impl Router {
+    /// One app at the root, for every host.
+    pub fn single(route: Route) -> Router {
+        Router::new([Mount {
+            hosts: Vec::new(),
+            prefix: String::new(),
+            route,
+        }])
+    }
+
+    /// The apps at their mounts, each already checked: no two on one host and prefix.
+    pub fn new(mounts: impl IntoIterator<Item = Mount>) -> Router {
+        let mut router = Router {
+            named: HashMap::new(),
+            wildcard: HashMap::new(),
+            default: Site::default(),
+        };
+        for mount in mounts {
+            if mount.hosts.is_empty() {
+                router.default.add(mount.prefix, mount.route);
+                continue;
+            }
+            for host in mount.hosts {
+                let site = match host.strip_prefix("*.") {
+                    Some(domain) => router.wildcard.entry(domain.to_owned()).or_default(),
+                    None => router.named.entry(host).or_default(),
+                };
+                site.add(mount.prefix.clone(), mount.route.clone());
+            }
+        }
+        router
+    }
+
+    /// The app for a request to `host` (the Host without its port) and `path`, and the
+    /// length of its mount prefix.
+    pub fn route(&self, host: &str, path: &str) -> Option<(usize, &Route)> {
+        self.site(host).route(path)
+    }
+
+    /// The exact name first, then the closest wildcard: `a.b.example.com` tries
+    /// `*.b.example.com` before `*.example.com`. One lookup per label.
+    fn site(&self, host: &str) -> &Site {
+        if self.named.is_empty() && self.wildcard.is_empty() {
+            return &self.default;
+        }
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let host: Cow<str> = if host.bytes().any(|byte| byte.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        };
+        if let Some(site) = self.named.get(&*host) {
+            return site;
+        }
+        let mut rest = &*host;
+        while let Some(dot) = rest.find('.') {
+            rest = &rest[dot + 1..];
+            if let Some(site) = self.wildcard.get(rest) {
+                return site;
+            }
+        }
+        &self.default
+    }
+}
+
+/// The router that takes new requests. A config reload swaps in another; requests in
+/// flight finish with the one they started on.
+pub struct CurrentRouter {
+    router: RwLock<Arc<Router>>,
+}
+
+impl CurrentRouter {
+    pub fn new(router: Router) -> CurrentRouter {
+        CurrentRouter {
+            router: RwLock::new(Arc::new(router)),
+        }
+    }
+
+    pub fn get(&self) -> Arc<Router> {
+        self.router
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn replace(&self, router: Router) {
+        *self.router.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(router);
     }
 }
 
@@ -76,6 +187,32 @@ pub fn normalize_prefix(prefix: &str) -> Result<String, String> {
     Ok(trimmed.to_owned())
 }
 
+/// A virtual host as a config names it: a DNS name, `*.` and a domain, or an IP address
+/// (IPv6 in brackets), without a port; lowercased, as Host is compared without case.
+pub fn normalize_host(host: &str) -> Result<String, String> {
+    let lower = host.to_ascii_lowercase();
+    let name = lower.strip_prefix("*.").unwrap_or(&lower);
+    let label_char = |c: char| c.is_ascii_alphanumeric() || c == '-';
+    let dns = !name.is_empty()
+        && name
+            .split('.')
+            .all(|label| !label.is_empty() && label.len() <= 63 && label.chars().all(label_char));
+    let ipv6 = lower.len() > 2
+        && lower.starts_with('[')
+        && lower.ends_with(']')
+        && lower[1..lower.len() - 1]
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok();
+    if dns || ipv6 {
+        Ok(lower)
+    } else {
+        Err(format!(
+            "{host:?} is not a host name: use a name such as api.example.com or \
+             *.example.com, without a port"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,51 +227,97 @@ mod tests {
         }
     }
 
-    fn pool() -> Arc<CurrentPool> {
-        Arc::new(CurrentPool::new(Pool::new(&Nothing, 0).unwrap()))
+    fn route() -> Route {
+        Route {
+            pool: Arc::new(CurrentPool::new(Pool::new(&Nothing, 0).unwrap())),
+            max_body: None,
+        }
+    }
+
+    fn mount(hosts: &[&str], prefix: &str, route: &Route) -> Mount {
+        Mount {
+            hosts: hosts.iter().map(|host| host.to_string()).collect(),
+            prefix: prefix.to_owned(),
+            route: route.clone(),
+        }
+    }
+
+    /// The mount length and the pool that `router` picks.
+    fn routed(router: &Router, host: &str, path: &str) -> Option<(usize, *const CurrentPool)> {
+        router
+            .route(host, path)
+            .map(|(len, route)| (len, Arc::as_ptr(&route.pool)))
+    }
+
+    fn id(route: &Route) -> *const CurrentPool {
+        Arc::as_ptr(&route.pool)
     }
 
     #[test]
     fn longest_prefix_on_segment_boundaries() {
-        let (root, api, v2) = (pool(), pool(), pool());
+        let (root, api, v2) = (route(), route(), route());
         let router = Router::new([
-            (String::new(), root.clone()),
-            ("/api".to_owned(), api.clone()),
-            ("/api/v2".to_owned(), v2.clone()),
+            mount(&[], "", &root),
+            mount(&[], "/api", &api),
+            mount(&[], "/api/v2", &v2),
         ]);
-        let routed = |path| {
-            let (len, pool) = router.route(path).unwrap();
-            (len, pool as *const CurrentPool)
-        };
-        assert_eq!(routed("/"), (0, &*root as *const _));
-        assert_eq!(routed("/apix"), (0, &*root as *const _));
-        assert_eq!(routed("/api"), (4, &*api as *const _));
-        assert_eq!(routed("/api/"), (4, &*api as *const _));
-        assert_eq!(routed("/api/tasks/1"), (4, &*api as *const _));
-        assert_eq!(routed("/api/v2"), (7, &*v2 as *const _));
-        assert_eq!(routed("/api/v2/x/y"), (7, &*v2 as *const _));
-        assert_eq!(routed("/api/v20"), (4, &*api as *const _));
-        assert_eq!(routed("*"), (0, &*root as *const _));
+        let at = |path| routed(&router, "localhost", path).unwrap();
+        assert_eq!(at("/"), (0, id(&root)));
+        assert_eq!(at("/apix"), (0, id(&root)));
+        assert_eq!(at("/api"), (4, id(&api)));
+        assert_eq!(at("/api/"), (4, id(&api)));
+        assert_eq!(at("/api/tasks/1"), (4, id(&api)));
+        assert_eq!(at("/api/v2"), (7, id(&v2)));
+        assert_eq!(at("/api/v2/x/y"), (7, id(&v2)));
+        assert_eq!(at("/api/v20"), (4, id(&api)));
+        assert_eq!(at("*"), (0, id(&root)));
     }
 
     #[test]
     fn long_paths_cost_no_more_than_the_deepest_mount() {
-        let api = pool();
-        let router = Router::new([(String::new(), pool()), ("/api".to_owned(), api.clone())]);
+        let api = route();
+        let router = Router::new([mount(&[], "", &route()), mount(&[], "/api", &api)]);
         let hostile = "/".repeat(8000);
-        assert_eq!(router.route(&hostile).unwrap().0, 0);
+        assert_eq!(routed(&router, "h", &hostile).unwrap().0, 0);
         let deep = format!("/api{}", "/x".repeat(4000));
-        let (len, routed) = router.route(&deep).unwrap();
-        assert_eq!((len, routed as *const CurrentPool), (4, &*api as *const _));
-        assert_eq!(router.route("/apix/y").unwrap().0, 0);
+        assert_eq!(routed(&router, "h", &deep).unwrap(), (4, id(&api)));
+        assert_eq!(routed(&router, "h", "/apix/y").unwrap().0, 0);
     }
 
     #[test]
     fn no_root_no_match() {
-        let router = Router::new([("/api".to_owned(), pool())]);
-        assert!(router.route("/").is_none());
-        assert!(router.route("/apix").is_none());
-        assert!(router.route("/api/x").is_some());
+        let router = Router::new([mount(&[], "/api", &route())]);
+        assert!(router.route("h", "/").is_none());
+        assert!(router.route("h", "/apix").is_none());
+        assert!(router.route("h", "/api/x").is_some());
+    }
+
+    #[test]
+    fn the_host_picks_the_site_before_the_path() {
+        let (site, api, api_v2, tenants, deep, other) =
+            (route(), route(), route(), route(), route(), route());
+        let router = Router::new([
+            mount(&[], "", &site),
+            mount(&["api.example.com", "api.example.org"], "", &api),
+            mount(&["api.example.com"], "/v2", &api_v2),
+            mount(&["*.example.com"], "", &tenants),
+            mount(&["*.eu.example.com"], "", &deep),
+            mount(&["[::1]"], "/x", &other),
+        ]);
+        let at = |host, path| routed(&router, host, path);
+        assert_eq!(at("api.example.com", "/tasks"), Some((0, id(&api))));
+        assert_eq!(at("API.Example.COM.", "/tasks"), Some((0, id(&api))));
+        assert_eq!(at("api.example.org", "/v2/x"), Some((0, id(&api))));
+        assert_eq!(at("api.example.com", "/v2/x"), Some((3, id(&api_v2))));
+        assert_eq!(at("shop.example.com", "/"), Some((0, id(&tenants))));
+        assert_eq!(at("a.b.example.com", "/"), Some((0, id(&tenants))));
+        assert_eq!(at("a.eu.example.com", "/"), Some((0, id(&deep))));
+        // `*.example.com` is for names under it, not the domain itself.
+        assert_eq!(at("example.com", "/"), Some((0, id(&site))));
+        assert_eq!(at("127.0.0.1", "/"), Some((0, id(&site))));
+        // A named host is a site of its own: its paths never fall through to the default.
+        assert_eq!(at("[::1]", "/x/y"), Some((2, id(&other))));
+        assert_eq!(at("[::1]", "/"), None);
     }
 
     #[test]
@@ -148,5 +331,30 @@ mod tests {
         assert!(normalize_prefix("/a%20b").is_err());
         assert!(normalize_prefix("/x?y").is_err());
         assert!(normalize_prefix("/café").is_err());
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(
+            normalize_host("API.example.com").unwrap(),
+            "api.example.com"
+        );
+        assert_eq!(normalize_host("*.Example.com").unwrap(), "*.example.com");
+        assert_eq!(normalize_host("localhost").unwrap(), "localhost");
+        assert_eq!(normalize_host("127.0.0.1").unwrap(), "127.0.0.1");
+        assert_eq!(normalize_host("[::1]").unwrap(), "[::1]");
+        for bad in [
+            "",
+            "*",
+            "*.",
+            "a..b",
+            "example.com:8080",
+            "a b",
+            "*.a.*.b",
+            "[x]",
+            "ex/a",
+        ] {
+            assert!(normalize_host(bad).is_err(), "{bad:?}");
+        }
     }
 }

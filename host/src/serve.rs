@@ -10,80 +10,34 @@ use std::time::Duration;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::cli::{AppSpec, ServeArgs};
+use crate::cli::ServeArgs;
 use crate::connection::{ConnectionConfig, Timeouts};
 use crate::http::io::Pace;
-use crate::kv::{self, BackendUrl};
 use crate::lifecycle::Lifecycle;
-use crate::pool::{CurrentPool, Pool};
-use crate::reload::{self, ReloadRequest, ReloadTarget, Reloader};
-use crate::router::Router;
-use crate::runtime::WasmApp;
+use crate::reload::{ReloadRequest, Reloader};
+use crate::router::CurrentRouter;
 use crate::server;
-use crate::{access_log, admin};
+use crate::{access_log, admin, loader};
 
 /// `wasm-gw serve`: loads the apps and serves them until SIGTERM or SIGINT.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Before the apps load, which can take seconds: a SIGHUP meanwhile must not kill us.
     let signals = catch_signals()?;
     init_logging(args.log_level)?;
+    let args = Arc::new(args);
     let backend = args.kv_url().open()?;
     let cache = args.code_cache();
-    let mut mounts = Vec::new();
-    let mut targets = Vec::new();
-    for AppSpec {
-        name,
-        prefix,
-        path,
-        policy,
-    } in args.app_specs(&backend)?
-    {
-        let app = WasmApp::load(&name, &path, policy.clone(), cache.as_ref())?;
-        if app.uses_keyvalue() {
-            prepare_kv(&policy.grants.kv)?;
-        }
-        let pool = Arc::new(CurrentPool::new(Pool::new(&app, policy.workers)?));
-        let shown = if prefix.is_empty() { "/" } else { &prefix };
-        tracing::info!(
-            "mounted {} at {shown}, {} instances",
-            path.display(),
-            policy.workers
-        );
-        mounts.push((prefix, pool.clone()));
-        targets.push(ReloadTarget {
-            name,
-            app: path,
-            policy,
-            current: pool,
-        });
-    }
+    let (apps, router) = loader::load(args.app_specs(&backend)?, cache.as_ref())?;
+    loader::announce(&apps);
+    let router = Arc::new(CurrentRouter::new(router));
     let reloader = Reloader {
-        apps: targets,
+        args: args.clone(),
+        backend,
         cache,
+        apps,
+        router: router.clone(),
     };
-    run(
-        &args,
-        Arc::new(Router::new(mounts)),
-        Some(reloader),
-        signals,
-    )
-}
-
-/// Connects to the key-value store once, so that a database that cannot be opened stops the
-/// server now rather than failing requests later. Redis may be down for a while, though:
-/// requests that need it fail until it answers, and the server keeps serving.
-fn prepare_kv(kv: &kv::Store) -> anyhow::Result<()> {
-    match kv.connect() {
-        Ok(_) => {
-            tracing::info!(namespace = %kv.namespace, "key-value store: {}", kv.url);
-            Ok(())
-        }
-        Err(error) if matches!(kv.url, BackendUrl::Redis(_)) => {
-            tracing::warn!(namespace = %kv.namespace, "key-value store {} is unreachable for now: {error}", kv.url);
-            Ok(())
-        }
-        Err(error) => Err(anyhow::anyhow!("key-value store {}: {error}", kv.url)),
-    }
+    run(&args, router, Some(reloader), signals)
 }
 
 /// Takes over SIGTERM, SIGINT and SIGHUP; they wait until [`run`] handles them.
@@ -105,11 +59,11 @@ pub fn init_logging(level: tracing::Level) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Serves the apps in `pool` with the connection settings in `args` until SIGTERM or SIGINT.
+/// Serves the apps that `router` routes to, with the connection settings in `args` until SIGTERM or SIGINT.
 /// This is the seam where the benchmarks serve a native handler through the same server.
 pub fn run(
     args: &ServeArgs,
-    router: Arc<Router>,
+    router: Arc<CurrentRouter>,
     reloader: Option<Reloader>,
     signals: Signals,
 ) -> anyhow::Result<()> {
@@ -137,12 +91,8 @@ pub fn run(
     };
     let (reload_requests, reloads) = mpsc::channel();
     if let Some(reloader) = reloader {
-        if args.reload {
-            for target in &reloader.apps {
-                reload::watch(target.app.clone(), reload_requests.clone())?;
-            }
-        }
-        reloader.run(reloads)?;
+        let watch = args.reload.then(|| reload_requests.clone());
+        reloader.run(reloads, watch)?;
     }
     let lifecycle = Arc::new(Lifecycle::default());
     handle_signals(

@@ -12,7 +12,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::connection::{self, ConnectionConfig};
 use crate::lifecycle::Lifecycle;
-use crate::router::Router;
+use crate::router::CurrentRouter;
 
 /// Binds the listening socket with SO_REUSEADDR, so that a restarted server can bind while
 /// old connections sit in TIME_WAIT, and a listen queue of `backlog`.
@@ -38,7 +38,7 @@ pub fn bind(host: &str, port: u16, backlog: i32) -> anyhow::Result<TcpListener> 
 /// Accepts connections, serving each on its own thread, until the server stops.
 pub fn run(
     listener: TcpListener,
-    router: Arc<Router>,
+    router: Arc<CurrentRouter>,
     config: ConnectionConfig,
     max_connections: usize,
     lifecycle: Arc<Lifecycle>,

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::support::{IO_TIMEOUT, Server, client};
 
 /// The admin address from the startup log.
-fn admin_address(server: &Server) -> SocketAddr {
+pub fn admin_address(server: &Server) -> SocketAddr {
     let line = server.wait_for_log(&["admin endpoint on http://"]);
     let address = line.split("http://").nth(1).unwrap();
     address.split_whitespace().next().unwrap().parse().unwrap()

@@ -8,6 +8,7 @@ mod corpus;
 mod environ;
 mod fast_start;
 mod faults;
+mod gateway;
 mod kv;
 mod lifecycle;
 mod mounts;

@@ -176,7 +176,7 @@ fn reload_on_change_reloads_only_the_app_that_changed() {
     let file = std::fs::File::options().write(true).open(&first).unwrap();
     file.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
         .unwrap();
-    server.wait_for_log(&["instances replaced", "first.wasm"]);
+    server.wait_for_log(&["instances replaced", "app=\"first\""]);
     // The first app starts over; the second kept its instance and its state.
     assert_eq!(
         (served("first"), served("second")),

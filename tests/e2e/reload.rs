@@ -99,7 +99,7 @@ fn a_failed_reload_keeps_the_old_version_serving() {
     std::fs::rename(app.with_extension("staged"), &app).unwrap();
     server.signal("HUP");
     server.wait_for_log(&[
-        "reload failed, the old version keeps serving",
+        "reload failed, the old apps keep serving",
         "not a WebAssembly file",
     ]);
     let mut response = client().get(server.url("/?name=still")).call().unwrap();
@@ -115,7 +115,7 @@ fn reload_flag_follows_the_file() {
     let server = Server::start_path(&app, &["--reload"]);
     assert!(!runs_echo(&server));
     replace(&app, "echo");
-    server.wait_for_log(&["reloading (the file changed)"]);
+    server.wait_for_log(&["reloading", "app.wasm (the file changed)"]);
     server.wait_for_log(&["instances replaced", "reason=\"reload\""]);
     assert!(runs_echo(&server));
 }

@@ -9,7 +9,7 @@ use wasm_gw::bindings::wasm_gw::wsgi::request::Environ;
 use wasm_gw::cli::{Cli, Command};
 use wasm_gw::http::Exchange;
 use wasm_gw::pool::{CurrentPool, Pool};
-use wasm_gw::router::Router;
+use wasm_gw::router::{CurrentRouter, Route, Router};
 use wasm_gw::serve::{catch_signals, init_logging, run};
 
 /// Answers `GET /?name=X` with `Hello, X!`, as the hello guest does.
@@ -70,6 +70,9 @@ fn main() -> anyhow::Result<()> {
     let signals = catch_signals()?;
     init_logging(args.log_level)?;
     let pool = Pool::new(&NativeHelloFactory, args.workers())?;
-    let router = Router::single(Arc::new(CurrentPool::new(pool)));
-    run(&args, Arc::new(router), None, signals)
+    let router = Router::single(Route {
+        pool: Arc::new(CurrentPool::new(pool)),
+        max_body: args.max_body(),
+    });
+    run(&args, Arc::new(CurrentRouter::new(router)), None, signals)
 }

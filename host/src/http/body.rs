@@ -81,6 +81,8 @@ pub enum Decoded {
 pub struct BodyDecoder {
     state: State,
     limits: Limits,
+    /// The largest body, `None` for any.
+    max_body: Option<u64>,
     /// The chunk size being parsed.
     size: u64,
     /// Bytes in the current size line, to bound extensions.
@@ -97,13 +99,14 @@ pub struct BodyDecoder {
 }
 
 impl BodyDecoder {
-    pub fn new(kind: BodyKind, limits: Limits, pace: Pace) -> BodyDecoder {
+    pub fn new(kind: BodyKind, limits: Limits, max_body: Option<u64>, pace: Pace) -> BodyDecoder {
         BodyDecoder {
             state: match kind {
                 BodyKind::Length(length) => State::Length(length),
                 BodyKind::Chunked => State::Chunked(Chunked::Size),
             },
             limits,
+            max_body,
             size: 0,
             line_bytes: 0,
             announced: 0,
@@ -226,7 +229,7 @@ impl BodyDecoder {
                     0 => Chunked::TrailerStart,
                     size => {
                         self.announced = self.announced.saturating_add(size);
-                        if self.limits.body.is_some_and(|max| self.announced > max) {
+                        if self.max_body.is_some_and(|max| self.announced > max) {
                             return Err(RequestError::BodyTooLarge);
                         }
                         Chunked::Data(size)
@@ -385,7 +388,6 @@ mod tests {
         request_line: 64,
         fields: 4,
         field_bytes: 64,
-        body: Some(1000),
     };
 
     /// Decodes `input` delivered in pieces of `piece` bytes, as a connection would.
@@ -398,7 +400,7 @@ mod tests {
             patience: Duration::from_secs(1),
             min_rate: 1,
         };
-        let mut decoder = BodyDecoder::new(kind, LIMITS, pace);
+        let mut decoder = BodyDecoder::new(kind, LIMITS, Some(1000), pace);
         let mut buffered = Vec::new();
         let mut fed = 0;
         let mut body = Vec::new();

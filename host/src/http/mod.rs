@@ -22,8 +22,6 @@ pub struct Limits {
     pub fields: usize,
     /// Bytes in one field line, `name: value` (431).
     pub field_bytes: usize,
-    /// Bytes in the body, `None` for no limit (413).
-    pub body: Option<u64>,
 }
 
 impl Limits {

@@ -1,0 +1,93 @@
+//! Loading the apps to serve: every app compiled and instantiated, and the router over
+//! them, or an error and nothing at all. Startup and each reload go through here.
+
+use std::sync::Arc;
+
+use crate::cli::AppSpec;
+use crate::compile::CodeCache;
+use crate::kv::{self, BackendUrl};
+use crate::metrics::metrics;
+use crate::pool::{CurrentPool, Pool};
+use crate::router::{Mount, Route, Router};
+use crate::runtime::WasmApp;
+
+/// An app being served: what it was loaded from, and the pool that serves it.
+pub struct LoadedApp {
+    pub spec: AppSpec,
+    pub pool: Arc<CurrentPool>,
+}
+
+/// Loads every app in `specs` and routes to them. Nothing serves until the caller installs
+/// the router, so a failure leaves whatever served before untouched.
+pub fn load(
+    specs: Vec<AppSpec>,
+    cache: Option<&CodeCache>,
+) -> anyhow::Result<(Vec<LoadedApp>, Router)> {
+    let mut apps = Vec::with_capacity(specs.len());
+    let mut mounts = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let pool = Arc::new(CurrentPool::new(load_pool(&spec, cache)?));
+        mounts.push(Mount {
+            hosts: spec.hosts.clone(),
+            prefix: spec.prefix.clone(),
+            route: Route {
+                pool: pool.clone(),
+                max_body: spec.max_body,
+            },
+        });
+        apps.push(LoadedApp { spec, pool });
+    }
+    Ok((apps, Router::new(mounts)))
+}
+
+/// Compiles the app of `spec` and makes its instances.
+pub fn load_pool(spec: &AppSpec, cache: Option<&CodeCache>) -> anyhow::Result<Pool> {
+    let app = WasmApp::load(&spec.name, &spec.path, spec.policy.clone(), cache)?;
+    if app.uses_keyvalue() {
+        prepare_kv(&spec.policy.grants.kv)?;
+    }
+    let pool = Pool::new(&app, spec.policy.workers)?;
+    let prefix = if spec.prefix.is_empty() {
+        "/"
+    } else {
+        &spec.prefix
+    };
+    let hosts = if spec.hosts.is_empty() {
+        String::new()
+    } else {
+        format!(" on {}", spec.hosts.join(", "))
+    };
+    tracing::info!(
+        app = spec.name.as_str(),
+        "mounted {} at {prefix}{hosts}, {} instances",
+        spec.path.display(),
+        spec.policy.workers
+    );
+    Ok(pool)
+}
+
+/// Tells the metrics which apps serve now.
+pub fn announce(apps: &[LoadedApp]) {
+    metrics().serving(
+        apps.iter()
+            .map(|app| app.spec.name.as_str().into())
+            .collect(),
+    );
+}
+
+/// Connects to the key-value store once, so that a database that cannot be opened stops the
+/// server now rather than failing requests later. Redis may be down for a while, though:
+/// requests that need it fail until it answers, and the server keeps serving.
+fn prepare_kv(kv: &kv::Store) -> anyhow::Result<()> {
+    match kv.connect() {
+        Ok(_) => {
+            tracing::info!(namespace = %kv.namespace, "key-value store: {}", kv.url);
+            Ok(())
+        }
+        Err(error) if matches!(kv.url, BackendUrl::Redis(_)) => {
+            tracing::warn!(namespace = %kv.namespace, "key-value store {} is unreachable for now: {error}", kv.url);
+            Ok(())
+        }
+        Err(error) => Err(anyhow::anyhow!("key-value store {}: {error}", kv.url)),
+    }
+}
