@@ -1,4 +1,5 @@
-//! One line per request in the common log format, plus the duration in seconds.
+//! One line per request: the common log format plus the duration in seconds, or with
+//! `--log-format json` an object with the same facts.
 //!
 //! Lines are buffered and written to stderr by a flusher thread every tenth of a second (or
 //! when the buffer fills), so that logging costs a request a format and a copy, not a
@@ -12,13 +13,19 @@ use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::bindings::wasm_gw::wsgi::request::Environ;
+use crate::cli::LogFormat;
 
 /// How long a line may wait in the buffer.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// A buffer this full is written at once.
 const FLUSH_BYTES: usize = 64 * 1024;
 
-static LOG: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+struct AccessLog {
+    buffer: Mutex<Vec<u8>>,
+    format: LogFormat,
+}
+
+static LOG: OnceLock<AccessLog> = OnceLock::new();
 
 thread_local! {
     /// This thread's line being formatted, and its cached timestamp.
@@ -26,8 +33,12 @@ thread_local! {
 }
 
 /// Turns the access log on; without this call, [`record`] does nothing.
-pub fn enable() -> std::io::Result<()> {
-    if LOG.set(Mutex::new(Vec::with_capacity(FLUSH_BYTES))).is_ok() {
+pub fn enable(format: LogFormat) -> std::io::Result<()> {
+    let log = AccessLog {
+        buffer: Mutex::new(Vec::with_capacity(FLUSH_BYTES)),
+        format,
+    };
+    if LOG.set(log).is_ok() {
         thread::Builder::new().name("access-log".into()).spawn(|| {
             loop {
                 thread::sleep(FLUSH_INTERVAL);
@@ -44,7 +55,7 @@ pub fn flush() {
         return;
     };
     let lines = std::mem::replace(
-        &mut *log.lock().unwrap_or_else(PoisonError::into_inner),
+        &mut *log.buffer.lock().unwrap_or_else(PoisonError::into_inner),
         Vec::with_capacity(FLUSH_BYTES),
     );
     if !lines.is_empty() {
@@ -52,39 +63,56 @@ pub fn flush() {
     }
 }
 
-/// Logs `host - - [time] "request line" status bytes seconds`; `-` stands for a status that
-/// never reached the client.
+/// Logs `host - - [time] "request line" status bytes seconds`, where `-` stands for a
+/// status that never reached the client; or the same as a JSON object.
 pub fn record(environ: &Environ, code: Option<u16>, body_bytes: u64, elapsed: Duration) {
     let Some(log) = LOG.get() else {
         return;
     };
     LINE.with_borrow_mut(|(line, time)| {
         line.clear();
-        line.push_str(&environ.remote_addr);
-        line.push_str(" - - [");
-        line.push_str(time.clf(SystemTime::now()));
-        line.push_str("] \"");
-        line.push_str(&environ.request_method);
-        line.push(' ');
-        push_escaped(line, &environ.raw_uri);
-        line.push(' ');
-        line.push_str(&environ.server_protocol);
-        line.push_str("\" ");
-        match code {
-            Some(code) => {
-                let _ = write!(line, "{code}");
-            }
-            None => line.push('-'),
-        }
+        let time = time.at(SystemTime::now(), log.format);
         // Integer formatting: seconds with six decimals, without a float.
         let micros = elapsed.as_micros();
-        let _ = writeln!(
-            line,
-            " {body_bytes} {}.{:06}",
-            micros / 1_000_000,
-            micros % 1_000_000
-        );
-        let mut buffer = log.lock().unwrap_or_else(PoisonError::into_inner);
+        let seconds = (micros / 1_000_000, micros % 1_000_000);
+        match log.format {
+            LogFormat::Text => {
+                line.push_str(&environ.remote_addr);
+                line.push_str(" - - [");
+                line.push_str(time);
+                line.push_str("] \"");
+                line.push_str(&environ.request_method);
+                line.push(' ');
+                push_escaped(line, &environ.raw_uri);
+                line.push(' ');
+                line.push_str(&environ.server_protocol);
+                line.push_str("\" ");
+                match code {
+                    Some(code) => {
+                        let _ = write!(line, "{code}");
+                    }
+                    None => line.push('-'),
+                }
+                let _ = writeln!(line, " {body_bytes} {}.{:06}", seconds.0, seconds.1);
+            }
+            LogFormat::Json => {
+                // The address, the method (a token) and the protocol need no escaping.
+                let uri = serde_json::to_string(&environ.raw_uri).unwrap_or_default();
+                let status = code.map_or_else(|| "null".to_owned(), |code| code.to_string());
+                let _ = writeln!(
+                    line,
+                    "{{\"timestamp\":\"{time}\",\"level\":\"INFO\",\"target\":\"access\",\"remote_addr\":\"{}\",\
+                     \"method\":\"{}\",\"uri\":{uri},\"protocol\":\"{}\",\"status\":{status},\
+                     \"bytes\":{body_bytes},\"seconds\":{}.{:06}}}",
+                    environ.remote_addr,
+                    environ.request_method,
+                    environ.server_protocol,
+                    seconds.0,
+                    seconds.1
+                );
+            }
+        }
+        let mut buffer = log.buffer.lock().unwrap_or_else(PoisonError::into_inner);
         buffer.extend_from_slice(line.as_bytes());
         if buffer.len() >= FLUSH_BYTES {
             let full = std::mem::replace(&mut *buffer, Vec::with_capacity(FLUSH_BYTES));
@@ -106,7 +134,7 @@ fn push_escaped(line: &mut String, text: &str) {
     }
 }
 
-/// The CLF timestamp of the current second, formatted once.
+/// The timestamp of the current second, formatted once.
 #[derive(Default)]
 struct CachedTime {
     second: u64,
@@ -114,13 +142,16 @@ struct CachedTime {
 }
 
 impl CachedTime {
-    fn clf(&mut self, now: SystemTime) -> &str {
+    fn at(&mut self, now: SystemTime, format: LogFormat) -> &str {
         let second = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
         if second != self.second || self.text.is_empty() {
             self.second = second;
-            self.text = clf_time(second);
+            self.text = match format {
+                LogFormat::Text => clf_time(second),
+                LogFormat::Json => rfc3339_time(second),
+            };
         }
         &self.text
     }
@@ -136,6 +167,18 @@ fn clf_time(seconds: u64) -> String {
     format!(
         "{day:02}/{}/{year}:{:02}:{:02}:{:02} +0000",
         MONTHS[month as usize - 1],
+        time_of_day / 3600,
+        time_of_day / 60 % 60,
+        time_of_day % 60,
+    )
+}
+
+/// `2000-10-10T13:55:36Z`, for seconds since the epoch.
+fn rfc3339_time(seconds: u64) -> String {
+    let (year, month, day) = civil_from_days(seconds / 86_400);
+    let time_of_day = seconds % 86_400;
+    format!(
+        "{year}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
         time_of_day / 3600,
         time_of_day / 60 % 60,
         time_of_day % 60,
@@ -178,5 +221,6 @@ mod tests {
     fn formats_clf_time() {
         assert_eq!(clf_time(971_186_136), "10/Oct/2000:13:55:36 +0000");
         assert_eq!(clf_time(951_782_400), "29/Feb/2000:00:00:00 +0000");
+        assert_eq!(rfc3339_time(971_186_136), "2000-10-10T13:55:36Z");
     }
 }

@@ -1,10 +1,11 @@
 //! The command line: `wasm-gw serve APP.wasm [options]`.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::compile::CodeCache;
 use crate::config;
@@ -25,7 +26,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve one app over HTTP/1.1.
+    /// Serve apps over HTTP/1.1: one, several at path prefixes, or those of a config file.
     Serve(Box<ServeArgs>),
     /// Check whether a component fits the app world: list the imports it needs and the
     /// exports it has, and name what is missing. Exits 1 if it does not fit.
@@ -114,7 +115,8 @@ pub struct ServeArgs {
     pub app: Option<PathBuf>,
 
     /// Host the apps of this TOML file, one [[app]] table each, with settings of their own;
-    /// the other flags are every app's defaults.
+    /// its [server] table takes these flags by name, and the flags given here win over it
+    /// and are every app's defaults.
     #[arg(long, conflicts_with_all = ["app", "mounts", "kv_namespace"])]
     pub config: Option<PathBuf>,
 
@@ -124,7 +126,8 @@ pub struct ServeArgs {
     #[arg(long = "mount", value_name = "PREFIX=APP", value_parser = parse_mount)]
     pub mounts: Vec<(String, PathBuf)>,
 
-    /// Watch the app file and reload it when it changes, as SIGHUP does (for development).
+    /// Watch the app files and reload one when it changes; watch the config file too, and
+    /// reload everything when it does, as SIGHUP does (for development).
     #[arg(long)]
     pub reload: bool,
 
@@ -264,9 +267,107 @@ pub struct ServeArgs {
     /// Log verbosity: error, warn, info, debug or trace. Access lines are logged at info.
     #[arg(long, default_value = "info")]
     pub log_level: tracing::Level,
+
+    /// How log lines are written: `text` for people, or `json`, one object per line, for
+    /// log collectors; access lines too.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Flags that `[server]` cannot set: apps come from `[[app]]` tables, which hold their own
+/// grants and namespace.
+const NOT_SERVER_SETTINGS: [&str; 8] = [
+    "app",
+    "config",
+    "mounts",
+    "dirs",
+    "env",
+    "kv_namespace",
+    "help",
+    "version",
+];
+
 impl ServeArgs {
+    /// These arguments with the `[server]` table of `--config` under them: a flag on the
+    /// command line wins over the file. `argv` is the whole command line they came from.
+    pub fn with_server_table(self: Box<Self>, argv: &[OsString]) -> anyhow::Result<Box<Self>> {
+        let Some(file) = &self.config else {
+            return Ok(self);
+        };
+        let settings = config::server_settings(file)?;
+        if settings.is_empty() {
+            return Ok(self);
+        }
+        let command =
+            || Cli::command().mut_subcommand("serve", |serve| serve.args_override_self(true));
+        let serve = command();
+        let flags = serve
+            .find_subcommand("serve")
+            .expect("serve is a subcommand");
+        let program = argv.first().cloned().unwrap_or_else(|| "wasm-gw".into());
+        for setting in &settings {
+            let known = flags.get_arguments().any(|arg| {
+                arg.get_long() == Some(setting.key.as_str())
+                    && !NOT_SERVER_SETTINGS.contains(&arg.get_id().as_str())
+            });
+            if !known {
+                anyhow::bail!(
+                    "{}: [server] {}: not a server setting; [server] takes serve's flags, \
+                     such as port, workers or timeout, and [[app]] tables the apps",
+                    setting.place,
+                    setting.key
+                );
+            }
+            // Each setting alone first, so that an error points at its line.
+            let alone = [
+                program.clone(),
+                "serve".into(),
+                "--config".into(),
+                file.into(),
+            ]
+            .into_iter()
+            .chain(setting.args.iter().map(OsString::from));
+            if let Err(error) = command().try_get_matches_from(alone) {
+                anyhow::bail!(
+                    "{}: [server] {}: {}",
+                    setting.place,
+                    setting.key,
+                    clap_reason(&error)
+                );
+            }
+        }
+        let merged = argv
+            .iter()
+            .take(2)
+            .cloned()
+            .chain(
+                settings
+                    .iter()
+                    .flat_map(|setting| setting.args.iter().map(OsString::from)),
+            )
+            .chain(argv.iter().skip(2).cloned());
+        let parsed = command()
+            .try_get_matches_from(merged)
+            .and_then(|matches| Cli::from_arg_matches(&matches))
+            .map_err(|error| {
+                anyhow::anyhow!(
+                    "{} with [server] of {}",
+                    clap_reason(&error),
+                    file.display()
+                )
+            })?;
+        match parsed.command {
+            Command::Serve(args) => Ok(args),
+            _ => unreachable!("parsed as serve"),
+        }
+    }
+
     pub fn code_cache(&self) -> Option<CodeCache> {
         if self.no_cache {
             return None;
@@ -439,6 +540,13 @@ impl ServeArgs {
             |workers| workers as usize,
         )
     }
+}
+
+/// The first line of a clap error, without its `error: `.
+fn clap_reason(error: &clap::Error) -> String {
+    let text = error.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

@@ -1,19 +1,34 @@
-//! `wasm-gw serve --config wasm-gw.toml`: the apps to host, one `[[app]]` table each, with
-//! settings of their own. The command line's flags are the defaults for every app.
+//! `wasm-gw serve --config wasm-gw.toml`: the server's settings in a `[server]` table, and
+//! the apps to host, one `[[app]]` table each, with settings of their own. The command
+//! line's flags are the defaults for every app, and win over `[server]`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Deserialize;
+use toml::Spanned;
 
 use crate::router::{normalize_host, normalize_prefix};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    /// `serve`'s flags by their long names; checked by the command line's parser.
+    #[serde(default)]
+    server: BTreeMap<String, Spanned<toml::Value>>,
     #[serde(rename = "app", default)]
     apps: Vec<AppTable>,
+}
+
+/// One `[server]` setting, as the `serve` flags that say the same: `port = 8000` is
+/// `--port 8000`, `reload = true` is `--reload`.
+#[derive(Debug, PartialEq)]
+pub struct ServerSetting {
+    pub key: String,
+    pub args: Vec<String>,
+    /// Where the file says it, for errors: `wasm-gw.toml:3`.
+    pub place: String,
 }
 
 /// One `[[app]]` table as written.
@@ -72,13 +87,40 @@ pub struct AppConfig {
 /// Most instances one app may have, as for `--workers`.
 const MAX_INSTANCES: u32 = 1024;
 
-/// Reads and checks the config file at `path`; an error names the file, and toml's names
-/// the line and the field.
-pub fn load(path: &Path) -> anyhow::Result<Vec<AppConfig>> {
+fn read(path: &Path) -> anyhow::Result<(String, File)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the config file {}", path.display()))?;
-    let file: File =
+    let file =
         toml::from_str(&text).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+    Ok((text, file))
+}
+
+/// The `[server]` table of the config file at `path`, as flags.
+pub fn server_settings(path: &Path) -> anyhow::Result<Vec<ServerSetting>> {
+    let (text, file) = read(path)?;
+    file.server
+        .into_iter()
+        .map(|(key, value)| {
+            let line = text[..value.span().start].matches('\n').count() + 1;
+            let place = format!("{}:{line}", path.display());
+            let flag = format!("--{key}");
+            let args = match value.into_inner() {
+                toml::Value::String(text) => vec![flag, text],
+                toml::Value::Integer(number) => vec![flag, number.to_string()],
+                toml::Value::Float(number) => vec![flag, number.to_string()],
+                toml::Value::Boolean(true) => vec![flag],
+                toml::Value::Boolean(false) => Vec::new(),
+                _ => anyhow::bail!("{place}: [server] {key}: use a string, a number or a boolean"),
+            };
+            Ok(ServerSetting { key, args, place })
+        })
+        .collect()
+}
+
+/// Reads and checks the apps of the config file at `path`; an error names the file, and
+/// toml's names the line and the field.
+pub fn load(path: &Path) -> anyhow::Result<Vec<AppConfig>> {
+    let (_, file) = read(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let invalid =
         |app: &str, why: String| anyhow::anyhow!("{}: [[app]] {app:?}: {why}", path.display());

@@ -1,3 +1,4 @@
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -38,9 +39,10 @@ fn build_python(args: &BuildPythonArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let cli = Cli::parse_from(&argv);
     let result = match cli.command {
-        Command::Serve(args) => serve(*args),
+        Command::Serve(args) => args.with_server_table(&argv).and_then(|args| serve(*args)),
         Command::Check(args) => match check(&args.app) {
             Ok((report, fits)) => {
                 print!("{report}");

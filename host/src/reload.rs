@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::cli::ServeArgs;
 use crate::compile::CodeCache;
+use crate::config::{self, ServerSetting};
 use crate::kv;
 use crate::loader::{self, LoadedApp};
 use crate::router::CurrentRouter;
@@ -24,6 +25,8 @@ pub struct Reloader {
     pub cache: Option<CodeCache>,
     pub apps: Vec<LoadedApp>,
     pub router: Arc<CurrentRouter>,
+    /// The config's `[server]` table as the server started with it.
+    pub server_settings: Vec<ServerSetting>,
 }
 
 /// A request to reload: everything, the config file included (SIGHUP), or the one app
@@ -72,6 +75,7 @@ impl Reloader {
     /// configured stops when its last request ends. If anything fails, nothing changes.
     fn reload_all(&mut self, why: &str) {
         tracing::info!("reloading every app ({why})");
+        self.warn_of_server_changes();
         let loaded = self
             .args
             .app_specs(&self.backend)
@@ -104,6 +108,30 @@ impl Reloader {
             "instances replaced: new requests get the new apps ({} serving)",
             new.len()
         );
+    }
+
+    /// The listener, the workers and the other `[server]` settings stay as they started:
+    /// says so if the file now says otherwise.
+    fn warn_of_server_changes(&self) {
+        let Some(file) = &self.args.config else {
+            return;
+        };
+        let Ok(now) = config::server_settings(file) else {
+            // The reload itself reports what is wrong with the file.
+            return;
+        };
+        let flags = |settings: &[ServerSetting]| -> Vec<(String, Vec<String>)> {
+            settings
+                .iter()
+                .map(|setting| (setting.key.clone(), setting.args.clone()))
+                .collect()
+        };
+        if flags(&now) != flags(&self.server_settings) {
+            tracing::warn!(
+                "the [server] table of {} changed: its settings apply at the next start",
+                file.display()
+            );
+        }
     }
 
     /// Compiles and instantiates the new code of the app in `path` first; only then do new

@@ -10,32 +10,37 @@ use std::time::Duration;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::cli::ServeArgs;
+use crate::cli::{LogFormat, ServeArgs};
 use crate::connection::{ConnectionConfig, Timeouts};
 use crate::http::io::Pace;
 use crate::lifecycle::Lifecycle;
 use crate::reload::{ReloadRequest, Reloader};
 use crate::router::CurrentRouter;
 use crate::server;
-use crate::{access_log, admin, loader};
+use crate::{access_log, admin, config, loader};
 
 /// `wasm-gw serve`: loads the apps and serves them until SIGTERM or SIGINT.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Before the apps load, which can take seconds: a SIGHUP meanwhile must not kill us.
     let signals = catch_signals()?;
-    init_logging(args.log_level)?;
+    init_logging(args.log_level, args.log_format)?;
     let args = Arc::new(args);
     let backend = args.kv_url().open()?;
     let cache = args.code_cache();
     let (apps, router) = loader::load(args.app_specs(&backend)?, cache.as_ref())?;
     loader::announce(&apps);
     let router = Arc::new(CurrentRouter::new(router));
+    let server_settings = match &args.config {
+        Some(file) => config::server_settings(file)?,
+        None => Vec::new(),
+    };
     let reloader = Reloader {
         args: args.clone(),
         backend,
         cache,
         apps,
         router: router.clone(),
+        server_settings,
     };
     run(&args, router, Some(reloader), signals)
 }
@@ -45,16 +50,18 @@ pub fn catch_signals() -> std::io::Result<Signals> {
     Signals::new([SIGTERM, SIGINT, SIGHUP])
 }
 
-/// Logs to stderr at `level`, in color on a terminal; at `info` and more verbose, with an
-/// access log line per request.
-pub fn init_logging(level: tracing::Level) -> std::io::Result<()> {
-    tracing_subscriber::fmt()
+/// Logs to stderr at `level`, as text (in color on a terminal) or JSON; at `info` and more
+/// verbose, with an access log line per request.
+pub fn init_logging(level: tracing::Level, format: LogFormat) -> std::io::Result<()> {
+    let logger = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logger.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logger.json().flatten_event(true).init(),
+    }
     if level >= tracing::Level::INFO {
-        access_log::enable()?;
+        access_log::enable(format)?;
     }
     Ok(())
 }

@@ -165,3 +165,79 @@ fn a_bad_config_is_refused_with_the_line_and_the_field() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--kv-namespace"), "{stderr}");
 }
+
+#[test]
+fn the_server_table_sets_what_flags_would_and_flags_win() {
+    let dir = Scratch::new("server-table");
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+[server]
+timeout = 1
+max-body-size = "1KiB"
+log-format = "json"
+workers = 1
+kv = "memory"
+
+[[app]]
+name = "site"
+component = "{echo}"
+max-body-size = "4KiB"
+
+[[app]]
+name = "slow"
+component = "{faulty}"
+route = "/faulty"
+"#,
+            echo = guest("echo").display(),
+            faulty = guest("faulty").display(),
+        ),
+    );
+    let server = Server::start_mounts(&["--config", &config, "--workers", "2"]);
+    let http = client();
+    // [server]'s timeout and body limit are every app's defaults.
+    let started = std::time::Instant::now();
+    let looped = http.get(server.url("/faulty/loop")).call().unwrap();
+    assert_eq!(looped.status(), 504);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let post = |target: &str| {
+        http.post(server.url(target))
+            .send(&[b'x'; 2048][..])
+            .unwrap()
+            .status()
+    };
+    assert_eq!(post("/faulty/x"), 413);
+    assert_eq!(post("/x"), 200);
+    // The command line's --workers wins over the file's.
+    server.wait_for_log(&["\"app\":\"slow\"", "at /faulty, 2 instances"]);
+    // Every line is JSON, the access lines included.
+    let access = server.wait_for_log(&["\"target\":\"access\"", "\"status\":504"]);
+    let access: serde_json::Value = serde_json::from_str(&access).unwrap();
+    assert_eq!(access["uri"], "/faulty/loop");
+    let lines = server.log_lines_with("");
+    assert!(lines > 3);
+    assert_eq!(server.log_lines_with("{\"timestamp\":"), lines);
+}
+
+#[test]
+fn a_bad_server_setting_is_refused_with_its_line() {
+    let component = guest("echo");
+    let app = format!(
+        "\n[[app]]\nname = \"a\"\ncomponent = \"{}\"\n",
+        component.display()
+    );
+    let bad_value = refused(&format!("[server]\nworkers = 1\ntimeout = \"soon\"\n{app}"));
+    assert!(
+        bad_value.contains("wasm-gw.toml:3: [server] timeout:")
+            && bad_value.contains("not a number of seconds"),
+        "{bad_value}"
+    );
+    let per_app = refused(&format!("[server]\ndir = \"/tmp\"\n{app}"));
+    assert!(
+        per_app.contains("wasm-gw.toml:2: [server] dir: not a server setting"),
+        "{per_app}"
+    );
+    let unknown = refused(&format!("[server]\nthreads = 4\n{app}"));
+    assert!(unknown.contains("[server] threads"), "{unknown}");
+}

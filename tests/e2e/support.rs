@@ -235,7 +235,11 @@ impl Server {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(address) = line.split("listening on http://").nth(1) {
-                    let _ = address_tx.send(address.trim().to_owned());
+                    // Up to the end of the address, in text and in JSON lines alike.
+                    let address_char =
+                        |c: char| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']');
+                    let end = address.find(|c| !address_char(c)).unwrap_or(address.len());
+                    let _ = address_tx.send(address[..end].to_owned());
                 }
                 collector.lines.lock().unwrap().push(line);
                 collector.grew.notify_all();

@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<()> {
         unreachable!("parsed as serve");
     };
     let signals = catch_signals()?;
-    init_logging(args.log_level)?;
+    init_logging(args.log_level, args.log_format)?;
     let pool = Pool::new(&NativeHelloFactory, args.workers())?;
     let router = Router::single(Route {
         pool: Arc::new(CurrentPool::new(pool)),
