@@ -55,7 +55,11 @@ pub fn catch_signals() -> std::io::Result<Signals> {
 pub fn init_logging(level: tracing::Level, format: LogFormat) -> std::io::Result<()> {
     let logger = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Its report of a failed write would go to stderr too, with a panic if that fails:
+        // a closed log pipe must cost log lines, not the thread that logs (or the server's
+        // signal handling with it).
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => logger.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logger.json().flatten_event(true).init(),

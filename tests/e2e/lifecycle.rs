@@ -4,7 +4,7 @@ use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::thread;
 
-use crate::support::{RawResponse, Server, read_to_close};
+use crate::support::{RawResponse, Server, client, read_to_close};
 
 #[test]
 fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
@@ -57,4 +57,21 @@ fn a_second_sigint_exits_at_once() {
     server.wait_for_log(&["shutting down"]);
     server.signal("INT");
     assert_eq!(server.wait_for_exit(), Some(130));
+}
+
+#[test]
+fn a_closed_log_pipe_costs_log_lines_not_requests_or_shutdown() {
+    let mut server = Server::start("hello", &[]);
+    server.close_log();
+    let http = client();
+    for _ in 0..20 {
+        let mut response = http.get(server.url("/?name=unlogged")).call().unwrap();
+        assert_eq!(
+            response.body_mut().read_to_string().unwrap(),
+            "Hello, unlogged!\n"
+        );
+    }
+    // The shutdown's log line fails to write; the shutdown goes on.
+    server.signal("TERM");
+    assert_eq!(server.wait_for_exit(), Some(0));
 }

@@ -2,9 +2,10 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -136,6 +137,24 @@ pub fn echo_apps() -> [PathBuf; 2] {
 struct Log {
     lines: Mutex<Vec<String>>,
     grew: Condvar,
+    /// Asks the collector to stop reading and close the pipe.
+    stop_reading: AtomicBool,
+    /// The collector closed the pipe.
+    closed: AtomicBool,
+}
+
+/// Makes the process that `command` starts die with the thread that starts it: a test that
+/// panics, with threads of its own still holding its server, leaves no server behind.
+fn dies_with_test(command: &mut Command) -> &mut Command {
+    // SAFETY: prctl is async-signal-safe, and the closure touches nothing else.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
 }
 
 /// A directory of one test's own under target/, removed when dropped.
@@ -215,7 +234,7 @@ impl Server {
             Some(dir) => vec!["--state-dir", dir.arg()],
             None => Vec::new(),
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
+        let mut child = dies_with_test(&mut Command::new(env!("CARGO_BIN_EXE_wasm-gw")))
             .arg("serve")
             .args(app)
             .args(["--host", "127.0.0.1", "--port", "0"])
@@ -243,7 +262,13 @@ impl Server {
                 }
                 collector.lines.lock().unwrap().push(line);
                 collector.grew.notify_all();
+                if collector.stop_reading.load(Ordering::SeqCst) {
+                    break;
+                }
             }
+            // The pipe is closed now: the lines' reader went with the loop.
+            collector.closed.store(true, Ordering::SeqCst);
+            collector.grew.notify_all();
         });
         let address = match address_rx.recv_timeout(START_TIMEOUT) {
             Ok(address) => address,
@@ -289,6 +314,27 @@ impl Server {
             }
             assert!(Instant::now() < deadline, "server did not exit");
             thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Closes the read end of the server's stderr, as a log collector that died would.
+    pub fn close_log(&self) {
+        self.log.stop_reading.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + IO_TIMEOUT;
+        let http = client();
+        let mut lines = self.log.lines.lock().unwrap();
+        while !self.log.closed.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the log pipe never closed");
+            // A request writes an access line, which wakes the collector to see the stop.
+            drop(lines);
+            http.get(self.url("/")).call().unwrap();
+            lines = self.log.lines.lock().unwrap();
+            lines = self
+                .log
+                .grew
+                .wait_timeout(lines, Duration::from_millis(200))
+                .unwrap()
+                .0;
         }
     }
 
@@ -511,7 +557,7 @@ impl Redis {
 
     /// Starts redis-server and waits until it is ready; false if it could not bind.
     fn launch(&mut self) -> bool {
-        let mut child = Command::new("redis-server")
+        let mut child = dies_with_test(&mut Command::new("redis-server"))
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--dir", self.dir.arg()])
             .stdin(Stdio::null())
