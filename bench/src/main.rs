@@ -37,6 +37,8 @@ enum Target {
     NativeHello,
     /// Gunicorn's gthread workers serving a Python example natively: (example, callable).
     Gunicorn(&'static str, &'static str),
+    /// `wasm-gw serve --config` with the config file of this name in [`Harness::configs`].
+    Config(&'static str),
 }
 
 /// The Python examples the bench serves both ways: (example, callable, requirements).
@@ -92,6 +94,14 @@ impl Harness {
             Target::Python(app) => {
                 let mut command = Command::new(self.binary("wasm-gw"));
                 command.arg("serve").arg(self.python_component(app));
+                command
+            }
+            Target::Config(name) => {
+                let mut command = Command::new(self.binary("wasm-gw"));
+                command
+                    .arg("serve")
+                    .arg("--config")
+                    .arg(self.configs().join(name));
                 command
             }
             Target::NativeHello => Command::new(self.binary("native-hello")),
@@ -209,6 +219,11 @@ impl Harness {
             .context("run wrk (bench/run.sh installs it)")?;
         let text = String::from_utf8_lossy(&output.stdout);
         parse_wrk(&text).with_context(|| format!("unreadable wrk output:\n{text}"))
+    }
+
+    /// Where the bench writes the config files it serves.
+    fn configs(&self) -> PathBuf {
+        self.root.join("target/bench-configs")
     }
 
     fn python_example(&self, app: &str) -> PathBuf {
@@ -591,6 +606,22 @@ fn main() -> anyhow::Result<()> {
         thousand / one,
         "≈ 1 (under 5% of a request either way)".into(),
     ));
+    let routed = routing_end_to_end(&harness)?;
+    for (routes, (run, cpu)) in ["1 app", "1,000 apps"].iter().zip(&routed) {
+        rows.push(Row {
+            scenario: format!("hello at /api among {routes}, keep-alive, 64 connections"),
+            requests_per_sec: Some(run.requests_per_sec),
+            p50_ms: Some(run.p50_ms),
+            p99_ms: Some(run.p99_ms),
+            notes: format!("{cpu:.1} µs server CPU per request"),
+            ..Row::default()
+        });
+    }
+    ratios.push((
+        "hello throughput among 1,000 apps / among 1".into(),
+        routed[1].0.requests_per_sec / routed[0].0.requests_per_sec,
+        "≥ 0.95".into(),
+    ));
 
     let (idle, loaded) = idle_memory(&harness)?;
     rows.push(Row {
@@ -693,6 +724,36 @@ fn first_response_ms(
         bail!("first response was {status}");
     }
     Ok(started.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Hello at /api served from a config of one app, and from one of 1,000 apps (999 more
+/// hellos, one instance each), taking turns under load: the whole request, routed.
+fn routing_end_to_end(harness: &Harness) -> anyhow::Result<Vec<(WrkRun, f64)>> {
+    let hello = harness.guest("hello");
+    let app = |name: &str, route: &str, instances: u32| {
+        format!(
+            "[[app]]\nname = \"{name}\"\ncomponent = \"{}\"\nroute = \"{route}\"\n\
+             instances = {instances}\n\n",
+            hello.display()
+        )
+    };
+    let api = app("api", "/api", 2);
+    let others: String = (0..999)
+        .map(|n| app(&format!("app{n}"), &format!("/app{n}"), 1))
+        .collect();
+    std::fs::create_dir_all(harness.configs())?;
+    std::fs::write(harness.configs().join("one.toml"), &api)?;
+    std::fs::write(harness.configs().join("thousand.toml"), others + &api)?;
+    let quiet = ["--log-level", "warn", "--kv", "memory"];
+    let servers = [
+        harness.start(Target::Config("one.toml"), &quiet)?,
+        harness.start(Target::Config("thousand.toml"), &quiet)?,
+    ];
+    let loads: Vec<Load> = servers
+        .iter()
+        .map(|server| Load { server, extra: &[] })
+        .collect();
+    harness.wrk(&loads, "/api/?name=bench", 64)
 }
 
 /// Nanoseconds per routing decision with one app mounted, and with 1,000: the router itself,

@@ -1,16 +1,19 @@
-//! Running a component: the Engine, Component and linker set up once per app, and the
-//! workers, each a Store with its own limits and a long-lived instance.
+//! Running a component: the Engine (one for every app that keeps its instances), the
+//! Component and linker set up once per app, and the workers, each a Store with its own
+//! limits and a long-lived instance.
 
 use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceAny};
 use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
+    Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
 };
 
 use crate::app::{App, AppFactory, Failure};
@@ -40,6 +43,56 @@ pub fn link(
     kv::guest::add_to_linker(&mut linker, GuestState::keyvalue)?;
     let pre = linker.instantiate_pre(component)?;
     Ok(bindings::AppPre::new(pre)?)
+}
+
+/// The engine of every app that keeps its instances: one engine and one clock for them all,
+/// however many apps a server hosts.
+fn shared_engine() -> anyhow::Result<Engine> {
+    static SHARED: Mutex<Option<Engine>> = Mutex::new(None);
+    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(engine) = &*shared {
+        return Ok(engine.clone());
+    }
+    let engine = Engine::new(&base_config())?;
+    keep_time(&engine)?;
+    *shared = Some(engine.clone());
+    Ok(engine)
+}
+
+/// Advances the epoch of `engine`, by which deadlines are measured, every [`EPOCH_TICK`]
+/// for as long as it lives. One thread ticks every engine.
+fn keep_time(engine: &Engine) -> std::io::Result<()> {
+    static ENGINES: Mutex<Vec<EngineWeak>> = Mutex::new(Vec::new());
+    static TICKING: AtomicBool = AtomicBool::new(false);
+    ENGINES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(engine.weak());
+    if TICKING.swap(true, Ordering::AcqRel) {
+        return Ok(());
+    }
+    let ticker = thread::Builder::new()
+        .name("epoch-ticker".into())
+        .spawn(|| {
+            loop {
+                thread::sleep(EPOCH_TICK);
+                ENGINES
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .retain(|engine| match engine.upgrade() {
+                        Some(engine) => {
+                            engine.increment_epoch();
+                            true
+                        }
+                        None => false,
+                    });
+            }
+        });
+    if let Err(error) = ticker {
+        TICKING.store(false, Ordering::Release);
+        return Err(error);
+    }
+    Ok(())
 }
 
 /// Epoch ticks in `duration`, at least one.
@@ -93,23 +146,29 @@ impl WasmApp {
         policy: InstancePolicy,
         cache: Option<&CodeCache>,
     ) -> anyhow::Result<Arc<WasmApp>> {
-        let mut config = base_config();
-        if policy.isolation == Isolation::Request {
-            // An instance per request: the pooling allocator reuses memory slots instead of
-            // mapping fresh memory each time. Each worker holds one instance, and a second
-            // while it replaces the first.
-            let slots = u32::try_from(policy.workers * 2 + 2).unwrap_or(u32::MAX);
-            let mut pooling = PoolingAllocationConfig::new();
-            pooling
-                .total_component_instances(slots)
-                .total_core_instances(slots.saturating_mul(MAX_INSTANCE_PARTS))
-                .total_memories(slots.saturating_mul(4))
-                .total_tables(slots.saturating_mul(4))
-                .total_stacks(slots)
-                .max_memory_size(policy.max_memory);
-            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
-        }
-        let engine = Engine::new(&config)?;
+        let engine = match policy.isolation {
+            Isolation::Worker => shared_engine()?,
+            Isolation::Request => {
+                // An instance per request: the pooling allocator reuses memory slots instead
+                // of mapping fresh memory each time. Each worker holds one instance, and a
+                // second while it replaces the first. The pool is this app's, and so is the
+                // engine.
+                let slots = u32::try_from(policy.workers * 2 + 2).unwrap_or(u32::MAX);
+                let mut pooling = PoolingAllocationConfig::new();
+                pooling
+                    .total_component_instances(slots)
+                    .total_core_instances(slots.saturating_mul(MAX_INSTANCE_PARTS))
+                    .total_memories(slots.saturating_mul(4))
+                    .total_tables(slots.saturating_mul(4))
+                    .total_stacks(slots)
+                    .max_memory_size(policy.max_memory);
+                let mut config = base_config();
+                config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+                let engine = Engine::new(&config)?;
+                keep_time(&engine)?;
+                engine
+            }
+        };
         let component = load_component(&engine, path, cache)?;
 
         let pre = link(&engine, &component)
@@ -127,17 +186,6 @@ impl WasmApp {
                 )
             })?;
         }
-
-        let ticker = engine.weak();
-        thread::Builder::new()
-            .name("epoch-ticker".into())
-            .spawn(move || {
-                while let Some(engine) = ticker.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    thread::sleep(EPOCH_TICK);
-                }
-            })?;
 
         Ok(Arc::new(WasmApp {
             name: name.into(),
