@@ -14,14 +14,18 @@ pub trait App: Send {
     /// The app's name, for logs.
     fn name(&self) -> Arc<str>;
 
-    /// Serves one request, reading its body from and writing its response to `exchange`,
-    /// then hands the exchange back to the connection.
-    fn call(
-        &mut self,
-        request_id: u64,
-        environ: &Environ,
-        exchange: Exchange,
-    ) -> (Exchange, Result<(), Failure>);
+    /// Serves one request, reading its body from and writing its response to its
+    /// exchange, then hands the request back to the connection.
+    fn call(&mut self, request: Request) -> (Request, Result<(), Failure>);
+}
+
+/// A request on its way through an app: what the server parsed, and the exchange that reads
+/// its body and writes its response.
+pub struct Request {
+    /// Unique within the process, for tagging log lines.
+    pub id: u64,
+    pub environ: Environ,
+    pub exchange: Exchange,
 }
 
 /// Makes the workers of an app.

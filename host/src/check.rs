@@ -20,12 +20,12 @@ const PROVIDED: [&str; 11] = [
     "wasi:keyvalue/store@0.2.0-draft2",
     "wasi:keyvalue/atomics@0.2.0-draft2",
     "wasi:keyvalue/batch@0.2.0-draft2",
-    "wasm-gw:wsgi/request@0.1.",
-    "wasm-gw:wsgi/response@0.1.",
+    "wasm-gw:wsgi/request@0.2.",
+    "wasm-gw:wsgi/response@0.2.",
 ];
 
 /// The export wasm-gw calls.
-const HANDLER: &str = "wasm-gw:wsgi/handler@0.1.";
+const HANDLER: &str = "wasm-gw:wsgi/handler@0.2.";
 
 /// Checks the component at `path`. Returns the report, and whether the component fits.
 pub fn check(path: &Path) -> anyhow::Result<(String, bool)> {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::access_log;
-use crate::app::Failure;
+use crate::app::{Failure, Request};
 use crate::bindings::wasm_gw::wsgi::request::Environ;
 use crate::environ::{self, ConnectionInfo};
 use crate::http::Exchange;
@@ -168,7 +168,7 @@ pub fn serve(
             let rest = environ.path_info.split_off(mount);
             environ.script_name = std::mem::replace(&mut environ.path_info, rest);
         }
-        let (kept, reusable) = handle(io, &environ, framing, route, config);
+        let (kept, reusable) = handle(io, environ, framing, route, config);
         if !(reusable && registration.end_request()) {
             return kept.close_gracefully();
         }
@@ -248,7 +248,7 @@ fn worth_parsing(buffered: &[u8], scanned: usize, limits: &Limits) -> bool {
 /// whether it can carry another request.
 fn handle(
     io: Io,
-    environ: &Environ,
+    environ: Environ,
     framing: Framing,
     route: &Route,
     config: &ConnectionConfig,
@@ -262,14 +262,23 @@ fn handle(
         route.max_body,
         config.body_pace,
     );
-    let exchange = Exchange::new(io, framing, body);
+    let request = Request {
+        id: request_id,
+        environ,
+        exchange: Exchange::new(io, framing, body),
+    };
     // The worker goes back to the pool at the end of this statement, before the connection
     // writes a whole body to a client that may be slow.
-    let (app, (mut exchange, result)) = {
+    let (app, (request, result)) = {
         let pool = route.pool.get();
         let mut worker = pool.checkout();
-        (worker.name(), worker.call(request_id, environ, exchange))
+        (worker.name(), worker.call(request))
     };
+    let Request {
+        environ,
+        mut exchange,
+        ..
+    } = request;
     exchange.finish_whole_body();
 
     let request = RequestLog {
@@ -288,7 +297,7 @@ fn handle(
         _ => exchange.response.code(),
     };
     access_log::record(
-        environ,
+        &environ,
         code,
         exchange.response.body_bytes(),
         started.elapsed(),

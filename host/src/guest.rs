@@ -16,7 +16,8 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::wasm_gw::wsgi::request::{self, InputError, InputStream};
+use crate::app::Request;
+use crate::bindings::wasm_gw::wsgi::request::{self, Environ, InputError, InputStream};
 use crate::bindings::wasm_gw::wsgi::response::{self, ResponseError as WitResponseError};
 use crate::http::Exchange;
 use crate::http::response::ResponseError;
@@ -47,6 +48,7 @@ pub struct GuestState {
     pub limits: Sandbox,
     /// The request being served; present only during a call.
     exchange: Option<Exchange>,
+    environ: Option<Environ>,
     /// Names the current request's input handle, so a handle kept past its request is stale.
     request_seq: u32,
     /// Id of the request being served, for tagging the guest's log lines.
@@ -127,6 +129,7 @@ impl GuestState {
                 memory_cap_hit: false,
             },
             exchange: None,
+            environ: None,
             request_seq: 0,
             request_id,
             logs,
@@ -151,10 +154,11 @@ impl GuestState {
     }
 
     /// Hands the request to the guest side and returns the input handle for it.
-    pub fn begin(&mut self, request_id: u64, exchange: Exchange) -> Resource<InputStream> {
-        self.request_id.store(request_id, Ordering::Relaxed);
+    pub fn begin(&mut self, request: Request) -> Resource<InputStream> {
+        self.request_id.store(request.id, Ordering::Relaxed);
         self.request_seq = self.request_seq.wrapping_add(1);
-        self.exchange = Some(exchange);
+        self.exchange = Some(request.exchange);
+        self.environ = Some(request.environ);
         // A new request starts with a full budget; the first guest call starts its clock.
         self.clock.finished = Duration::ZERO;
         Resource::new_own(self.request_seq)
@@ -194,10 +198,21 @@ impl GuestState {
     }
 
     /// Takes the request back once the guest is done with it.
-    pub fn end(&mut self) -> Exchange {
+    pub fn end(&mut self) -> Request {
         self.logs.iter().for_each(GuestLog::flush_partial);
         self.request_seq = self.request_seq.wrapping_add(1);
-        self.exchange.take().expect("a request is being served")
+        Request {
+            id: self.request_id.load(Ordering::Relaxed),
+            environ: self.environ.take().expect("a request is being served"),
+            exchange: self.exchange.take().expect("a request is being served"),
+        }
+    }
+
+    /// The environ of the request being served; asked for outside one, the guest traps.
+    fn environ(&self) -> wasmtime::Result<&Environ> {
+        self.environ
+            .as_ref()
+            .ok_or_else(|| wasmtime::format_err!("the app asked for the environ outside a request"))
     }
 
     fn current_input(
@@ -301,7 +316,27 @@ impl WasiView for GuestState {
     }
 }
 
-impl request::Host for GuestState {}
+impl request::Host for GuestState {
+    fn full_environ(&mut self) -> wasmtime::Result<Environ> {
+        Ok(GuestState::environ(self)?.clone())
+    }
+
+    fn request_method(&mut self) -> wasmtime::Result<String> {
+        Ok(GuestState::environ(self)?.request_method.clone())
+    }
+
+    fn script_name(&mut self) -> wasmtime::Result<String> {
+        Ok(GuestState::environ(self)?.script_name.clone())
+    }
+
+    fn path_info(&mut self) -> wasmtime::Result<String> {
+        Ok(GuestState::environ(self)?.path_info.clone())
+    }
+
+    fn query_string(&mut self) -> wasmtime::Result<String> {
+        Ok(GuestState::environ(self)?.query_string.clone())
+    }
+}
 
 impl request::HostInputStream for GuestState {
     fn read(&mut self, handle: Resource<InputStream>, size: u64) -> Result<Vec<u8>, InputError> {

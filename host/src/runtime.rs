@@ -16,14 +16,13 @@ use wasmtime::{
     UpdateDeadline,
 };
 
-use crate::app::{App, AppFactory, Failure};
+use crate::app::{App, AppFactory, Failure, Request};
 use crate::bindings;
 use crate::bindings::exports::wasm_gw::wsgi::handler::Body;
-use crate::bindings::wasm_gw::wsgi::request::{self, Environ};
+use crate::bindings::wasm_gw::wsgi::request;
 use crate::bindings::wasm_gw::wsgi::response;
 use crate::compile::{CodeCache, base_config, load_component};
 use crate::guest::{Grants, GuestState, MAX_INSTANCE_PARTS};
-use crate::http::Exchange;
 use crate::kv::{self, Connection};
 use crate::metrics::metrics;
 
@@ -280,22 +279,17 @@ impl Drop for WasmWorker {
 }
 
 impl App for WasmWorker {
-    fn call(
-        &mut self,
-        request_id: u64,
-        environ: &Environ,
-        exchange: Exchange,
-    ) -> (Exchange, Result<(), Failure>) {
+    fn call(&mut self, request: Request) -> (Request, Result<(), Failure>) {
         // A spent instance is replaced when next needed, not after its last response, so
         // that the response never waits for a new instance.
         if let Some(reason) = self.retiring
-            && let Err(error) = self.replace_instance(request_id, reason)
+            && let Err(error) = self.replace_instance(request.id, reason)
         {
-            return (exchange, Err(Failure::Unavailable(error)));
+            return (request, Err(Failure::Unavailable(error)));
         }
-        let input = self.store.data_mut().begin(request_id, exchange);
-        let result = self.run(environ, input);
-        let exchange = self.store.data_mut().end();
+        let input = self.store.data_mut().begin(request);
+        let result = self.run(input);
+        let request = self.store.data_mut().end();
         self.served += 1;
         self.retiring = match &result {
             Err(Failure::Trap(_)) => Some("trap"),
@@ -307,7 +301,7 @@ impl App for WasmWorker {
             }
             _ => None,
         };
-        (exchange, result)
+        (request, result)
     }
 
     fn name(&self) -> Arc<str> {
@@ -318,14 +312,13 @@ impl App for WasmWorker {
 impl WasmWorker {
     fn run(
         &mut self,
-        environ: &Environ,
         input: wasmtime::component::Resource<bindings::wasm_gw::wsgi::request::InputStream>,
     ) -> Result<(), Failure> {
         let body = self
             .guest_call(|store, instance| {
                 instance
                     .wasm_gw_wsgi_handler()
-                    .call_application(store, environ, input)
+                    .call_application(store, input)
             })?
             .map_err(Failure::Application)?;
         match body {

@@ -120,9 +120,9 @@ fn check_describes_a_good_and_a_bad_component() {
     let report = String::from_utf8_lossy(&good.stdout);
     assert!(good.status.success(), "{report}");
     for expected in [
-        "wasm-gw:wsgi/request@0.1.0",
+        "wasm-gw:wsgi/request@0.2.0",
         "provided",
-        "wasm-gw:wsgi/handler@0.1.0",
+        "wasm-gw:wsgi/handler@0.2.0",
         "the app's entry point",
         "fits the wasm-gw app world",
     ] {

@@ -4,10 +4,8 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use wasm_gw::app::{App, AppFactory, Failure};
-use wasm_gw::bindings::wasm_gw::wsgi::request::Environ;
+use wasm_gw::app::{App, AppFactory, Failure, Request};
 use wasm_gw::cli::{Cli, Command};
-use wasm_gw::http::Exchange;
 use wasm_gw::pool::{CurrentPool, Pool};
 use wasm_gw::router::{CurrentRouter, Route, Router};
 use wasm_gw::serve::{catch_signals, init_logging, run};
@@ -22,13 +20,9 @@ impl App for NativeHello {
         self.name.clone()
     }
 
-    fn call(
-        &mut self,
-        _request_id: u64,
-        environ: &Environ,
-        mut exchange: Exchange,
-    ) -> (Exchange, Result<(), Failure>) {
-        let name = environ
+    fn call(&mut self, mut request: Request) -> (Request, Result<(), Failure>) {
+        let name = request
+            .environ
             .query_string
             .split('&')
             .find_map(|pair| pair.strip_prefix("name="))
@@ -38,13 +32,15 @@ impl App for NativeHello {
             "Content-Type".to_owned(),
             "text/plain; charset=utf-8".to_owned(),
         )];
+        let body = format!("Hello, {name}!\n").into_bytes();
+        let exchange = &mut request.exchange;
         match exchange.response.start("200 OK", &headers, false) {
-            Ok(()) => exchange.set_whole_body(vec![format!("Hello, {name}!\n").into_bytes()]),
+            Ok(()) => exchange.set_whole_body(vec![body]),
             Err(error) => {
                 exchange.violated(error);
             }
         }
-        (exchange, Ok(()))
+        (request, Ok(()))
     }
 }
 

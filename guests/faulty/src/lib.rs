@@ -11,8 +11,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasm_gw_sdk::bindings::exports::wasm_gw::wsgi::handler::{Body, Guest};
-use wasm_gw_sdk::bindings::wasm_gw::wsgi::request::InputStream;
-use wasm_gw_sdk::{Environ, start_response, write};
+use wasm_gw_sdk::bindings::wasm_gw::wsgi::request::{InputStream, full_environ};
+use wasm_gw_sdk::{start_response, write};
 
 struct Faulty;
 
@@ -48,7 +48,8 @@ fn probe(attempt: std::io::Result<String>) -> Result<Body, String> {
 impl Guest for Faulty {
     type BodyStream = wasm_gw_sdk::StreamState;
 
-    fn application(environ: Environ, _input: InputStream) -> Result<Body, String> {
+    fn application(_input: InputStream) -> Result<Body, String> {
+        let environ = full_environ();
         let plain = headers(&[("Content-Type", "text/plain")]);
         let served = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
         match environ.path_info.as_str() {

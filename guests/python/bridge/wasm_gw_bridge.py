@@ -235,9 +235,10 @@ def _log_exception():
 
 
 class Handler(exports.Handler):
-    def application(self, meta, stream):
+    def application(self, stream):
         try:
-            return _serve(meta, stream)
+            # A WSGI app gets a dict of every variable, so the bridge asks for them all.
+            return _serve(request.full_environ(), stream)
         except MemoryError:
             # The instance may be in any state: let the host replace it.
             _log_exception()

@@ -24,7 +24,7 @@
 //! Build it with `cargo build --release --target wasm32-wasip2` and serve the `.wasm` with
 //! `wasm-gw serve`.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::io;
 
 pub mod kv;
@@ -43,7 +43,7 @@ pub mod bindings {
 
 use bindings::exports::wasm_gw::wsgi::handler::{self, BodyStream as WitBodyStream};
 pub use bindings::wasm_gw::wsgi::request::Environ;
-use bindings::wasm_gw::wsgi::request::{InputError, InputStream};
+use bindings::wasm_gw::wsgi::request::{self as wit_request, InputError, InputStream};
 use bindings::wasm_gw::wsgi::response as wit_response;
 pub use bindings::wasm_gw::wsgi::response::ResponseError;
 
@@ -76,11 +76,10 @@ macro_rules! export_app {
             type BodyStream = $crate::StreamState;
 
             fn application(
-                environ: $crate::Environ,
                 input: $crate::bindings::wasm_gw::wsgi::request::InputStream,
             ) -> ::std::result::Result<$crate::bindings::exports::wasm_gw::wsgi::handler::Body, ::std::string::String> {
                 __WASM_GW_APP.with_borrow_mut(|app| {
-                    $crate::serve(app.get_or_insert_with(::std::default::Default::default), environ, input)
+                    $crate::serve(app.get_or_insert_with(::std::default::Default::default), input)
                 })
             }
         }
@@ -90,13 +89,12 @@ macro_rules! export_app {
 }
 
 #[doc(hidden)]
-pub fn serve<A: App>(
-    app: &mut A,
-    environ: Environ,
-    input: InputStream,
-) -> Result<handler::Body, String> {
+pub fn serve<A: App>(app: &mut A, input: InputStream) -> Result<handler::Body, String> {
     let request = Request {
-        environ,
+        environ: OnceCell::new(),
+        method: OnceCell::new(),
+        path: OnceCell::new(),
+        query_string: OnceCell::new(),
         body: Body { input },
     };
     match app.handle(request) {
@@ -105,37 +103,66 @@ pub fn serve<A: App>(
     }
 }
 
-/// One request: its [`Environ`] and its [`Body`].
+/// One request: its [`Environ`] and its [`Body`]. The environ comes from the host when first
+/// asked for, and the method, path and query string alone when only they are: a request
+/// costs only the strings the app reads.
 pub struct Request {
-    environ: Environ,
+    environ: OnceCell<Environ>,
+    method: OnceCell<String>,
+    path: OnceCell<String>,
+    query_string: OnceCell<String>,
     body: Body,
 }
 
 impl Request {
     /// Every WSGI variable, as the host built it.
     pub fn environ(&self) -> &Environ {
-        &self.environ
+        self.environ.get_or_init(wit_request::full_environ)
     }
 
     /// The method exactly as sent, for example `GET`.
     pub fn method(&self) -> &str {
-        &self.environ.request_method
+        self.field(
+            &self.method,
+            |environ| &environ.request_method,
+            wit_request::request_method,
+        )
     }
 
     /// The path below the app's mount point (PATH_INFO), percent-decoded.
     pub fn path(&self) -> &str {
-        &self.environ.path_info
+        self.field(
+            &self.path,
+            |environ| &environ.path_info,
+            wit_request::path_info,
+        )
     }
 
     /// The raw query string, without `?`.
     pub fn query_string(&self) -> &str {
-        &self.environ.query_string
+        self.field(
+            &self.query_string,
+            |environ| &environ.query_string,
+            wit_request::query_string,
+        )
+    }
+
+    /// One field: from the environ if the app has it already, else alone from the host.
+    fn field<'a>(
+        &'a self,
+        cell: &'a OnceCell<String>,
+        in_environ: fn(&Environ) -> &String,
+        fetch: fn() -> String,
+    ) -> &'a str {
+        match self.environ.get() {
+            Some(environ) => in_environ(environ),
+            None => cell.get_or_init(fetch),
+        }
     }
 
     /// The query parameters in order, with `+` and `%XX` decoded.
     pub fn query(&self) -> Vec<(String, String)> {
-        self.environ
-            .query_string
+        self.query_string()
             .split('&')
             .filter(|pair| !pair.is_empty())
             .map(|pair| {
@@ -155,7 +182,7 @@ impl Request {
 
     /// The first header called `name`, compared case-insensitively.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.environ
+        self.environ()
             .headers
             .iter()
             .find(|(key, _)| key.eq_ignore_ascii_case(name))
@@ -164,7 +191,7 @@ impl Request {
 
     /// All headers as received, in order, repeats included.
     pub fn headers(&self) -> &[(String, String)] {
-        &self.environ.headers
+        &self.environ().headers
     }
 
     /// The request body.
