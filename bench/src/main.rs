@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use wasm_gw::app::{App, AppFactory};
+use wasm_gw::metrics::metrics;
 use wasm_gw::pool::{CurrentPool, Pool};
 use wasm_gw::router::{Mount, Route, Router};
 use wasm_gw_bench::{Machine, Row, WrkRun, median, parse_wrk, render};
@@ -771,6 +772,7 @@ fn routing_ns() -> (f64, f64) {
         route: Route {
             pool: Arc::new(CurrentPool::new(Pool::new(&Unused, 0).expect("no workers"))),
             max_body: None,
+            metrics: Arc::new(metrics().app(&"unused".into())),
         },
     };
     let one = Router::new([mount("/api".to_owned())]);

@@ -311,8 +311,7 @@ fn handle(
             .body
             .skip(&mut exchange.io, MAX_DRAIN)
             .unwrap_or(false);
-    metrics().request_finished(
-        &app,
+    route.metrics.request_finished(
         &environ.request_method,
         code.unwrap_or(0),
         started.elapsed(),

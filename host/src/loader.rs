@@ -33,6 +33,7 @@ pub fn load(
             route: Route {
                 pool: pool.clone(),
                 max_body: spec.max_body,
+                metrics: Arc::new(metrics().app(&spec.name.as_str().into())),
             },
         });
         apps.push(LoadedApp { spec, pool });

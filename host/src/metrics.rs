@@ -156,31 +156,16 @@ impl Metrics {
         self.in_flight.inc();
     }
 
-    /// A request ended with `status` (0 if nothing was sent) after `duration`.
-    pub fn request_finished(
-        &self,
-        app: &Arc<str>,
-        method: &str,
-        status: u16,
-        duration: Duration,
-        bytes_in: u64,
-        bytes_out: u64,
-    ) {
-        self.in_flight.dec();
-        let app = AppName(app.clone());
-        self.requests
-            .get_or_create(&RequestLabels {
-                app: app.clone(),
-                method: method_class(method),
-                status: status_class(status),
-            })
-            .inc();
-        let labels = AppLabels { app };
-        self.latency
-            .get_or_create(&labels)
-            .observe(duration.as_secs_f64());
-        self.bytes_in.get_or_create(&labels).inc_by(bytes_in);
-        self.bytes_out.get_or_create(&labels).inc_by(bytes_out);
+    /// The request metrics of `app`, to be looked up once rather than per request.
+    pub fn app(&'static self, app: &Arc<str>) -> AppMetrics {
+        AppMetrics {
+            metrics: self,
+            app: AppName(app.clone()),
+            requests: Default::default(),
+            latency: OnceLock::new(),
+            bytes_in: OnceLock::new(),
+            bytes_out: OnceLock::new(),
+        }
     }
 
     /// An instance of `app` was made, or could not be.
@@ -248,26 +233,95 @@ impl Metrics {
     }
 }
 
-fn method_class(method: &str) -> &'static str {
-    match method {
-        "GET" => "GET",
-        "HEAD" => "HEAD",
-        "POST" => "POST",
-        "PUT" => "PUT",
-        "PATCH" => "PATCH",
-        "DELETE" => "DELETE",
-        "OPTIONS" => "OPTIONS",
-        _ => "other",
+/// One app's request metrics. Each series is found in its family once, when first used,
+/// so that recording a request is a few atomic operations: no label hashing, no map lookup.
+pub struct AppMetrics {
+    metrics: &'static Metrics,
+    app: AppName,
+    requests: [[OnceLock<Counter>; STATUS_CLASSES.len()]; METHOD_CLASSES.len()],
+    latency: OnceLock<Histogram>,
+    bytes_in: OnceLock<Counter>,
+    bytes_out: OnceLock<Counter>,
+}
+
+impl AppMetrics {
+    /// A request ended with `status` (0 if nothing was sent) after `duration`.
+    pub fn request_finished(
+        &self,
+        method: &str,
+        status: u16,
+        duration: Duration,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
+        let metrics = self.metrics;
+        metrics.in_flight.dec();
+        let (method, status) = (method_class(method), status_class(status));
+        self.requests[method][status]
+            .get_or_init(|| {
+                metrics
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        app: self.app.clone(),
+                        method: METHOD_CLASSES[method],
+                        status: STATUS_CLASSES[status],
+                    })
+                    .clone()
+            })
+            .inc();
+        let labels = || AppLabels {
+            app: self.app.clone(),
+        };
+        self.latency
+            .get_or_init(|| metrics.latency.get_or_create(&labels()).clone())
+            .observe(duration.as_secs_f64());
+        self.bytes_in
+            .get_or_init(|| metrics.bytes_in.get_or_create(&labels()).clone())
+            .inc_by(bytes_in);
+        self.bytes_out
+            .get_or_init(|| metrics.bytes_out.get_or_create(&labels()).clone())
+            .inc_by(bytes_out);
     }
 }
 
-fn status_class(status: u16) -> &'static str {
+const METHOD_CLASSES: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
+];
+
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+/// The index in [`METHOD_CLASSES`] of `method`.
+fn method_class(method: &str) -> usize {
+    METHOD_CLASSES[..7]
+        .iter()
+        .position(|known| *known == method)
+        .unwrap_or(7)
+}
+
+/// The index in [`STATUS_CLASSES`] of `status`.
+fn status_class(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "none",
+        100..=599 => usize::from(status / 100 - 1),
+        _ => 5,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes() {
+        let method = |name| METHOD_CLASSES[method_class(name)];
+        assert_eq!(method("GET"), "GET");
+        assert_eq!(method("OPTIONS"), "OPTIONS");
+        assert_eq!(method("get"), "other");
+        assert_eq!(method("PROPFIND"), "other");
+        let status = |code| STATUS_CLASSES[status_class(code)];
+        assert_eq!(status(100), "1xx");
+        assert_eq!(status(204), "2xx");
+        assert_eq!(status(599), "5xx");
+        assert_eq!(status(0), "none");
+        assert_eq!(status(600), "none");
     }
 }

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
+use crate::metrics::AppMetrics;
 use crate::pool::CurrentPool;
 
 /// Where one app is mounted, and what it accepts.
@@ -26,6 +27,7 @@ pub struct Route {
     pub pool: Arc<CurrentPool>,
     /// The largest request body the app takes, `None` for any.
     pub max_body: Option<u64>,
+    pub metrics: Arc<AppMetrics>,
 }
 
 pub struct Router {
@@ -231,6 +233,7 @@ mod tests {
         Route {
             pool: Arc::new(CurrentPool::new(Pool::new(&Nothing, 0).unwrap())),
             max_body: None,
+            metrics: Arc::new(crate::metrics::metrics().app(&"test".into())),
         }
     }
 

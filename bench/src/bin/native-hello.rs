@@ -6,6 +6,7 @@ use std::sync::Arc;
 use clap::Parser;
 use wasm_gw::app::{App, AppFactory, Failure, Request};
 use wasm_gw::cli::{Cli, Command};
+use wasm_gw::metrics::metrics;
 use wasm_gw::pool::{CurrentPool, Pool};
 use wasm_gw::router::{CurrentRouter, Route, Router};
 use wasm_gw::serve::{catch_signals, init_logging, run};
@@ -69,6 +70,7 @@ fn main() -> anyhow::Result<()> {
     let router = Router::single(Route {
         pool: Arc::new(CurrentPool::new(pool)),
         max_body: args.max_body(),
+        metrics: Arc::new(metrics().app(&"native-hello".into())),
     });
     run(&args, Arc::new(CurrentRouter::new(router)), None, signals)
 }
