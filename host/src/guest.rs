@@ -208,11 +208,15 @@ impl GuestState {
         }
     }
 
-    /// The environ of the request being served; asked for outside one, the guest traps.
-    fn environ(&self) -> wasmtime::Result<&Environ> {
-        self.environ
-            .as_ref()
-            .ok_or_else(|| wasmtime::format_err!("the app asked for the environ outside a request"))
+    /// The environ of the request whose input is `handle`; asked for a request that has
+    /// ended, the guest traps: it would otherwise read another request's.
+    fn environ(&self, handle: &Resource<InputStream>) -> wasmtime::Result<&Environ> {
+        match &self.environ {
+            Some(environ) if handle.rep() == self.request_seq => Ok(environ),
+            _ => Err(wasmtime::format_err!(
+                "the app asked for the environ of a request that has ended"
+            )),
+        }
     }
 
     fn current_input(
@@ -317,24 +321,24 @@ impl WasiView for GuestState {
 }
 
 impl request::Host for GuestState {
-    fn full_environ(&mut self) -> wasmtime::Result<Environ> {
-        Ok(GuestState::environ(self)?.clone())
+    fn full_environ(&mut self, input: Resource<InputStream>) -> wasmtime::Result<Environ> {
+        Ok(GuestState::environ(self, &input)?.clone())
     }
 
-    fn request_method(&mut self) -> wasmtime::Result<String> {
-        Ok(GuestState::environ(self)?.request_method.clone())
+    fn request_method(&mut self, input: Resource<InputStream>) -> wasmtime::Result<String> {
+        Ok(GuestState::environ(self, &input)?.request_method.clone())
     }
 
-    fn script_name(&mut self) -> wasmtime::Result<String> {
-        Ok(GuestState::environ(self)?.script_name.clone())
+    fn script_name(&mut self, input: Resource<InputStream>) -> wasmtime::Result<String> {
+        Ok(GuestState::environ(self, &input)?.script_name.clone())
     }
 
-    fn path_info(&mut self) -> wasmtime::Result<String> {
-        Ok(GuestState::environ(self)?.path_info.clone())
+    fn path_info(&mut self, input: Resource<InputStream>) -> wasmtime::Result<String> {
+        Ok(GuestState::environ(self, &input)?.path_info.clone())
     }
 
-    fn query_string(&mut self) -> wasmtime::Result<String> {
-        Ok(GuestState::environ(self)?.query_string.clone())
+    fn query_string(&mut self, input: Resource<InputStream>) -> wasmtime::Result<String> {
+        Ok(GuestState::environ(self, &input)?.query_string.clone())
     }
 }
 

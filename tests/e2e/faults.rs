@@ -39,6 +39,15 @@ fn each_fault_gets_500_and_the_server_keeps_serving() {
 }
 
 #[test]
+fn the_environ_of_an_ended_request_is_a_trap_not_another_requests() {
+    let server = Server::start("faulty", &["--workers", "1"]);
+    assert_eq!(status_of(&server, "/keep-input"), 200);
+    assert_eq!(status_of(&server, "/kept-environ"), 500);
+    server.wait_for_log(&["ERROR", "the environ of a request that has ended"]);
+    assert_eq!(status_of(&server, "/ok"), 200);
+}
+
+#[test]
 fn the_500_never_leaks_what_the_app_meant_to_send() {
     let server = Server::start("faulty", &[]);
     let response = server.raw(b"GET /bad-header HTTP/1.1\r\nHost: a\r\n\r\n");

@@ -1,8 +1,9 @@
 //! Routes that each do one wrong thing, for the host's fault tests: `/trap`, `/panic`,
 //! `/no-start`, `/double-start`, `/bad-header`, `/hop-header`, `/wrong-length`,
 //! `/short-write`, `/long-write`, `/loop` and `/alloc`; anything else answers 200 `ok`.
-//! `/sleep?ms=N` is healthy but slow. `/served` counts the requests this instance has served,
-//! which shows when an instance is replaced.
+//! `/sleep?ms=N` is healthy but slow. `/served` counts the requests this instance has
+//! served, which shows when an instance is replaced. `/keep-input` keeps its request's input
+//! handle, and `/kept-environ` then asks for that ended request's environ.
 //! The `/escape/...` routes try to leave the sandbox (read a file, list a directory, read
 //! the environment, open a TCP connection) and say whether they could. It implements the WSGI
 //! contract directly, without the SDK's `App`, because several faults are ones the SDK
@@ -18,6 +19,11 @@ struct Faulty;
 
 /// Requests this instance has served: module state, kept as long as the instance lives.
 static SERVED: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// An input handle kept past its request by `/keep-input`.
+    static KEPT_INPUT: std::cell::Cell<Option<InputStream>> = const { std::cell::Cell::new(None) };
+}
 
 fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -48,14 +54,29 @@ fn probe(attempt: std::io::Result<String>) -> Result<Body, String> {
 impl Guest for Faulty {
     type BodyStream = wasm_gw_sdk::StreamState;
 
-    fn application(_input: InputStream) -> Result<Body, String> {
-        let environ = full_environ();
+    fn application(input: InputStream) -> Result<Body, String> {
+        let environ = full_environ(&input);
         let plain = headers(&[("Content-Type", "text/plain")]);
         let served = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
         match environ.path_info.as_str() {
             "/served" => {
                 start_response("200 OK", &plain, None).map_err(|e| format!("{e:?}"))?;
                 ok_body(&served.to_string())
+            }
+            // Keeps this request's input handle, which names the request, for the next.
+            "/keep-input" => {
+                KEPT_INPUT.set(Some(input));
+                start_response("200 OK", &plain, None).map_err(|e| format!("{e:?}"))?;
+                ok_body("kept\n")
+            }
+            // Asks for the environ of the request kept above: it has ended, so this traps.
+            "/kept-environ" => {
+                let kept = KEPT_INPUT
+                    .take()
+                    .ok_or("nothing kept: GET /keep-input first")?;
+                let stale = full_environ(&kept);
+                start_response("200 OK", &plain, None).map_err(|e| format!("{e:?}"))?;
+                ok_body(&stale.path_info)
             }
             // The last byte of the 4 GiB address space is past any memory the sandbox allows.
             "/trap" => {

@@ -238,7 +238,7 @@ class Handler(exports.Handler):
     def application(self, stream):
         try:
             # A WSGI app gets a dict of every variable, so the bridge asks for them all.
-            return _serve(request.full_environ(), stream)
+            return _serve(request.full_environ(stream), stream)
         except MemoryError:
             # The instance may be in any state: let the host replace it.
             _log_exception()

@@ -117,7 +117,8 @@ pub struct Request {
 impl Request {
     /// Every WSGI variable, as the host built it.
     pub fn environ(&self) -> &Environ {
-        self.environ.get_or_init(wit_request::full_environ)
+        self.environ
+            .get_or_init(|| wit_request::full_environ(&self.body.input))
     }
 
     /// The method exactly as sent, for example `GET`.
@@ -152,11 +153,11 @@ impl Request {
         &'a self,
         cell: &'a OnceCell<String>,
         in_environ: fn(&Environ) -> &String,
-        fetch: fn() -> String,
+        fetch: fn(&InputStream) -> String,
     ) -> &'a str {
         match self.environ.get() {
             Some(environ) => in_environ(environ),
-            None => cell.get_or_init(fetch),
+            None => cell.get_or_init(|| fetch(&self.body.input)),
         }
     }
 
