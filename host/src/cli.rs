@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::compile::CodeCache;
@@ -295,7 +296,8 @@ const NOT_SERVER_SETTINGS: [&str; 8] = [
 
 impl ServeArgs {
     /// These arguments with the `[server]` table of `--config` under them: a flag on the
-    /// command line wins over the file. `argv` is the whole command line they came from.
+    /// command line wins over the file's setting of it, and over a setting it conflicts with.
+    /// `argv` is the whole command line they came from.
     pub fn with_server_table(self: Box<Self>, argv: &[OsString]) -> anyhow::Result<Box<Self>> {
         let Some(file) = &self.config else {
             return Ok(self);
@@ -304,26 +306,44 @@ impl ServeArgs {
         if settings.is_empty() {
             return Ok(self);
         }
-        let command =
-            || Cli::command().mut_subcommand("serve", |serve| serve.args_override_self(true));
-        let serve = command();
-        let flags = serve
+        let command = Cli::command();
+        let flags = command
             .find_subcommand("serve")
             .expect("serve is a subcommand");
         let program = argv.first().cloned().unwrap_or_else(|| "wasm-gw".into());
+        let matches = command.clone().try_get_matches_from(argv)?;
+        let on_command_line: Vec<&clap::Arg> = match matches.subcommand_matches("serve") {
+            Some(serve) => flags
+                .get_arguments()
+                .filter(|arg| {
+                    serve.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let conflict = |a: &clap::Arg, b: &clap::Arg| {
+            let names = |x: &clap::Arg, y: &clap::Arg| {
+                flags
+                    .get_arg_conflicts_with(x)
+                    .iter()
+                    .any(|other| other.get_id() == y.get_id())
+            };
+            a.get_id() == b.get_id() || names(a, b) || names(b, a)
+        };
+        let mut kept = Vec::new();
         for setting in &settings {
-            let known = flags.get_arguments().any(|arg| {
+            let arg = flags.get_arguments().find(|arg| {
                 arg.get_long() == Some(setting.key.as_str())
                     && !NOT_SERVER_SETTINGS.contains(&arg.get_id().as_str())
             });
-            if !known {
+            let Some(arg) = arg else {
                 anyhow::bail!(
                     "{}: [server] {}: not a server setting; [server] takes serve's flags, \
                      such as port, workers or timeout, and [[app]] tables the apps",
                     setting.place,
                     setting.key
                 );
-            }
+            };
             // Each setting alone first, so that an error points at its line.
             let alone = [
                 program.clone(),
@@ -333,7 +353,7 @@ impl ServeArgs {
             ]
             .into_iter()
             .chain(setting.args.iter().map(OsString::from));
-            if let Err(error) = command().try_get_matches_from(alone) {
+            if let Err(error) = command.clone().try_get_matches_from(alone) {
                 anyhow::bail!(
                     "{}: [server] {}: {}",
                     setting.place,
@@ -341,18 +361,20 @@ impl ServeArgs {
                     clap_reason(&error)
                 );
             }
+            if !on_command_line.iter().any(|given| conflict(arg, given)) {
+                kept.push(setting);
+            }
         }
         let merged = argv
             .iter()
             .take(2)
             .cloned()
             .chain(
-                settings
-                    .iter()
+                kept.iter()
                     .flat_map(|setting| setting.args.iter().map(OsString::from)),
             )
             .chain(argv.iter().skip(2).cloned());
-        let parsed = command()
+        let parsed = command
             .try_get_matches_from(merged)
             .and_then(|matches| Cli::from_arg_matches(&matches))
             .map_err(|error| {

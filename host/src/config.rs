@@ -45,9 +45,9 @@ struct AppTable {
     /// Seconds of app time per request.
     timeout: Option<f64>,
     /// Linear memory per instance, as in `--max-memory`: `64MiB`.
-    max_memory: Option<String>,
+    max_memory: Option<Size>,
     /// The largest request body, as in `--max-body-size`: `10MiB`, or 0 for any.
-    max_body_size: Option<String>,
+    max_body_size: Option<Size>,
     /// `worker` or `request`.
     isolation: Option<String>,
     max_requests: Option<u64>,
@@ -58,6 +58,24 @@ struct AppTable {
     dirs: Option<Vec<String>>,
     env: Option<BTreeMap<String, String>>,
     kv_namespace: Option<String>,
+}
+
+/// A size as written: `"64MiB"`, or a number of bytes.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Text(String),
+    Bytes(u64),
+}
+
+impl Size {
+    /// As the command line would say it.
+    fn into_text(self) -> String {
+        match self {
+            Size::Text(text) => text,
+            Size::Bytes(bytes) => bytes.to_string(),
+        }
+    }
 }
 
 fn root() -> String {
@@ -98,6 +116,7 @@ fn read(path: &Path) -> anyhow::Result<(String, File)> {
 /// The `[server]` table of the config file at `path`, as flags.
 pub fn server_settings(path: &Path) -> anyhow::Result<Vec<ServerSetting>> {
     let (text, file) = read(path)?;
+    let base = path.parent().unwrap_or(Path::new("."));
     file.server
         .into_iter()
         .map(|(key, value)| {
@@ -105,7 +124,7 @@ pub fn server_settings(path: &Path) -> anyhow::Result<Vec<ServerSetting>> {
             let place = format!("{}:{line}", path.display());
             let flag = format!("--{key}");
             let args = match value.into_inner() {
-                toml::Value::String(text) => vec![flag, text],
+                toml::Value::String(text) => vec![flag, relative_to_file(base, &key, text)],
                 toml::Value::Integer(number) => vec![flag, number.to_string()],
                 toml::Value::Float(number) => vec![flag, number.to_string()],
                 toml::Value::Boolean(true) => vec![flag],
@@ -178,9 +197,9 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<AppConfig>> {
             component: base.join(&table.component),
             route,
             hosts,
-            max_body_size: table.max_body_size,
+            max_body_size: table.max_body_size.map(Size::into_text),
             timeout: table.timeout.map(|seconds| seconds.to_string()),
-            max_memory: table.max_memory,
+            max_memory: table.max_memory.map(Size::into_text),
             isolation: table.isolation,
             max_requests: table.max_requests,
             instances: table.instances.map(|count| count as usize),
@@ -196,6 +215,23 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<AppConfig>> {
         });
     }
     Ok(apps)
+}
+
+/// A `[server]` path, relative to the file like the apps' paths: `cache-dir`, `state-dir`,
+/// and the path of `kv = "sqlite:PATH"`.
+fn relative_to_file(base: &Path, key: &str, value: String) -> String {
+    let (prefix, path) = match key {
+        "cache-dir" | "state-dir" => ("", value.as_str()),
+        "kv" => match value.strip_prefix("sqlite:") {
+            Some(path) => ("sqlite:", path),
+            None => return value,
+        },
+        _ => return value,
+    };
+    if Path::new(path).is_absolute() {
+        return value;
+    }
+    format!("{prefix}{}", base.join(path).display())
 }
 
 /// `HOST_PATH[::GUEST_PATH][:ro]` with a relative host path made relative to `base`.
@@ -214,6 +250,21 @@ fn resolve_dir(base: &Path, dir: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_paths_are_the_config_files() {
+        let base = Path::new("/etc/gw");
+        let at = |key: &str, value: &str| relative_to_file(base, key, value.to_owned());
+        assert_eq!(at("state-dir", "data"), "/etc/gw/data");
+        assert_eq!(at("cache-dir", "/var/cache"), "/var/cache");
+        assert_eq!(at("kv", "sqlite:kv.db"), "sqlite:/etc/gw/kv.db");
+        assert_eq!(at("kv", "sqlite:/srv/kv.db"), "sqlite:/srv/kv.db");
+        assert_eq!(
+            at("kv", "redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+        assert_eq!(at("host", "localhost"), "localhost");
+    }
 
     #[test]
     fn relative_dirs_are_the_config_files() {

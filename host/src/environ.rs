@@ -17,7 +17,7 @@ pub struct ConnectionInfo {
 /// Builds the environ for `head`. Every string is a PEP 3333 native string: one char per
 /// byte, so latin-1 header bytes survive unchanged.
 pub fn build(head: &Head, connection: &ConnectionInfo) -> Environ {
-    let (path, query) = split_target(head.target);
+    let (authority, path, query) = split_target(head.target);
     let mut content_type = None;
     let mut content_length = None;
     let mut host = None;
@@ -40,7 +40,10 @@ pub fn build(head: &Head, connection: &ConnectionInfo) -> Environ {
     if head.framing.body == BodyKind::Chunked {
         content_length = None;
     }
+    // RFC 9112 §3.2.2: an absolute-form target's authority names the host; an HTTP/1.0
+    // request may have it and no Host.
     let (server_name, server_port) = host
+        .or(authority.map(str::as_bytes))
         .and_then(split_host)
         .unwrap_or_else(|| (connection.local.ip().to_string(), connection.local.port()));
     Environ {
@@ -70,17 +73,18 @@ pub fn build(head: &Head, connection: &ConnectionInfo) -> Environ {
     }
 }
 
-/// Splits a request target into its path and query. Absolute-form (`http://host/path`) yields
-/// its path; `*` (for OPTIONS) stays as it is.
-fn split_target(target: &str) -> (&str, &str) {
+/// Splits a request target into its authority, if it has one, its path and its query.
+/// Absolute-form (`http://host/path`) yields both; `*` (for OPTIONS) stays as it is.
+fn split_target(target: &str) -> (Option<&str>, &str, &str) {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let path = match path.split_once("://") {
+    match path.split_once("://") {
         Some((scheme, rest)) if !scheme.contains('/') => {
-            rest.find('/').map_or("/", |at| &rest[at..])
+            let at = rest.find('/').unwrap_or(rest.len());
+            let path = if at == rest.len() { "/" } else { &rest[at..] };
+            (Some(&rest[..at]), path, query)
         }
-        _ => path,
-    };
-    (path, query)
+        _ => (None, path, query),
+    }
 }
 
 /// Adds `HTTP_NAME`, joining a repeated header's values with `,` as RFC 9110 §5.3 allows.
@@ -110,9 +114,10 @@ fn split_host(host: &[u8]) -> Option<(String, u16)> {
         Some(colon) if !host[colon..].contains(']') => (&host[..colon], Some(&host[colon + 1..])),
         _ => (host, None),
     };
+    // `example.com:` has an empty port: the default, as with none.
     let port = match port {
-        Some(port) => port.parse().ok()?,
-        None => 80,
+        Some(port) if !port.is_empty() => port.parse().ok()?,
+        _ => 80,
     };
     Some((name.to_owned(), port))
 }
@@ -158,10 +163,11 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert_eq!(split_target("/a/b?x=1&y"), ("/a/b", "x=1&y"));
-        assert_eq!(split_target("http://h:1/p?q"), ("/p", "q"));
-        assert_eq!(split_target("http://h"), ("/", ""));
-        assert_eq!(split_target("*"), ("*", ""));
+        assert_eq!(split_target("/a/b?x=1&y"), (None, "/a/b", "x=1&y"));
+        assert_eq!(split_target("http://h:1/p?q"), (Some("h:1"), "/p", "q"));
+        assert_eq!(split_target("http://h"), (Some("h"), "/", ""));
+        assert_eq!(split_target("http://h?q"), (Some("h"), "/", "q"));
+        assert_eq!(split_target("*"), (None, "*", ""));
     }
 
     #[test]
@@ -171,5 +177,9 @@ mod tests {
         assert_eq!(split_host(b"[::1]:8080"), Some(("[::1]".into(), 8080)));
         assert_eq!(split_host(b"example.com"), Some(("example.com".into(), 80)));
         assert_eq!(split_host(b"example.com:x"), None);
+        assert_eq!(
+            split_host(b"example.com:"),
+            Some(("example.com".into(), 80))
+        );
     }
 }

@@ -1,9 +1,10 @@
 //! Swapping in new code and new apps while serving: on SIGHUP, or when a watched file
 //! changes.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::thread;
 use std::time::{Duration, SystemTime};
@@ -45,12 +46,12 @@ impl Reloader {
         requests: Receiver<ReloadRequest>,
         watch: Option<Sender<ReloadRequest>>,
     ) -> std::io::Result<()> {
-        let mut watched = HashSet::new();
+        let mut watched = HashMap::new();
         if let Some(watch) = &watch {
             if let Some(config) = &self.args.config {
-                watch_file(config.clone(), None, watch.clone())?;
+                watch_file(config.clone(), None, watch.clone(), Arc::default())?;
             }
-            self.watch_new_files(&mut watched, watch)?;
+            self.update_watchers(&mut watched, watch)?;
         }
         thread::Builder::new()
             .name("reloader".into())
@@ -61,7 +62,7 @@ impl Reloader {
                         None => self.reload_all(request.why),
                     }
                     if let Some(watch) = &watch
-                        && let Err(error) = self.watch_new_files(&mut watched, watch)
+                        && let Err(error) = self.update_watchers(&mut watched, watch)
                     {
                         tracing::warn!("cannot watch the new apps' files: {error}");
                     }
@@ -160,19 +161,31 @@ impl Reloader {
         }
     }
 
-    /// Starts watching the files of apps not watched yet.
-    fn watch_new_files(
+    /// Starts watching the files of apps not watched yet, and stops watching those of apps
+    /// no longer served. `watched` holds each watcher's stop flag.
+    fn update_watchers(
         &self,
-        watched: &mut HashSet<PathBuf>,
+        watched: &mut HashMap<PathBuf, Arc<AtomicBool>>,
         watch: &Sender<ReloadRequest>,
     ) -> std::io::Result<()> {
+        watched.retain(|path, stop| {
+            let served = self.apps.iter().any(|app| app.spec.path == *path);
+            if !served {
+                stop.store(true, Ordering::Relaxed);
+            }
+            served
+        });
         for app in &self.apps {
-            if watched.insert(app.spec.path.clone()) {
+            let path = &app.spec.path;
+            if !watched.contains_key(path) {
+                let stop = Arc::new(AtomicBool::new(false));
                 watch_file(
-                    app.spec.path.clone(),
-                    Some(app.spec.path.clone()),
+                    path.clone(),
+                    Some(path.clone()),
                     watch.clone(),
+                    stop.clone(),
                 )?;
+                watched.insert(path.clone(), stop);
             }
         }
         Ok(())
@@ -180,11 +193,12 @@ impl Reloader {
 }
 
 /// `--reload`: asks for a reload of `app`, or of everything, whenever the modification time
-/// of `file` changes.
+/// of `file` changes, until `stop` is set.
 fn watch_file(
     file: PathBuf,
     app: Option<PathBuf>,
     requests: Sender<ReloadRequest>,
+    stop: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
     let modified = move || {
         std::fs::metadata(&file)
@@ -195,7 +209,7 @@ fn watch_file(
     thread::Builder::new()
         .name("watcher".into())
         .spawn(move || {
-            loop {
+            while !stop.load(Ordering::Relaxed) {
                 thread::sleep(WATCH_INTERVAL);
                 let now = modified();
                 if now.is_some() && now != last {

@@ -35,6 +35,8 @@ pub struct Router {
     named: HashMap<String, Site>,
     /// Sites by the domain under `*.`: `example.com` for `*.example.com`.
     wildcard: HashMap<String, Site>,
+    /// The longest of those domains: no longer suffix of a Host can match one.
+    longest_wildcard: usize,
     /// The apps that name no host.
     default: Site,
 }
@@ -93,6 +95,7 @@ impl Router {
         let mut router = Router {
             named: HashMap::new(),
             wildcard: HashMap::new(),
+            longest_wildcard: 0,
             default: Site::default(),
         };
         for mount in mounts {
@@ -102,7 +105,10 @@ impl Router {
             }
             for host in mount.hosts {
                 let site = match host.strip_prefix("*.") {
-                    Some(domain) => router.wildcard.entry(domain.to_owned()).or_default(),
+                    Some(domain) => {
+                        router.longest_wildcard = router.longest_wildcard.max(domain.len());
+                        router.wildcard.entry(domain.to_owned()).or_default()
+                    }
                     None => router.named.entry(host).or_default(),
                 };
                 site.add(mount.prefix.clone(), mount.route.clone());
@@ -118,7 +124,8 @@ impl Router {
     }
 
     /// The exact name first, then the closest wildcard: `a.b.example.com` tries
-    /// `*.b.example.com` before `*.example.com`. One lookup per label.
+    /// `*.b.example.com` before `*.example.com`. One lookup per label that could match, so
+    /// a long Host costs a scan, not a hash of each of its suffixes.
     fn site(&self, host: &str) -> &Site {
         if self.named.is_empty() && self.wildcard.is_empty() {
             return &self.default;
@@ -135,7 +142,9 @@ impl Router {
         let mut rest = &*host;
         while let Some(dot) = rest.find('.') {
             rest = &rest[dot + 1..];
-            if let Some(site) = self.wildcard.get(rest) {
+            if rest.len() <= self.longest_wildcard
+                && let Some(site) = self.wildcard.get(rest)
+            {
                 return site;
             }
         }

@@ -215,9 +215,11 @@ route = "/faulty"
     let access = server.wait_for_log(&["\"target\":\"access\"", "\"status\":504"]);
     let access: serde_json::Value = serde_json::from_str(&access).unwrap();
     assert_eq!(access["uri"], "/faulty/loop");
-    let lines = server.log_lines_with("");
-    assert!(lines > 3);
-    assert_eq!(server.log_lines_with("{\"timestamp\":"), lines);
+    let lines = server.log_lines();
+    assert!(lines.len() > 3);
+    for line in lines {
+        serde_json::from_str::<serde_json::Value>(&line).unwrap_or_else(|_| panic!("{line}"));
+    }
 }
 
 #[test]

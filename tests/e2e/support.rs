@@ -359,6 +359,11 @@ impl Server {
         }
     }
 
+    /// Every log line so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lines.lock().unwrap().clone()
+    }
+
     /// How many log lines so far contain `needle`.
     pub fn log_lines_with(&self, needle: &str) -> usize {
         let lines = self.log.lines.lock().unwrap();

@@ -260,14 +260,20 @@ fn check_target(method: &str, target: &str, host: Option<&[u8]>) -> Result<(), R
     match host {
         Some(host) if host.eq_ignore_ascii_case(authority.as_bytes()) => Ok(()),
         Some(_) => malformed("Host differs from the absolute-form target"),
-        None => Ok(()),
+        // Without a Host, the authority names the host, and is held to Host's rules.
+        None if !authority.is_empty() && is_valid_host(authority.as_bytes()) => Ok(()),
+        None => malformed("invalid authority in the absolute-form target"),
     }
 }
 
 /// RFC 9110 §7.2: `Host = uri-host [ ":" port ]`, where `uri-host` is an IP literal in
-/// brackets or a reg-name of unreserved, percent-encoded and sub-delim characters. An empty
-/// value is allowed for targets without an authority.
+/// brackets or a reg-name of unreserved, percent-encoded and sub-delim characters, and the
+/// port fits in 16 bits. An empty value is allowed for targets without an authority. Longer
+/// than any DNS name, it is refused: it could only be hostile.
 fn is_valid_host(host: &[u8]) -> bool {
+    if host.len() > MAX_HOST {
+        return false;
+    }
     let (name, port) = match host.strip_prefix(b"[") {
         Some(literal) => match literal.iter().position(|&b| b == b']') {
             Some(end)
@@ -285,8 +291,10 @@ fn is_valid_host(host: &[u8]) -> bool {
         },
     };
     let port_ok = match port {
-        [] => true,
-        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
+        [] | [b':'] => true,
+        [b':', digits @ ..] => std::str::from_utf8(digits).is_ok_and(|digits| {
+            digits.bytes().all(|b| b.is_ascii_digit()) && digits.parse::<u16>().is_ok()
+        }),
         _ => false,
     };
     let name_ok = name
@@ -294,6 +302,9 @@ fn is_valid_host(host: &[u8]) -> bool {
         .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
     port_ok && name_ok
 }
+
+/// The longest Host: a 253-byte DNS name, a colon and a 5-digit port.
+const MAX_HOST: usize = 253 + 6;
 
 /// RFC 9110 §8.6: `Content-Length = 1*DIGIT`; no sign, no spaces inside, no overflow.
 fn parse_content_length(value: &[u8]) -> Result<u64, RequestError> {
@@ -380,6 +391,26 @@ mod tests {
             417
         );
         assert_eq!(status(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"), 505);
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nHost: a:\r\n\r\n"),
+            0,
+            "empty port"
+        );
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a:65535\r\n\r\n"), 0);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a:65536\r\n\r\n"), 400);
+        assert!(is_valid_host(&[b'a'; 253]));
+        assert!(!is_valid_host(&[b'a'; 260]), "longer than any DNS name");
+        assert_eq!(
+            status(b"GET http://h:1/ HTTP/1.0\r\n\r\n"),
+            0,
+            "authority, no Host"
+        );
+        assert_eq!(status(b"GET http://u@h/ HTTP/1.0\r\n\r\n"), 400, "userinfo");
+        assert_eq!(
+            status(b"GET http:///x HTTP/1.0\r\n\r\n"),
+            400,
+            "no authority"
+        );
         assert_eq!(status(b"GET / HTTP/1.1\nHost: a\r\n\r\n"), 400, "bare LF");
         assert_eq!(
             status(&[b"GET /".as_slice(), &[b'a'; 64], b" HTTP/1.1\r\n"].concat()),
