@@ -18,7 +18,7 @@ use crate::http::error::RequestError;
 use crate::http::io::{Io, Pace};
 use crate::http::request::{self, BodyKind, Framing};
 use crate::http::response::write_server_response;
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::{Lifecycle, Registration};
 use crate::metrics::metrics;
 use crate::router::{CurrentRouter, Route};
 
@@ -131,18 +131,12 @@ pub fn serve(
         }
         let router = router.get();
         let Some((mount, route)) = router.route(&environ.server_name, &environ.path_info) else {
-            // No app is mounted there; the body, unread, rules out keeping the connection.
-            access_log::record(&environ, Some(404), 0, Duration::ZERO);
-            let _ = write_server_response(
-                &mut io,
+            let refusal = (
                 404,
                 "Not Found",
                 "Not Found: no app is mounted at this path\n",
-                Some(framing),
-                false,
             );
-            registration.end_request();
-            return io.close_gracefully();
+            return turn_away(io, &environ, framing, refusal, &registration);
         };
         // The app's own limit, known only now that the route is; chunked bodies are held
         // to it as they arrive.
@@ -150,17 +144,8 @@ pub fn serve(
             && route.max_body.is_some_and(|max| length > max)
         {
             tracing::warn!(%peer, "rejected request with 413: a body of {length} bytes is over the app's limit");
-            access_log::record(&environ, Some(413), 0, Duration::ZERO);
-            let _ = write_server_response(
-                &mut io,
-                413,
-                "Content Too Large",
-                "Content Too Large\n",
-                Some(framing),
-                false,
-            );
-            registration.end_request();
-            return io.close_gracefully();
+            let refusal = (413, "Content Too Large", "Content Too Large\n");
+            return turn_away(io, &environ, framing, refusal, &registration);
         }
         // WSGI's split: the mount prefix is SCRIPT_NAME, the rest PATH_INFO. At the root,
         // the usual case, there is nothing to split and nothing to allocate.
@@ -174,6 +159,21 @@ pub fn serve(
         }
         io = kept;
     }
+}
+
+/// Answers a request that no app sees with `(code, reason, body)`, and closes: its body,
+/// unread, rules out keeping the connection.
+fn turn_away(
+    mut io: Io,
+    environ: &Environ,
+    framing: Framing,
+    (code, reason, body): (u16, &str, &str),
+    registration: &Registration,
+) {
+    access_log::record(environ, Some(code), 0, Duration::ZERO);
+    let _ = write_server_response(&mut io, code, reason, body, Some(framing), false);
+    registration.end_request();
+    io.close_gracefully();
 }
 
 enum HeadError {

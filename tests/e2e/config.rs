@@ -97,7 +97,8 @@ instances = 1
     }
 }
 
-fn refused(config_text: &str) -> String {
+/// Serves `config_text` as the config file, and returns the error the server stops with.
+pub fn refused(config_text: &str) -> String {
     let dir = Scratch::new("bad-config");
     let config = write_config(&dir, config_text);
     let output = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))

@@ -11,7 +11,8 @@ use base64::Engine;
 use serde_json::Value;
 
 use crate::admin::admin_address;
-use crate::support::{IO_TIMEOUT, RawResponse, Scratch, Server, client, guest};
+use crate::config::refused;
+use crate::support::{IO_TIMEOUT, Load, RawResponse, Scratch, Server, client, guest};
 
 /// Writes `text` to `dir`/wasm-gw.toml in one rename, as a deploy would, and returns its
 /// path.
@@ -105,30 +106,26 @@ fn virtual_hosts_pick_the_app_before_the_path() {
 
 #[test]
 fn apps_on_one_route_clash_only_when_their_hosts_do() {
-    let dir = Scratch::new("host-clash");
     let echo = guest("echo");
-    let config = write_config(
-        &dir,
+    let clash = refused(
         &[
             app("a", &echo, "hosts = [\"a.test\", \"b.test\"]"),
             app("b", &echo, "hosts = [\"B.test\"]"),
         ]
         .concat(),
     );
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
-        .args([
-            "serve", "--config", &config, "--port", "0", "--kv", "memory",
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
     assert!(
-        stderr.contains("[[app]] \"b\"") && stderr.contains("b.test") && stderr.contains("\"a\""),
-        "{stderr}"
+        clash.contains("[[app]] \"b\"") && clash.contains("b.test") && clash.contains("\"a\""),
+        "{clash}"
+    );
+    let with_port = refused(&app("a", &echo, "hosts = [\"a.test:80\"]"));
+    assert!(
+        with_port.contains("hosts:") && with_port.contains("without a port"),
+        "{with_port}"
     );
 
     // The same route on hosts of their own, or one with hosts and one without, is no clash.
+    let dir = Scratch::new("host-clash");
     let config = write_config(
         &dir,
         &[
@@ -140,20 +137,6 @@ fn apps_on_one_route_clash_only_when_their_hosts_do() {
     );
     let server = Server::start_mounts(&["--config", &config, "--kv", "memory"]);
     server.wait_for_log(&["app=\"c\"", "mounted"]);
-
-    let config = write_config(&dir, &app("a", &echo, "hosts = [\"a.test:80\"]"));
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
-        .args([
-            "serve", "--config", &config, "--port", "0", "--kv", "memory",
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
-    assert!(
-        stderr.contains("hosts:") && stderr.contains("without a port"),
-        "{stderr}"
-    );
 }
 
 #[test]
@@ -302,42 +285,15 @@ fn a_config_reload_adds_removes_and_swaps_apps_under_load() {
         "--admin",
         "127.0.0.1:0",
     ]));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (served, failed, swapped) = (
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicBool::new(false)),
+    let load = Load::start(
+        &server,
+        &[
+            "/?name=load",
+            "/kept/?name=load",
+            "/?name=load",
+            "/kept/?name=load",
+        ],
     );
-    let load: Vec<_> = ["/?name=load", "/kept/?name=load"]
-        .into_iter()
-        .cycle()
-        .take(4)
-        .map(|target| {
-            let (server, stop, served, failed, swapped) = (
-                server.clone(),
-                stop.clone(),
-                served.clone(),
-                failed.clone(),
-                swapped.clone(),
-            );
-            thread::spawn(move || {
-                let http = client();
-                while !stop.load(Ordering::Relaxed) {
-                    match http.get(server.url(target)).call() {
-                        Ok(response) if response.status() == 200 => {
-                            served.fetch_add(1, Ordering::Relaxed);
-                            if response.headers().contains_key("x-echo-meta") {
-                                swapped.store(true, Ordering::Relaxed);
-                            }
-                        }
-                        _ => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
 
     // The site swaps to echo, "old" goes, "new" comes; "kept" stays as it was.
     write_config(
@@ -352,19 +308,10 @@ fn a_config_reload_adds_removes_and_swaps_apps_under_load() {
     server.signal("HUP");
     server.wait_for_log(&["app=\"old\"", "removed"]);
     server.wait_for_log(&["app=\"new\"", "added"]);
-    let deadline = Instant::now() + IO_TIMEOUT;
-    while !swapped.load(Ordering::Relaxed) {
-        assert!(Instant::now() < deadline, "the load never saw the new site");
-        thread::sleep(Duration::from_millis(10));
-    }
-    // Keep the load on for as many requests again, across the old apps' last requests.
-    let target = served.load(Ordering::Relaxed) * 2 + 100;
-    while served.load(Ordering::Relaxed) < target && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(10));
-    }
-    stop.store(true, Ordering::Relaxed);
-    load.into_iter().for_each(|thread| thread.join().unwrap());
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed");
+    load.run_past_the_swap_to_echo();
+    let (served, failed) = load.stop();
+    assert_eq!(failed, 0, "requests failed");
+    assert!(served > 100);
 
     let new = get(&server, "a", "/new/?name=new");
     assert_eq!(new.text(), "Hello, new!\n");

@@ -2,11 +2,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
 
-use crate::support::{IO_TIMEOUT, Server, client, guest};
+use crate::support::{Load, Server, client, guest};
 
 /// A copy of guest `name` at a path of the test's own, so that it can be replaced.
 fn app_copy(test: &str, name: &str) -> PathBuf {
@@ -34,61 +31,14 @@ fn runs_echo(server: &Server) -> bool {
 fn a_reload_under_load_loses_no_request() {
     let app = app_copy("load", "hello");
     let server = Arc::new(Server::start_path(&app, &["--workers", "2"]));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (served, failed, new_code) = (
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let load: Vec<_> = (0..4)
-        .map(|_| {
-            let (server, stop, served, failed, new_code) = (
-                server.clone(),
-                stop.clone(),
-                served.clone(),
-                failed.clone(),
-                new_code.clone(),
-            );
-            thread::spawn(move || {
-                let http = client();
-                while !stop.load(Ordering::Relaxed) {
-                    match http.get(server.url("/?name=load")).call() {
-                        Ok(response) if response.status() == 200 => {
-                            served.fetch_add(1, Ordering::Relaxed);
-                            if response.headers().contains_key("x-echo-meta") {
-                                new_code.store(true, Ordering::Relaxed);
-                            }
-                        }
-                        _ => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-
+    let load = Load::start(&server, &["/?name=load"; 4]);
     replace(&app, "echo");
     server.signal("HUP");
     server.wait_for_log(&["instances replaced", "reason=\"reload\""]);
-    let deadline = Instant::now() + IO_TIMEOUT;
-    while !new_code.load(Ordering::Relaxed) {
-        assert!(Instant::now() < deadline, "the load never saw the new code");
-        thread::sleep(Duration::from_millis(10));
-    }
-    // Keep the load on for as many requests again, across the old pool's last leases.
-    let target = served.load(Ordering::Relaxed) * 2 + 100;
-    while served.load(Ordering::Relaxed) < target && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(10));
-    }
-    stop.store(true, Ordering::Relaxed);
-    load.into_iter().for_each(|thread| thread.join().unwrap());
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "requests failed during the reload"
-    );
-    assert!(served.load(Ordering::Relaxed) > 100);
+    load.run_past_the_swap_to_echo();
+    let (served, failed) = load.stop();
+    assert_eq!(failed, 0, "requests failed during the reload");
+    assert!(served > 100);
 }
 
 #[test]

@@ -597,3 +597,83 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+/// Clients that send GET requests in a loop, one thread per target, until stopped: a load
+/// under which a reload must lose nothing.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    saw_echo: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(server: &Arc<Server>, targets: &[&'static str]) -> Load {
+        let load = Load {
+            stop: Arc::default(),
+            served: Arc::default(),
+            failed: Arc::default(),
+            saw_echo: Arc::default(),
+            threads: Vec::new(),
+        };
+        let threads = targets
+            .iter()
+            .map(|&target| {
+                let server = server.clone();
+                let (stop, served, failed, saw_echo) = (
+                    load.stop.clone(),
+                    load.served.clone(),
+                    load.failed.clone(),
+                    load.saw_echo.clone(),
+                );
+                thread::spawn(move || {
+                    let http = client();
+                    while !stop.load(Ordering::Relaxed) {
+                        match http.get(server.url(target)).call() {
+                            Ok(response) if response.status() == 200 => {
+                                served.fetch_add(1, Ordering::Relaxed);
+                                if response.headers().contains_key("x-echo-meta") {
+                                    saw_echo.store(true, Ordering::Relaxed);
+                                }
+                            }
+                            _ => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { threads, ..load }
+    }
+
+    /// Waits until the echo guest answered one of the requests, then for as many requests
+    /// again as were served until then: across the old instances' last requests.
+    pub fn run_past_the_swap_to_echo(&self) {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while !self.saw_echo.load(Ordering::Relaxed) {
+            assert!(
+                Instant::now() < deadline,
+                "the load never reached the new code"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        let target = self.served.load(Ordering::Relaxed) * 2 + 100;
+        while self.served.load(Ordering::Relaxed) < target && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the clients; returns how many requests were served, and how many failed.
+    pub fn stop(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .for_each(|thread| thread.join().unwrap());
+        (
+            self.served.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
