@@ -103,25 +103,34 @@ impl Drop for Lease<'_> {
 
 /// The pool that takes new requests. A reload swaps in a new one; requests in flight finish
 /// on the old one, which goes away with its last lease.
-pub struct CurrentPool {
-    pool: RwLock<Arc<Pool>>,
+pub type CurrentPool = Current<Pool>;
+
+/// The version of something that new requests get, swapped whole while older versions
+/// finish the requests that hold them.
+pub struct Current<T> {
+    current: RwLock<Arc<T>>,
 }
 
-impl CurrentPool {
-    pub fn new(pool: Pool) -> CurrentPool {
-        CurrentPool {
-            pool: RwLock::new(Arc::new(pool)),
+impl<T> Current<T> {
+    pub fn new(value: T) -> Current<T> {
+        Current {
+            current: RwLock::new(Arc::new(value)),
         }
     }
 
-    pub fn get(&self) -> Arc<Pool> {
-        self.pool
+    pub fn get(&self) -> Arc<T> {
+        self.current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    pub fn replace(&self, pool: Pool) {
-        *self.pool.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(pool);
+    pub fn replace(&self, value: T) {
+        let old = std::mem::replace(
+            &mut *self.current.write().unwrap_or_else(PoisonError::into_inner),
+            Arc::new(value),
+        );
+        // Dropped outside the lock: the last reference may tear down a whole pool.
+        drop(old);
     }
 }

@@ -6,10 +6,10 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 
 use crate::metrics::AppMetrics;
-use crate::pool::CurrentPool;
+use crate::pool::{Current, CurrentPool};
 
 /// Where one app is mounted, and what it accepts.
 pub struct Mount {
@@ -154,28 +154,7 @@ impl Router {
 
 /// The router that takes new requests. A config reload swaps in another; requests in
 /// flight finish with the one they started on.
-pub struct CurrentRouter {
-    router: RwLock<Arc<Router>>,
-}
-
-impl CurrentRouter {
-    pub fn new(router: Router) -> CurrentRouter {
-        CurrentRouter {
-            router: RwLock::new(Arc::new(router)),
-        }
-    }
-
-    pub fn get(&self) -> Arc<Router> {
-        self.router
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    pub fn replace(&self, router: Router) {
-        *self.router.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(router);
-    }
-}
+pub type CurrentRouter = Current<Router>;
 
 /// The mount prefix for `--mount PREFIX=...`: `/` is the root (stored as `""`); others start
 /// with `/`, have no empty segments and lose a trailing `/`.
