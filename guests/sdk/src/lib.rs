@@ -24,6 +24,7 @@
 //! Build it with `cargo build --release --target wasm32-wasip2` and serve the `.wasm` with
 //! `wasm-gw serve`.
 
+use std::borrow::Cow;
 use std::cell::{OnceCell, RefCell};
 use std::io;
 
@@ -163,6 +164,13 @@ impl Request {
 
     /// The query parameters in order, with `+` and `%XX` decoded.
     pub fn query(&self) -> Vec<(String, String)> {
+        self.query_pairs()
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect()
+    }
+
+    /// The query parameters in order, decoded, copied only where decoding changed them.
+    fn query_pairs(&self) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
         self.query_string()
             .split('&')
             .filter(|pair| !pair.is_empty())
@@ -170,15 +178,13 @@ impl Request {
                 let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
                 (form_decode(name), form_decode(value))
             })
-            .collect()
     }
 
     /// The first value of query parameter `name`.
     pub fn query_param(&self, name: &str) -> Option<String> {
-        self.query()
-            .into_iter()
+        self.query_pairs()
             .find(|(key, _)| key == name)
-            .map(|(_, value)| value)
+            .map(|(_, value)| value.into_owned())
     }
 
     /// The first header called `name`, compared case-insensitively.
@@ -269,7 +275,20 @@ enum ResponseBody {
 impl Response {
     /// An empty response with `status` and its standard reason phrase.
     pub fn new(status: u16) -> Response {
-        Response::with_status_line(format!("{status} {}", reason_phrase(status)))
+        let reason = reason_phrase(status);
+        let line = if (100..1000).contains(&status) {
+            // Every real status: three digits, without the formatting machinery.
+            let mut line = String::with_capacity(4 + reason.len());
+            for digit in [status / 100, status / 10 % 10, status % 10] {
+                line.push(char::from(b'0' + digit as u8));
+            }
+            line.push(' ');
+            line.push_str(reason);
+            line
+        } else {
+            format!("{status} {reason}")
+        };
+        Response::with_status_line(line)
     }
 
     /// An empty response with a whole status line, for example `299 Custom`.
@@ -365,7 +384,11 @@ impl handler::GuestBodyStream for StreamState {
 
 /// Decodes `application/x-www-form-urlencoded` text: `+` is a space, `%XX` a byte. The
 /// input is a native string (one char per byte); the decoded bytes are read as UTF-8.
-fn form_decode(text: &str) -> String {
+fn form_decode(text: &str) -> Cow<'_, str> {
+    // Most names and values need no decoding: no copy for them.
+    if text.bytes().all(|b| b.is_ascii() && b != b'+' && b != b'%') {
+        return Cow::Borrowed(text);
+    }
     let raw: Vec<u8> = text
         .chars()
         .map(|c| u8::try_from(c).unwrap_or(b'?'))
@@ -386,7 +409,7 @@ fn form_decode(text: &str) -> String {
             byte => bytes.push(byte),
         }
     }
-    String::from_utf8_lossy(&bytes).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 fn hex(digit: &u8) -> Option<u8> {
@@ -436,5 +459,18 @@ mod tests {
         assert_eq!(form_decode("caf%C3%A9"), "café");
         // Raw UTF-8 bytes in a query arrive as one char per byte.
         assert_eq!(form_decode("caf\u{c3}\u{a9}"), "café");
+        assert!(matches!(
+            form_decode("plain-text"),
+            Cow::Borrowed("plain-text")
+        ));
+    }
+
+    #[test]
+    fn status_lines() {
+        let line = |status| Response::new(status).status;
+        assert_eq!(line(200), "200 OK");
+        assert_eq!(line(404), "404 Not Found");
+        assert_eq!(line(299), "299 Unknown");
+        assert_eq!(line(42), format!("42 {}", reason_phrase(42)));
     }
 }
