@@ -180,6 +180,8 @@ max-body-size = "1KiB"
 log-format = "json"
 workers = 1
 kv = "memory"
+# The harness passes --cache-dir, which conflicts with this and so wins over it.
+no-cache = true
 
 [[app]]
 name = "site"
@@ -212,6 +214,7 @@ route = "/faulty"
     assert_eq!(post("/x"), 200);
     // The command line's --workers wins over the file's.
     server.wait_for_log(&["\"app\":\"slow\"", "at /faulty, 2 instances"]);
+    server.wait_for_log(&["from the cache"]);
     // Every line is JSON, the access lines included.
     let access = server.wait_for_log(&["\"target\":\"access\"", "\"status\":504"]);
     let access: serde_json::Value = serde_json::from_str(&access).unwrap();
