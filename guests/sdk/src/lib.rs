@@ -30,6 +30,17 @@ use std::io;
 
 pub mod kv;
 
+#[cfg(any(test, all(target_family = "wasm", not(target_feature = "atomics"))))]
+mod alloc;
+
+#[cfg(all(
+    feature = "fast-alloc",
+    target_family = "wasm",
+    not(target_feature = "atomics")
+))]
+#[global_allocator]
+static ALLOCATOR: alloc::SmallBlockCache = alloc::SmallBlockCache::new();
+
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
