@@ -63,11 +63,7 @@ pub fn serve(
     let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
         return;
     };
-    let info = ConnectionInfo {
-        local,
-        peer,
-        multithread: config.multithread,
-    };
+    let info = ConnectionInfo::new(local, peer, config.multithread);
     // Responses are written whole or in large pieces; Nagle's delay only adds latency.
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%peer, "cannot configure connection: {error}");

@@ -5,13 +5,28 @@ use std::net::SocketAddr;
 use crate::bindings::wasm_gw::wsgi::request::Environ;
 use crate::http::request::{BodyKind, Head};
 
-/// Facts about the connection and the server that the environ reports.
-#[derive(Clone, Copy, Debug)]
+/// Facts about the connection and the server that the environ reports, formatted once for
+/// all the connection's requests.
+#[derive(Clone, Debug)]
 pub struct ConnectionInfo {
-    pub local: SocketAddr,
-    pub peer: SocketAddr,
+    local_ip: String,
+    local_port: u16,
+    peer_ip: String,
+    peer_port: u16,
     /// Whether other instances may serve requests for the app at the same time.
-    pub multithread: bool,
+    multithread: bool,
+}
+
+impl ConnectionInfo {
+    pub fn new(local: SocketAddr, peer: SocketAddr, multithread: bool) -> ConnectionInfo {
+        ConnectionInfo {
+            local_ip: local.ip().to_string(),
+            local_port: local.port(),
+            peer_ip: peer.ip().to_string(),
+            peer_port: peer.port(),
+            multithread,
+        }
+    }
 }
 
 /// Builds the environ for `head`. Every string is a PEP 3333 native string: one char per
@@ -45,11 +60,11 @@ pub fn build(head: &Head, connection: &ConnectionInfo) -> Environ {
     let (server_name, server_port) = host
         .or(authority.map(str::as_bytes))
         .and_then(split_host)
-        .unwrap_or_else(|| (connection.local.ip().to_string(), connection.local.port()));
+        .unwrap_or_else(|| (connection.local_ip.clone(), connection.local_port));
     Environ {
         request_method: head.method.to_owned(),
         script_name: String::new(),
-        path_info: latin1(&percent_decode(path.as_bytes())),
+        path_info: decode_path(path),
         query_string: latin1(query.as_bytes()),
         content_type,
         content_length,
@@ -61,8 +76,8 @@ pub fn build(head: &Head, connection: &ConnectionInfo) -> Environ {
             "HTTP/1.1"
         }
         .to_owned(),
-        remote_addr: connection.peer.ip().to_string(),
-        remote_port: connection.peer.port(),
+        remote_addr: connection.peer_ip.clone(),
+        remote_port: connection.peer_port,
         raw_uri: latin1(head.target.as_bytes()),
         url_scheme: "http".to_owned(),
         multithread: connection.multithread,
@@ -120,6 +135,15 @@ fn split_host(host: &[u8]) -> Option<(String, u16)> {
         _ => 80,
     };
     Some((name.to_owned(), port))
+}
+
+/// PATH_INFO: the path with its escapes decoded, as a native string.
+fn decode_path(path: &str) -> String {
+    // Most paths are plain ASCII without escapes: one copy, no decoding pass.
+    if path.bytes().all(|b| b.is_ascii() && b != b'%') {
+        return path.to_owned();
+    }
+    latin1(&percent_decode(path.as_bytes()))
 }
 
 /// Decodes `%XX` escapes to bytes; a `%` not followed by two hex digits stays as it is.

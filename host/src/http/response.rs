@@ -286,28 +286,24 @@ impl PendingHead {
         };
         for (name, value) in headers {
             check_name(name)?;
-            let lower = name.to_ascii_lowercase();
-            if is_hop_by_hop(&lower) {
+            if is_hop_by_hop(name) {
                 return Err(ResponseError::HopByHopHeader(name.clone()));
             }
-            match lower.as_str() {
-                "content-length" => {
-                    // RFC 9110 §8.6: "A server MUST NOT send a Content-Length header field in
-                    // any response with a status code of 1xx (Informational) or 204".
-                    let length = value.trim().parse::<u64>().ok().filter(|_| {
-                        code != 204
-                            && head.content_length.is_none()
-                            && value.trim().bytes().all(|b| b.is_ascii_digit())
-                    });
-                    head.content_length = Some(length.ok_or_else(|| {
-                        ResponseError::InvalidHeader(format!("Content-Length {value:?}"))
-                    })?);
-                    continue;
-                }
-                "date" => head.has_date = true,
-                "server" => head.has_server = true,
-                _ => {}
+            if name.eq_ignore_ascii_case("content-length") {
+                // RFC 9110 §8.6: "A server MUST NOT send a Content-Length header field in any
+                // response with a status code of 1xx (Informational) or 204".
+                let length = value.trim().parse::<u64>().ok().filter(|_| {
+                    code != 204
+                        && head.content_length.is_none()
+                        && value.trim().bytes().all(|b| b.is_ascii_digit())
+                });
+                head.content_length = Some(length.ok_or_else(|| {
+                    ResponseError::InvalidHeader(format!("Content-Length {value:?}"))
+                })?);
+                continue;
             }
+            head.has_date |= name.eq_ignore_ascii_case("date");
+            head.has_server |= name.eq_ignore_ascii_case("server");
             head.header_block.extend_from_slice(name.as_bytes());
             head.header_block.extend_from_slice(b": ");
             encode_value(&mut head.header_block, name, value)?;
@@ -366,7 +362,9 @@ impl PendingHead {
             _ => None,
         };
         if let Some(length) = length {
-            out.extend_from_slice(format!("Content-Length: {length}\r\n").as_bytes());
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(out, length);
+            out.extend_from_slice(b"\r\n");
         }
         if framing == BodyFraming::Chunked {
             out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
@@ -450,16 +448,47 @@ fn is_tchar(byte: u8) -> bool {
 }
 
 /// RFC 9110 §7.6.1: these describe one connection and are the server's to set.
-fn is_hop_by_hop(lower_name: &str) -> bool {
-    matches!(
-        lower_name,
-        "connection" | "keep-alive" | "transfer-encoding" | "te" | "trailer" | "upgrade"
-    ) || lower_name.starts_with("proxy-")
+fn is_hop_by_hop(name: &str) -> bool {
+    const HOP_BY_HOP: [&str; 6] = [
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+    ];
+    HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+        || name
+            .get(..6)
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("proxy-"))
+}
+
+/// Appends `n` in decimal, without the formatting machinery.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// Writes a header value as latin-1 bytes. RFC 9110 §5.5: `field-value = *field-content`,
 /// with no CTL but HTAB; PEP 3333 strings hold only code points up to U+00FF.
 fn encode_value(out: &mut Vec<u8>, name: &str, value: &str) -> Result<(), ResponseError> {
+    // Most values are printable ASCII, whose chars are their bytes.
+    if value
+        .bytes()
+        .all(|b| (b' '..0x7F).contains(&b) || b == b'\t')
+    {
+        out.extend_from_slice(value.as_bytes());
+        return Ok(());
+    }
     for c in value.chars() {
         let code = u32::from(c);
         if code > 0xFF || (code < 0x20 && c != '\t') || code == 0x7F {
@@ -475,6 +504,15 @@ fn encode_value(out: &mut Vec<u8>, name: &str, value: &str) -> Result<(), Respon
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals() {
+        for n in [0, 7, 10, 1234567890, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+    }
 
     fn head(status: &str, headers: &[(&str, &str)]) -> Result<PendingHead, ResponseError> {
         let headers: Vec<(String, String)> = headers
