@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bindings::wasm_gw::wsgi::request::Environ;
+use crate::environ::HeaderLines;
 use crate::http::Exchange;
 
 /// One worker of an app: serves one request at a time, and keeps its state between requests.
@@ -24,7 +25,9 @@ pub trait App: Send {
 pub struct Request {
     /// Unique within the process, for tagging log lines.
     pub id: u64,
+    /// Every variable but the headers, which stay in `headers` until an app asks.
     pub environ: Environ,
+    pub headers: HeaderLines,
     pub exchange: Exchange,
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::access_log;
 use crate::app::{Failure, Request};
 use crate::bindings::wasm_gw::wsgi::request::Environ;
-use crate::environ::{self, ConnectionInfo};
+use crate::environ::{self, ConnectionInfo, HeaderLines};
 use crate::http::Exchange;
 use crate::http::Limits;
 use crate::http::body::{BodyDecoder, BodyError};
@@ -80,7 +80,7 @@ pub fn serve(
         first = false;
         // Whatever answers this request, its writes run on a clock of their own.
         io.start_response();
-        let (mut environ, framing) = match read_head(&mut io, config, &info, idle_wait) {
+        let (mut environ, headers, framing) = match read_head(&mut io, config, &info, idle_wait) {
             Ok(Some(request)) => request,
             Ok(None) => return,
             Err(HeadError::Invalid(error)) => {
@@ -149,7 +149,7 @@ pub fn serve(
             let rest = environ.path_info.split_off(mount);
             environ.script_name = std::mem::replace(&mut environ.path_info, rest);
         }
-        let (kept, reusable) = handle(io, environ, framing, route, config);
+        let (kept, reusable) = handle(io, environ, headers, framing, route, config);
         if !(reusable && registration.end_request()) {
             return kept.close_gracefully();
         }
@@ -185,7 +185,7 @@ fn read_head(
     config: &ConnectionConfig,
     info: &ConnectionInfo,
     idle_wait: Duration,
-) -> Result<Option<(Environ, Framing)>, HeadError> {
+) -> Result<Option<(Environ, HeaderLines, Framing)>, HeadError> {
     let idle_deadline = Instant::now() + idle_wait;
     // The head deadline starts with its first byte; until then the connection is idle.
     let mut head_deadline = None;
@@ -206,7 +206,8 @@ fn read_head(
                 let parsed =
                     request::parse(buffered, slots, &config.limits).map_err(HeadError::Invalid)?;
                 if let Some((head, len)) = parsed {
-                    let request = (environ::build(&head, info), head.framing);
+                    let (environ, headers) = environ::build(&head, info);
+                    let request = (environ, headers, head.framing);
                     io.consume(len);
                     return Ok(Some(request));
                 }
@@ -245,6 +246,7 @@ fn worth_parsing(buffered: &[u8], scanned: usize, limits: &Limits) -> bool {
 fn handle(
     io: Io,
     environ: Environ,
+    headers: HeaderLines,
     framing: Framing,
     route: &Route,
     config: &ConnectionConfig,
@@ -261,6 +263,7 @@ fn handle(
     let request = Request {
         id: request_id,
         environ,
+        headers,
         exchange: Exchange::new(io, framing, body),
     };
     // The worker goes back to the pool at the end of this statement, before the connection

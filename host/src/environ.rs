@@ -29,28 +29,82 @@ impl ConnectionInfo {
     }
 }
 
-/// Builds the environ for `head`. Every string is a PEP 3333 native string: one char per
-/// byte, so latin-1 header bytes survive unchanged.
-pub fn build(head: &Head, connection: &ConnectionInfo) -> Environ {
+/// The request's header lines as received, kept compact until an app asks for them. Made
+/// into strings, a browser's dozen headers were a third of a request's cost, and most apps
+/// read few of them or none.
+#[derive(Debug, Default)]
+pub struct HeaderLines {
+    /// Every name, back to back.
+    names: String,
+    /// Every value, back to back, as received.
+    values: Vec<u8>,
+    /// Where each line's name and value end, in order.
+    ends: Vec<(usize, usize)>,
+}
+
+impl HeaderLines {
+    fn new(head: &Head) -> HeaderLines {
+        let mut lines = HeaderLines {
+            names: String::with_capacity(head.headers.iter().map(|h| h.name.len()).sum()),
+            values: Vec::with_capacity(head.headers.iter().map(|h| h.value.len()).sum()),
+            ends: Vec::with_capacity(head.headers.len()),
+        };
+        for header in head.headers {
+            lines.names.push_str(header.name);
+            lines.values.extend_from_slice(header.value);
+            lines.ends.push((lines.names.len(), lines.values.len()));
+        }
+        lines
+    }
+
+    /// Every line as (name, value), in order, repeats included.
+    fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        let starts = std::iter::once((0, 0)).chain(self.ends.iter().copied());
+        starts
+            .zip(&self.ends)
+            .map(|((name_start, value_start), &(name_end, value_end))| {
+                (
+                    &self.names[name_start..name_end],
+                    &self.values[value_start..value_end],
+                )
+            })
+    }
+
+    /// Fills in the environ's `headers` and `cgi-headers`.
+    pub fn fill(&self, environ: &mut Environ) {
+        environ.headers.reserve(self.ends.len());
+        for (name, value) in self.iter() {
+            let value = latin1(value);
+            // Content-Type and Content-Length have keys of their own; see the WIT for `_`.
+            if !name.eq_ignore_ascii_case("content-type")
+                && !name.eq_ignore_ascii_case("content-length")
+                && !name.contains('_')
+            {
+                add_cgi_header(&mut environ.cgi_headers, name, &value);
+            }
+            environ.headers.push((name.to_owned(), value));
+        }
+    }
+}
+
+/// Builds the environ for `head`, all but its headers, which [`HeaderLines::fill`] adds.
+/// Every string is a PEP 3333 native string: one char per byte, so latin-1 header bytes
+/// survive unchanged.
+pub fn build(head: &Head, connection: &ConnectionInfo) -> (Environ, HeaderLines) {
     let (authority, path, query) = split_target(head.target);
     let mut content_type = None;
     let mut content_length = None;
     let mut host = None;
-    let mut headers = Vec::with_capacity(head.headers.len());
-    let mut cgi_headers: Vec<(String, String)> = Vec::with_capacity(head.headers.len());
     for header in head.headers {
-        let value = latin1(header.value);
         if header.name.eq_ignore_ascii_case("content-type") {
-            content_type = Some(value.clone());
+            content_type = Some(latin1(header.value));
         } else if header.name.eq_ignore_ascii_case("content-length") {
-            content_length = value.parse().ok();
-        } else if !header.name.contains('_') {
-            if header.name.eq_ignore_ascii_case("host") {
-                host = Some(header.value);
-            }
-            add_cgi_header(&mut cgi_headers, header.name, &value);
+            content_length = std::str::from_utf8(header.value)
+                .ok()
+                .and_then(|length| length.parse().ok());
+        } else if header.name.eq_ignore_ascii_case("host") {
+            host = Some(header.value);
         }
-        headers.push((header.name.to_owned(), value));
     }
     if head.framing.body == BodyKind::Chunked {
         content_length = None;
@@ -61,7 +115,7 @@ pub fn build(head: &Head, connection: &ConnectionInfo) -> Environ {
         .or(authority.map(str::as_bytes))
         .and_then(split_host)
         .unwrap_or_else(|| (connection.local_ip.clone(), connection.local_port));
-    Environ {
+    let environ = Environ {
         request_method: head.method.to_owned(),
         script_name: String::new(),
         path_info: decode_path(path),
@@ -83,9 +137,10 @@ pub fn build(head: &Head, connection: &ConnectionInfo) -> Environ {
         multithread: connection.multithread,
         multiprocess: false,
         run_once: false,
-        cgi_headers,
-        headers,
-    }
+        cgi_headers: Vec::new(),
+        headers: Vec::new(),
+    };
+    (environ, HeaderLines::new(head))
 }
 
 /// Splits a request target into its authority, if it has one, its path and its query.
@@ -184,6 +239,54 @@ pub fn latin1(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::Limits;
+    use crate::http::request::parse;
+
+    #[test]
+    fn headers_come_when_asked_for() {
+        let raw = b"POST /p HTTP/1.1\r\nHost: h:81\r\nX-A: 1\r\nContent-Type: text/plain\r\n\
+            Content-Length: 2\r\nX_Sneaky: y\r\nx-a: \xe92\r\n\r\nhi";
+        let mut slots = [httparse::EMPTY_HEADER; 8];
+        let limits = Limits {
+            request_line: 64,
+            fields: 8,
+            field_bytes: 128,
+        };
+        let (head, _) = parse(raw, &mut slots, &limits).unwrap().unwrap();
+        let local = "127.0.0.1:8000".parse().unwrap();
+        let peer = "127.0.0.2:5000".parse().unwrap();
+        let (mut environ, lines) = build(&head, &ConnectionInfo::new(local, peer, true));
+        assert!(environ.headers.is_empty() && environ.cgi_headers.is_empty());
+        assert_eq!(environ.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(environ.content_length, Some(2));
+        assert_eq!(
+            (environ.server_name.as_str(), environ.server_port),
+            ("h", 81)
+        );
+        assert_eq!(environ.remote_addr, "127.0.0.2");
+
+        lines.fill(&mut environ);
+        let owned = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            environ.headers,
+            owned(&[
+                ("Host", "h:81"),
+                ("X-A", "1"),
+                ("Content-Type", "text/plain"),
+                ("Content-Length", "2"),
+                ("X_Sneaky", "y"),
+                ("x-a", "\u{e9}2"),
+            ])
+        );
+        assert_eq!(
+            environ.cgi_headers,
+            owned(&[("HTTP_HOST", "h:81"), ("HTTP_X_A", "1,\u{e9}2")])
+        );
+    }
 
     #[test]
     fn targets() {

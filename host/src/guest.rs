@@ -19,6 +19,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use crate::app::Request;
 use crate::bindings::wasm_gw::wsgi::request::{self, Environ, InputError, InputStream};
 use crate::bindings::wasm_gw::wsgi::response::{self, ResponseError as WitResponseError};
+use crate::environ::HeaderLines;
 use crate::http::Exchange;
 use crate::http::response::ResponseError;
 use crate::kv::guest::{KeyValue, Session};
@@ -49,6 +50,7 @@ pub struct GuestState {
     /// The request being served; present only during a call.
     exchange: Option<Exchange>,
     environ: Option<Environ>,
+    headers: HeaderLines,
     /// Names the current request's input handle, so a handle kept past its request is stale.
     request_seq: u32,
     /// Id of the request being served, for tagging the guest's log lines.
@@ -130,6 +132,7 @@ impl GuestState {
             },
             exchange: None,
             environ: None,
+            headers: HeaderLines::default(),
             request_seq: 0,
             request_id,
             logs,
@@ -159,6 +162,7 @@ impl GuestState {
         self.request_seq = self.request_seq.wrapping_add(1);
         self.exchange = Some(request.exchange);
         self.environ = Some(request.environ);
+        self.headers = request.headers;
         // A new request starts with a full budget; the first guest call starts its clock.
         self.clock.finished = Duration::ZERO;
         Resource::new_own(self.request_seq)
@@ -204,6 +208,7 @@ impl GuestState {
         Request {
             id: self.request_id.load(Ordering::Relaxed),
             environ: self.environ.take().expect("a request is being served"),
+            headers: std::mem::take(&mut self.headers),
             exchange: self.exchange.take().expect("a request is being served"),
         }
     }
@@ -322,7 +327,9 @@ impl WasiView for GuestState {
 
 impl request::Host for GuestState {
     fn full_environ(&mut self, input: Resource<InputStream>) -> wasmtime::Result<Environ> {
-        Ok(GuestState::environ(self, &input)?.clone())
+        let mut environ = GuestState::environ(self, &input)?.clone();
+        self.headers.fill(&mut environ);
+        Ok(environ)
     }
 
     fn request_method(&mut self, input: Resource<InputStream>) -> wasmtime::Result<String> {
