@@ -377,6 +377,28 @@ fn keep_alive(url_port: &str) -> anyhow::Result<BufReader<TcpStream>> {
     Ok(BufReader::new(TcpStream::connect(url_port)?))
 }
 
+/// What a browser sends with a page request: ten headers, where wrk sends only Host.
+const BROWSER_HEADERS: [&str; 18] = [
+    "-H",
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+    "-H",
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    "-H",
+    "Accept-Language: en-US,en;q=0.9",
+    "-H",
+    "Accept-Encoding: gzip, deflate, br",
+    "-H",
+    "Cookie: session=abc123def456; theme=dark",
+    "-H",
+    "Referer: http://127.0.0.1/",
+    "-H",
+    "Sec-Fetch-Dest: document",
+    "-H",
+    "Sec-Fetch-Mode: navigate",
+    "-H",
+    "Upgrade-Insecure-Requests: 1",
+];
+
 fn address(server: &Running) -> &str {
     server.url.trim_start_matches("http://")
 }
@@ -396,7 +418,7 @@ fn main() -> anyhow::Result<()> {
 
     // The hello variants run side by side and take turns under load, so that their ratios
     // compare like with like on a noisy machine.
-    let variants: [(&str, Target, &[&str], &[&str]); 5] = [
+    let variants: [(&str, Target, &[&str], &[&str]); 6] = [
         (
             "hello, keep-alive, 64 connections (Wasm)",
             Target::Wasm("hello"),
@@ -427,6 +449,12 @@ fn main() -> anyhow::Result<()> {
             &[],
             &["-H", "Connection: close"],
         ),
+        (
+            "hello, keep-alive, with a browser's headers",
+            Target::Wasm("hello"),
+            &[],
+            &BROWSER_HEADERS,
+        ),
     ];
     let servers = variants
         .iter()
@@ -451,7 +479,7 @@ fn main() -> anyhow::Result<()> {
             notes: format!("{cpu:.1} µs server CPU per request"),
         });
     }
-    let [wasm, native, quiet, per_request, _] = [0, 1, 2, 3, 4].map(|index| results[index].0);
+    let [wasm, native, quiet, per_request] = [0, 1, 2, 3].map(|index| results[index].0);
     ratios.push((
         "Wasm / native hello throughput".into(),
         wasm.requests_per_sec / native.requests_per_sec,
