@@ -233,8 +233,10 @@ fn read_head(
 /// keeps a head trickled in byte by byte from costing quadratic time.
 fn worth_parsing(buffered: &[u8], scanned: usize, limits: &Limits) -> bool {
     let fresh = &buffered[scanned.saturating_sub(2)..];
-    let head_may_end = fresh.windows(2).any(|pair| pair == b"\n\n")
-        || fresh.windows(3).any(|triple| triple == b"\n\r\n");
+    let head_may_end = memchr::memchr_iter(b'\n', fresh).any(|at| {
+        let after = &fresh[at + 1..];
+        after.starts_with(b"\n") || after.starts_with(b"\r\n")
+    });
     let line_limit = limits.request_line + 2;
     head_may_end
         || (scanned <= line_limit && buffered.len() > line_limit)

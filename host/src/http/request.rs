@@ -61,11 +61,7 @@ pub fn parse<'b, 'h>(
     };
     // RFC 9112 §2.2 lets a recipient accept a bare LF as a line end; refusing it keeps this
     // server from reading a head differently from a proxy in front of it.
-    if buf[..len]
-        .iter()
-        .enumerate()
-        .any(|(at, &byte)| byte == b'\n' && (at == 0 || buf[at - 1] != b'\r'))
-    {
+    if has_bare_lf(&buf[..len]) {
         return Err(RequestError::Malformed("bare LF in request head"));
     }
     let headers: &'h [httparse::Header<'b>] = request.headers;
@@ -87,6 +83,11 @@ pub fn parse<'b, 'h>(
     )))
 }
 
+/// Whether a line of `head` ends in LF without CR.
+fn has_bare_lf(head: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', head).any(|at| at == 0 || head[at - 1] != b'\r')
+}
+
 /// Answers 414 as soon as the request line is known to exceed `limit`, even before it ends.
 fn check_request_line_length(buf: &[u8], limit: usize) -> Result<(), RequestError> {
     // RFC 9112 §2.2: a server "SHOULD ignore at least one empty line (CRLF) received prior to
@@ -96,7 +97,7 @@ fn check_request_line_length(buf: &[u8], limit: usize) -> Result<(), RequestErro
         .position(|&b| b != b'\r' && b != b'\n')
         .unwrap_or(buf.len());
     let line = &buf[start..];
-    let length = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
+    let length = memchr::memchr(b'\n', line).unwrap_or(line.len());
     let length = length - usize::from(line[..length].ends_with(b"\r"));
     if length > limit {
         Err(RequestError::RequestLineTooLong(limit))
@@ -297,9 +298,27 @@ fn is_valid_host(host: &[u8]) -> bool {
         }),
         _ => false,
     };
-    let name_ok = name
-        .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+    let name_ok = name.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    });
     port_ok && name_ok
 }
 
@@ -336,6 +355,15 @@ mod tests {
         fields: 16,
         field_bytes: 128,
     };
+
+    #[test]
+    fn bare_line_feeds() {
+        assert!(!has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\nHost: a\r\n\r\n"));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\n"));
+        assert!(has_bare_lf(b"\n"));
+        assert!(!has_bare_lf(b"a\rb\r\n"));
+    }
 
     fn parse_all(raw: &[u8]) -> Result<Option<(Framing, usize)>, RequestError> {
         let mut slots = [httparse::EMPTY_HEADER; 16];
