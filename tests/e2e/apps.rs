@@ -25,11 +25,26 @@ fn hello_greets_by_name() {
         "Hello, WSGI!\n"
     );
 
-    let mut response = client().get(server.url("/")).call().unwrap();
-    assert_eq!(
-        response.body_mut().read_to_string().unwrap(),
-        "Hello, world!\n"
-    );
+    // The first parameter with that name once decoded, its value decoded too.
+    for (query, greeting) in [
+        ("", "Hello, world!\n"),
+        (
+            "?x=1&&na%6De=caf%C3%A9+au+lait&name=second",
+            "Hello, café au lait!\n",
+        ),
+        ("?name", "Hello, !\n"),
+        ("?names=no", "Hello, world!\n"),
+    ] {
+        let mut response = client()
+            .get(server.url(&format!("/{query}")))
+            .call()
+            .unwrap();
+        assert_eq!(
+            response.body_mut().read_to_string().unwrap(),
+            greeting,
+            "{query}"
+        );
+    }
     server.wait_for_log(&["\"GET /?name=WSGI HTTP/1.1\" 200 13"]);
 }
 
