@@ -9,8 +9,15 @@ use std::thread;
 use crate::app::{App, AppFactory};
 
 pub struct Pool {
-    idle: Mutex<Vec<Box<dyn App>>>,
+    idle: Mutex<Idle>,
     returned: Condvar,
+}
+
+struct Idle {
+    workers: Vec<Box<dyn App>>,
+    /// Requests waiting for a worker; a returned worker wakes one, and only then, since a
+    /// wakeup is a syscall even when nobody waits.
+    waiting: usize,
 }
 
 impl Pool {
@@ -45,7 +52,10 @@ impl Pool {
             workers.extend(batch?);
         }
         Ok(Pool {
-            idle: Mutex::new(workers),
+            idle: Mutex::new(Idle {
+                workers,
+                waiting: 0,
+            }),
             returned: Condvar::new(),
         })
     }
@@ -54,16 +64,18 @@ impl Pool {
     pub fn checkout(&self) -> Lease<'_> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            if let Some(worker) = idle.pop() {
+            if let Some(worker) = idle.workers.pop() {
                 return Lease {
                     pool: self,
                     worker: Some(worker),
                 };
             }
+            idle.waiting += 1;
             idle = self
                 .returned
                 .wait(idle)
                 .unwrap_or_else(PoisonError::into_inner);
+            idle.waiting -= 1;
         }
     }
 }
@@ -95,8 +107,10 @@ impl Drop for Lease<'_> {
                 .idle
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            idle.push(worker);
-            self.pool.returned.notify_one();
+            idle.workers.push(worker);
+            if idle.waiting > 0 {
+                self.pool.returned.notify_one();
+            }
         }
     }
 }
