@@ -1,8 +1,13 @@
 //! One client connection: read a request head, hand the request to a worker, answer for
 //! whatever went wrong, and keep the connection alive or close it.
+//!
+//! A connection runs only while it has bytes to act on. When it would wait, for the next
+//! request or the rest of a head or the client's close, it hands itself back with a
+//! deadline, and the server parks it without a thread.
 
 use std::io;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -29,6 +34,11 @@ const INLINE_HEADER_SLOTS: usize = 128;
 /// closes the connection instead.
 const MAX_DRAIN: u64 = 256 * 1024;
 
+/// How long, and for how many bytes, a closing connection keeps reading what the client
+/// still sends.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
+
 /// Ids for requests, unique within the process, for tagging log lines.
 static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -49,152 +59,301 @@ pub struct ConnectionConfig {
     pub multithread: bool,
 }
 
-/// Serves requests on `stream` until the client leaves, the connection must close, or the
-/// server stops.
-pub fn serve(
-    stream: TcpStream,
-    router: &CurrentRouter,
-    config: &ConnectionConfig,
-    lifecycle: &Arc<Lifecycle>,
-) {
-    let Some(registration) = lifecycle.register(&stream) else {
-        return;
-    };
-    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
-        return;
-    };
-    let info = ConnectionInfo::new(local, peer, config.multithread);
-    // Responses are written whole or in large pieces; Nagle's delay only adds latency.
-    if let Err(error) = stream.set_nodelay(true) {
-        tracing::debug!(%peer, "cannot configure connection: {error}");
-        return;
+/// A client connection, between the moments it has something to do.
+pub struct Connection {
+    io: Io,
+    state: State,
+}
+
+/// Everything of a connection but its socket, which requests borrow while they run.
+struct State {
+    peer: SocketAddr,
+    info: ConnectionInfo,
+    registration: Registration,
+    phase: Phase,
+}
+
+enum Phase {
+    /// Waiting for a request head, or for the rest of one.
+    Head(HeadProgress),
+    /// The last response is out and the write side shut; input is read and thrown away
+    /// until the client closes, `until` at most.
+    Closing { until: Instant, discarded: usize },
+}
+
+struct HeadProgress {
+    /// A connection that sends nothing may wait until then.
+    idle_until: Instant,
+    /// Set by the head's first byte: the whole head must be in by then.
+    head_deadline: Option<Instant>,
+    /// Buffered bytes already known not to end the head.
+    scanned: usize,
+}
+
+/// What a connection needs next.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved a few times per request; boxing would allocate each time"
+)]
+pub enum Next {
+    /// To wait until it is readable, or until the deadline passes.
+    Wait(Connection, Instant),
+    Closed,
+}
+
+impl Connection {
+    /// Takes on a new client connection, which then waits for its first request.
+    pub fn open(stream: TcpStream, config: &ConnectionConfig, lifecycle: &Arc<Lifecycle>) -> Next {
+        let Some(registration) = lifecycle.register(&stream) else {
+            return Next::Closed;
+        };
+        let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+            return Next::Closed;
+        };
+        // Responses are written whole or in large pieces; Nagle's delay only adds latency.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, "cannot configure connection: {error}");
+            return Next::Closed;
+        }
+        let state = State {
+            peer,
+            info: ConnectionInfo::new(local, peer, config.multithread),
+            registration,
+            phase: Phase::Head(HeadProgress::idle_for(config.timeouts.head)),
+        };
+        Connection {
+            io: Io::new(stream, config.body_pace),
+            state,
+        }
+        .wait()
     }
-    let mut io = Io::new(stream, config.body_pace);
-    let mut first = true;
-    loop {
-        let idle_wait = if first {
-            config.timeouts.head
-        } else {
-            config.timeouts.keep_alive
-        };
-        first = false;
-        // Whatever answers this request, its writes run on a clock of their own.
-        io.start_response();
-        let (mut environ, headers, framing) = match read_head(&mut io, config, &info, idle_wait) {
-            Ok(Some(request)) => request,
-            Ok(None) => return,
-            Err(HeadError::Invalid(error)) => {
-                let (code, reason) = error.status();
-                tracing::warn!(%peer, "rejected request with {code}: {error}");
+
+    /// Does what the connection's input allows: serves the requests in it, or reads on
+    /// towards the close.
+    pub fn on_readable(self, router: &CurrentRouter, config: &ConnectionConfig) -> Next {
+        match self.state.phase {
+            Phase::Head(_) => self.serve(router, config),
+            Phase::Closing { .. } => self.linger(),
+        }
+    }
+
+    /// Whether a passed deadline owes the client an answer, which takes a write.
+    pub fn owes_answer_at_deadline(&self) -> bool {
+        matches!(
+            self.state.phase,
+            Phase::Head(HeadProgress {
+                head_deadline: Some(_),
+                ..
+            })
+        )
+    }
+
+    /// Ends a wait whose deadline has passed: a 408 for a head that began, silence for an
+    /// idle connection.
+    pub fn on_deadline(mut self) -> Next {
+        if !self.owes_answer_at_deadline() {
+            return Next::Closed;
+        }
+        tracing::debug!(peer = %self.state.peer, "request head not received in time");
+        self.io.start_response();
+        let _ = write_server_response(
+            &mut self.io,
+            408,
+            "Request Timeout",
+            "Request Timeout\n",
+            None,
+            false,
+        );
+        self.close()
+    }
+
+    /// Serves requests until the connection must wait or close.
+    fn serve(self, router: &CurrentRouter, config: &ConnectionConfig) -> Next {
+        let Connection { mut io, mut state } = self;
+        let peer = state.peer;
+        loop {
+            let Phase::Head(progress) = &mut state.phase else {
+                unreachable!("only a connection waiting for a head serves requests");
+            };
+            // Whatever answers this request, its writes run on a clock of their own.
+            io.start_response();
+            let (mut environ, headers, framing) =
+                match read_head(&mut io, progress, config, &state.info) {
+                    HeadRead::Complete(request) => request,
+                    HeadRead::Pending => return Connection { io, state }.wait(),
+                    HeadRead::Closed => return Next::Closed,
+                    HeadRead::Invalid(error) => {
+                        let (code, reason) = error.status();
+                        tracing::warn!(%peer, "rejected request with {code}: {error}");
+                        let _ = write_server_response(
+                            &mut io,
+                            code,
+                            reason,
+                            &format!("{reason}\n"),
+                            None,
+                            false,
+                        );
+                        return Connection { io, state }.close();
+                    }
+                    HeadRead::Failed(error) => {
+                        tracing::debug!(%peer, "connection failed: {error}");
+                        return Next::Closed;
+                    }
+                };
+            if !state.registration.begin_request() {
+                let body = "Service Unavailable: the server is stopping\n";
                 let _ = write_server_response(
                     &mut io,
-                    code,
-                    reason,
-                    &format!("{reason}\n"),
-                    None,
+                    503,
+                    "Service Unavailable",
+                    body,
+                    Some(framing),
                     false,
                 );
-                return io.close_gracefully();
+                return Connection { io, state }.close();
             }
-            Err(HeadError::TimedOut) => {
-                tracing::debug!(%peer, "request head not received in time");
-                let _ = write_server_response(
-                    &mut io,
-                    408,
-                    "Request Timeout",
-                    "Request Timeout\n",
-                    None,
-                    false,
+            let router = router.get();
+            let Some((mount, route)) = router.route(&environ.server_name, &environ.path_info)
+            else {
+                let refusal = (
+                    404,
+                    "Not Found",
+                    "Not Found: no app is mounted at this path\n",
                 );
-                return io.close_gracefully();
+                return turn_away(Connection { io, state }, &environ, framing, refusal);
+            };
+            // The app's own limit, known only now that the route is; chunked bodies are held
+            // to it as they arrive.
+            if let BodyKind::Length(length) = framing.body
+                && route.max_body.is_some_and(|max| length > max)
+            {
+                tracing::warn!(%peer, "rejected request with 413: a body of {length} bytes is over the app's limit");
+                let refusal = (413, "Content Too Large", "Content Too Large\n");
+                return turn_away(Connection { io, state }, &environ, framing, refusal);
             }
-            Err(HeadError::Io(error)) => {
-                tracing::debug!(%peer, "connection failed: {error}");
-                return;
+            // WSGI's split: the mount prefix is SCRIPT_NAME, the rest PATH_INFO. At the root,
+            // the usual case, there is nothing to split and nothing to allocate.
+            if mount > 0 {
+                let rest = environ.path_info.split_off(mount);
+                environ.script_name = std::mem::replace(&mut environ.path_info, rest);
             }
+            let (kept, reusable) = handle(io, environ, headers, framing, route, config);
+            io = kept;
+            if !(reusable && state.registration.end_request()) {
+                return Connection { io, state }.close();
+            }
+            state.phase = Phase::Head(HeadProgress::idle_for(config.timeouts.keep_alive));
+            // Pipelined requests are served at once; otherwise a read now would find nothing.
+            if io.buffered().is_empty() {
+                return Connection { io, state }.wait();
+            }
+        }
+    }
+
+    /// Waits for what the phase waits for, until its deadline; at once past it, so that a
+    /// head trickling in can't outlast its deadline between two of the server's checks.
+    fn wait(self) -> Next {
+        let deadline = match &self.state.phase {
+            Phase::Head(progress) => progress.head_deadline.unwrap_or(progress.idle_until),
+            Phase::Closing { until, .. } => *until,
         };
-        if !registration.begin_request() {
-            let body = "Service Unavailable: the server is stopping\n";
-            let _ = write_server_response(
-                &mut io,
-                503,
-                "Service Unavailable",
-                body,
-                Some(framing),
-                false,
-            );
-            return io.close_gracefully();
+        if deadline <= Instant::now() {
+            return self.on_deadline();
         }
-        let router = router.get();
-        let Some((mount, route)) = router.route(&environ.server_name, &environ.path_info) else {
-            let refusal = (
-                404,
-                "Not Found",
-                "Not Found: no app is mounted at this path\n",
-            );
-            return turn_away(io, &environ, framing, refusal, &registration);
+        Next::Wait(self, deadline)
+    }
+
+    /// Closes the connection without losing the last response: stops writing, then waits for
+    /// the client to close (see [`Io::shut_write`]).
+    fn close(mut self) -> Next {
+        if self.io.shut_write().is_err() {
+            return Next::Closed;
+        }
+        self.state.phase = Phase::Closing {
+            until: Instant::now() + LINGER_TIME,
+            discarded: 0,
         };
-        // The app's own limit, known only now that the route is; chunked bodies are held
-        // to it as they arrive.
-        if let BodyKind::Length(length) = framing.body
-            && route.max_body.is_some_and(|max| length > max)
-        {
-            tracing::warn!(%peer, "rejected request with 413: a body of {length} bytes is over the app's limit");
-            let refusal = (413, "Content Too Large", "Content Too Large\n");
-            return turn_away(io, &environ, framing, refusal, &registration);
+        self.wait()
+    }
+
+    /// Throws away what the closing client still sends, until it closes.
+    fn linger(mut self) -> Next {
+        let Phase::Closing { discarded, .. } = &mut self.state.phase else {
+            unreachable!("only a closing connection lingers");
+        };
+        loop {
+            match self.io.discard_ready() {
+                Ok(Some(0)) | Err(_) => return Next::Closed,
+                Ok(Some(read)) => {
+                    *discarded += read;
+                    if *discarded >= LINGER_BYTES {
+                        return Next::Closed;
+                    }
+                }
+                Ok(None) => return self.wait(),
+            }
         }
-        // WSGI's split: the mount prefix is SCRIPT_NAME, the rest PATH_INFO. At the root,
-        // the usual case, there is nothing to split and nothing to allocate.
-        if mount > 0 {
-            let rest = environ.path_info.split_off(mount);
-            environ.script_name = std::mem::replace(&mut environ.path_info, rest);
+    }
+}
+
+impl AsFd for Connection {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.io.as_fd()
+    }
+}
+
+impl HeadProgress {
+    fn idle_for(wait: Duration) -> HeadProgress {
+        HeadProgress {
+            idle_until: Instant::now() + wait,
+            head_deadline: None,
+            scanned: 0,
         }
-        let (kept, reusable) = handle(io, environ, headers, framing, route, config);
-        if !(reusable && registration.end_request()) {
-            return kept.close_gracefully();
-        }
-        io = kept;
     }
 }
 
 /// Answers a request that no app sees with `(code, reason, body)`, and closes: its body,
 /// unread, rules out keeping the connection.
 fn turn_away(
-    mut io: Io,
+    mut connection: Connection,
     environ: &Environ,
     framing: Framing,
     (code, reason, body): (u16, &str, &str),
-    registration: &Registration,
-) {
+) -> Next {
     access_log::record(environ, Some(code), 0, Duration::ZERO);
-    let _ = write_server_response(&mut io, code, reason, body, Some(framing), false);
-    registration.end_request();
-    io.close_gracefully();
+    let _ = write_server_response(&mut connection.io, code, reason, body, Some(framing), false);
+    connection.state.registration.end_request();
+    connection.close()
 }
 
-enum HeadError {
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once per request; boxing would allocate each time"
+)]
+enum HeadRead {
+    Complete((Environ, HeaderLines, Framing)),
+    /// The head has not (all) arrived yet.
+    Pending,
+    /// The client closed between requests.
+    Closed,
     Invalid(RequestError),
-    TimedOut,
-    Io(io::Error),
+    Failed(io::Error),
 }
 
-/// Reads the next request head. `Ok(None)` means the client closed or idled out cleanly
-/// between requests.
+/// Reads the next request head from what has arrived, without waiting for more.
 fn read_head(
     io: &mut Io,
+    progress: &mut HeadProgress,
     config: &ConnectionConfig,
     info: &ConnectionInfo,
-    idle_wait: Duration,
-) -> Result<Option<(Environ, HeaderLines, Framing)>, HeadError> {
-    let idle_deadline = Instant::now() + idle_wait;
-    // The head deadline starts with its first byte; until then the connection is idle.
-    let mut head_deadline = None;
-    let mut scanned = 0;
+) -> HeadRead {
     loop {
         let buffered = io.buffered();
         if !buffered.is_empty() {
-            head_deadline.get_or_insert_with(|| Instant::now() + config.timeouts.head);
-            if worth_parsing(buffered, scanned, &config.limits) {
+            progress
+                .head_deadline
+                .get_or_insert_with(|| Instant::now() + config.timeouts.head);
+            if worth_parsing(buffered, progress.scanned, &config.limits) {
                 let mut inline = [httparse::EMPTY_HEADER; INLINE_HEADER_SLOTS];
                 let mut heap = Vec::new();
                 let slots = if config.limits.fields <= INLINE_HEADER_SLOTS {
@@ -203,28 +362,27 @@ fn read_head(
                     heap.resize(config.limits.fields, httparse::EMPTY_HEADER);
                     &mut heap[..]
                 };
-                let parsed =
-                    request::parse(buffered, slots, &config.limits).map_err(HeadError::Invalid)?;
-                if let Some((head, len)) = parsed {
-                    let (environ, headers) = environ::build(&head, info);
-                    let request = (environ, headers, head.framing);
-                    io.consume(len);
-                    return Ok(Some(request));
+                match request::parse(buffered, slots, &config.limits) {
+                    Err(error) => return HeadRead::Invalid(error),
+                    Ok(Some((head, len))) => {
+                        let (environ, headers) = environ::build(&head, info);
+                        let request = (environ, headers, head.framing);
+                        io.consume(len);
+                        return HeadRead::Complete(request);
+                    }
+                    Ok(None) => {}
                 }
             }
-            scanned = buffered.len();
+            progress.scanned = buffered.len();
         }
-        match io.fill(head_deadline.unwrap_or(idle_deadline)) {
-            Ok(0) if io.buffered().is_empty() => return Ok(None),
-            Ok(0) => {
-                return Err(HeadError::Invalid(RequestError::Malformed(
-                    "incomplete request head",
-                )));
+        match io.fill_ready() {
+            Ok(Some(0)) if io.buffered().is_empty() => return HeadRead::Closed,
+            Ok(Some(0)) => {
+                return HeadRead::Invalid(RequestError::Malformed("incomplete request head"));
             }
-            Ok(_) => {}
-            Err(error) if is_timeout(&error) && io.buffered().is_empty() => return Ok(None),
-            Err(error) if is_timeout(&error) => return Err(HeadError::TimedOut),
-            Err(error) => return Err(HeadError::Io(error)),
+            Ok(Some(_)) => {}
+            Ok(None) => return HeadRead::Pending,
+            Err(error) => return HeadRead::Failed(error),
         }
     }
 }

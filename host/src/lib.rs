@@ -2,7 +2,8 @@
 //!
 //! Data flows one way through the modules: [`cli`] and [`config`] → [`loader`] (the apps,
 //! and the router over them; [`reload`] goes through it again) → [`server`] (listener,
-//! accept loop) → [`connection`] (keep-alive loop) → [`http`] (head parsing, body decoding,
+//! accept loop, serving threads) → [`idle`] (connections parked between requests) →
+//! [`connection`] (each connection's requests) → [`http`] (head parsing, body decoding,
 //! response encoding) → [`environ`] → [`router`] → [`pool`] → [`app`], the seam that
 //! [`runtime`] implements for components, with [`guest`] answering the component's calls and
 //! [`kv`] its key-value storage.
@@ -19,6 +20,7 @@ pub mod connection;
 pub mod environ;
 pub mod guest;
 pub mod http;
+pub mod idle;
 pub mod kv;
 pub mod lifecycle;
 pub mod loader;

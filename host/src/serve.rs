@@ -119,7 +119,7 @@ pub fn run(
         config,
         args.max_connections,
         lifecycle.clone(),
-    );
+    )?;
     let still_open = lifecycle.wait_for_connections(args.graceful_timeout);
     access_log::flush();
     if still_open > 0 {

@@ -1,8 +1,15 @@
-//! The listener and the accept loop: one thread per connection, up to a limit, all sharing
-//! the router to the apps' worker pools. Threads outlive their connection for a while, to take the next.
+//! The listener and the threads that serve it. The accept loop parks each new connection
+//! in the idle set. A few threads take connections from there as they become readable, serve
+//! what has arrived, and park them again: a connection waiting for its client holds no
+//! thread, and a busy server's threads go from one ready connection to the next without
+//! sleeping.
+//!
+//! A watchdog thread enforces the parked connections' deadlines, and adds a thread when
+//! ready connections wait while threads are blocked, for example on slow uploads.
 
-use std::collections::VecDeque;
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{TcpListener, ToSocketAddrs};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -10,7 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::connection::{self, ConnectionConfig};
+use crate::connection::{Connection, ConnectionConfig, Next};
+use crate::http::io::threads_waiting_on_peers;
+use crate::idle::{IdleSet, Wakeup};
 use crate::lifecycle::Lifecycle;
 use crate::router::CurrentRouter;
 
@@ -35,25 +44,42 @@ pub fn bind(host: &str, port: u16, backlog: i32) -> anyhow::Result<TcpListener> 
     listen().with_context(|| format!("cannot listen on {host}:{port}"))
 }
 
-/// Accepts connections, serving each on its own thread, until the server stops.
+/// Accepts connections until the server stops; the serving threads go on with the open
+/// ones.
 pub fn run(
     listener: TcpListener,
     router: Arc<CurrentRouter>,
     config: ConnectionConfig,
     max_connections: usize,
     lifecycle: Arc<Lifecycle>,
-) {
-    let shared = Arc::new((router, config));
+) -> anyhow::Result<()> {
+    let idle = IdleSet::new().context("cannot create the set of idle connections")?;
+    let threads = Arc::new(ServingThreads {
+        idle,
+        router,
+        config,
+        running: AtomicUsize::new(0),
+        min_threads: thread::available_parallelism().map_or(2, usize::from),
+        max_threads: max_connections.max(1),
+    });
+    for _ in 0..threads.min_threads {
+        threads.start_one()?;
+    }
+    let watched = threads.clone();
+    thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || watched.watch())
+        .context("cannot start the watchdog thread")?;
+
     let open = Arc::new(ConnectionSlots::new(max_connections));
-    let idle = Arc::new(IdleThreads::default());
     loop {
         // Past the limit, new connections wait in the kernel's backlog.
         if !open.acquire(&lifecycle) {
-            return;
+            return Ok(());
         }
         let accepted = listener.accept();
         if lifecycle.is_stopping() {
-            return;
+            return Ok(());
         }
         let stream = match accepted {
             Ok((stream, _)) => stream,
@@ -65,83 +91,161 @@ pub fn run(
                 continue;
             }
         };
-        let Some((stream, slot)) = idle.offer((stream, SlotGuard(open.clone()))) else {
-            continue;
-        };
-        let (shared, lifecycle, idle) = (shared.clone(), lifecycle.clone(), idle.clone());
-        let spawned = thread::Builder::new()
-            .name("connection".into())
-            .spawn(move || {
-                let (router, config) = &*shared;
-                let mut next = Some((stream, slot));
-                while let Some((stream, slot)) = next {
-                    connection::serve(stream, router, config, &lifecycle);
-                    drop(slot);
-                    next = idle.next();
-                }
-            });
-        if let Err(error) = spawned {
-            tracing::error!("cannot start a connection thread: {error}");
+        let slot = SlotGuard(open.clone());
+        if let Next::Wait(connection, deadline) =
+            Connection::open(stream, &threads.config, &lifecycle)
+            && let Err(error) = threads.idle.add(Client { connection, slot }, deadline)
+        {
+            tracing::warn!("cannot wait for a new connection's request: {error}");
         }
     }
 }
 
 /// A connection and its place under the limit.
-type Job = (TcpStream, SlotGuard);
+struct Client {
+    connection: Connection,
+    slot: SlotGuard,
+}
+
+impl AsFd for Client {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.connection.as_fd()
+    }
+}
+
+/// How often the watchdog looks at the parked connections: how late a deadline may be
+/// enforced, and how long ready connections wait before a thread is added.
+const WATCH_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How often an accept loop held at the connection limit looks for a stop.
 const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
-/// How long a connection thread with nothing to do waits for another connection.
+/// How long a thread beyond the minimum waits for a ready connection before it ends.
 const IDLE_THREAD_LIFETIME: Duration = Duration::from_secs(30);
 
-/// Connection threads whose connection ended wait here for the next one, so that short
-/// connections don't each pay for a thread's creation.
-#[derive(Default)]
-struct IdleThreads {
-    handoff: Mutex<Handoff>,
-    arrived: Condvar,
+/// The threads that serve ready connections, and what they serve them with.
+struct ServingThreads {
+    idle: IdleSet<Client>,
+    router: Arc<CurrentRouter>,
+    config: ConnectionConfig,
+    running: AtomicUsize,
+    /// As many threads as cores are kept even when idle, and kept able to run: more are added
+    /// while some wait on clients, up to one per open connection.
+    min_threads: usize,
+    max_threads: usize,
 }
 
-#[derive(Default)]
-struct Handoff {
-    waiting: usize,
-    queued: VecDeque<Job>,
-}
+impl ServingThreads {
+    fn start_one(self: &Arc<Self>) -> std::io::Result<()> {
+        self.running.fetch_add(1, Ordering::Relaxed);
+        let threads = self.clone();
+        thread::Builder::new()
+            .name("connection".into())
+            .spawn(move || threads.serve())
+            .map(drop)
+            .inspect_err(|_| {
+                self.running.fetch_sub(1, Ordering::Relaxed);
+            })
+    }
 
-impl IdleThreads {
-    /// Hands `job` to a waiting thread, or gives it back when none is free.
-    fn offer(&self, job: Job) -> Option<Job> {
-        let mut handoff = self.handoff.lock().unwrap_or_else(PoisonError::into_inner);
-        if handoff.waiting > handoff.queued.len() {
-            handoff.queued.push_back(job);
-            self.arrived.notify_one();
-            None
-        } else {
-            Some(job)
+    /// Serves ready connections until this thread has idled long enough to end.
+    fn serve(&self) {
+        let _counted = LeavesCountIfPanicking(&self.running);
+        loop {
+            match self.idle.wait(IDLE_THREAD_LIFETIME) {
+                Ok(Wakeup::Ready(Client { connection, slot })) => {
+                    let next = connection.on_readable(&self.router, &self.config);
+                    self.park(next, slot);
+                }
+                Ok(Wakeup::Stale) => {}
+                Ok(Wakeup::TimedOut) if self.retire() => return,
+                Ok(Wakeup::TimedOut) => {}
+                Err(error) => {
+                    tracing::error!("waiting for ready connections failed: {error}");
+                    self.running.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
+            }
         }
     }
 
-    /// Waits for the next job; `None` once the thread has idled long enough to end.
-    fn next(&self) -> Option<Job> {
-        let deadline = Instant::now() + IDLE_THREAD_LIFETIME;
-        let mut handoff = self.handoff.lock().unwrap_or_else(PoisonError::into_inner);
-        handoff.waiting += 1;
+    fn park(&self, next: Next, slot: SlotGuard) {
+        if let Next::Wait(connection, deadline) = next
+            && let Err(error) = self.idle.park(Client { connection, slot }, deadline)
+        {
+            tracing::warn!("cannot wait for a connection's next request: {error}");
+        }
+    }
+
+    /// Ends this thread's count if more than the minimum are running.
+    fn retire(&self) -> bool {
+        self.running
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |running| {
+                (running > self.min_threads).then(|| running - 1)
+            })
+            .is_ok()
+    }
+
+    /// Enforces the parked connections' deadlines, and adds a thread when ready connections
+    /// have waited a whole interval while fewer threads than cores could run, or while none
+    /// took any (they may all wait on something else, such as a busy app).
+    fn watch(self: Arc<Self>) {
+        let mut ready_at_taken = None;
         loop {
-            if let Some(job) = handoff.queued.pop_front() {
-                handoff.waiting -= 1;
-                return Some(job);
+            self.idle.wait_until_occupied();
+            thread::sleep(WATCH_INTERVAL);
+            let (owing, quiet): (Vec<Client>, Vec<Client>) = self
+                .idle
+                .expired(Instant::now())
+                .into_iter()
+                .partition(|client| client.connection.owes_answer_at_deadline());
+            drop(quiet);
+            if !owing.is_empty() {
+                self.answer_expired(owing);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                handoff.waiting -= 1;
-                return None;
+
+            let taken = self.idle.taken();
+            if !self.idle.has_ready() {
+                ready_at_taken = None;
+                continue;
             }
-            handoff = self
-                .arrived
-                .wait_timeout(handoff, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            let Some(taken_before) = ready_at_taken.replace(taken) else {
+                continue;
+            };
+            let running = self.running.load(Ordering::Relaxed);
+            let able_to_run = running.saturating_sub(threads_waiting_on_peers());
+            if (taken == taken_before || able_to_run < self.min_threads)
+                && running < self.max_threads
+                && let Err(error) = self.start_one()
+            {
+                tracing::error!("cannot start a connection thread: {error}");
+            }
+        }
+    }
+
+    /// Answers timed-out heads with 408 on a thread of its own: a client that doesn't read
+    /// could block the write, and the watchdog must not wait on a client.
+    fn answer_expired(self: &Arc<Self>, owing: Vec<Client>) {
+        let threads = self.clone();
+        let answer = move || {
+            for Client { connection, slot } in owing {
+                threads.park(connection.on_deadline(), slot);
+            }
+        };
+        if let Err(error) = thread::Builder::new().name("timeouts".into()).spawn(answer) {
+            tracing::error!("cannot answer timed-out requests: {error}");
+        }
+    }
+}
+
+/// Takes a serving thread that panics out of the count, which would otherwise keep fewer
+/// threads than it says.
+struct LeavesCountIfPanicking<'a>(&'a AtomicUsize);
+
+impl Drop for LeavesCountIfPanicking<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.0.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -183,7 +287,7 @@ impl ConnectionSlots {
     }
 }
 
-/// Frees a connection slot when its thread ends, however it ends.
+/// Frees a connection slot when its connection ends, however it ends.
 struct SlotGuard(Arc<ConnectionSlots>);
 
 impl Drop for SlotGuard {

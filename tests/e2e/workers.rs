@@ -1,6 +1,7 @@
 //! The worker model: instance lifecycles and connections that never pin a worker.
 
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
 
 use crate::support::{RawResponse, Server, client};
 
@@ -54,16 +55,7 @@ fn idle_connections_never_hold_a_worker() {
             "1001",
         ],
     );
-    let mut idle = Vec::new();
-    for _ in 0..1000 {
-        let mut stream = server.connect();
-        stream
-            .write_all(b"GET /?name=idle HTTP/1.1\r\nHost: a\r\n\r\n")
-            .unwrap();
-        let mut reader = BufReader::new(stream);
-        assert_eq!(RawResponse::read(&mut reader, false).status, 200);
-        idle.push(reader);
-    }
+    let mut idle: Vec<_> = (0..1000).map(|_| idle_connection(&server)).collect();
     // One worker, a thousand idle keep-alive connections: a new client is still served.
     let mut response = client().get(server.url("/?name=fresh")).call().unwrap();
     assert_eq!(
@@ -72,12 +64,119 @@ fn idle_connections_never_hold_a_worker() {
     );
     // And the idle ones are all still open.
     for reader in &mut idle {
-        reader
-            .get_mut()
-            .write_all(b"GET /?name=again HTTP/1.1\r\nHost: a\r\n\r\n")
-            .unwrap();
-        assert_eq!(RawResponse::read(reader, false).text(), "Hello, again!\n");
+        assert_served_again(reader);
     }
+}
+
+/// A keep-alive connection that has had one response.
+fn idle_connection(server: &Server) -> BufReader<TcpStream> {
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET /?name=idle HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    assert_eq!(RawResponse::read(&mut reader, false).status, 200);
+    reader
+}
+
+fn assert_served_again(idle: &mut BufReader<TcpStream>) {
+    idle.get_mut()
+        .write_all(b"GET /?name=again HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    assert_eq!(RawResponse::read(idle, false).text(), "Hello, again!\n");
+}
+
+/// The server process's thread count.
+fn threads(server: &Server) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("Threads:"))
+        .unwrap();
+    line["Threads:".len()..].trim().parse().unwrap()
+}
+
+#[test]
+fn waiting_connections_hold_no_thread() {
+    let server = Server::start("hello", &["--max-connections", "1001"]);
+    assert_eq!(server.raw(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").status, 200);
+    let before = threads(&server);
+    // Five hundred idle keep-alive connections, and five hundred halfway through a head.
+    let mut idle = Vec::new();
+    let mut halfway = Vec::new();
+    for _ in 0..500 {
+        idle.push(idle_connection(&server));
+        let mut stream = server.connect();
+        stream.write_all(b"GET /?name=late HTTP/1.1\r\nHo").unwrap();
+        halfway.push(stream);
+    }
+    // A thread per connection would be a thousand more; a few may come and go with load.
+    let added = threads(&server).saturating_sub(before);
+    assert!(
+        added < 50,
+        "{added} threads more for 1,000 waiting connections"
+    );
+    // Every one of them is still served.
+    for stream in &mut halfway {
+        stream.write_all(b"st: a\r\n\r\n").unwrap();
+    }
+    for stream in halfway {
+        let response = RawResponse::read(&mut BufReader::new(stream), false);
+        assert_eq!(response.text(), "Hello, late!\n");
+    }
+    for reader in &mut idle {
+        assert_served_again(reader);
+    }
+}
+
+#[test]
+fn threads_blocked_on_slow_uploads_do_not_stall_other_clients() {
+    // More stalled uploads than the server keeps threads (one per core), each holding a
+    // thread and an instance in a body read that would wait a minute.
+    let stalled_count = std::thread::available_parallelism().map_or(2, usize::from) + 2;
+    let workers = (stalled_count + 1).to_string();
+    let server = Server::start("stream", &["--workers", &workers, "--body-timeout", "60"]);
+    let mut stalled = Vec::new();
+    for _ in 0..stalled_count {
+        let mut stream = server.connect();
+        stream
+            .write_all(b"POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\nslow")
+            .unwrap();
+        stalled.push(stream);
+    }
+    // The server adds a thread for clients that are ready while all of its threads wait.
+    let mut fresh = server.connect();
+    fresh
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    fresh
+        .write_all(b"GET /count?n=3 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let response = RawResponse::read(&mut BufReader::new(fresh), false);
+    assert_eq!(response.text(), "1\n2\n3\n");
+    // The stalled uploads finish too once their bodies arrive.
+    for stream in &mut stalled {
+        stream.write_all(&[b'x'; 999_996]).unwrap();
+    }
+    for stream in stalled {
+        let response = RawResponse::read(&mut BufReader::new(stream), false);
+        assert_eq!(response.text(), "1000000\n");
+    }
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_its_timeout() {
+    let server = Server::start("hello", &["--keep-alive", "1"]);
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    assert_eq!(RawResponse::read(&mut reader, false).status, 200);
+    // Nothing more is sent: the server closes, well within the read timeout.
+    let mut rest = Vec::new();
+    let read = reader.read_to_end(&mut rest).unwrap();
+    assert_eq!(read, 0, "{:?}", String::from_utf8_lossy(&rest));
 }
 
 #[test]

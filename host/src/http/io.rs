@@ -5,15 +5,32 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags};
 
 /// How much one read from the socket asks for.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// How long, and for how many bytes, a closing connection keeps reading what the client
-/// still sends.
-const LINGER_TIME: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 1024 * 1024;
+/// Threads in a read or write that waits on a peer: the server counts them to know how many
+/// of its threads can run. Only a call that would wait counts, so a socket call is first
+/// tried without waiting.
+static WAITING_ON_PEERS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many threads are in a socket read or write that may wait on its peer, now.
+pub fn threads_waiting_on_peers() -> usize {
+    WAITING_ON_PEERS.load(Ordering::Relaxed)
+}
+
+/// Runs `io`, a socket call that may wait on the peer, counted in [`threads_waiting_on_peers`].
+fn waiting_on_peer<R>(io: impl FnOnce() -> R) -> R {
+    WAITING_ON_PEERS.fetch_add(1, Ordering::Relaxed);
+    let result = io();
+    WAITING_ON_PEERS.fetch_sub(1, Ordering::Relaxed);
+    result
+}
 
 /// A socket timeout this close to the one wanted is left alone, saving a syscall.
 const TIMEOUT_SLACK: Duration = Duration::from_millis(50);
@@ -106,7 +123,9 @@ impl Io {
     /// Returns how many arrived; 0 means the peer closed its side. Fails with `TimedOut`
     /// once the deadline has passed.
     pub fn fill(&mut self, deadline: Instant) -> io::Result<usize> {
-        self.make_room();
+        if let Some(read) = self.fill_ready()? {
+            return Ok(read);
+        }
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -116,7 +135,7 @@ impl Io {
                 self.stream.set_read_timeout(Some(left))?;
                 self.read_timeout.0 = Some(left);
             }
-            match self.stream.read(&mut self.buf[self.end..]) {
+            match waiting_on_peer(|| self.stream.read(&mut self.buf[self.end..])) {
                 Ok(read) => {
                     self.end += read;
                     return Ok(read);
@@ -131,6 +150,24 @@ impl Io {
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// Reads what has already arrived, without waiting. `None` means nothing has: the
+    /// caller parks the connection until something does.
+    pub fn fill_ready(&mut self) -> io::Result<Option<usize>> {
+        self.make_room();
+        let read = receive_ready(&self.stream, &mut self.buf[self.end..])?;
+        if let Some(read) = read {
+            self.end += read;
+        }
+        Ok(read)
+    }
+
+    /// Like [`Io::fill_ready`], but throws away what it reads, and what was buffered.
+    pub fn discard_ready(&mut self) -> io::Result<Option<usize>> {
+        self.pos = 0;
+        self.end = 0;
+        self.fill_ready()
     }
 
     /// Ensures free space after the buffered bytes: moves them to the front, and grows the
@@ -163,11 +200,17 @@ impl Io {
             if left.is_zero() {
                 return Err(io::ErrorKind::TimedOut.into());
             }
-            if self.write_timeout.needs(left) {
-                self.stream.set_write_timeout(Some(left))?;
-                self.write_timeout.0 = Some(left);
-            }
-            let written = match self.stream.write_vectored(remaining) {
+            let sent = match send_ready(&self.stream, remaining)? {
+                Some(sent) => Ok(sent),
+                None => {
+                    if self.write_timeout.needs(left) {
+                        self.stream.set_write_timeout(Some(left))?;
+                        self.write_timeout.0 = Some(left);
+                    }
+                    waiting_on_peer(|| self.stream.write_vectored(remaining))
+                }
+            };
+            let written = match sent {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => written,
                 // The timeout may be a little shorter than the deadline; look again.
@@ -189,25 +232,42 @@ impl Io {
         Ok(())
     }
 
-    /// Closes the connection without losing the last response. Closing a socket with unread
-    /// input makes the kernel send a reset, which can destroy the response before the client
-    /// reads it; so stop writing, then read and discard until the client closes too.
-    pub fn close_gracefully(mut self) {
-        if self.stream.shutdown(Shutdown::Write).is_err() {
-            return;
+    /// Stops writing: the client sees the end of the response. Closing a socket with
+    /// unread input makes the kernel send a reset, which can destroy the response before the
+    /// client reads it; so the connection then discards input until the client closes too.
+    pub fn shut_write(&self) -> io::Result<()> {
+        self.stream.shutdown(Shutdown::Write)
+    }
+}
+
+impl AsFd for Io {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
+/// One write that doesn't wait, whatever the socket's mode; `None` if the socket's buffer
+/// is full.
+fn send_ready(stream: &TcpStream, parts: &[io::IoSlice]) -> io::Result<Option<usize>> {
+    let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+    loop {
+        match rustix::net::sendmsg(stream, parts, &mut SendAncillaryBuffer::default(), flags) {
+            Ok(sent) => return Ok(Some(sent)),
+            Err(rustix::io::Errno::AGAIN) => return Ok(None),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(errno) => return Err(errno.into()),
         }
-        let deadline = Instant::now() + LINGER_TIME;
-        let mut discarded = 0;
-        let mut sink = [0; 8192];
-        while discarded < LINGER_BYTES {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.stream.set_read_timeout(Some(left)).is_err() {
-                return;
-            }
-            match self.stream.read(&mut sink) {
-                Ok(0) | Err(_) => return,
-                Ok(read) => discarded += read,
-            }
+    }
+}
+
+/// One read that doesn't wait, whatever the socket's mode; `None` if nothing has arrived.
+fn receive_ready(stream: &TcpStream, into: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        match rustix::net::recv(stream, &mut *into, RecvFlags::DONTWAIT) {
+            Ok((read, _)) => return Ok(Some(read)),
+            Err(rustix::io::Errno::AGAIN) => return Ok(None),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(errno) => return Err(errno.into()),
         }
     }
 }

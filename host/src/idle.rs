@@ -1,0 +1,319 @@
+//! Connections waiting for their next bytes: parked in epoll with a deadline, holding no
+//! thread, until they become readable or the deadline passes.
+//!
+//! Each connection is armed for one wakeup (`EPOLLONESHOT`), so that exactly one of the
+//! threads waiting here takes it; it is armed again when it is parked again.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use rustix::event::epoll::{self, EventData, EventFlags};
+use rustix::event::{PollFd, PollFlags, Timespec};
+
+/// Readable, or the peer closed its side (which reads as the end of input).
+const WAKE_ON: EventFlags = EventFlags::IN
+    .union(EventFlags::RDHUP)
+    .union(EventFlags::ONESHOT);
+
+/// The set of parked connections, shared by the threads that serve them.
+pub struct IdleSet<T> {
+    epoll: OwnedFd,
+    parked: Mutex<Parked<T>>,
+    /// Signalled when the set stops being empty.
+    no_longer_empty: Condvar,
+    /// How many parked connections have been taken out to be served, ever.
+    taken: AtomicU64,
+}
+
+/// What the threads see when they wait.
+pub enum Wakeup<T> {
+    /// A connection that became readable.
+    Ready(T),
+    /// Nothing became readable in time.
+    TimedOut,
+    /// A wakeup for a connection that had already left the set; wait again.
+    Stale,
+}
+
+/// The connections in slots; a token names a slot and which of its occupants it means.
+struct Parked<T> {
+    slots: Vec<Slot<T>>,
+    free: Vec<u32>,
+    len: usize,
+    /// No deadline comes before this; the set is searched for expired ones only then.
+    earliest: Option<Instant>,
+    /// Threads waiting for the set to be occupied; waking them is a syscall, so only done
+    /// when there are some.
+    sleepers: usize,
+}
+
+struct Slot<T> {
+    generation: u32,
+    occupant: Option<(T, Instant)>,
+}
+
+impl<T: AsFd> IdleSet<T> {
+    pub fn new() -> io::Result<IdleSet<T>> {
+        Ok(IdleSet {
+            epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
+            parked: Mutex::new(Parked {
+                slots: Vec::new(),
+                free: Vec::new(),
+                len: 0,
+                earliest: None,
+                sleepers: 0,
+            }),
+            no_longer_empty: Condvar::new(),
+            taken: AtomicU64::new(0),
+        })
+    }
+
+    /// Parks a connection this set has not seen before, until it is readable or `deadline`.
+    pub fn add(&self, connection: T, deadline: Instant) -> io::Result<()> {
+        self.insert(connection, deadline, |epoll, fd, token| {
+            epoll::add(epoll, fd, token, WAKE_ON)
+        })
+    }
+
+    /// Parks a connection that was taken from this set, until it is readable or `deadline`.
+    pub fn park(&self, connection: T, deadline: Instant) -> io::Result<()> {
+        self.insert(connection, deadline, |epoll, fd, token| {
+            epoll::modify(epoll, fd, token, WAKE_ON)
+        })
+    }
+
+    fn insert(
+        &self,
+        connection: T,
+        deadline: Instant,
+        arm: impl FnOnce(&OwnedFd, &T, EventData) -> rustix::io::Result<()>,
+    ) -> io::Result<()> {
+        let mut parked = self.lock();
+        let index = match parked.free.pop() {
+            Some(index) => index,
+            None => {
+                parked.slots.push(Slot {
+                    generation: 0,
+                    occupant: None,
+                });
+                u32::try_from(parked.slots.len() - 1).expect("fewer than 2^32 connections")
+            }
+        };
+        let slot = &mut parked.slots[index as usize];
+        let token = EventData::new_u64(u64::from(slot.generation) << 32 | u64::from(index));
+        // Armed while the lock is held: a thread woken for it waits until it is in its slot.
+        let (connection, _) = slot.occupant.insert((connection, deadline));
+        let armed = arm(&self.epoll, connection, token);
+        parked.len += 1;
+        if let Err(errno) = armed {
+            let unparked = parked.vacate(index);
+            // Closing it takes other locks; not under this one.
+            drop(parked);
+            drop(unparked);
+            return Err(errno.into());
+        }
+        if parked.earliest.is_none_or(|earliest| deadline < earliest) {
+            parked.earliest = Some(deadline);
+        }
+        if parked.len == 1 && parked.sleepers > 0 {
+            self.no_longer_empty.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for a parked connection to become readable, and takes it out.
+    pub fn wait(&self, timeout: Duration) -> io::Result<Wakeup<T>> {
+        let mut events = [epoll::Event {
+            flags: EventFlags::empty(),
+            data: EventData::new_u64(0),
+        }];
+        // A timeout too long to express is no timeout.
+        let timeout = Timespec::try_from(timeout).ok();
+        // One event at a time: a thread serves what it takes, and the others take the rest.
+        let woken = loop {
+            match epoll::wait(&self.epoll, &mut events, timeout.as_ref()) {
+                Err(rustix::io::Errno::INTR) => {}
+                woken => break woken?,
+            }
+        };
+        if woken == 0 {
+            return Ok(Wakeup::TimedOut);
+        }
+        let token = events[0].data.u64();
+        let (index, generation) = ((token & u64::from(u32::MAX)) as u32, (token >> 32) as u32);
+        let mut parked = self.lock();
+        let current = parked
+            .slots
+            .get(index as usize)
+            .is_some_and(|slot| slot.generation == generation && slot.occupant.is_some());
+        if !current {
+            return Ok(Wakeup::Stale);
+        }
+        let (connection, _) = parked.vacate(index);
+        self.taken.fetch_add(1, Ordering::Relaxed);
+        Ok(Wakeup::Ready(connection))
+    }
+
+    /// Takes out every connection whose deadline has passed by `now`, but those that are
+    /// readable: their bytes came in time, and a thread will take them.
+    pub fn expired(&self, now: Instant) -> Vec<T> {
+        let mut parked = self.lock();
+        if parked.earliest.is_none_or(|earliest| earliest > now) {
+            return Vec::new();
+        }
+        let mut expired = Vec::new();
+        let mut earliest = None;
+        for index in 0..parked.slots.len() {
+            let Some((connection, deadline)) = &parked.slots[index].occupant else {
+                continue;
+            };
+            let deadline = *deadline;
+            if deadline <= now && !is_readable(connection) {
+                expired.push(parked.vacate(index as u32).0);
+            } else if earliest.is_none_or(|earliest| deadline < earliest) {
+                earliest = Some(deadline);
+            }
+        }
+        parked.earliest = earliest;
+        expired
+    }
+
+    /// Blocks while nothing is parked.
+    pub fn wait_until_occupied(&self) {
+        let mut parked = self.lock();
+        while parked.len == 0 {
+            parked.sleepers += 1;
+            parked = self
+                .no_longer_empty
+                .wait(parked)
+                .unwrap_or_else(PoisonError::into_inner);
+            parked.sleepers -= 1;
+        }
+    }
+
+    /// Whether a parked connection is readable and no thread has taken it yet.
+    pub fn has_ready(&self) -> bool {
+        is_readable(&self.epoll)
+    }
+
+    /// How many connections have been taken out to be served so far.
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Parked<T>> {
+        self.parked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Whether reading `fd` would return at once; an epoll instance is readable while it holds
+/// events not yet taken.
+fn is_readable(fd: &impl AsFd) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut fds, Some(&zero)).is_ok_and(|ready| ready > 0)
+}
+
+impl<T> Parked<T> {
+    /// Empties an occupied slot; its token goes stale.
+    fn vacate(&mut self, index: u32) -> (T, Instant) {
+        let slot = &mut self.slots[index as usize];
+        let occupant = slot.occupant.take().expect("an occupied slot");
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(index);
+        self.len -= 1;
+        occupant
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    const SOON: Duration = Duration::from_secs(5);
+
+    fn woken(set: &IdleSet<UnixStream>) -> Option<UnixStream> {
+        match set.wait(SOON).unwrap() {
+            Wakeup::Ready(stream) => Some(stream),
+            Wakeup::TimedOut | Wakeup::Stale => None,
+        }
+    }
+
+    #[test]
+    fn a_connection_is_taken_once_when_readable_and_again_after_parking() {
+        let set = IdleSet::new().unwrap();
+        let (parked, mut peer) = UnixStream::pair().unwrap();
+        let later = Instant::now() + SOON;
+        set.add(parked, later).unwrap();
+        assert!(matches!(
+            set.wait(Duration::from_millis(10)).unwrap(),
+            Wakeup::TimedOut
+        ));
+        assert!(!set.has_ready());
+
+        peer.write_all(b"x").unwrap();
+        assert!(set.has_ready());
+        let taken = woken(&set).expect("readable");
+        assert_eq!(set.taken(), 1);
+        // Taken out, it is not handed to a second thread, readable as it still is.
+        assert!(matches!(
+            set.wait(Duration::from_millis(10)).unwrap(),
+            Wakeup::TimedOut
+        ));
+        // Parked again unread, it is readable at once.
+        set.park(taken, later).unwrap();
+        assert!(woken(&set).is_some());
+        assert_eq!(set.taken(), 2);
+    }
+
+    #[test]
+    fn expired_takes_out_only_what_is_past_its_deadline() {
+        let set = IdleSet::new().unwrap();
+        let now = Instant::now();
+        let (due, _due_peer) = UnixStream::pair().unwrap();
+        let (waiting, _waiting_peer) = UnixStream::pair().unwrap();
+        set.add(due, now).unwrap();
+        set.add(waiting, now + SOON).unwrap();
+        assert_eq!(set.expired(now).len(), 1);
+        assert!(set.expired(now).is_empty());
+        assert_eq!(set.expired(now + SOON).len(), 1);
+    }
+
+    #[test]
+    fn a_readable_connection_outlives_its_deadline_until_taken() {
+        let set = IdleSet::new().unwrap();
+        let now = Instant::now();
+        let (sent_in_time, mut peer) = UnixStream::pair().unwrap();
+        set.add(sent_in_time, now).unwrap();
+        peer.write_all(b"x").unwrap();
+        assert!(set.expired(now).is_empty());
+        assert!(woken(&set).is_some());
+    }
+
+    #[test]
+    fn a_wakeup_for_a_connection_that_left_is_stale() {
+        let set = IdleSet::new().unwrap();
+        let now = Instant::now();
+        let (expiring, mut peer) = UnixStream::pair().unwrap();
+        set.add(expiring, now).unwrap();
+        let [expired] = <[UnixStream; 1]>::try_from(set.expired(now)).unwrap();
+        // Still armed in epoll, under a token that no longer names it.
+        peer.write_all(b"x").unwrap();
+        assert!(matches!(set.wait(SOON).unwrap(), Wakeup::Stale));
+        // Its slot's next occupant is not mistaken for it.
+        let (next, mut next_peer) = UnixStream::pair().unwrap();
+        set.add(next, now + SOON).unwrap();
+        next_peer.write_all(b"y").unwrap();
+        assert!(woken(&set).is_some());
+        drop(expired);
+    }
+}
