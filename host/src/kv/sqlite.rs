@@ -1,10 +1,12 @@
 //! `--kv sqlite:PATH`, the default: one database file in WAL mode, which lets readers and
-//! the one writer of the moment work at once. Each worker has its own connection; writers
-//! queue on SQLite's lock for up to [`BUSY_TIMEOUT`].
+//! the one writer of the moment work at once. Each worker has its own connection. Writers
+//! of one process take turns on a mutex; other processes sharing the file queue on SQLite's
+//! lock for up to [`BUSY_TIMEOUT`].
 
 use std::fs::DirBuilder;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
@@ -30,11 +32,18 @@ const SCHEMA: &str = "
 
 pub struct Sqlite {
     path: PathBuf,
+    /// SQLite's own lock makes a waiting writer poll with growing sleeps, so under load one
+    /// could lose the race again and again: POSTs took up to 1.6 s, and some failed with
+    /// "database is locked" after BUSY_TIMEOUT. A mutex hands the turn over at once.
+    writers: Arc<Mutex<()>>,
 }
 
 impl Sqlite {
     pub fn new(path: PathBuf) -> Sqlite {
-        Sqlite { path }
+        Sqlite {
+            path,
+            writers: Arc::default(),
+        }
     }
 }
 
@@ -59,12 +68,21 @@ impl Backend for Sqlite {
             .map_err(|error| {
                 Error::Backend(format!("cannot open {}: {error}", self.path.display()))
             })?;
-        Ok(Box::new(SqliteConnection { connection }))
+        Ok(Box::new(SqliteConnection {
+            connection,
+            writers: self.writers.clone(),
+        }))
     }
 }
 
 struct SqliteConnection {
     connection: rusqlite::Connection,
+    writers: Arc<Mutex<()>>,
+}
+
+/// Waits for this process's turn to write.
+fn writers_turn(writers: &Mutex<()>) -> MutexGuard<'_, ()> {
+    writers.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn backend(error: rusqlite::Error) -> Error {
@@ -114,6 +132,7 @@ impl SqliteConnection {
         &mut self,
         act: impl FnOnce(&rusqlite::Connection) -> Result<R>,
     ) -> Result<R> {
+        let _turn = writers_turn(&self.writers);
         let transaction = self
             .connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -130,10 +149,12 @@ impl Connection for SqliteConnection {
     }
 
     fn set(&mut self, bucket: BucketId, key: &str, value: &[u8]) -> Result<()> {
+        let _turn = writers_turn(&self.writers);
         write(&self.connection, bucket, key, value).map_err(backend)
     }
 
     fn delete(&mut self, bucket: BucketId, key: &str) -> Result<()> {
+        let _turn = writers_turn(&self.writers);
         remove(&self.connection, bucket, key).map_err(backend)
     }
 
