@@ -252,7 +252,8 @@ impl Connection {
 
     /// Waits for what the phase waits for, until its deadline; at once past it, so that a
     /// head trickling in can't outlast its deadline between two of the server's checks.
-    fn wait(self) -> Next {
+    fn wait(mut self) -> Next {
+        self.io.release_buffer();
         let deadline = match &self.state.phase {
             Phase::Head(progress) => progress.head_deadline.unwrap_or(progress.idle_until),
             Phase::Closing { until, .. } => *until,

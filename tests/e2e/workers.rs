@@ -55,7 +55,15 @@ fn idle_connections_never_hold_a_worker() {
             "1001",
         ],
     );
+    let (before, _) = server.memory();
     let mut idle: Vec<_> = (0..1000).map(|_| idle_connection(&server)).collect();
+    // An idle connection holds no read buffer (16 KiB): the thousand take little memory.
+    let (after, _) = server.memory();
+    let growth = after.saturating_sub(before);
+    assert!(
+        growth < 8 << 20,
+        "1,000 idle connections took {growth} bytes"
+    );
     // One worker, a thousand idle keep-alive connections: a new client is still served.
     let mut response = client().get(server.url("/?name=fresh")).call().unwrap();
     assert_eq!(

@@ -3,6 +3,7 @@
 //! Bytes read past the end of one request stay in the buffer for the next, so pipelined
 //! requests are never lost.
 
+use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -13,6 +14,15 @@ use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags};
 
 /// How much one read from the socket asks for.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Read buffers each thread keeps for the connections it wakes next.
+const SPARE_BUFFERS_KEPT: usize = 64;
+
+thread_local! {
+    /// Buffers given up by connections that went idle: a connection that waits holds none,
+    /// and the next one a thread serves takes one without allocating or zeroing.
+    static SPARE_BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Threads in a read or write that waits on a peer: the server counts them to know how many
 /// of its threads can run. Only a call that would wait counts, so a socket call is first
@@ -68,7 +78,8 @@ impl SocketTimeout {
 /// A connection's socket and its read buffer.
 pub struct Io {
     stream: TcpStream,
-    /// Zeroed once; reads land in `buf[end..]`.
+    /// Zeroed once; reads land in `buf[end..]`. Empty while the connection waits with
+    /// nothing buffered.
     buf: Vec<u8>,
     /// The unconsumed bytes are `buf[pos..end]`.
     pos: usize,
@@ -86,7 +97,7 @@ impl Io {
     pub fn new(stream: TcpStream, write_pace: Pace) -> Io {
         Io {
             stream,
-            buf: vec![0; READ_CHUNK],
+            buf: Vec::new(),
             pos: 0,
             end: 0,
             read_timeout: SocketTimeout::default(),
@@ -170,9 +181,31 @@ impl Io {
         self.fill_ready()
     }
 
+    /// Gives up the read buffer if nothing is in it, before the connection waits.
+    pub fn release_buffer(&mut self) {
+        if self.pos < self.end || self.buf.is_empty() {
+            return;
+        }
+        let buf = std::mem::take(&mut self.buf);
+        (self.pos, self.end) = (0, 0);
+        // One grown for a long head goes back to the allocator.
+        if buf.len() == READ_CHUNK {
+            SPARE_BUFFERS.with_borrow_mut(|spare| {
+                if spare.len() < SPARE_BUFFERS_KEPT {
+                    spare.push(buf);
+                }
+            });
+        }
+    }
+
     /// Ensures free space after the buffered bytes: moves them to the front, and grows the
     /// buffer only when it is full of one unfinished head.
     fn make_room(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = SPARE_BUFFERS
+                .with_borrow_mut(Vec::pop)
+                .unwrap_or_else(|| vec![0; READ_CHUNK]);
+        }
         if self.end < self.buf.len() {
             return;
         }
