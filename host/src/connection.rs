@@ -250,15 +250,16 @@ impl Connection {
         }
     }
 
-    /// Waits for what the phase waits for, until its deadline; at once past it, so that a
-    /// head trickling in can't outlast its deadline between two of the server's checks.
+    /// Waits for what the phase waits for, until its deadline. A head trickling in is
+    /// answered at once past its deadline, so it can't outlast it between two of the
+    /// server's checks; the other deadlines were just set.
     fn wait(mut self) -> Next {
         self.io.release_buffer();
         let deadline = match &self.state.phase {
             Phase::Head(progress) => progress.head_deadline.unwrap_or(progress.idle_until),
             Phase::Closing { until, .. } => *until,
         };
-        if deadline <= Instant::now() {
+        if self.owes_answer_at_deadline() && deadline <= Instant::now() {
             return self.on_deadline();
         }
         Next::Wait(self, deadline)

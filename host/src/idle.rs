@@ -6,7 +6,6 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -24,8 +23,6 @@ pub struct IdleSet<T> {
     parked: Mutex<Parked<T>>,
     /// Signalled when the set stops being empty.
     no_longer_empty: Condvar,
-    /// How many parked connections have been taken out to be served, ever.
-    taken: AtomicU64,
 }
 
 /// What the threads see when they wait.
@@ -48,6 +45,8 @@ struct Parked<T> {
     /// Threads waiting for the set to be occupied; waking them is a syscall, so only done
     /// when there are some.
     sleepers: usize,
+    /// How many parked connections have been taken out to be served, ever.
+    taken: u64,
 }
 
 struct Slot<T> {
@@ -65,9 +64,9 @@ impl<T: AsFd> IdleSet<T> {
                 len: 0,
                 earliest: None,
                 sleepers: 0,
+                taken: 0,
             }),
             no_longer_empty: Condvar::new(),
-            taken: AtomicU64::new(0),
         })
     }
 
@@ -153,7 +152,7 @@ impl<T: AsFd> IdleSet<T> {
             return Ok(Wakeup::Stale);
         }
         let (connection, _) = parked.vacate(index);
-        self.taken.fetch_add(1, Ordering::Relaxed);
+        parked.taken += 1;
         Ok(Wakeup::Ready(connection))
     }
 
@@ -201,7 +200,7 @@ impl<T: AsFd> IdleSet<T> {
 
     /// How many connections have been taken out to be served so far.
     pub fn taken(&self) -> u64 {
-        self.taken.load(Ordering::Relaxed)
+        self.lock().taken
     }
 
     fn lock(&self) -> MutexGuard<'_, Parked<T>> {

@@ -283,21 +283,25 @@ impl AsFd for Io {
 /// is full.
 fn send_ready(stream: &TcpStream, parts: &[io::IoSlice]) -> io::Result<Option<usize>> {
     let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
-    loop {
-        match rustix::net::sendmsg(stream, parts, &mut SendAncillaryBuffer::default(), flags) {
-            Ok(sent) => return Ok(Some(sent)),
-            Err(rustix::io::Errno::AGAIN) => return Ok(None),
-            Err(rustix::io::Errno::INTR) => {}
-            Err(errno) => return Err(errno.into()),
-        }
-    }
+    without_waiting(|| {
+        rustix::net::sendmsg(stream, parts, &mut SendAncillaryBuffer::default(), flags)
+    })
 }
 
 /// One read that doesn't wait, whatever the socket's mode; `None` if nothing has arrived.
 fn receive_ready(stream: &TcpStream, into: &mut [u8]) -> io::Result<Option<usize>> {
+    without_waiting(|| {
+        rustix::net::recv(stream, &mut *into, RecvFlags::DONTWAIT).map(|(read, _)| read)
+    })
+}
+
+/// Runs a socket call made with MSG_DONTWAIT: `None` where it would have waited.
+fn without_waiting(
+    mut call: impl FnMut() -> rustix::io::Result<usize>,
+) -> io::Result<Option<usize>> {
     loop {
-        match rustix::net::recv(stream, &mut *into, RecvFlags::DONTWAIT) {
-            Ok((read, _)) => return Ok(Some(read)),
+        match call() {
+            Ok(moved) => return Ok(Some(moved)),
             Err(rustix::io::Errno::AGAIN) => return Ok(None),
             Err(rustix::io::Errno::INTR) => {}
             Err(errno) => return Err(errno.into()),
