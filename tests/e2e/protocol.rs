@@ -75,6 +75,30 @@ fn pipelined_requests_are_answered_in_order() {
 }
 
 #[test]
+fn a_refused_connection_closes_without_a_reset() {
+    let server = Server::start("hello", &[]);
+    let stream = server.connect();
+    // A malformed head, then more than the server reads before it answers. Closing with
+    // input unread would make the kernel reset the connection, which can destroy the
+    // answer on its way; the server reads on until the client closes instead.
+    let mut request = b"GET / HTTP/1.1\r\nHost: a\r\nNo colon here\r\n\r\n".to_vec();
+    request.resize(request.len() + 64 * 1024, b'x');
+    (&stream).write_all(&request).unwrap();
+    let mut reader = BufReader::new(stream);
+    assert_eq!(RawResponse::read(&mut reader, false).status, 400);
+    let stream = reader.get_mut();
+    assert_eq!(
+        stream.read(&mut [0; 1]).unwrap(),
+        0,
+        "the answer ends the output"
+    );
+    // The client still sends after the answer, then closes: all without a reset.
+    stream.write_all(&[b'x'; 64 * 1024]).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(stream.read(&mut [0; 1]).unwrap(), 0);
+}
+
+#[test]
 fn a_request_trickled_byte_by_byte_parses() {
     for echo in echo_apps() {
         eprintln!("echo app: {}", echo.display());

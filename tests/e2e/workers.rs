@@ -200,6 +200,26 @@ fn a_silent_connection_is_closed_after_the_header_timeout() {
 }
 
 #[test]
+fn a_head_trickling_in_is_cut_off_at_the_header_timeout() {
+    let server = Server::start("hello", &["--header-timeout", "1"]);
+    let stream = server.connect();
+    let mut trickle = stream.try_clone().unwrap();
+    // A byte every 50 ms, of a header that never ends: each one arrives in time, the head
+    // as a whole does not.
+    let writer = std::thread::spawn(move || {
+        trickle
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+            .unwrap();
+        while trickle.write_all(b"a").is_ok() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    });
+    let response = RawResponse::read(&mut BufReader::new(stream), false);
+    assert_eq!(response.status, 408);
+    writer.join().unwrap();
+}
+
+#[test]
 fn a_trickling_body_is_cut_off() {
     let server = Server::start(
         "stream",

@@ -245,3 +245,39 @@ impl Connection for SqliteConnection {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::thread;
+
+    use super::*;
+
+    #[test]
+    fn a_writer_waits_its_turn_past_sqlites_busy_timeout() {
+        let dir = std::env::temp_dir().join(format!("wasm-gw-sqlite-turns-{}", std::process::id()));
+        let sqlite = Sqlite::new(dir.join("kv.sqlite"));
+        let mut waiting = sqlite.connect().unwrap();
+        // Another worker of this process, in the middle of a write that outlasts
+        // BUSY_TIMEOUT, as an fsync on a loaded disk can.
+        let busy = rusqlite::Connection::open(&sqlite.path).unwrap();
+        let turn = writers_turn(&sqlite.writers);
+        busy.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let (started, writing) = mpsc::channel();
+        let bucket = BucketId {
+            namespace: "test",
+            bucket: "b",
+        };
+        let writer = thread::spawn(move || {
+            started.send(()).unwrap();
+            waiting.set(bucket, "key", b"value")
+        });
+        writing.recv().unwrap();
+        thread::sleep(BUSY_TIMEOUT + Duration::from_secs(1));
+        busy.execute_batch("COMMIT").unwrap();
+        drop(turn);
+        let written = writer.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(written.is_ok(), "{:?}", written.err());
+    }
+}
