@@ -103,11 +103,16 @@ pub enum Next {
 
 impl Connection {
     /// Takes on a new client connection, which then waits for its first request.
-    pub fn open(stream: TcpStream, config: &ConnectionConfig, lifecycle: &Arc<Lifecycle>) -> Next {
+    pub fn open(
+        stream: TcpStream,
+        peer: SocketAddr,
+        config: &ConnectionConfig,
+        lifecycle: &Arc<Lifecycle>,
+    ) -> Next {
         let Some(registration) = lifecycle.register(&stream) else {
             return Next::Closed;
         };
-        let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+        let Ok(local) = stream.local_addr() else {
             return Next::Closed;
         };
         // Responses are written whole or in large pieces; Nagle's delay only adds latency.
@@ -237,10 +242,12 @@ impl Connection {
                 let rest = environ.path_info.split_off(mount);
                 environ.script_name = std::mem::replace(&mut environ.path_info, rest);
             }
-            let (kept, reusable) = handle(io, environ, headers, framing, route, config);
+            let (kept, after) = handle(io, environ, headers, framing, route, config);
             io = kept;
-            if !(reusable && state.registration.end_request()) {
-                return Connection { io, state }.close();
+            match after {
+                After::KeepAlive if state.registration.end_request() => {}
+                After::Ended => return Connection { io, state }.close_ended(),
+                After::KeepAlive | After::Close => return Connection { io, state }.close(),
             }
             state.phase = Phase::Head(HeadProgress::idle_for(config.timeouts.keep_alive));
             // Pipelined requests are served at once; otherwise a read now would find nothing.
@@ -278,6 +285,16 @@ impl Connection {
         self.wait()
     }
 
+    /// Closes a connection whose client asked for the close and sent its whole request: at
+    /// once, since nothing more should come. Input that came all the same is thrown away
+    /// first, by lingering, so that the close can't be a reset that loses the response.
+    fn close_ended(mut self) -> Next {
+        if self.io.buffered().is_empty() && matches!(self.io.discard_ready(), Ok(None | Some(0))) {
+            return Next::Closed;
+        }
+        self.close()
+    }
+
     /// Throws away what the closing client still sends, until it closes.
     fn linger(mut self) -> Next {
         let Phase::Closing { discarded, .. } = &mut self.state.phase else {
@@ -312,6 +329,16 @@ impl HeadProgress {
             scanned: 0,
         }
     }
+}
+
+/// How a connection goes on after a request.
+enum After {
+    /// Another request may follow.
+    KeepAlive,
+    /// The client asked to close and sent its whole request.
+    Ended,
+    /// Closing, though the client may still be sending.
+    Close,
 }
 
 /// Answers a request that no app sees with `(code, reason, body)`, and closes: its body,
@@ -412,7 +439,7 @@ fn handle(
     framing: Framing,
     route: &Route,
     config: &ConnectionConfig,
-) -> (Io, bool) {
+) -> (Io, After) {
     let request_id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     metrics().request_started();
@@ -464,14 +491,19 @@ fn handle(
         started.elapsed(),
     );
 
-    let reusable = error_status.is_none()
-        && exchange.response.allows_keep_alive()
-        && exchange.body_failed.is_none()
-        && !exchange.body_unsent()
-        && exchange
-            .body
-            .skip(&mut exchange.io, MAX_DRAIN)
-            .unwrap_or(false);
+    let clean = error_status.is_none() && exchange.body_failed.is_none() && !exchange.body_unsent();
+    let after = if !clean {
+        After::Close
+    } else if exchange.response.allows_keep_alive() {
+        match exchange.body.skip(&mut exchange.io, MAX_DRAIN) {
+            Ok(true) => After::KeepAlive,
+            _ => After::Close,
+        }
+    } else if exchange.response.ends_as_client_asked() && exchange.body.is_done() {
+        After::Ended
+    } else {
+        After::Close
+    };
     route.metrics.request_finished(
         &environ.request_method,
         code.unwrap_or(0),
@@ -479,7 +511,7 @@ fn handle(
         exchange.body.consumed(),
         exchange.response.body_bytes(),
     );
-    (exchange.io, reusable)
+    (exchange.io, after)
 }
 
 /// Which request a log line is about.

@@ -143,7 +143,12 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.lifecycle.lock().remove(&self.id);
-        self.lifecycle.ended.notify_all();
+        let mut connections = self.lifecycle.lock();
+        connections.remove(&self.id);
+        // Only a stopping server waits for connections to end, and it set `stopping` before
+        // it took this lock to wait; a wake costs a syscall.
+        if self.lifecycle.is_stopping() {
+            self.lifecycle.ended.notify_all();
+        }
     }
 }

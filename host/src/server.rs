@@ -81,8 +81,8 @@ pub fn run(
         if lifecycle.is_stopping() {
             return Ok(());
         }
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 open.release();
                 tracing::warn!("accept failed: {error}");
@@ -93,7 +93,7 @@ pub fn run(
         };
         let slot = SlotGuard(open.clone());
         if let Next::Wait(connection, deadline) =
-            Connection::open(stream, &threads.config, &lifecycle)
+            Connection::open(stream, peer, &threads.config, &lifecycle)
             && let Err(error) = threads.idle.add(Client { connection, slot }, deadline)
         {
             tracing::warn!("cannot wait for a new connection's request: {error}");
@@ -282,8 +282,12 @@ impl ConnectionSlots {
     }
 
     fn release(&self) {
-        *self.free.lock().unwrap_or_else(PoisonError::into_inner) += 1;
-        self.freed.notify_one();
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        *free += 1;
+        // The accept loop waits only while no slot is free; a wake costs a syscall.
+        if *free == 1 {
+            self.freed.notify_one();
+        }
     }
 }
 

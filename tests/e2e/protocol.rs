@@ -99,6 +99,30 @@ fn a_refused_connection_closes_without_a_reset() {
 }
 
 #[test]
+fn input_after_a_close_the_client_asked_for_is_drained_without_a_reset() {
+    let server = Server::start("hello", &[]);
+    let stream = server.connect();
+    // The server closes at once after a request that asked for the close, unless input
+    // followed it all the same: closing on unread input would be a reset.
+    let mut request = b"GET /?name=close HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_vec();
+    request.resize(request.len() + 64 * 1024, b'x');
+    (&stream).write_all(&request).unwrap();
+    let mut reader = BufReader::new(stream);
+    let response = RawResponse::read(&mut reader, false);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "Hello, close!\n");
+    let stream = reader.get_mut();
+    assert_eq!(
+        stream.read(&mut [0; 1]).unwrap(),
+        0,
+        "the response ends the output"
+    );
+    stream.write_all(&[b'x'; 64 * 1024]).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(stream.read(&mut [0; 1]).unwrap(), 0);
+}
+
+#[test]
 fn a_request_trickled_byte_by_byte_parses() {
     for echo in echo_apps() {
         eprintln!("echo app: {}", echo.display());

@@ -130,6 +130,12 @@ impl Response {
         self.body_bytes
     }
 
+    /// Whether the response is out whole on a connection the client asked to close, so
+    /// that the client sends nothing more.
+    pub fn ends_as_client_asked(&self) -> bool {
+        matches!(self.state, State::Complete { .. }) && !self.request.keep_alive
+    }
+
     /// Whether the connection can carry another request after this response.
     pub fn allows_keep_alive(&self) -> bool {
         matches!(self.state, State::Complete { .. }) && !self.must_close && self.request.keep_alive
