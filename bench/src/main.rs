@@ -685,7 +685,8 @@ fn upload_size(harness: &Harness) -> u64 {
     if harness.quick { 256 << 20 } else { 1 << 30 }
 }
 
-/// Streams a large body to /sink: MB/s, and how far the server's peak RSS rose.
+/// Streams a large body to /sink once per run: the median MB/s, and how far the server's
+/// peak RSS rose over all of them.
 fn upload(harness: &Harness) -> anyhow::Result<(f64, f64)> {
     let server = harness.start(Target::Wasm("stream"), &["--workers", "1"])?;
     let mut warm = keep_alive(address(&server))?;
@@ -698,24 +699,28 @@ fn upload(harness: &Harness) -> anyhow::Result<(f64, f64)> {
     let (baseline, _) = memory_mib(server.child.id())?;
 
     let total = upload_size(harness);
-    let mut stream = TcpStream::connect(address(&server))?;
-    let started = Instant::now();
-    write!(
-        stream,
-        "POST /sink HTTP/1.1\r\nHost: b\r\nContent-Length: {total}\r\n\r\n"
-    )?;
-    let block = vec![b'u'; 1 << 20];
-    for _ in 0..total >> 20 {
-        stream.write_all(&block)?;
-    }
-    let mut reply = [0; 12];
-    stream.read_exact(&mut reply)?;
-    let seconds = started.elapsed().as_secs_f64();
-    if &reply[9..12] != b"200" {
-        bail!("upload answered {}", String::from_utf8_lossy(&reply));
+    let mut rates = Vec::new();
+    for _ in 0..harness.runs {
+        let mut stream = TcpStream::connect(address(&server))?;
+        let started = Instant::now();
+        write!(
+            stream,
+            "POST /sink HTTP/1.1\r\nHost: b\r\nContent-Length: {total}\r\n\r\n"
+        )?;
+        let block = vec![b'u'; 1 << 20];
+        for _ in 0..total >> 20 {
+            stream.write_all(&block)?;
+        }
+        let mut reply = [0; 12];
+        stream.read_exact(&mut reply)?;
+        let seconds = started.elapsed().as_secs_f64();
+        if &reply[9..12] != b"200" {
+            bail!("upload answered {}", String::from_utf8_lossy(&reply));
+        }
+        rates.push(total as f64 / (1 << 20) as f64 / seconds);
     }
     let (_, peak) = memory_mib(server.child.id())?;
-    Ok((total as f64 / (1 << 20) as f64 / seconds, peak - baseline))
+    Ok((median(&rates), peak - baseline))
 }
 
 /// Milliseconds from spawning the server to its first 200: with an empty code cache, and
