@@ -102,17 +102,20 @@ pub enum Next {
 }
 
 impl Connection {
-    /// Takes on a new client connection, which then waits for its first request.
+    /// Takes on a new client connection, which then waits for its first request. `local` is
+    /// the address it arrived on, if the listener knows it.
     pub fn open(
         stream: TcpStream,
         peer: SocketAddr,
+        local: Option<SocketAddr>,
         config: &ConnectionConfig,
         lifecycle: &Arc<Lifecycle>,
     ) -> Next {
+        let stream = Arc::new(stream);
         let Some(registration) = lifecycle.register(&stream) else {
             return Next::Closed;
         };
-        let Ok(local) = stream.local_addr() else {
+        let Ok(local) = local.map_or_else(|| stream.local_addr(), Ok) else {
             return Next::Closed;
         };
         // Responses are written whole or in large pieces; Nagle's delay only adds latency.

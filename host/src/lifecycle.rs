@@ -19,9 +19,8 @@ pub struct Lifecycle {
 
 /// An open connection, as the shutdown sees it.
 struct Tracked {
-    /// A handle on the connection's socket, to wake it when idle; none if the process ran
-    /// out of descriptors for it.
-    stream: Option<TcpStream>,
+    /// The connection's socket, to wake it when idle.
+    stream: Arc<TcpStream>,
     /// A request is in flight; shutting down waits for it.
     busy: Mutex<bool>,
 }
@@ -39,15 +38,9 @@ impl Lifecycle {
     }
 
     /// Tracks a new connection, or returns `None` when the server is stopping.
-    pub fn register(self: &Arc<Self>, stream: &TcpStream) -> Option<Registration> {
-        let handle = stream
-            .try_clone()
-            .inspect_err(|error| {
-                tracing::warn!("an idle keep-alive connection won't close at shutdown: {error}");
-            })
-            .ok();
+    pub fn register(self: &Arc<Self>, stream: &Arc<TcpStream>) -> Option<Registration> {
         let tracked = Arc::new(Tracked {
-            stream: handle,
+            stream: stream.clone(),
             busy: Mutex::new(false),
         });
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
@@ -76,9 +69,9 @@ impl Lifecycle {
         for tracked in connections.values() {
             if *tracked.busy.lock().unwrap_or_else(PoisonError::into_inner) {
                 busy += 1;
-            } else if let Some(stream) = &tracked.stream {
-                // Wakes the connection's blocked read with an end of input.
-                let _ = stream.shutdown(Shutdown::Read);
+            } else {
+                // Wakes the connection's wait with an end of input.
+                let _ = tracked.stream.shutdown(Shutdown::Read);
             }
         }
         busy

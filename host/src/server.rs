@@ -72,6 +72,12 @@ pub fn run(
         .context("cannot start the watchdog thread")?;
 
     let open = Arc::new(ConnectionSlots::new(max_connections));
+    // Every connection to a listener on one address has that address; only a wildcard
+    // listener's need asking for theirs.
+    let local = listener
+        .local_addr()
+        .ok()
+        .filter(|address| !address.ip().is_unspecified());
     loop {
         // Past the limit, new connections wait in the kernel's backlog.
         if !open.acquire(&lifecycle) {
@@ -93,7 +99,7 @@ pub fn run(
         };
         let slot = SlotGuard(open.clone());
         if let Next::Wait(connection, deadline) =
-            Connection::open(stream, peer, &threads.config, &lifecycle)
+            Connection::open(stream, peer, local, &threads.config, &lifecycle)
             && let Err(error) = threads.idle.add(Client { connection, slot }, deadline)
         {
             tracing::warn!("cannot wait for a new connection's request: {error}");

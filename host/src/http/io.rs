@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -77,7 +78,8 @@ impl SocketTimeout {
 
 /// A connection's socket and its read buffer.
 pub struct Io {
-    stream: TcpStream,
+    /// Shared with the server's shutdown, which wakes idle connections through it.
+    stream: Arc<TcpStream>,
     /// Zeroed once; reads land in `buf[end..]`. Empty while the connection waits with
     /// nothing buffered.
     buf: Vec<u8>,
@@ -94,7 +96,7 @@ pub struct Io {
 }
 
 impl Io {
-    pub fn new(stream: TcpStream, write_pace: Pace) -> Io {
+    pub fn new(stream: Arc<TcpStream>, write_pace: Pace) -> Io {
         Io {
             stream,
             buf: Vec::new(),
@@ -146,7 +148,7 @@ impl Io {
                 self.stream.set_read_timeout(Some(left))?;
                 self.read_timeout.0 = Some(left);
             }
-            match waiting_on_peer(|| self.stream.read(&mut self.buf[self.end..])) {
+            match waiting_on_peer(|| (&*self.stream).read(&mut self.buf[self.end..])) {
                 Ok(read) => {
                     self.end += read;
                     return Ok(read);
@@ -240,7 +242,7 @@ impl Io {
                         self.stream.set_write_timeout(Some(left))?;
                         self.write_timeout.0 = Some(left);
                     }
-                    waiting_on_peer(|| self.stream.write_vectored(remaining))
+                    waiting_on_peer(|| (&*self.stream).write_vectored(remaining))
                 }
             };
             let written = match sent {
