@@ -118,11 +118,6 @@ impl Connection {
         let Ok(local) = local.map_or_else(|| stream.local_addr(), Ok) else {
             return Next::Closed;
         };
-        // Responses are written whole or in large pieces; Nagle's delay only adds latency.
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%peer, "cannot configure connection: {error}");
-            return Next::Closed;
-        }
         let state = State {
             peer,
             info: ConnectionInfo::new(local, peer, config.multithread),

@@ -24,7 +24,8 @@ use crate::lifecycle::Lifecycle;
 use crate::router::CurrentRouter;
 
 /// Binds the listening socket with SO_REUSEADDR, so that a restarted server can bind while
-/// old connections sit in TIME_WAIT, and a listen queue of `backlog`.
+/// old connections sit in TIME_WAIT, and a listen queue of `backlog`. Its connections get
+/// TCP_NODELAY from it, as Linux's do.
 pub fn bind(host: &str, port: u16, backlog: i32) -> anyhow::Result<TcpListener> {
     let listen = || -> std::io::Result<TcpListener> {
         let address = (host, port)
@@ -37,6 +38,8 @@ pub fn bind(host: &str, port: u16, backlog: i32) -> anyhow::Result<TcpListener> 
             Some(Protocol::TCP),
         )?;
         socket.set_reuse_address(true)?;
+        // Responses are written whole or in large pieces; Nagle's delay only adds latency.
+        socket.set_tcp_nodelay(true)?;
         socket.bind(&address.into())?;
         socket.listen(backlog)?;
         Ok(socket.into())
@@ -303,5 +306,20 @@ struct SlotGuard(Arc<ConnectionSlots>);
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         self.0.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpStream;
+
+    use super::*;
+
+    #[test]
+    fn accepted_connections_have_nodelay_from_the_listener() {
+        let listener = bind("127.0.0.1", 0, 8).unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
     }
 }
