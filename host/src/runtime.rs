@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceAny};
 use wasmtime::{
-    Enabled, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
     UpdateDeadline,
 };
 
@@ -29,10 +29,10 @@ use crate::metrics::metrics;
 /// How often the deadline clock ticks; deadlines are accurate to about this much.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Linear memory a pooled slot keeps mapped between instances: enough for a small app's
-/// stack, data and heap.
+/// Linear memory a pooled slot keeps resident between instances: a small app's stack, data
+/// and heap.
 const SLOT_MEMORY_KEPT: usize = 4 << 20;
-/// Table space a pooled slot keeps mapped between instances.
+/// Table space a pooled slot keeps resident between instances.
 const SLOT_TABLE_KEPT: usize = 64 << 10;
 
 /// Links `component` against what wasm-gw provides (WASI 0.2 and the wsgi imports) and checks
@@ -167,13 +167,13 @@ impl WasmApp {
                     .total_tables(slots.saturating_mul(4))
                     .total_stacks(slots)
                     .max_memory_size(policy.max_memory)
-                    // A slot is reset for its next instance by writing its pages back rather
-                    // than unmapping them: an unmap makes every core flush its TLB, which cost
-                    // three times the rest of the request.
+                    // A slot's first pages are reset for its next instance by writing them,
+                    // not by giving them back with madvise, which makes every core flush its
+                    // TLB: that cost twice the rest of the request. Writing every kept byte,
+                    // touched or not, also resets pages the kernel swapped out; wasmtime's
+                    // PAGEMAP_SCAN shortcut would leave those with the last request's data.
                     .linear_memory_keep_resident(SLOT_MEMORY_KEPT)
-                    .table_keep_resident(SLOT_TABLE_KEPT)
-                    // Where the kernel can say which pages were touched, only those are reset.
-                    .pagemap_scan(Enabled::Auto);
+                    .table_keep_resident(SLOT_TABLE_KEPT);
                 let mut config = base_config();
                 config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
                 let engine = Engine::new(&config)?;
