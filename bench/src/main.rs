@@ -699,6 +699,7 @@ fn upload(harness: &Harness) -> anyhow::Result<(f64, f64)> {
     let (baseline, _) = memory_mib(server.child.id())?;
 
     let total = upload_size(harness);
+    let block = vec![b'u'; 1 << 20];
     let mut rates = Vec::new();
     for _ in 0..harness.runs {
         let mut stream = TcpStream::connect(address(&server))?;
@@ -707,7 +708,6 @@ fn upload(harness: &Harness) -> anyhow::Result<(f64, f64)> {
             stream,
             "POST /sink HTTP/1.1\r\nHost: b\r\nContent-Length: {total}\r\n\r\n"
         )?;
-        let block = vec![b'u'; 1 << 20];
         for _ in 0..total >> 20 {
             stream.write_all(&block)?;
         }

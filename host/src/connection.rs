@@ -284,10 +284,11 @@ impl Connection {
     }
 
     /// Closes a connection whose client asked for the close and sent its whole request: at
-    /// once, since nothing more should come. Input that came all the same is thrown away
-    /// first, by lingering, so that the close can't be a reset that loses the response.
+    /// once, since nothing more should come. Input that has come all the same sends it to the
+    /// lingering close instead, so that this close isn't a reset that loses the response.
     fn close_ended(mut self) -> Next {
         if self.io.buffered().is_empty() && matches!(self.io.discard_ready(), Ok(None | Some(0))) {
+            self.io.release_buffer();
             return Next::Closed;
         }
         self.close()
@@ -429,7 +430,7 @@ fn worth_parsing(buffered: &[u8], scanned: usize, limits: &Limits) -> bool {
 }
 
 /// Runs one request through a worker and finishes its response. Returns the connection, and
-/// whether it can carry another request.
+/// how it goes on.
 fn handle(
     io: Io,
     environ: Environ,
@@ -497,7 +498,7 @@ fn handle(
             Ok(true) => After::KeepAlive,
             _ => After::Close,
         }
-    } else if exchange.response.ends_as_client_asked() && exchange.body.is_done() {
+    } else if exchange.response.is_complete_for_closing_client() && exchange.body.is_done() {
         After::Ended
     } else {
         After::Close

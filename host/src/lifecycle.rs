@@ -138,8 +138,8 @@ impl Drop for Registration {
     fn drop(&mut self) {
         let mut connections = self.lifecycle.lock();
         connections.remove(&self.id);
-        // Only a stopping server waits for connections to end, and it set `stopping` before
-        // it took this lock to wait; a wake costs a syscall.
+        // Only a stopping server waits for connections to end, and it waits only once it
+        // has seen `stopping`, which was set before; a wake costs a syscall.
         if self.lifecycle.is_stopping() {
             self.lifecycle.ended.notify_all();
         }

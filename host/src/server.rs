@@ -293,7 +293,8 @@ impl ConnectionSlots {
     fn release(&self) {
         let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
         *free += 1;
-        // The accept loop waits only while no slot is free; a wake costs a syscall.
+        // The accept loop, the one waiter, waits only while no slot is free; a wake costs a
+        // syscall.
         if *free == 1 {
             self.freed.notify_one();
         }

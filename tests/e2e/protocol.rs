@@ -123,6 +123,30 @@ fn input_after_a_close_the_client_asked_for_is_drained_without_a_reset() {
 }
 
 #[test]
+fn input_arriving_while_a_closing_request_runs_is_drained_without_a_reset() {
+    let server = Server::start("faulty", &[]);
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET /sleep?ms=100 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    // The head is read by now; what follows waits in the kernel, not in the server's buffer.
+    server.wait_for_log(&["sleeping 100 ms"]);
+    stream.write_all(&[b'x'; 64 * 1024]).unwrap();
+    let mut reader = BufReader::new(stream);
+    let response = RawResponse::read(&mut reader, false);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "slept\n");
+    let stream = reader.get_mut();
+    assert_eq!(
+        stream.read(&mut [0; 1]).unwrap(),
+        0,
+        "the response ends the output"
+    );
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(stream.read(&mut [0; 1]).unwrap(), 0);
+}
+
+#[test]
 fn a_request_trickled_byte_by_byte_parses() {
     for echo in echo_apps() {
         eprintln!("echo app: {}", echo.display());

@@ -130,9 +130,9 @@ impl Response {
         self.body_bytes
     }
 
-    /// Whether the response is out whole on a connection the client asked to close, so
-    /// that the client sends nothing more.
-    pub fn ends_as_client_asked(&self) -> bool {
+    /// Whether the response is out whole, to a client that asked to close the connection
+    /// and so sends nothing more.
+    pub fn is_complete_for_closing_client(&self) -> bool {
         matches!(self.state, State::Complete { .. }) && !self.request.keep_alive
     }
 
