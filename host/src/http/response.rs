@@ -28,14 +28,19 @@ pub enum ResponseError {
     Disconnected,
 }
 
+/// What surrounds the status in its line: `HTTP/1.1 ` and CRLF.
+const STATUS_LINE_FRAME: &str = "HTTP/1.1 \r\n";
+/// The most the server's own lines and the blank line take: Date, Server, Content-Length,
+/// Transfer-Encoding and Connection.
+const SERVER_LINES_MAX: usize = 160;
+
 /// A response whose head has been set but not sent.
 #[derive(Debug)]
 struct PendingHead {
     code: u16,
-    /// `NNN Reason`, checked.
-    status: String,
-    /// The app's header lines, already encoded as `Name: value\r\n`.
-    header_block: Vec<u8>,
+    /// The status line and the app's header lines, checked and encoded; the server's own
+    /// lines and the blank line follow when the head is sent.
+    lines: Vec<u8>,
     content_length: Option<u64>,
     has_date: bool,
     has_server: bool,
@@ -207,7 +212,7 @@ impl Response {
             State::Unstarted => return Err(ResponseError::NotStarted),
             State::Started(head) => {
                 let framing = head.framing(self.request, whole_body);
-                head.encode(&mut head_bytes, framing, self.request, whole_body);
+                head_bytes = head.encode(framing, self.request, whole_body);
                 self.state = State::Sending {
                     code: head.code,
                     framing,
@@ -282,10 +287,20 @@ impl Response {
 impl PendingHead {
     fn new(status: &str, headers: &[(String, String)]) -> Result<PendingHead, ResponseError> {
         let code = parse_status(status)?;
+        // Latin-1 encoding never lengthens a line: the head is allocated once.
+        let app_lines: usize = headers
+            .iter()
+            .map(|(name, value)| name.len() + value.len() + 4)
+            .sum();
+        let mut lines = Vec::with_capacity(
+            STATUS_LINE_FRAME.len() + status.len() + app_lines + SERVER_LINES_MAX,
+        );
+        lines.extend_from_slice(b"HTTP/1.1 ");
+        lines.extend_from_slice(status.as_bytes());
+        lines.extend_from_slice(b"\r\n");
         let mut head = PendingHead {
             code,
-            status: status.to_owned(),
-            header_block: Vec::with_capacity(headers.len() * 32),
+            lines,
             content_length: None,
             has_date: false,
             has_server: false,
@@ -310,10 +325,10 @@ impl PendingHead {
             }
             head.has_date |= name.eq_ignore_ascii_case("date");
             head.has_server |= name.eq_ignore_ascii_case("server");
-            head.header_block.extend_from_slice(name.as_bytes());
-            head.header_block.extend_from_slice(b": ");
-            encode_value(&mut head.header_block, name, value)?;
-            head.header_block.extend_from_slice(b"\r\n");
+            head.lines.extend_from_slice(name.as_bytes());
+            head.lines.extend_from_slice(b": ");
+            encode_value(&mut head.lines, name, value)?;
+            head.lines.extend_from_slice(b"\r\n");
         }
         Ok(head)
     }
@@ -335,17 +350,14 @@ impl PendingHead {
         }
     }
 
+    /// The head as sent, which takes the lines.
     fn encode(
-        &self,
-        out: &mut Vec<u8>,
+        &mut self,
         framing: BodyFraming,
         request: Framing,
         whole_body: Option<u64>,
-    ) {
-        out.reserve(128 + self.header_block.len());
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(self.status.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    ) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.lines);
         if !self.has_date {
             with_date(|date| {
                 out.extend_from_slice(b"Date: ");
@@ -356,7 +368,6 @@ impl PendingHead {
         if !self.has_server {
             out.extend_from_slice(b"Server: wasm-gw\r\n");
         }
-        out.extend_from_slice(&self.header_block);
         let length = match framing {
             BodyFraming::Length(length) => Some(length),
             // A HEAD response may state the length a GET would have had; a 304 only the one the
@@ -369,7 +380,7 @@ impl PendingHead {
         };
         if let Some(length) = length {
             out.extend_from_slice(b"Content-Length: ");
-            push_decimal(out, length);
+            push_decimal(&mut out, length);
             out.extend_from_slice(b"\r\n");
         }
         if framing == BodyFraming::Chunked {
@@ -382,6 +393,7 @@ impl PendingHead {
             (true, _) => {}
         }
         out.extend_from_slice(b"\r\n");
+        out
     }
 }
 
@@ -547,7 +559,7 @@ mod tests {
     #[test]
     fn headers_are_checked_and_encoded_as_latin1() {
         let ok = head("200 OK", &[("X-Name", "caf\u{e9}")]).unwrap();
-        assert_eq!(ok.header_block, b"X-Name: caf\xe9\r\n");
+        assert_eq!(ok.lines, b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\n");
         assert!(head("200 OK", &[("X-A", "a\r\nb")]).is_err());
         assert!(head("200 OK", &[("X-A", "\u{100}")]).is_err());
         assert!(head("200 OK", &[("Bad Name", "x")]).is_err());
