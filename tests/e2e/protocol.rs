@@ -2,6 +2,7 @@
 //! and malformed requests.
 
 use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
 
 use crate::support::{RawResponse, Server, echo_apps, read_to_close};
 
@@ -86,13 +87,17 @@ fn a_refused_connection_closes_without_a_reset() {
     (&stream).write_all(&request).unwrap();
     let mut reader = BufReader::new(stream);
     assert_eq!(RawResponse::read(&mut reader, false).status, 400);
-    let stream = reader.get_mut();
+    assert_ends_without_a_reset(reader.get_mut());
+}
+
+/// Asserts that the server's output has ended, and that the client can still send and then
+/// close, all without a reset: the server reads on until the client closes.
+fn assert_ends_without_a_reset(stream: &mut TcpStream) {
     assert_eq!(
         stream.read(&mut [0; 1]).unwrap(),
         0,
         "the answer ends the output"
     );
-    // The client still sends after the answer, then closes: all without a reset.
     stream.write_all(&[b'x'; 64 * 1024]).unwrap();
     stream.shutdown(std::net::Shutdown::Write).unwrap();
     assert_eq!(stream.read(&mut [0; 1]).unwrap(), 0);
@@ -111,15 +116,7 @@ fn input_after_a_close_the_client_asked_for_is_drained_without_a_reset() {
     let response = RawResponse::read(&mut reader, false);
     assert_eq!(response.status, 200);
     assert_eq!(response.text(), "Hello, close!\n");
-    let stream = reader.get_mut();
-    assert_eq!(
-        stream.read(&mut [0; 1]).unwrap(),
-        0,
-        "the response ends the output"
-    );
-    stream.write_all(&[b'x'; 64 * 1024]).unwrap();
-    stream.shutdown(std::net::Shutdown::Write).unwrap();
-    assert_eq!(stream.read(&mut [0; 1]).unwrap(), 0);
+    assert_ends_without_a_reset(reader.get_mut());
 }
 
 #[test]
@@ -136,14 +133,7 @@ fn input_arriving_while_a_closing_request_runs_is_drained_without_a_reset() {
     let response = RawResponse::read(&mut reader, false);
     assert_eq!(response.status, 200);
     assert_eq!(response.text(), "slept\n");
-    let stream = reader.get_mut();
-    assert_eq!(
-        stream.read(&mut [0; 1]).unwrap(),
-        0,
-        "the response ends the output"
-    );
-    stream.shutdown(std::net::Shutdown::Write).unwrap();
-    assert_eq!(stream.read(&mut [0; 1]).unwrap(), 0);
+    assert_ends_without_a_reset(reader.get_mut());
 }
 
 #[test]
