@@ -18,6 +18,8 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// Read buffers each thread keeps for the connections it wakes next.
 const SPARE_BUFFERS_KEPT: usize = 64;
+/// Parts of one write that need no allocation: a head, a body chunk and its framing.
+const FEW_PARTS: usize = 8;
 
 thread_local! {
     /// Buffers given up by connections that went idle: a connection that waits holds none,
@@ -222,12 +224,21 @@ impl Io {
 
     /// Writes all of `parts` in order, with as few syscalls as the kernel allows.
     pub fn write_all_vectored(&mut self, parts: &[&[u8]]) -> io::Result<()> {
-        let mut slices: Vec<io::IoSlice> = parts
-            .iter()
-            .filter(|part| !part.is_empty())
-            .map(|part| io::IoSlice::new(part))
-            .collect();
-        let mut remaining = &mut slices[..];
+        // A response is a few parts, which fit on the stack; more go to the heap.
+        let mut few = [io::IoSlice::new(&[]); FEW_PARTS];
+        let mut many = Vec::new();
+        let mut nonempty = parts.iter().filter(|part| !part.is_empty());
+        let mut remaining = if parts.len() <= FEW_PARTS {
+            let count = few
+                .iter_mut()
+                .zip(&mut nonempty)
+                .map(|(slot, part)| *slot = io::IoSlice::new(part))
+                .count();
+            &mut few[..count]
+        } else {
+            many.extend(nonempty.map(|part| io::IoSlice::new(part)));
+            &mut many[..]
+        };
         let started = *self.response_started.get_or_insert_with(Instant::now);
         while !remaining.is_empty() {
             let deadline = self.write_pace.deadline(started, self.response_bytes);
