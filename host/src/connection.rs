@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::access_log;
 use crate::app::{Failure, Request};
 use crate::bindings::wasm_gw::wsgi::request::Environ;
-use crate::environ::{self, ConnectionInfo, HeaderLines};
+use crate::environ::{self, ConnectionInfo, HeaderLines, RequestStrings};
 use crate::http::Exchange;
 use crate::http::Limits;
 use crate::http::body::{BodyDecoder, BodyError};
@@ -71,6 +71,8 @@ struct State {
     info: ConnectionInfo,
     registration: Registration,
     phase: Phase,
+    /// The last request's strings, for the next request to refill.
+    spare: Option<RequestStrings>,
 }
 
 enum Phase {
@@ -123,6 +125,7 @@ impl Connection {
             info: ConnectionInfo::new(local, peer, config.multithread),
             registration,
             phase: Phase::Head(HeadProgress::idle_for(config.timeouts.head)),
+            spare: None,
         };
         Connection {
             io: Io::new(stream, config.body_pace),
@@ -181,7 +184,7 @@ impl Connection {
             // Whatever answers this request, its writes run on a clock of their own.
             io.start_response();
             let (mut environ, headers, framing) =
-                match read_head(&mut io, progress, config, &state.info) {
+                match read_head(&mut io, progress, config, &state.info, &mut state.spare) {
                     HeadRead::Complete(request) => request,
                     HeadRead::Pending => return Connection { io, state }.wait(),
                     HeadRead::Closed => return Next::Closed,
@@ -237,16 +240,18 @@ impl Connection {
             // WSGI's split: the mount prefix is SCRIPT_NAME, the rest PATH_INFO. At the root,
             // the usual case, there is nothing to split and nothing to allocate.
             if mount > 0 {
-                let rest = environ.path_info.split_off(mount);
-                environ.script_name = std::mem::replace(&mut environ.path_info, rest);
+                environ.script_name.clear();
+                environ.script_name.push_str(&environ.path_info[..mount]);
+                environ.path_info.drain(..mount);
             }
-            let (kept, after) = handle(io, environ, headers, framing, route, config);
+            let (kept, after, strings) = handle(io, environ, headers, framing, route, config);
             io = kept;
             match after {
                 After::KeepAlive if state.registration.end_request() => {}
                 After::Ended => return Connection { io, state }.close_ended(),
                 After::KeepAlive | After::Close => return Connection { io, state }.close(),
             }
+            state.spare = Some(strings);
             state.phase = Phase::Head(HeadProgress::idle_for(config.timeouts.keep_alive));
             // Pipelined requests are served at once; otherwise a read now would find nothing.
             if io.buffered().is_empty() {
@@ -374,6 +379,7 @@ fn read_head(
     progress: &mut HeadProgress,
     config: &ConnectionConfig,
     info: &ConnectionInfo,
+    spare: &mut Option<RequestStrings>,
 ) -> HeadRead {
     loop {
         let buffered = io.buffered();
@@ -393,7 +399,7 @@ fn read_head(
                 match request::parse(buffered, slots, &config.limits) {
                     Err(error) => return HeadRead::Invalid(error),
                     Ok(Some((head, len))) => {
-                        let (environ, headers) = environ::build(&head, info);
+                        let (environ, headers) = environ::build(&head, info, spare.take());
                         let request = (environ, headers, head.framing);
                         io.consume(len);
                         return HeadRead::Complete(request);
@@ -429,8 +435,8 @@ fn worth_parsing(buffered: &[u8], scanned: usize, limits: &Limits) -> bool {
         || buffered.len() > limits.max_head_bytes()
 }
 
-/// Runs one request through a worker and finishes its response. Returns the connection, and
-/// how it goes on.
+/// Runs one request through a worker and finishes its response. Returns the connection, how
+/// it goes on, and the request's strings for reuse.
 fn handle(
     io: Io,
     environ: Environ,
@@ -438,7 +444,7 @@ fn handle(
     framing: Framing,
     route: &Route,
     config: &ConnectionConfig,
-) -> (Io, After) {
+) -> (Io, After, RequestStrings) {
     let request_id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     metrics().request_started();
@@ -463,6 +469,7 @@ fn handle(
     };
     let Request {
         environ,
+        headers,
         mut exchange,
         ..
     } = request;
@@ -510,7 +517,7 @@ fn handle(
         exchange.body.consumed(),
         exchange.response.body_bytes(),
     );
-    (exchange.io, after)
+    (exchange.io, after, (environ, headers))
 }
 
 /// Which request a log line is about.

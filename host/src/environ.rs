@@ -43,18 +43,16 @@ pub struct HeaderLines {
 }
 
 impl HeaderLines {
-    fn new(head: &Head) -> HeaderLines {
-        let mut lines = HeaderLines {
-            names: String::with_capacity(head.headers.iter().map(|h| h.name.len()).sum()),
-            values: Vec::with_capacity(head.headers.iter().map(|h| h.value.len()).sum()),
-            ends: Vec::with_capacity(head.headers.len()),
-        };
+    /// Holds `head`'s lines in place of the ones held.
+    fn refill(&mut self, head: &Head) {
+        self.names.clear();
+        self.values.clear();
+        self.ends.clear();
         for header in head.headers {
-            lines.names.push_str(header.name);
-            lines.values.extend_from_slice(header.value);
-            lines.ends.push((lines.names.len(), lines.values.len()));
+            self.names.push_str(header.name);
+            self.values.extend_from_slice(header.value);
+            self.ends.push((self.names.len(), self.values.len()));
         }
-        lines
     }
 
     /// Every line as (name, value), in order, repeats included.
@@ -87,17 +85,26 @@ impl HeaderLines {
     }
 }
 
-/// Builds the environ for `head`, all but its headers, which [`HeaderLines::fill`] adds.
-/// Every string is a PEP 3333 native string: one char per byte, so latin-1 header bytes
-/// survive unchanged.
-pub fn build(head: &Head, connection: &ConnectionInfo) -> (Environ, HeaderLines) {
+/// The environ and header lines of a request, which a connection keeps after the request
+/// so that its next one refills their strings instead of allocating its own.
+pub type RequestStrings = (Environ, HeaderLines);
+
+/// Builds the environ for `head`, all but its headers, which [`HeaderLines::fill`] adds,
+/// into `reused`, if a request left it. Every string is a PEP 3333 native string: one char
+/// per byte, so latin-1 header bytes survive unchanged.
+pub fn build(
+    head: &Head,
+    connection: &ConnectionInfo,
+    reused: Option<RequestStrings>,
+) -> RequestStrings {
+    let (mut environ, mut lines) = reused.unwrap_or_else(|| (empty(), HeaderLines::default()));
     let (authority, path, query) = split_target(head.target);
     let mut content_type = None;
     let mut content_length = None;
     let mut host = None;
     for header in head.headers {
         if header.name.eq_ignore_ascii_case("content-type") {
-            content_type = Some(latin1(header.value));
+            content_type = Some(header.value);
         } else if header.name.eq_ignore_ascii_case("content-length") {
             content_length = std::str::from_utf8(header.value)
                 .ok()
@@ -114,33 +121,68 @@ pub fn build(head: &Head, connection: &ConnectionInfo) -> (Environ, HeaderLines)
     let (server_name, server_port) = host
         .or(authority.map(str::as_bytes))
         .and_then(split_host)
-        .unwrap_or_else(|| (connection.local_ip.clone(), connection.local_port));
-    let environ = Environ {
-        request_method: head.method.to_owned(),
+        .unwrap_or((&connection.local_ip, connection.local_port));
+    let protocol = if head.framing.minor_version == 0 {
+        "HTTP/1.0"
+    } else {
+        "HTTP/1.1"
+    };
+    refill(&mut environ.request_method, head.method);
+    environ.script_name.clear();
+    environ.path_info.clear();
+    push_path_info(&mut environ.path_info, path);
+    environ.query_string.clear();
+    push_latin1(&mut environ.query_string, query.as_bytes());
+    environ.content_type = content_type.map(|value| {
+        let mut text = environ.content_type.take().unwrap_or_default();
+        text.clear();
+        push_latin1(&mut text, value);
+        text
+    });
+    environ.content_length = content_length;
+    refill(&mut environ.server_name, server_name);
+    environ.server_port = server_port;
+    refill(&mut environ.server_protocol, protocol);
+    refill(&mut environ.remote_addr, &connection.peer_ip);
+    environ.remote_port = connection.peer_port;
+    environ.raw_uri.clear();
+    push_latin1(&mut environ.raw_uri, head.target.as_bytes());
+    refill(&mut environ.url_scheme, "http");
+    environ.multithread = connection.multithread;
+    environ.cgi_headers.clear();
+    environ.headers.clear();
+    lines.refill(head);
+    (environ, lines)
+}
+
+/// An environ with every string empty, to be filled.
+fn empty() -> Environ {
+    Environ {
+        request_method: String::new(),
         script_name: String::new(),
-        path_info: decode_path(path),
-        query_string: latin1(query.as_bytes()),
-        content_type,
-        content_length,
-        server_name,
-        server_port,
-        server_protocol: if head.framing.minor_version == 0 {
-            "HTTP/1.0"
-        } else {
-            "HTTP/1.1"
-        }
-        .to_owned(),
-        remote_addr: connection.peer_ip.clone(),
-        remote_port: connection.peer_port,
-        raw_uri: latin1(head.target.as_bytes()),
-        url_scheme: "http".to_owned(),
-        multithread: connection.multithread,
+        path_info: String::new(),
+        query_string: String::new(),
+        content_type: None,
+        content_length: None,
+        server_name: String::new(),
+        server_port: 0,
+        server_protocol: String::new(),
+        remote_addr: String::new(),
+        remote_port: 0,
+        raw_uri: String::new(),
+        url_scheme: String::new(),
+        multithread: false,
         multiprocess: false,
         run_once: false,
         cgi_headers: Vec::new(),
         headers: Vec::new(),
-    };
-    (environ, HeaderLines::new(head))
+    }
+}
+
+/// Makes `field` hold `text`, in the memory it has.
+fn refill(field: &mut String, text: &str) {
+    field.clear();
+    field.push_str(text);
 }
 
 /// Splits a request target into its authority, if it has one, its path and its query.
@@ -178,7 +220,7 @@ fn add_cgi_header(cgi_headers: &mut Vec<(String, String)>, name: &str, value: &s
 }
 
 /// Splits a Host value into name and port: `example.com:8080`, `[::1]:80`, `example.com`.
-fn split_host(host: &[u8]) -> Option<(String, u16)> {
+fn split_host(host: &[u8]) -> Option<(&str, u16)> {
     let host = std::str::from_utf8(host).ok()?;
     let (name, port) = match host.rfind(':') {
         Some(colon) if !host[colon..].contains(']') => (&host[..colon], Some(&host[colon + 1..])),
@@ -189,16 +231,17 @@ fn split_host(host: &[u8]) -> Option<(String, u16)> {
         Some(port) if !port.is_empty() => port.parse().ok()?,
         _ => 80,
     };
-    Some((name.to_owned(), port))
+    Some((name, port))
 }
 
-/// PATH_INFO: the path with its escapes decoded, as a native string.
-fn decode_path(path: &str) -> String {
+/// Appends PATH_INFO: the path with its escapes decoded, as a native string.
+fn push_path_info(out: &mut String, path: &str) {
     // Most paths are plain ASCII without escapes: one copy, no decoding pass.
     if path.bytes().all(|b| b.is_ascii() && b != b'%') {
-        return path.to_owned();
+        out.push_str(path);
+    } else {
+        push_latin1(out, &percent_decode(path.as_bytes()));
     }
-    latin1(&percent_decode(path.as_bytes()))
 }
 
 /// Decodes `%XX` escapes to bytes; a `%` not followed by two hex digits stays as it is.
@@ -230,9 +273,16 @@ fn hex_value(digit: u8) -> Option<u8> {
 
 /// Bytes as a PEP 3333 native string: each byte becomes the char with that code point.
 pub fn latin1(bytes: &[u8]) -> String {
+    let mut text = String::new();
+    push_latin1(&mut text, bytes);
+    text
+}
+
+/// Appends `bytes` as a native string.
+fn push_latin1(out: &mut String, bytes: &[u8]) {
     match std::str::from_utf8(bytes) {
-        Ok(text) if text.is_ascii() => text.to_owned(),
-        _ => bytes.iter().map(|&byte| char::from(byte)).collect(),
+        Ok(text) if text.is_ascii() => out.push_str(text),
+        _ => out.extend(bytes.iter().map(|&byte| char::from(byte))),
     }
 }
 
@@ -255,7 +305,7 @@ mod tests {
         let (head, _) = parse(raw, &mut slots, &limits).unwrap().unwrap();
         let local = "127.0.0.1:8000".parse().unwrap();
         let peer = "127.0.0.2:5000".parse().unwrap();
-        let (mut environ, lines) = build(&head, &ConnectionInfo::new(local, peer, true));
+        let (mut environ, lines) = build(&head, &ConnectionInfo::new(local, peer, true), None);
         assert!(environ.headers.is_empty() && environ.cgi_headers.is_empty());
         assert_eq!(environ.content_type.as_deref(), Some("text/plain"));
         assert_eq!(environ.content_length, Some(2));
@@ -289,6 +339,37 @@ mod tests {
     }
 
     #[test]
+    fn a_reused_environ_keeps_nothing_of_the_last_request() {
+        let info = ConnectionInfo::new(
+            "127.0.0.1:8000".parse().unwrap(),
+            "127.0.0.2:5000".parse().unwrap(),
+            true,
+        );
+        let build_from = |raw: &[u8], reused| {
+            let mut slots = [httparse::EMPTY_HEADER; 8];
+            let limits = Limits {
+                request_line: 64,
+                fields: 8,
+                field_bytes: 128,
+            };
+            let (head, _) = parse(raw, &mut slots, &limits).unwrap().unwrap();
+            build(&head, &info, reused)
+        };
+        let (mut first, lines) = build_from(
+            b"POST /a%20b?x=1 HTTP/1.1\r\nHost: h:81\r\nContent-Type: text/plain\r\n\
+              Content-Length: 0\r\nX-A: 1\r\n\r\n",
+            None,
+        );
+        // What an app's run leaves in them.
+        first.script_name.push_str("/mount");
+        lines.fill(&mut first);
+        let second = b"GET /c HTTP/1.0\r\n\r\n";
+        let reused = build_from(second, Some((first, lines)));
+        let fresh = build_from(second, None);
+        assert_eq!(format!("{reused:?}"), format!("{fresh:?}"));
+    }
+
+    #[test]
     fn targets() {
         assert_eq!(split_target("/a/b?x=1&y"), (None, "/a/b", "x=1&y"));
         assert_eq!(split_target("http://h:1/p?q"), (Some("h:1"), "/p", "q"));
@@ -301,12 +382,9 @@ mod tests {
     fn decoding() {
         assert_eq!(percent_decode(b"/a%20b%2F%zz%4"), b"/a b/%zz%4");
         assert_eq!(latin1(b"caf\xe9"), "caf\u{e9}");
-        assert_eq!(split_host(b"[::1]:8080"), Some(("[::1]".into(), 8080)));
-        assert_eq!(split_host(b"example.com"), Some(("example.com".into(), 80)));
+        assert_eq!(split_host(b"[::1]:8080"), Some(("[::1]", 8080)));
+        assert_eq!(split_host(b"example.com"), Some(("example.com", 80)));
         assert_eq!(split_host(b"example.com:x"), None);
-        assert_eq!(
-            split_host(b"example.com:"),
-            Some(("example.com".into(), 80))
-        );
+        assert_eq!(split_host(b"example.com:"), Some(("example.com", 80)));
     }
 }
