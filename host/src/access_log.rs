@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::bindings::wasm_gw::wsgi::request::Environ;
 use crate::cli::LogFormat;
+use crate::decimal::Decimal;
 
 /// How long a line may wait in the buffer.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -73,7 +74,7 @@ pub fn record(environ: &Environ, code: Option<u16>, body_bytes: u64, elapsed: Du
         line.clear();
         let time = time.at(SystemTime::now(), log.format);
         // Integer formatting: seconds with six decimals, without a float.
-        let micros = elapsed.as_micros();
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let seconds = (micros / 1_000_000, micros % 1_000_000);
         match log.format {
             LogFormat::Text => {
@@ -88,12 +89,16 @@ pub fn record(environ: &Environ, code: Option<u16>, body_bytes: u64, elapsed: Du
                 line.push_str(&environ.server_protocol);
                 line.push_str("\" ");
                 match code {
-                    Some(code) => {
-                        let _ = write!(line, "{code}");
-                    }
+                    Some(code) => line.push_str(Decimal::new(code.into(), 1).as_str()),
                     None => line.push('-'),
                 }
-                let _ = writeln!(line, " {body_bytes} {}.{:06}", seconds.0, seconds.1);
+                line.push(' ');
+                line.push_str(Decimal::new(body_bytes, 1).as_str());
+                line.push(' ');
+                line.push_str(Decimal::new(seconds.0, 1).as_str());
+                line.push('.');
+                line.push_str(Decimal::new(seconds.1, 6).as_str());
+                line.push('\n');
             }
             LogFormat::Json => {
                 // The address, the method (a token) and the protocol need no escaping.

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod compile;
 pub mod config;
 pub mod connection;
+pub mod decimal;
 pub mod environ;
 pub mod guest;
 pub mod http;
