@@ -292,10 +292,8 @@ mod tests {
     use crate::http::Limits;
     use crate::http::request::parse;
 
-    #[test]
-    fn headers_come_when_asked_for() {
-        let raw = b"POST /p HTTP/1.1\r\nHost: h:81\r\nX-A: 1\r\nContent-Type: text/plain\r\n\
-            Content-Length: 2\r\nX_Sneaky: y\r\nx-a: \xe92\r\n\r\nhi";
+    /// Parses the head in `raw` and builds its environ, from 127.0.0.2:5000 to 127.0.0.1:8000.
+    fn build_from(raw: &[u8], reused: Option<RequestStrings>) -> RequestStrings {
         let mut slots = [httparse::EMPTY_HEADER; 8];
         let limits = Limits {
             request_line: 64,
@@ -305,7 +303,14 @@ mod tests {
         let (head, _) = parse(raw, &mut slots, &limits).unwrap().unwrap();
         let local = "127.0.0.1:8000".parse().unwrap();
         let peer = "127.0.0.2:5000".parse().unwrap();
-        let (mut environ, lines) = build(&head, &ConnectionInfo::new(local, peer, true), None);
+        build(&head, &ConnectionInfo::new(local, peer, true), reused)
+    }
+
+    #[test]
+    fn headers_come_when_asked_for() {
+        let raw = b"POST /p HTTP/1.1\r\nHost: h:81\r\nX-A: 1\r\nContent-Type: text/plain\r\n\
+            Content-Length: 2\r\nX_Sneaky: y\r\nx-a: \xe92\r\n\r\nhi";
+        let (mut environ, lines) = build_from(raw, None);
         assert!(environ.headers.is_empty() && environ.cgi_headers.is_empty());
         assert_eq!(environ.content_type.as_deref(), Some("text/plain"));
         assert_eq!(environ.content_length, Some(2));
@@ -340,21 +345,6 @@ mod tests {
 
     #[test]
     fn a_reused_environ_keeps_nothing_of_the_last_request() {
-        let info = ConnectionInfo::new(
-            "127.0.0.1:8000".parse().unwrap(),
-            "127.0.0.2:5000".parse().unwrap(),
-            true,
-        );
-        let build_from = |raw: &[u8], reused| {
-            let mut slots = [httparse::EMPTY_HEADER; 8];
-            let limits = Limits {
-                request_line: 64,
-                fields: 8,
-                field_bytes: 128,
-            };
-            let (head, _) = parse(raw, &mut slots, &limits).unwrap().unwrap();
-            build(&head, &info, reused)
-        };
         let (mut first, lines) = build_from(
             b"POST /a%20b?x=1 HTTP/1.1\r\nHost: h:81\r\nContent-Type: text/plain\r\n\
               Content-Length: 0\r\nX-A: 1\r\n\r\n",

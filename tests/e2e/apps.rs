@@ -45,7 +45,17 @@ fn hello_greets_by_name() {
             "{query}"
         );
     }
-    server.wait_for_log(&["\"GET /?name=WSGI HTTP/1.1\" 200 13"]);
+    let line = server.wait_for_log(&["\"GET /?name=WSGI HTTP/1.1\" 200 13"]);
+    // The common log format, then the seconds the request took, to the microsecond.
+    let (common, seconds) = line.trim_end().rsplit_once(' ').unwrap();
+    assert!(common.starts_with("127.0.0.1 - - ["), "{line}");
+    assert!(
+        common.ends_with("\"GET /?name=WSGI HTTP/1.1\" 200 13"),
+        "{line}"
+    );
+    let (whole, micros) = seconds.split_once('.').expect("seconds with a fraction");
+    assert!(whole.parse::<u64>().is_ok() && micros.len() == 6, "{line}");
+    assert!(micros.bytes().all(|b| b.is_ascii_digit()), "{line}");
 }
 
 #[test]

@@ -161,3 +161,37 @@ fn binary_body_echoes_exactly() {
         assert_eq!(meta(&response)["body_len"], 100_000);
     }
 }
+
+#[test]
+fn a_keep_alive_request_sees_nothing_of_the_one_before() {
+    for echo in echo_apps() {
+        eprintln!("echo app: {}", echo.display());
+        let server = Server::start_path(&echo, &[]);
+        let mut reader = std::io::BufReader::new(server.connect());
+        // The server refills one request's strings for the next on the same connection.
+        reader
+            .get_mut()
+            .write_all(
+                b"POST /first/path?x=1 HTTP/1.1\r\nHost: first.test:81\r\nX-Echo-Environ: 1\r\n\
+                  Content-Type: text/plain\r\nX-Only-First: yes\r\nContent-Length: 2\r\n\r\nhi",
+            )
+            .unwrap();
+        let first = meta(&RawResponse::read(&mut reader, false));
+        assert_eq!(first["environ"]["CONTENT_TYPE"], "text/plain");
+        reader
+            .get_mut()
+            .write_all(b"GET /2 HTTP/1.1\r\nHost: b\r\nX-Echo-Environ: 1\r\n\r\n")
+            .unwrap();
+        let second = meta(&RawResponse::read(&mut reader, false));
+        let environ = second["environ"].as_object().expect("environ object");
+        for key in ["CONTENT_TYPE", "CONTENT_LENGTH", "HTTP_X_ONLY_FIRST"] {
+            assert!(!environ.contains_key(key), "{key} of the first request");
+        }
+        assert_eq!(environ["REQUEST_METHOD"], "GET");
+        assert_eq!(environ["PATH_INFO"], "/2");
+        assert_eq!(environ["QUERY_STRING"], "");
+        assert_eq!(environ["SERVER_NAME"], "b");
+        assert_eq!(environ["SERVER_PORT"], "80");
+        assert_eq!(second["headers"].as_array().unwrap().len(), 2);
+    }
+}

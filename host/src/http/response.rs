@@ -29,11 +29,9 @@ pub enum ResponseError {
     Disconnected,
 }
 
-/// What surrounds the status in its line: `HTTP/1.1 ` and CRLF.
-const STATUS_LINE_FRAME: &str = "HTTP/1.1 \r\n";
-/// The most the server's own lines and the blank line take: Date, Server, Content-Length,
-/// Transfer-Encoding and Connection.
-const SERVER_LINES_MAX: usize = 160;
+/// The most a head takes besides the status and the app's lines: `HTTP/1.1 `, the line
+/// ends, and the server's Date, Server, Content-Length, Transfer-Encoding and Connection.
+const HEAD_FRAME_MAX: usize = 176;
 
 /// A response whose head has been set but not sent.
 #[derive(Debug)]
@@ -293,9 +291,7 @@ impl PendingHead {
             .iter()
             .map(|(name, value)| name.len() + value.len() + 4)
             .sum();
-        let mut lines = Vec::with_capacity(
-            STATUS_LINE_FRAME.len() + status.len() + app_lines + SERVER_LINES_MAX,
-        );
+        let mut lines = Vec::with_capacity(status.len() + app_lines + HEAD_FRAME_MAX);
         lines.extend_from_slice(b"HTTP/1.1 ");
         lines.extend_from_slice(status.as_bytes());
         lines.extend_from_slice(b"\r\n");
