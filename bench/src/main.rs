@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use wasm_gw::app::{App, AppFactory};
 use wasm_gw::metrics::metrics;
 use wasm_gw::pool::{CurrentPool, Pool};
 use wasm_gw::router::{Mount, Route, Router};
@@ -793,17 +792,11 @@ fn routing_end_to_end(harness: &Harness) -> anyhow::Result<Vec<(WrkRun, f64)>> {
 /// Nanoseconds per routing decision with one app mounted, and with 1,000: the router itself,
 /// in this process, since a thousand real apps would measure their startup instead.
 fn routing_ns() -> (f64, f64) {
-    struct Unused;
-    impl AppFactory for Unused {
-        fn new_worker(&self) -> anyhow::Result<Box<dyn App>> {
-            bail!("the routing benchmark makes no workers")
-        }
-    }
     let mount = |prefix: String| Mount {
         hosts: Vec::new(),
         prefix,
         route: Route {
-            pool: Arc::new(CurrentPool::new(Pool::new(&Unused, 0).expect("no workers"))),
+            pool: Arc::new(CurrentPool::new(Pool::empty())),
             max_body: None,
             metrics: Arc::new(metrics().app(&"unused".into())),
         },

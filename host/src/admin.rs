@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::metrics::metrics;
+use crate::metrics::{Health, metrics};
 
 /// How long one admin client may take to send its request and read the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -102,21 +102,37 @@ fn answer(mut stream: TcpStream) -> io::Result<()> {
     }
 }
 
-/// Whether every app can make instances, and the JSON that says so app by app.
+/// Whether every app can make instances, and the JSON that says how each app is doing. An
+/// app that is degraded (its queue full, its instances all stuck) leaves the server healthy:
+/// the others still serve, and a balancer that took the server out would fail them too.
 fn health() -> (bool, String) {
     let apps = metrics().health();
-    let healthy = !apps.is_empty() && apps.iter().all(|(_, worked)| *worked);
+    let healthy = !apps.is_empty()
+        && apps
+            .iter()
+            .all(|(_, health)| *health != Health::Unavailable);
+    let degraded = apps
+        .iter()
+        .any(|(_, health)| matches!(health, Health::Degraded(_)));
     let mut body = String::from("{\"status\":");
-    body.push_str(if healthy { "\"ok\"" } else { "\"unavailable\"" });
+    body.push_str(match (healthy, degraded) {
+        (false, _) => "\"unavailable\"",
+        (true, true) => "\"degraded\"",
+        (true, false) => "\"ok\"",
+    });
     body.push_str(",\"apps\":{");
-    for (index, (app, worked)) in apps.iter().enumerate() {
+    for (index, (app, health)) in apps.iter().enumerate() {
         let separator = if index == 0 { "" } else { "," };
-        let status = if *worked { "ok" } else { "cannot instantiate" };
-        let _ = write!(
-            body,
-            "{separator}{}:{{\"status\":\"{status}\"}}",
-            json_string(app)
-        );
+        let _ = write!(body, "{separator}{}:", json_string(app));
+        let _ = match health {
+            Health::Ok => write!(body, "{{\"status\":\"ok\"}}"),
+            Health::Unavailable => write!(body, "{{\"status\":\"cannot instantiate\"}}"),
+            Health::Degraded(why) => write!(
+                body,
+                "{{\"status\":\"degraded\",\"reason\":{}}}",
+                json_string(why)
+            ),
+        };
     }
     body.push_str("}}\n");
     (healthy, body)

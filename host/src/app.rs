@@ -54,13 +54,16 @@ pub enum Failure {
     /// The app ran past its deadline and was stopped; its worker was replaced.
     #[error("stopped after exceeding the {0:?} deadline")]
     Timeout(Duration),
+    /// The app's streamed response ran past its wall time and was cut off.
+    #[error("stream stopped after running for {0:?} (--stream-timeout)")]
+    StreamTimeout(Duration),
 }
 
 impl Failure {
     /// The status the client gets when nothing has been sent yet.
     pub fn status(&self) -> (u16, &'static str) {
         match self {
-            Failure::Timeout(_) => (504, "Gateway Timeout"),
+            Failure::Timeout(_) | Failure::StreamTimeout(_) => (504, "Gateway Timeout"),
             Failure::Unavailable(_) => (503, "Service Unavailable"),
             Failure::Application(_) | Failure::Trap(_) | Failure::MemoryCap(_) => {
                 (500, "Internal Server Error")

@@ -10,8 +10,9 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::compile::CodeCache;
 use crate::config;
-use crate::guest::{DirGrant, Grants};
+use crate::guest::{DirGrant, Grants, OutputRate};
 use crate::kv::{self, BackendUrl};
+use crate::pool::QueuePolicy;
 use crate::runtime::{InstancePolicy, Isolation};
 
 #[derive(Debug, Parser)]
@@ -104,6 +105,8 @@ pub struct AppSpec {
     pub prefix: String,
     pub path: PathBuf,
     pub policy: InstancePolicy,
+    /// How many requests may wait for an instance, and how long.
+    pub queue: QueuePolicy,
     /// The largest request body the app takes; `None` for any.
     pub max_body: Option<u64>,
 }
@@ -158,6 +161,11 @@ pub struct ServeArgs {
     #[arg(long, default_value = "30", value_parser = parse_seconds)]
     pub timeout: Duration,
 
+    /// Seconds of wall time a streamed response may take, writes to the client included;
+    /// then it is cut off [default: 4 times --timeout].
+    #[arg(long, value_parser = parse_seconds)]
+    pub stream_timeout: Option<Duration>,
+
     /// Linear memory cap per instance, for example 64MiB or 1GiB.
     #[arg(long, default_value = "128MiB", value_parser = parse_size)]
     pub max_memory: usize,
@@ -176,6 +184,25 @@ pub struct ServeArgs {
     /// don't all restart together.
     #[arg(long, default_value_t = 0)]
     pub max_requests_jitter: u64,
+
+    /// Requests of one app that may wait for a free instance; more get 503 at once
+    /// [default: an equal share of --max-connections: it divided by the number of apps].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue_limit: Option<u32>,
+
+    /// Seconds a request may wait for a free instance before it gets 503; a request whose
+    /// client leaves meanwhile is dropped before it takes one.
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    pub queue_timeout: Duration,
+
+    /// Bytes a second of an app's stdout and stderr that go to the log, on average; lines
+    /// past it are dropped, counted in /metrics and reported in the log. 0 for no limit.
+    #[arg(long, default_value = "64KiB", value_parser = parse_size_or_zero)]
+    pub app_log_rate: usize,
+
+    /// Bytes of an app's output that may go to the log at once, after a quiet while.
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    pub app_log_burst: usize,
 
     /// Grant the app a directory: HOST_PATH[::GUEST_PATH][:ro]. Repeatable. Without it the
     /// app sees no files at all.
@@ -209,6 +236,16 @@ pub struct ServeArgs {
     /// Largest key-value value, for example 1MiB.
     #[arg(long, default_value = "1MiB", value_parser = parse_size)]
     pub kv_max_value: usize,
+
+    /// Most keys one app may hold in the key-value store, over all its buckets; writes past
+    /// it are refused.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub kv_quota_keys: u64,
+
+    /// Most bytes of keys and values one app may hold in the key-value store, for example
+    /// 1GiB; writes past it are refused.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    pub kv_quota_bytes: usize,
 
     /// Seconds an idle keep-alive connection waits for its next request.
     #[arg(long, default_value = "5", value_parser = parse_seconds)]
@@ -423,8 +460,9 @@ impl ServeArgs {
     /// Every app to serve, from the config file or the command line, with its settings.
     pub fn app_specs(&self, backend: &Arc<dyn kv::Backend>) -> anyhow::Result<Vec<AppSpec>> {
         let Some(file) = &self.config else {
-            return self
-                .apps()?
+            let apps = self.apps()?;
+            let queue = self.queue_policy(apps.len());
+            return apps
                 .into_iter()
                 .map(|(prefix, path)| {
                     let kv = Arc::new(self.kv_store(backend.clone(), &path, None));
@@ -437,23 +475,41 @@ impl ServeArgs {
                         prefix,
                         path,
                         policy: self.instance_policy(kv),
+                        queue,
                         max_body: self.max_body(),
                     })
                 })
                 .collect();
         };
-        config::load(file)?
-            .into_iter()
+        let apps = config::load(file)?;
+        let default_queue = self.queue_policy(apps.len());
+        apps.into_iter()
             .map(|app| {
                 let invalid = |why: String| {
                     anyhow::anyhow!("{}: [[app]] {:?}: {why}", file.display(), app.name)
                 };
                 let namespace = app.kv_namespace.clone().unwrap_or_else(|| app.name.clone());
-                let kv = Arc::new(self.kv_store(backend.clone(), &app.component, Some(namespace)));
+                let mut kv = self.kv_store(backend.clone(), &app.component, Some(namespace));
+                if let Some(keys) = app.kv_quota_keys {
+                    kv.limits.quota.keys = keys;
+                }
+                if let Some(bytes) = &app.kv_quota_bytes {
+                    kv.limits.quota.bytes = parse_size(bytes)
+                        .map_err(|why| invalid(format!("kv-quota-bytes: {why}")))?
+                        as u64;
+                }
+                let kv = Arc::new(kv);
                 let mut policy = self.instance_policy(kv);
                 if let Some(timeout) = &app.timeout {
                     policy.timeout =
                         parse_seconds(timeout).map_err(|why| invalid(format!("timeout: {why}")))?;
+                    if self.stream_timeout.is_none() {
+                        policy.stream_timeout = policy.timeout * 4;
+                    }
+                }
+                if let Some(stream_timeout) = &app.stream_timeout {
+                    policy.stream_timeout = parse_seconds(stream_timeout)
+                        .map_err(|why| invalid(format!("stream-timeout: {why}")))?;
                 }
                 if let Some(max_memory) = &app.max_memory {
                     policy.max_memory = parse_size(max_memory)
@@ -470,6 +526,24 @@ impl ServeArgs {
                 }
                 if let Some(instances) = app.instances {
                     policy.workers = instances;
+                }
+                if let Some(rate) = &app.app_log_rate {
+                    policy.output.rate = parse_size_or_zero(rate)
+                        .map_err(|why| invalid(format!("app-log-rate: {why}")))?
+                        as u64;
+                }
+                if let Some(burst) = &app.app_log_burst {
+                    policy.output.burst = parse_size(burst)
+                        .map_err(|why| invalid(format!("app-log-burst: {why}")))?
+                        as u64;
+                }
+                let mut queue = default_queue;
+                if let Some(limit) = app.queue_limit {
+                    queue.limit = limit;
+                }
+                if let Some(timeout) = &app.queue_timeout {
+                    queue.timeout = parse_seconds(timeout)
+                        .map_err(|why| invalid(format!("queue-timeout: {why}")))?;
                 }
                 if let Some(dirs) = &app.dirs {
                     policy.grants.dirs = dirs
@@ -493,6 +567,7 @@ impl ServeArgs {
                     prefix: app.route,
                     path: app.component,
                     policy,
+                    queue,
                     max_body,
                 })
             })
@@ -517,6 +592,10 @@ impl ServeArgs {
         let limits = kv::Limits {
             max_key: self.kv_max_key,
             max_value: self.kv_max_value,
+            quota: kv::Quota {
+                keys: self.kv_quota_keys,
+                bytes: self.kv_quota_bytes as u64,
+            },
         };
         kv::Store::new(backend, self.kv_url(), &namespace, limits)
     }
@@ -540,6 +619,21 @@ impl ServeArgs {
                 kv,
             },
             workers: self.workers(),
+            stream_timeout: self.stream_timeout.unwrap_or(self.timeout * 4),
+            output: OutputRate {
+                rate: self.app_log_rate as u64,
+                burst: self.app_log_burst as u64,
+            },
+        }
+    }
+
+    /// The queue of each of `apps` apps, unless it says otherwise: by default, an equal share
+    /// of the connections, so that one app's waiting requests never take the others' room.
+    pub fn queue_policy(&self, apps: usize) -> QueuePolicy {
+        let share = (self.max_connections / apps.max(1)).max(1);
+        QueuePolicy {
+            limit: self.queue_limit.map_or(share, |limit| limit as usize),
+            timeout: self.queue_timeout,
         }
     }
 

@@ -44,6 +44,8 @@ struct AppTable {
     hosts: Vec<String>,
     /// Seconds of app time per request.
     timeout: Option<f64>,
+    /// Seconds of wall time a streamed response may take, as in `--stream-timeout`.
+    stream_timeout: Option<f64>,
     /// Linear memory per instance, as in `--max-memory`: `64MiB`.
     max_memory: Option<Size>,
     /// The largest request body, as in `--max-body-size`: `10MiB`, or 0 for any.
@@ -53,11 +55,23 @@ struct AppTable {
     max_requests: Option<u64>,
     /// How many warm instances the app may hold: its share of the server.
     instances: Option<u32>,
+    /// Requests that may wait for an instance, as in `--queue-limit`.
+    queue_limit: Option<u32>,
+    /// Seconds a request may wait for an instance, as in `--queue-timeout`.
+    queue_timeout: Option<f64>,
     /// Directories granted, as in `--dir`: `HOST_PATH[::GUEST_PATH][:ro]`. Present, even
     /// empty, it replaces the command line's grants.
     dirs: Option<Vec<String>>,
     env: Option<BTreeMap<String, String>>,
     kv_namespace: Option<String>,
+    /// Bytes a second of the app's output that reach the log, as in `--app-log-rate`.
+    app_log_rate: Option<Size>,
+    /// Bytes of the app's output that may reach the log at once, as in `--app-log-burst`.
+    app_log_burst: Option<Size>,
+    /// Most keys the app may store, as in `--kv-quota-keys`.
+    kv_quota_keys: Option<u64>,
+    /// Most bytes the app may store, as in `--kv-quota-bytes`: `64MiB`.
+    kv_quota_bytes: Option<Size>,
 }
 
 /// A size as written: `"64MiB"`, or a number of bytes.
@@ -92,14 +106,21 @@ pub struct AppConfig {
     /// Lowercase; empty for any host that no other app names.
     pub hosts: Vec<String>,
     pub timeout: Option<String>,
+    pub stream_timeout: Option<String>,
     pub max_memory: Option<String>,
     pub max_body_size: Option<String>,
     pub isolation: Option<String>,
     pub max_requests: Option<u64>,
     pub instances: Option<usize>,
+    pub queue_limit: Option<usize>,
+    pub queue_timeout: Option<String>,
     pub dirs: Option<Vec<String>>,
     pub env: Option<Vec<(String, String)>>,
     pub kv_namespace: Option<String>,
+    pub kv_quota_keys: Option<u64>,
+    pub kv_quota_bytes: Option<String>,
+    pub app_log_rate: Option<String>,
+    pub app_log_burst: Option<String>,
 }
 
 /// Most instances one app may have, as for `--workers`.
@@ -182,6 +203,18 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<AppConfig>> {
                 format!("instances must be 1 to {MAX_INSTANCES}"),
             ));
         }
+        if table.kv_quota_keys == Some(0) {
+            return Err(invalid(
+                &table.name,
+                "kv-quota-keys must be at least 1".into(),
+            ));
+        }
+        if table.queue_limit == Some(0) {
+            return Err(invalid(
+                &table.name,
+                "queue-limit must be at least 1".into(),
+            ));
+        }
         if let Some(key) = table
             .env
             .iter()
@@ -199,10 +232,13 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<AppConfig>> {
             hosts,
             max_body_size: table.max_body_size.map(Size::into_text),
             timeout: table.timeout.map(|seconds| seconds.to_string()),
+            stream_timeout: table.stream_timeout.map(|seconds| seconds.to_string()),
             max_memory: table.max_memory.map(Size::into_text),
             isolation: table.isolation,
             max_requests: table.max_requests,
             instances: table.instances.map(|count| count as usize),
+            queue_limit: table.queue_limit.map(|limit| limit as usize),
+            queue_timeout: table.queue_timeout.map(|seconds| seconds.to_string()),
             // Relative host paths are the config file's, like the component's.
             dirs: table.dirs.map(|dirs| {
                 dirs.into_iter()
@@ -211,6 +247,10 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<AppConfig>> {
             }),
             env: table.env.map(|env| env.into_iter().collect()),
             kv_namespace: table.kv_namespace,
+            kv_quota_keys: table.kv_quota_keys,
+            kv_quota_bytes: table.kv_quota_bytes.map(Size::into_text),
+            app_log_rate: table.app_log_rate.map(Size::into_text),
+            app_log_burst: table.app_log_burst.map(Size::into_text),
             name: table.name,
         });
     }

@@ -8,8 +8,8 @@
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::access_log;
@@ -22,9 +22,10 @@ use crate::http::body::{BodyDecoder, BodyError};
 use crate::http::error::RequestError;
 use crate::http::io::{Io, Pace};
 use crate::http::request::{self, BodyKind, Framing};
-use crate::http::response::write_server_response;
+use crate::http::response::{write_server_response, write_server_response_with};
 use crate::lifecycle::{Lifecycle, Registration};
 use crate::metrics::metrics;
+use crate::pool::{Lease, Pool, Refusal};
 use crate::router::{CurrentRouter, Route};
 
 /// Header slots kept on the stack; a larger `--limit-request-fields` uses the heap.
@@ -38,6 +39,10 @@ const MAX_DRAIN: u64 = 256 * 1024;
 /// still sends.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
+
+/// Seconds a client turned away by a busy app is told to wait before it tries again: a
+/// queue that was full a moment ago may well have room a second later.
+const RETRY_AFTER: &str = "1";
 
 /// Ids for requests, unique within the process, for tagging log lines.
 static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
@@ -81,6 +86,28 @@ enum Phase {
     /// The last response is out and the write side shut; input is read and thrown away
     /// until the client closes, `until` at most.
     Closing { until: Instant, discarded: usize },
+    /// A request waits in its app's queue for a worker.
+    Queued(Box<Queued>),
+}
+
+/// A request routed to its app and waiting for one of its workers.
+struct Queued {
+    request: Routed,
+    pool: Arc<Pool>,
+    /// The request's place in the queue, once it has one.
+    ticket: Arc<OnceLock<u64>>,
+    /// The worker handed to it, when one is.
+    lease: Option<Lease>,
+}
+
+/// A request on its way to an app: everything the connection parsed and the route chose.
+struct Routed {
+    id: u64,
+    started: Instant,
+    environ: Environ,
+    headers: HeaderLines,
+    framing: Framing,
+    route: Route,
 }
 
 struct HeadProgress {
@@ -93,13 +120,12 @@ struct HeadProgress {
 }
 
 /// What a connection needs next.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "moved a few times per request; boxing would allocate each time"
-)]
 pub enum Next {
     /// To wait until it is readable, or until the deadline passes.
     Wait(Connection, Instant),
+    /// To wait in its app's queue for a worker (see [`Connection::queue`]), until the
+    /// deadline passes.
+    Queue(Connection, Instant),
     Closed,
 }
 
@@ -140,6 +166,7 @@ impl Connection {
         match self.state.phase {
             Phase::Head(_) => self.serve(router, config),
             Phase::Closing { .. } => self.linger(),
+            Phase::Queued(_) => self.resume(router, config),
         }
     }
 
@@ -150,13 +177,46 @@ impl Connection {
             Phase::Head(HeadProgress {
                 head_deadline: Some(_),
                 ..
-            })
+            }) | Phase::Queued(_)
         )
     }
 
-    /// Ends a wait whose deadline has passed: a 408 for a head that began, silence for an
-    /// idle connection.
+    /// The queue a request waits in, and the cell its ticket goes in, for the server to
+    /// queue it with a [`Waiter`] of its own.
+    pub fn queue(&self) -> Option<(Arc<Pool>, Arc<OnceLock<u64>>)> {
+        match &self.state.phase {
+            Phase::Queued(queued) => Some((queued.pool.clone(), queued.ticket.clone())),
+            _ => None,
+        }
+    }
+
+    /// Gives a waiting request the worker it waited for; it runs when the connection is
+    /// next served. A connection whose request does not wait gives it back.
+    pub fn hand(&mut self, lease: Lease) -> Result<(), Lease> {
+        match &mut self.state.phase {
+            Phase::Queued(queued) if queued.lease.is_none() => {
+                queued.lease = Some(lease);
+                Ok(())
+            }
+            _ => Err(lease),
+        }
+    }
+
+    /// Answers a request that found its app's queue full, and closes.
+    pub fn refuse_queue_full(self) -> Next {
+        self.refuse_queued(Refusal::QueueFull)
+    }
+
+    /// Ends a wait whose deadline has passed: a 408 for a head that began, a 503 for a
+    /// request that waited in its queue too long, silence for an idle connection.
     pub fn on_deadline(mut self) -> Next {
+        if let Phase::Queued(queued) = &self.state.phase {
+            let ticket = queued.ticket.get().copied();
+            if let Some(ticket) = ticket {
+                queued.pool.forget(ticket, Refusal::QueueTimeout);
+            }
+            return self.refuse_queued(Refusal::QueueTimeout);
+        }
         if !self.owes_answer_at_deadline() {
             return Next::Closed;
         }
@@ -244,19 +304,137 @@ impl Connection {
                 environ.script_name.push_str(&environ.path_info[..mount]);
                 environ.path_info.drain(..mount);
             }
-            let (kept, after, strings) = handle(io, environ, headers, framing, route, config);
-            io = kept;
-            match after {
-                After::KeepAlive if state.registration.end_request() => {}
-                After::Ended => return Connection { io, state }.close_ended(),
-                After::KeepAlive | After::Close => return Connection { io, state }.close(),
+            let request = Routed {
+                id: NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed),
+                started: Instant::now(),
+                environ,
+                headers,
+                framing,
+                route: route.clone(),
+            };
+            metrics().request_started();
+            let pool = route.pool.get();
+            let Some(lease) = pool.checkout() else {
+                // Every worker is busy: wait for one without holding this thread.
+                let deadline = Instant::now() + pool.queue_policy().timeout;
+                state.phase = Phase::Queued(Box::new(Queued {
+                    request,
+                    pool,
+                    ticket: Arc::default(),
+                    lease: None,
+                }));
+                return Next::Queue(Connection { io, state }, deadline);
+            };
+            drop(pool);
+            match (Connection { io, state }).run(request, lease, config) {
+                Ran::KeepAlive(Connection {
+                    io: kept,
+                    state: kept_state,
+                }) => (io, state) = (kept, kept_state),
+                Ran::Ended(next) => return next,
             }
-            state.spare = Some(strings);
-            state.phase = Phase::Head(HeadProgress::idle_for(config.timeouts.keep_alive));
             // Pipelined requests are served at once; otherwise a read now would find nothing.
             if io.buffered().is_empty() {
                 return Connection { io, state }.wait();
             }
+        }
+    }
+
+    /// Runs a request on the worker it got, and readies the connection for the next
+    /// request, or closes it.
+    fn run(self, request: Routed, lease: Lease, config: &ConnectionConfig) -> Ran {
+        let Connection { io, mut state } = self;
+        let (io, after, strings) = handle(io, request, lease, config);
+        match after {
+            After::KeepAlive if state.registration.end_request() => {}
+            After::Ended => return Ran::Ended(Connection { io, state }.close_ended()),
+            After::KeepAlive | After::Close => return Ran::Ended(Connection { io, state }.close()),
+        }
+        state.spare = Some(strings);
+        state.phase = Phase::Head(HeadProgress::idle_for(config.timeouts.keep_alive));
+        Ran::KeepAlive(Connection { io, state })
+    }
+
+    /// Goes on with a queued request: runs it on the worker handed to it, or, woken without
+    /// one, drops it, since its client hung up.
+    fn resume(mut self, router: &CurrentRouter, config: &ConnectionConfig) -> Next {
+        let phase = std::mem::replace(
+            &mut self.state.phase,
+            Phase::Head(HeadProgress::idle_for(Duration::ZERO)),
+        );
+        let Phase::Queued(queued) = phase else {
+            unreachable!("only a queued connection resumes");
+        };
+        let Queued {
+            request,
+            pool,
+            ticket,
+            lease,
+        } = *queued;
+        match lease {
+            Some(lease) if !self.io.peer_gone() => {
+                return match self.run(request, lease, config) {
+                    Ran::KeepAlive(connection) => connection.serve(router, config),
+                    Ran::Ended(next) => next,
+                };
+            }
+            // A worker came, but the client had left: it goes to the next request.
+            Some(lease) => {
+                drop(lease);
+                pool.refused(Refusal::ClientGone);
+            }
+            // Woken by the client hanging up: out of the queue, unless a worker is on its
+            // way, which will find the request gone and go on to the next.
+            None => {
+                let forgotten = ticket
+                    .get()
+                    .is_some_and(|&ticket| pool.forget(ticket, Refusal::ClientGone));
+                if !forgotten {
+                    pool.refused(Refusal::ClientGone);
+                }
+            }
+        }
+        let app = &request.route.metrics.app().0;
+        tracing::info!(%app, request = request.id, "client left while its request waited for an instance");
+        finish_refused(&request, None);
+        Next::Closed
+    }
+
+    /// Answers a queued request that gets no worker, and closes.
+    fn refuse_queued(mut self, refusal: Refusal) -> Next {
+        let phase = std::mem::replace(
+            &mut self.state.phase,
+            Phase::Head(HeadProgress::idle_for(Duration::ZERO)),
+        );
+        let Phase::Queued(queued) = phase else {
+            unreachable!("only a queued connection is refused");
+        };
+        let request = queued.request;
+        let why = match refusal {
+            Refusal::QueueFull => "its queue is full",
+            _ => "no instance came free within the queue timeout",
+        };
+        let app = &request.route.metrics.app().0;
+        tracing::warn!(%app, request = request.id, "turned a request away with 503: {why}");
+        self.io.start_response();
+        let sent = write_server_response_with(
+            &mut self.io,
+            503,
+            "Service Unavailable",
+            "Service Unavailable: the app is busy\n",
+            Some(request.framing),
+            false,
+            &[("Retry-After", RETRY_AFTER)],
+        );
+        finish_refused(&request, sent.is_ok().then_some(503));
+        self.state.registration.end_request();
+        // A request without a body was read whole: the connection closes at once unless more
+        // came, rather than lingering for a client that may not read its 503 for a while,
+        // with a connection slot that other apps' clients need.
+        if matches!(request.framing.body, BodyKind::Length(0)) {
+            self.close_ended()
+        } else {
+            self.close()
         }
     }
 
@@ -268,6 +446,7 @@ impl Connection {
         let deadline = match &self.state.phase {
             Phase::Head(progress) => progress.head_deadline.unwrap_or(progress.idle_until),
             Phase::Closing { until, .. } => *until,
+            Phase::Queued(_) => unreachable!("a queued request waits in its queue"),
         };
         if self.owes_answer_at_deadline() && deadline <= Instant::now() {
             return self.on_deadline();
@@ -333,6 +512,12 @@ impl HeadProgress {
             scanned: 0,
         }
     }
+}
+
+/// A connection after its request ran: ready for the next one, or done with.
+enum Ran {
+    KeepAlive(Connection),
+    Ended(Next),
 }
 
 /// How a connection goes on after a request.
@@ -439,15 +624,19 @@ fn worth_parsing(buffered: &[u8], scanned: usize, limits: &Limits) -> bool {
 /// it goes on, and the request's strings for reuse.
 fn handle(
     io: Io,
-    environ: Environ,
-    headers: HeaderLines,
-    framing: Framing,
-    route: &Route,
+    request: Routed,
+    lease: Lease,
     config: &ConnectionConfig,
 ) -> (Io, After, RequestStrings) {
-    let request_id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
-    let started = Instant::now();
-    metrics().request_started();
+    let Routed {
+        id: request_id,
+        started,
+        environ,
+        headers,
+        framing,
+        route,
+    } = request;
+    let route = &route;
     let body = BodyDecoder::new(
         framing.body,
         config.limits,
@@ -463,8 +652,7 @@ fn handle(
     // The worker goes back to the pool at the end of this statement, before the connection
     // writes a whole body to a client that may be slow.
     let (app, (request, result)) = {
-        let pool = route.pool.get();
-        let mut worker = pool.checkout();
+        let mut worker = lease;
         (worker.name(), worker.call(request))
     };
     let Request {
@@ -520,6 +708,19 @@ fn handle(
     (exchange.io, after, (environ, headers))
 }
 
+/// Logs and counts a request that got no worker: `code` is what it was answered, if
+/// anything.
+fn finish_refused(request: &Routed, code: Option<u16>) {
+    access_log::record(&request.environ, code, 0, request.started.elapsed());
+    request.route.metrics.request_finished(
+        &request.environ.request_method,
+        code.unwrap_or(0),
+        request.started.elapsed(),
+        0,
+        0,
+    );
+}
+
 /// Which request a log line is about.
 struct RequestLog<'a> {
     app: &'a str,
@@ -542,6 +743,7 @@ fn error_response(
     if let Some(
         failure @ (Failure::Trap(_)
         | Failure::Timeout(_)
+        | Failure::StreamTimeout(_)
         | Failure::MemoryCap(_)
         | Failure::Unavailable(_)),
     ) = &failure

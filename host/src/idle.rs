@@ -3,23 +3,37 @@
 //!
 //! Each connection is armed for one wakeup (`EPOLLONESHOT`), so that exactly one of the
 //! threads waiting here takes it; it is armed again when it is parked again.
+//!
+//! A connection whose request waits in its app's queue is parked too, woken only if its
+//! client hangs up, and taken out by its token when a worker is handed to it; it then goes
+//! to the threads through a queue of its own, which an eventfd in the epoll set signals.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rustix::event::epoll::{self, EventData, EventFlags};
-use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 
 /// Readable, or the peer closed its side (which reads as the end of input).
 const WAKE_ON: EventFlags = EventFlags::IN
     .union(EventFlags::RDHUP)
     .union(EventFlags::ONESHOT);
 
+/// For a request waiting in a queue: only a hang-up. Body bytes arriving meanwhile wait in
+/// the kernel for the app.
+const WAKE_ON_HANGUP: EventFlags = EventFlags::RDHUP.union(EventFlags::ONESHOT);
+
+/// The token of the eventfd that signals connections handed over: no slot has it.
+const HANDED_TOKEN: u64 = u64::MAX;
+
 /// The set of parked connections, shared by the threads that serve them.
 pub struct IdleSet<T> {
     epoll: OwnedFd,
+    /// Readable while connections wait in `Parked::handed`, one count each.
+    handed_signal: OwnedFd,
     parked: Mutex<Parked<T>>,
     /// Signalled when the set stops being empty.
     no_longer_empty: Condvar,
@@ -47,17 +61,32 @@ struct Parked<T> {
     sleepers: usize,
     /// How many parked connections have been taken out to be served, ever.
     taken: u64,
+    /// Connections taken out by token and handed to the threads.
+    handed: VecDeque<T>,
 }
 
 struct Slot<T> {
     generation: u32,
     occupant: Option<(T, Instant)>,
+    /// Whether the occupant waits for input, which, once arrived, outlives its deadline.
+    waits_for_input: bool,
 }
 
 impl<T: AsFd> IdleSet<T> {
     pub fn new() -> io::Result<IdleSet<T>> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        // One count per connection handed over: each thread woken takes one.
+        let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK | EventfdFlags::SEMAPHORE;
+        let handed_signal = rustix::event::eventfd(0, flags)?;
+        epoll::add(
+            &epoll,
+            &handed_signal,
+            EventData::new_u64(HANDED_TOKEN),
+            EventFlags::IN,
+        )?;
         Ok(IdleSet {
-            epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
+            epoll,
+            handed_signal,
             parked: Mutex::new(Parked {
                 slots: Vec::new(),
                 free: Vec::new(),
@@ -65,6 +94,7 @@ impl<T: AsFd> IdleSet<T> {
                 earliest: None,
                 sleepers: 0,
                 taken: 0,
+                handed: VecDeque::new(),
             }),
             no_longer_empty: Condvar::new(),
         })
@@ -72,24 +102,54 @@ impl<T: AsFd> IdleSet<T> {
 
     /// Parks a connection this set has not seen before, until it is readable or `deadline`.
     pub fn add(&self, connection: T, deadline: Instant) -> io::Result<()> {
-        self.insert(connection, deadline, |epoll, fd, token| {
+        self.insert(connection, deadline, true, |epoll, fd, token| {
             epoll::add(epoll, fd, token, WAKE_ON)
         })
+        .map(drop)
     }
 
     /// Parks a connection that was taken from this set, until it is readable or `deadline`.
     pub fn park(&self, connection: T, deadline: Instant) -> io::Result<()> {
-        self.insert(connection, deadline, |epoll, fd, token| {
+        self.insert(connection, deadline, true, |epoll, fd, token| {
             epoll::modify(epoll, fd, token, WAKE_ON)
         })
+        .map(drop)
+    }
+
+    /// Parks a connection that was taken from this set, and whose request waits for
+    /// something else than its client: until its client hangs up, `deadline` passes, or it
+    /// is taken out by the token returned.
+    pub fn park_waiting(&self, connection: T, deadline: Instant) -> io::Result<u64> {
+        self.insert(connection, deadline, false, |epoll, fd, token| {
+            epoll::modify(epoll, fd, token, WAKE_ON_HANGUP)
+        })
+    }
+
+    /// Takes out the connection parked under `token`, if it is still there.
+    pub fn take(&self, token: u64) -> Option<T> {
+        let (index, generation) = ((token & u64::from(u32::MAX)) as u32, (token >> 32) as u32);
+        let mut parked = self.lock();
+        let current = parked
+            .slots
+            .get(index as usize)
+            .is_some_and(|slot| slot.generation == generation && slot.occupant.is_some());
+        current.then(|| parked.vacate(index).0)
+    }
+
+    /// Hands a connection to the threads, as though it had become readable.
+    pub fn hand(&self, connection: T) -> io::Result<()> {
+        self.lock().handed.push_back(connection);
+        rustix::io::write(&self.handed_signal, &1u64.to_ne_bytes())?;
+        Ok(())
     }
 
     fn insert(
         &self,
         connection: T,
         deadline: Instant,
+        waits_for_input: bool,
         arm: impl FnOnce(&OwnedFd, &T, EventData) -> rustix::io::Result<()>,
-    ) -> io::Result<()> {
+    ) -> io::Result<u64> {
         let mut parked = self.lock();
         let index = match parked.free.pop() {
             Some(index) => index,
@@ -97,11 +157,13 @@ impl<T: AsFd> IdleSet<T> {
                 parked.slots.push(Slot {
                     generation: 0,
                     occupant: None,
+                    waits_for_input: true,
                 });
                 u32::try_from(parked.slots.len() - 1).expect("fewer than 2^32 connections")
             }
         };
         let slot = &mut parked.slots[index as usize];
+        slot.waits_for_input = waits_for_input;
         let token = EventData::new_u64(u64::from(slot.generation) << 32 | u64::from(index));
         // Armed while the lock is held: a thread woken for it waits until it is in its slot.
         let (connection, _) = slot.occupant.insert((connection, deadline));
@@ -120,7 +182,7 @@ impl<T: AsFd> IdleSet<T> {
         if parked.len == 1 && parked.sleepers > 0 {
             self.no_longer_empty.notify_all();
         }
-        Ok(())
+        Ok(token.u64())
     }
 
     /// Waits up to `timeout` for a parked connection to become readable, and takes it out.
@@ -142,6 +204,9 @@ impl<T: AsFd> IdleSet<T> {
             return Ok(Wakeup::TimedOut);
         }
         let token = events[0].data.u64();
+        if token == HANDED_TOKEN {
+            return self.take_handed();
+        }
         let (index, generation) = ((token & u64::from(u32::MAX)) as u32, (token >> 32) as u32);
         let mut parked = self.lock();
         let current = parked
@@ -156,8 +221,24 @@ impl<T: AsFd> IdleSet<T> {
         Ok(Wakeup::Ready(connection))
     }
 
-    /// Takes out every connection whose deadline has passed by `now`, but those that are
-    /// readable: their bytes came in time, and a thread will take them.
+    /// Takes one connection handed over, if another thread has not taken it first.
+    fn take_handed(&self) -> io::Result<Wakeup<T>> {
+        let mut count = [0; 8];
+        match rustix::io::read(&self.handed_signal, &mut count) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::AGAIN) => return Ok(Wakeup::Stale),
+            Err(errno) => return Err(errno.into()),
+        }
+        let mut parked = self.lock();
+        let Some(connection) = parked.handed.pop_front() else {
+            return Ok(Wakeup::Stale);
+        };
+        parked.taken += 1;
+        Ok(Wakeup::Ready(connection))
+    }
+
+    /// Takes out every connection whose deadline has passed by `now`, but those that wait
+    /// for input and are readable: their bytes came in time, and a thread will take them.
     pub fn expired(&self, now: Instant) -> Vec<T> {
         let mut parked = self.lock();
         if parked.earliest.is_none_or(|earliest| earliest > now) {
@@ -170,7 +251,8 @@ impl<T: AsFd> IdleSet<T> {
                 continue;
             };
             let deadline = *deadline;
-            if deadline <= now && !is_readable(connection) {
+            let waits_for_input = parked.slots[index].waits_for_input;
+            if deadline <= now && !(waits_for_input && is_readable(connection)) {
                 expired.push(parked.vacate(index as u32).0);
             } else if earliest.is_none_or(|earliest| deadline < earliest) {
                 earliest = Some(deadline);
@@ -314,5 +396,47 @@ mod tests {
         next_peer.write_all(b"y").unwrap();
         assert!(woken(&set).is_some());
         drop(expired);
+    }
+
+    #[test]
+    fn a_waiting_connection_is_taken_by_token_and_handed_to_the_threads() {
+        let set = IdleSet::new().unwrap();
+        let now = Instant::now();
+        let (waiting, mut peer) = UnixStream::pair().unwrap();
+        set.add(waiting, now + SOON).unwrap();
+        peer.write_all(b"x").unwrap();
+        let waiting = woken(&set).unwrap();
+        // Parked to wait for something else, unread input does not wake it, nor keep it
+        // past its deadline.
+        let token = set.park_waiting(waiting, now).unwrap();
+        assert!(matches!(
+            set.wait(Duration::from_millis(10)).unwrap(),
+            Wakeup::TimedOut
+        ));
+        let waiting = set.take(token).expect("still parked");
+        assert!(set.take(token).is_none());
+        set.hand(waiting).unwrap();
+        assert!(set.has_ready());
+        let mut handed = woken(&set).expect("handed to a thread");
+        assert_eq!(set.taken(), 2);
+        let mut input = [0];
+        std::io::Read::read_exact(&mut handed, &mut input).unwrap();
+        assert_eq!(&input, b"x");
+
+        let token = set.park_waiting(handed, now).unwrap();
+        assert_eq!(set.expired(now).len(), 1);
+        assert!(set.take(token).is_none());
+    }
+
+    #[test]
+    fn a_waiting_connection_wakes_when_its_client_hangs_up() {
+        let set = IdleSet::new().unwrap();
+        let (waiting, peer) = UnixStream::pair().unwrap();
+        set.add(waiting, Instant::now() + SOON).unwrap();
+        drop(peer);
+        let waiting = woken(&set).unwrap();
+        let token = set.park_waiting(waiting, Instant::now() + SOON).unwrap();
+        assert!(woken(&set).is_some());
+        assert!(set.take(token).is_none());
     }
 }

@@ -47,7 +47,8 @@ pub fn load_pool(spec: &AppSpec, cache: Option<&CodeCache>) -> anyhow::Result<Po
     if app.uses_keyvalue() {
         prepare_kv(&spec.policy.grants.kv)?;
     }
-    let pool = Pool::new(&app, spec.policy.workers)?;
+    let gauges = metrics().pool(&spec.name.as_str().into(), spec.policy.timeout);
+    let pool = Pool::new(&app, spec.policy.workers, spec.queue, gauges)?;
     let prefix = if spec.prefix.is_empty() {
         "/"
     } else {

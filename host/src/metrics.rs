@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -42,6 +43,12 @@ struct RetiredLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    app: AppName,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KvLabels {
     namespace: AppName,
     outcome: &'static str,
@@ -63,8 +70,14 @@ pub struct Metrics {
     bytes_in: Family<AppLabels, Counter>,
     bytes_out: Family<AppLabels, Counter>,
     kv_operations: Family<KvLabels, Counter>,
+    queue_length: Family<AppLabels, Gauge>,
+    queue_wait: Family<AppLabels, Histogram, fn() -> Histogram>,
+    queue_refused: Family<RefusedLabels, Counter>,
+    app_log_dropped: Family<AppLabels, Counter>,
     /// Whether each app's last attempt to make an instance worked.
     instantiable: Mutex<BTreeMap<Arc<str>, bool>>,
+    /// The load of each app's current pool.
+    pools: Mutex<BTreeMap<Arc<str>, Arc<PoolGauges>>>,
     /// The apps served now: a reload may add some and remove others.
     serving: Mutex<Vec<Arc<str>>>,
 }
@@ -87,6 +100,11 @@ impl Metrics {
         let bytes_in = Family::<AppLabels, Counter>::default();
         let bytes_out = Family::<AppLabels, Counter>::default();
         let kv_operations = Family::<KvLabels, Counter>::default();
+        let queue_length = Family::<AppLabels, Gauge>::default();
+        let queue_wait: Family<AppLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        let queue_refused = Family::<RefusedLabels, Counter>::default();
+        let app_log_dropped = Family::<AppLabels, Counter>::default();
 
         let mut registry = Registry::with_prefix("wasm_gw");
         registry.register(
@@ -135,6 +153,28 @@ impl Metrics {
             "Key-value operations, by namespace and outcome: ok, refused or failed",
             kv_operations.clone(),
         );
+        registry.register(
+            "queue_length",
+            "Requests waiting for an instance, by app",
+            queue_length.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "Time requests waited for an instance, by app; requests that found one free \
+             at once are not counted",
+            queue_wait.clone(),
+        );
+        registry.register(
+            "queue_refused",
+            "Requests that got no instance, by app and reason: full (503 at once), timeout \
+             (503 after the queue timeout) or gone (the client left while waiting)",
+            queue_refused.clone(),
+        );
+        registry.register(
+            "app_log_dropped_bytes",
+            "Bytes of an app's stdout and stderr dropped past its --app-log-rate, by app",
+            app_log_dropped.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -146,7 +186,12 @@ impl Metrics {
             bytes_in,
             bytes_out,
             kv_operations,
+            queue_length,
+            queue_wait,
+            queue_refused,
+            app_log_dropped,
             instantiable: Mutex::default(),
+            pools: Mutex::default(),
             serving: Mutex::default(),
         }
     }
@@ -205,22 +250,69 @@ impl Metrics {
             .inc();
     }
 
+    /// The gauges of a new pool of `app`, whose requests may take `busy_limit` each; the
+    /// app's health is read from them from now on.
+    pub fn pool(&self, app: &Arc<str>, busy_limit: Duration) -> Arc<PoolGauges> {
+        let labels = AppLabels {
+            app: AppName(app.clone()),
+        };
+        let refused = |reason| {
+            self.queue_refused
+                .get_or_create(&RefusedLabels {
+                    app: AppName(app.clone()),
+                    reason,
+                })
+                .clone()
+        };
+        let gauges = Arc::new(PoolGauges {
+            length: self.queue_length.get_or_create(&labels).clone(),
+            wait: self.queue_wait.get_or_create(&labels).clone(),
+            refused: REFUSALS.map(|reason| (reason, refused(reason))),
+            ..PoolGauges::detached(busy_limit)
+        });
+        self.pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(app.clone(), gauges.clone());
+        gauges
+    }
+
+    /// The counter of `app`'s output bytes dropped past its rate.
+    pub fn app_log_dropped(&self, app: &Arc<str>) -> Counter {
+        self.app_log_dropped
+            .get_or_create(&AppLabels {
+                app: AppName(app.clone()),
+            })
+            .clone()
+    }
+
     /// The apps served from now on.
     pub fn serving(&self, apps: Vec<Arc<str>>) {
         *self.serving.lock().unwrap_or_else(PoisonError::into_inner) = apps;
     }
 
-    /// Every app served, and whether it can make instances.
-    pub fn health(&self) -> Vec<(Arc<str>, bool)> {
+    /// Every app served, and its health.
+    pub fn health(&self) -> Vec<(Arc<str>, Health)> {
         let instantiable = self
             .instantiable
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
         self.serving
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|app| (app.clone(), instantiable.get(app) == Some(&true)))
+            .map(|app| {
+                let health = if instantiable.get(app) != Some(&true) {
+                    Health::Unavailable
+                } else {
+                    match pools.get(app).and_then(|pool| pool.degraded()) {
+                        Some(why) => Health::Degraded(why),
+                        None => Health::Ok,
+                    }
+                };
+                (app.clone(), health)
+            })
             .collect()
     }
 
@@ -230,6 +322,126 @@ impl Metrics {
         prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
         text
+    }
+}
+
+/// How an app is doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    /// It serves, but requests wait or are turned away: why.
+    Degraded(String),
+    /// It cannot make instances.
+    Unavailable,
+}
+
+/// What one pool reports: its queue, for `/metrics`, and its saturation, for `/health`.
+pub struct PoolGauges {
+    length: Gauge,
+    wait: Histogram,
+    /// Refusals by reason.
+    refused: [(&'static str, Counter); 3],
+    /// Requests waiting now, and how many may.
+    waiting: AtomicUsize,
+    limit: AtomicUsize,
+    /// Since when no worker has been free, in nanoseconds after [`epoch`]; 0 while one is.
+    saturated_since: AtomicU64,
+    /// The app's deadline: busy for longer than one request may take, every instance is
+    /// stuck or overrun.
+    busy_limit: Duration,
+}
+
+/// Why requests get no instance: the queue was full, the queue timeout passed, or the
+/// client left while it waited.
+pub const REFUSALS: [&str; 3] = ["full", "timeout", "gone"];
+
+/// The instant that saturation times count from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn since_epoch(now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(epoch()).as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+impl PoolGauges {
+    /// Gauges that no registry reports, for tests.
+    pub fn detached(busy_limit: Duration) -> PoolGauges {
+        PoolGauges {
+            length: Gauge::default(),
+            wait: latency_histogram(),
+            refused: REFUSALS.map(|reason| (reason, Counter::default())),
+            waiting: AtomicUsize::new(0),
+            limit: AtomicUsize::new(usize::MAX),
+            saturated_since: AtomicU64::new(0),
+            busy_limit,
+        }
+    }
+
+    /// The pool's last free worker was taken.
+    pub fn saturated(&self) {
+        let _ = self.saturated_since.compare_exchange(
+            0,
+            since_epoch(Instant::now()),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A worker is free again.
+    pub fn unsaturated(&self) {
+        self.saturated_since.store(0, Ordering::Relaxed);
+    }
+
+    /// A request joined the queue, which is now `waiting` long.
+    pub fn queued(&self, waiting: usize, limit: usize) {
+        self.length.inc();
+        self.waiting.store(waiting, Ordering::Relaxed);
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// A request left the queue, which is now `waiting` long.
+    pub fn dequeued(&self, waiting: usize, limit: usize) {
+        self.length.dec();
+        self.waiting.store(waiting, Ordering::Relaxed);
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// A request waited `waited` in the queue.
+    pub fn waited(&self, waited: Duration) {
+        self.wait.observe(waited.as_secs_f64());
+    }
+
+    /// A request got no worker, for `reason`: one of [`REFUSALS`].
+    pub fn refused(&self, reason: &'static str, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+        if let Some((_, counter)) = self.refused.iter().find(|(known, _)| *known == reason) {
+            counter.inc();
+        }
+    }
+
+    /// Why the app is degraded, if it is: its queue is full, or none of its instances has
+    /// been free for longer than a request may take.
+    pub fn degraded(&self) -> Option<String> {
+        let (waiting, limit) = (
+            self.waiting.load(Ordering::Relaxed),
+            self.limit.load(Ordering::Relaxed),
+        );
+        if waiting >= limit {
+            return Some(format!("its queue is full: {waiting} requests wait"));
+        }
+        let since = self.saturated_since.load(Ordering::Relaxed);
+        let busy = since_epoch(Instant::now()).saturating_sub(since);
+        (since != 0 && Duration::from_nanos(busy) > self.busy_limit).then(|| {
+            format!(
+                "every instance has been busy for {:.1} s, past its {} s deadline",
+                Duration::from_nanos(busy).as_secs_f64(),
+                self.busy_limit.as_secs_f64()
+            )
+        })
     }
 }
 
@@ -245,6 +457,11 @@ pub struct AppMetrics {
 }
 
 impl AppMetrics {
+    /// The app these metrics are of.
+    pub fn app(&self) -> &AppName {
+        &self.app
+    }
+
     /// A request ended with `status` (0 if nothing was sent) after `duration`.
     pub fn request_finished(
         &self,

@@ -206,20 +206,11 @@ pub fn normalize_host(host: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::{App, AppFactory};
     use crate::pool::Pool;
-
-    struct Nothing;
-
-    impl AppFactory for Nothing {
-        fn new_worker(&self) -> anyhow::Result<Box<dyn App>> {
-            anyhow::bail!("not needed")
-        }
-    }
 
     fn route() -> Route {
         Route {
-            pool: Arc::new(CurrentPool::new(Pool::new(&Nothing, 0).unwrap())),
+            pool: Arc::new(CurrentPool::new(Pool::empty())),
             max_body: None,
             metrics: Arc::new(crate::metrics::metrics().app(&"test".into())),
         }

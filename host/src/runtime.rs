@@ -22,7 +22,8 @@ use crate::bindings::exports::wasm_gw::wsgi::handler::Body;
 use crate::bindings::wasm_gw::wsgi::request;
 use crate::bindings::wasm_gw::wsgi::response;
 use crate::compile::{CodeCache, base_config, load_component};
-use crate::guest::{Grants, GuestState, MAX_INSTANCE_PARTS};
+use crate::guest::wait::DeadlinePassed;
+use crate::guest::{self, Grants, GuestState, MAX_INSTANCE_PARTS, OutputLimit, OutputRate};
 use crate::kv::{self, Connection};
 use crate::metrics::metrics;
 
@@ -46,6 +47,8 @@ pub fn link(
     request::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
     response::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
     kv::guest::add_to_linker(&mut linker, GuestState::keyvalue)?;
+    guest::wait::add_to_linker(&mut linker, GuestState::waits)?;
+    guest::files::add_to_linker(&mut linker)?;
     let pre = linker.instantiate_pre(component)?;
     Ok(bindings::AppPre::new(pre)?)
 }
@@ -129,6 +132,10 @@ pub struct InstancePolicy {
     pub grants: Grants,
     /// How many instances may be alive at once, to size the pooling allocator.
     pub workers: usize,
+    /// Wall time a streamed response may take, writes to the client included.
+    pub stream_timeout: Duration,
+    /// How fast the app's stdout and stderr may go to the log.
+    pub output: OutputRate,
 }
 
 /// A component compiled and linked, ready to instantiate.
@@ -139,6 +146,8 @@ pub struct WasmApp {
     pre: bindings::AppPre<GuestState>,
     policy: InstancePolicy,
     uses_keyvalue: bool,
+    /// The output budget all the app's instances share.
+    output: Arc<OutputLimit>,
 }
 
 impl WasmApp {
@@ -199,12 +208,16 @@ impl WasmApp {
             })?;
         }
 
+        let name: Arc<str> = name.into();
+        let dropped = metrics().app_log_dropped(&name);
+        let output = Arc::new(OutputLimit::new(name.clone(), policy.output, dropped));
         Ok(Arc::new(WasmApp {
-            name: name.into(),
+            name,
             engine,
             pre,
             policy,
             uses_keyvalue,
+            output,
         }))
     }
 
@@ -218,7 +231,13 @@ impl WasmApp {
         &self,
         kv_connection: Option<Box<dyn Connection>>,
     ) -> anyhow::Result<(Store<GuestState>, bindings::App)> {
-        let state = GuestState::new(self.policy.max_memory, &self.policy.grants, kv_connection)?;
+        let state = GuestState::new(
+            self.policy.max_memory,
+            self.policy.timeout,
+            &self.policy.grants,
+            kv_connection,
+            &self.output,
+        )?;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         // At each tick past the deadline, look at the app time actually used: time spent
@@ -306,7 +325,7 @@ impl App for WasmWorker {
         self.served += 1;
         self.retiring = match &result {
             Err(Failure::Trap(_)) => Some("trap"),
-            Err(Failure::Timeout(_)) => Some("timeout"),
+            Err(Failure::Timeout(_) | Failure::StreamTimeout(_)) => Some("timeout"),
             Err(Failure::MemoryCap(_)) => Some("memory"),
             _ if self.app.policy.isolation == Isolation::Request => Some("isolation"),
             _ if self.retire_after.is_some_and(|limit| self.served >= limit) => {
@@ -354,9 +373,17 @@ impl WasmWorker {
         }
     }
 
-    /// Pulls the body stream and writes each chunk, until it ends or the response fails.
+    /// Pulls the body stream and writes each chunk, until it ends, the response fails, or
+    /// the stream has run for its wall time.
     fn pump(&mut self, stream: ResourceAny) -> Result<(), Failure> {
+        let limit = self.app.policy.stream_timeout;
+        let until = Instant::now() + limit;
         loop {
+            // Writes to the client are off the app's clock, so a client that reads steadily
+            // could otherwise keep the instance for as long as the app streams.
+            if Instant::now() >= until {
+                return Err(Failure::StreamTimeout(limit));
+            }
             let exchange = self.store.data_mut().exchange();
             if exchange.violation.is_some() {
                 return Ok(());
@@ -404,6 +431,10 @@ impl WasmWorker {
 
     fn failure(&self, error: wasmtime::Error) -> Failure {
         if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+            return Failure::Timeout(self.app.policy.timeout);
+        }
+        if error.is::<DeadlinePassed>() {
+            tracing::debug!("{error:?}");
             return Failure::Timeout(self.app.policy.timeout);
         }
         // The root cause names the trap in one line; the wasm backtrace is for debugging.

@@ -55,7 +55,7 @@ pub fn catch_signals() -> std::io::Result<Signals> {
 pub fn init_logging(level: tracing::Level, format: LogFormat) -> std::io::Result<()> {
     let logger = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr)
+        .with_writer(|| EscapedStderr)
         // Its report of a failed write would go to stderr too, with a panic if that fails:
         // a closed log pipe must cost log lines, not the thread that logs (or the server's
         // signal handling with it).
@@ -68,6 +68,45 @@ pub fn init_logging(level: tracing::Level, format: LogFormat) -> std::io::Result
         access_log::enable(format)?;
     }
     Ok(())
+}
+
+/// Writes each log line to stderr with its control characters escaped (`\r`, `\0`,
+/// `\x1f`...), so that no text an app or a client put in a line can end it early, rewrite
+/// it on a terminal, or make tools take the log for binary. The formatter escapes ESC and
+/// C1 controls itself, and writes each line in one call.
+struct EscapedStderr;
+
+impl std::io::Write for EscapedStderr {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        let body = line.strip_suffix(b"\n").unwrap_or(line);
+        if !body.iter().any(|&byte| is_escaped(byte)) {
+            return std::io::stderr().write(line);
+        }
+        let mut escaped = Vec::with_capacity(line.len() + 16);
+        for &byte in body {
+            match byte {
+                b'\r' => escaped.extend_from_slice(b"\\r"),
+                b'\n' => escaped.extend_from_slice(b"\\n"),
+                b'\0' => escaped.extend_from_slice(b"\\0"),
+                byte if is_escaped(byte) => {
+                    escaped.extend_from_slice(format!("\\x{byte:02x}").as_bytes());
+                }
+                byte => escaped.push(byte),
+            }
+        }
+        escaped.extend_from_slice(&line[body.len()..]);
+        std::io::stderr().write_all(&escaped)?;
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// Control bytes other than tab, and ESC, which starts the formatter's own colors.
+fn is_escaped(byte: u8) -> bool {
+    (byte < 0x20 && byte != b'\t' && byte != 0x1b) || byte == 0x7f
 }
 
 /// Serves the apps that `router` routes to, with the connection settings in `args` until SIGTERM or SIGINT.

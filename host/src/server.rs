@@ -21,6 +21,7 @@ use crate::connection::{Connection, ConnectionConfig, Next};
 use crate::http::io::threads_waiting_on_peers;
 use crate::idle::{IdleSet, Wakeup};
 use crate::lifecycle::Lifecycle;
+use crate::pool::{Lease, Waiter};
 use crate::router::CurrentRouter;
 
 /// Binds the listening socket with SO_REUSEADDR, so that a restarted server can bind while
@@ -56,7 +57,7 @@ pub fn run(
     max_connections: usize,
     lifecycle: Arc<Lifecycle>,
 ) -> anyhow::Result<()> {
-    let idle = IdleSet::new().context("cannot create the set of idle connections")?;
+    let idle = Arc::new(IdleSet::new().context("cannot create the set of idle connections")?);
     let threads = Arc::new(ServingThreads {
         idle,
         router,
@@ -134,7 +135,7 @@ const IDLE_THREAD_LIFETIME: Duration = Duration::from_secs(30);
 
 /// The threads that serve ready connections, and what they serve them with.
 struct ServingThreads {
-    idle: IdleSet<Client>,
+    idle: Arc<IdleSet<Client>>,
     router: Arc<CurrentRouter>,
     config: ConnectionConfig,
     running: AtomicUsize,
@@ -179,10 +180,49 @@ impl ServingThreads {
     }
 
     fn park(&self, next: Next, slot: SlotGuard) {
-        if let Next::Wait(connection, deadline) = next
-            && let Err(error) = self.idle.park(Client { connection, slot }, deadline)
+        match next {
+            Next::Wait(connection, deadline) => {
+                if let Err(error) = self.idle.park(Client { connection, slot }, deadline) {
+                    tracing::warn!("cannot wait for a connection's next request: {error}");
+                }
+            }
+            Next::Queue(connection, deadline) => self.queue(connection, slot, deadline),
+            Next::Closed => {}
+        }
+    }
+
+    /// Parks a connection whose request waits for a worker, and queues it with its app,
+    /// which hands it a worker through the idle set when one comes free.
+    fn queue(&self, connection: Connection, slot: SlotGuard, deadline: Instant) {
+        let Some((pool, ticket)) = connection.queue() else {
+            return;
+        };
+        let token = match self
+            .idle
+            .park_waiting(Client { connection, slot }, deadline)
         {
-            tracing::warn!("cannot wait for a connection's next request: {error}");
+            Ok(token) => token,
+            Err(error) => {
+                tracing::warn!("cannot queue a request for a worker: {error}");
+                return;
+            }
+        };
+        let waiter = Box::new(Handoff {
+            idle: self.idle.clone(),
+            token,
+        });
+        match pool.enqueue(waiter) {
+            Ok(Some(queued)) => {
+                let _ = ticket.set(queued);
+            }
+            Ok(None) => {}
+            // The queue is full: unless its client has hung up meanwhile, the request is
+            // still parked, and is turned away.
+            Err(_) => {
+                if let Some(Client { connection, slot }) = self.idle.take(token) {
+                    self.park(connection.refuse_queue_full(), slot);
+                }
+            }
         }
     }
 
@@ -244,6 +284,26 @@ impl ServingThreads {
         if let Err(error) = thread::Builder::new().name("timeouts".into()).spawn(answer) {
             tracing::error!("cannot answer timed-out requests: {error}");
         }
+    }
+}
+
+/// How a worker reaches a request parked in the idle set while it waits in the queue.
+struct Handoff {
+    idle: Arc<IdleSet<Client>>,
+    token: u64,
+}
+
+impl Waiter for Handoff {
+    fn hand(self: Box<Self>, lease: Lease) -> Result<(), Lease> {
+        // Gone if its client hung up, or the queue timeout passed, meanwhile.
+        let Some(mut client) = self.idle.take(self.token) else {
+            return Err(lease);
+        };
+        client.connection.hand(lease)?;
+        if let Err(error) = self.idle.hand(client) {
+            tracing::error!("cannot hand a worker to a queued request: {error}");
+        }
+        Ok(())
     }
 }
 

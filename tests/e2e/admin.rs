@@ -54,7 +54,7 @@ fn settled_scrape(admin: SocketAddr) -> prometheus_parse::Scrape {
 }
 
 /// The samples of `metric` whose labels include every pair of `labels`, summed.
-fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+pub fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
     scrape
         .samples
         .iter()

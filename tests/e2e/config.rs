@@ -36,6 +36,9 @@ component = "{faulty}"
 route = "/faulty"
 timeout = 1
 instances = 1
+kv-quota-keys = 100
+queue-limit = 4
+app-log-rate = "1KiB"
 "#,
             echo = guest("echo").display(),
             tasks = guest("tasks").display(),
@@ -75,6 +78,12 @@ instances = 1
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     server.wait_for_log(&["stopped after exceeding the 1s deadline"]);
+    // Its own key-value quota, not the server's million keys.
+    let fill = http
+        .get(server.url("/faulty/store/fill?count=101"))
+        .call()
+        .unwrap();
+    assert_eq!(fill.status(), 507);
     server.wait_for_log(&["mounted", "at /faulty, 1 instances"]);
     server.wait_for_log(&["key-value store: memory", "namespace=api-tasks"]);
 

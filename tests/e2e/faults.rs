@@ -26,6 +26,7 @@ fn each_fault_gets_500_and_the_server_keeps_serving() {
         ("/hop-header", "hop-by-hop header \"Connection\""),
         ("/alloc", "ran out of memory: the app needed"),
         ("/wrong-length", "does not match Content-Length 10"),
+        ("/big-header", "past the limit of 65536"),
     ];
     for (path, reason) in faults {
         assert_eq!(status_of(&server, path), 500, "{path}");

@@ -450,6 +450,16 @@ fn a_task_too_large_to_store_is_a_client_error() {
 }
 
 #[test]
+fn a_task_past_the_apps_quota_is_507() {
+    // Two keys: the task counter and the first task.
+    let server = Server::start("tasks", &["--kv", "memory", "--kv-quota-keys", "2"]);
+    assert!(create_task(&server, "fits").is_ok());
+    let (status, body) = create_task(&server, "one too many").unwrap_err();
+    assert_eq!(status, 507, "{body}");
+    assert!(body.contains("quota is used up"), "{body}");
+}
+
+#[test]
 fn an_app_that_never_uses_the_store_may_have_any_file_name() {
     let scratch = Scratch::new("names");
     let renamed = scratch.path().join("hello app@2.wasm");

@@ -79,3 +79,36 @@ fn unbounded_allocation_stays_inside_the_sandbox() {
     let growth = after.saturating_sub(before) >> 20;
     assert!(growth < 100, "host RSS grew by {growth} MiB");
 }
+
+#[test]
+fn a_symlink_made_in_a_grant_points_only_into_it() {
+    let dir = std::env::temp_dir().join(format!("wasm-gw-symlinks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let grant = format!("{}::/data", dir.display());
+    let server = Server::start("faulty", &["--dir", &grant]);
+    // A trap for the host's tools, which would follow it out of the grant.
+    for target in ["../../../../etc/passwd", "/etc/passwd", "sub/../../x"] {
+        let said = answer(
+            &server,
+            &format!("/escape/symlink?path=/data/evil&target={target}"),
+        );
+        assert!(said.starts_with("denied: "), "{target}: {said}");
+        assert!(std::fs::symlink_metadata(dir.join("evil")).is_err());
+    }
+    server.wait_for_log(&[
+        "refused the app a symlink",
+        "its target may leave the directory",
+    ]);
+    // One that points down from where it is stays allowed.
+    let said = answer(
+        &server,
+        "/escape/symlink?path=/data/fine&target=notes/today.txt",
+    );
+    assert!(said.starts_with("allowed: "), "{said}");
+    assert_eq!(
+        std::fs::read_link(dir.join("fine")).unwrap(),
+        std::path::Path::new("notes/today.txt")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

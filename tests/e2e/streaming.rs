@@ -73,3 +73,21 @@ fn read_line_finds_lines_across_chunks() {
     // one, two, three, the long line in two reads (64 + 37 with its newline), last.
     assert_eq!(response.text(), "reads=6 longest=64\n");
 }
+
+#[test]
+fn a_stream_to_a_fast_client_ends_at_its_wall_time() {
+    let server = Server::start("stream", &["--workers", "1", "--stream-timeout", "1"]);
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET /count?n=1000000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    // Read as fast as it comes: the app itself is quick, and waits on this client are off
+    // its clock, so only the wall time can stop it.
+    let body = crate::support::read_to_close(&mut stream);
+    assert!(body.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(!body.ends_with(b"0\r\n\r\n"), "the stream was not cut off");
+    server.wait_for_log(&["ERROR", "stream stopped after running for 1s"]);
+    // The worker serves again.
+    let response = server.raw(b"GET /count?n=3 HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(response.text(), "1\n2\n3\n");
+}

@@ -66,11 +66,18 @@ fn main() -> anyhow::Result<()> {
     };
     let signals = catch_signals()?;
     init_logging(args.log_level, args.log_format)?;
-    let pool = Pool::new(&NativeHelloFactory, args.workers())?;
+    let name = "native-hello".into();
+    let gauges = metrics().pool(&name, args.timeout);
+    let pool = Pool::new(
+        &NativeHelloFactory,
+        args.workers(),
+        args.queue_policy(1),
+        gauges,
+    )?;
     let router = Router::single(Route {
         pool: Arc::new(CurrentPool::new(pool)),
         max_body: args.max_body(),
-        metrics: Arc::new(metrics().app(&"native-hello".into())),
+        metrics: Arc::new(metrics().app(&name)),
     });
     run(&args, Arc::new(CurrentRouter::new(router)), None, signals)
 }

@@ -1,11 +1,15 @@
 //! Routes that each do one wrong thing, for the host's fault tests: `/trap`, `/panic`,
 //! `/no-start`, `/double-start`, `/bad-header`, `/hop-header`, `/wrong-length`,
-//! `/short-write`, `/long-write`, `/loop` and `/alloc`; anything else answers 200 `ok`.
-//! `/sleep?ms=N` is healthy but slow. `/served` counts the requests this instance has
-//! served, which shows when an instance is replaced. `/keep-input` keeps its request's input
+//! `/short-write`, `/long-write`, `/big-header`, `/loop` and `/alloc`; anything else answers
+//! 200 `ok`. `/sleep?ms=N` is healthy but slow. `/wait-forever` and `/block-forever` wait on
+//! a pollable that never becomes ready, through `wasi:io/poll`'s `poll` and `block`.
+//! `/store/fill` and `/store/delete` write and delete keys by the thousand, or (`whole=1`)
+//! in one call past the batch limit. `/flood?mb=N` writes N MiB to stdout, and `/forge` a
+//! line with control characters. `/served` counts the requests this instance has served,
+//! which shows when an instance is replaced. `/keep-input` keeps its request's input
 //! handle, and `/kept-environ` then asks for that ended request's environ.
 //! The `/escape/...` routes try to leave the sandbox (read a file, list a directory, read
-//! the environment, open a TCP connection) and say whether they could. It implements the WSGI
+//! the environment, open a TCP connection, plant a symlink) and say whether they could. It implements the WSGI
 //! contract directly, without the SDK's `App`, because several faults are ones the SDK
 //! prevents.
 
@@ -13,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasm_gw_sdk::bindings::exports::wasm_gw::wsgi::handler::{Body, Guest};
 use wasm_gw_sdk::bindings::wasm_gw::wsgi::request::{InputStream, full_environ};
+use wasm_gw_sdk::kv::Bucket;
 use wasm_gw_sdk::{start_response, write};
 
 struct Faulty;
@@ -40,6 +45,18 @@ fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     query
         .split('&')
         .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// Makes a symlink at `path`, in a granted directory, to `target`, through `wasi:filesystem`
+/// itself (std's is unstable).
+fn symlink(path: &str, target: &str) -> std::io::Result<String> {
+    let (dir, rest) = wasip2::filesystem::preopens::get_directories()
+        .into_iter()
+        .find_map(|(dir, name)| Some((dir, path.strip_prefix(name.as_str())?.to_owned())))
+        .ok_or_else(|| std::io::Error::other("no grant holds it"))?;
+    dir.symlink_at(target, rest.trim_start_matches('/'))
+        .map_err(|code| std::io::Error::other(format!("{code:?}")))?;
+    Ok(format!("{path} -> {target}"))
 }
 
 fn probe(attempt: std::io::Result<String>) -> Result<Body, String> {
@@ -124,6 +141,15 @@ impl Guest for Faulty {
                 );
                 ok_body("bad header\n")
             }
+            // A header value of `kb` KiB (100 unless given).
+            "/big-header" => {
+                let kib: usize = query_value(&environ.query_string, "kb")
+                    .and_then(|kb| kb.parse().ok())
+                    .unwrap_or(100);
+                let value = "x".repeat(kib << 10);
+                let _ = start_response("200 OK", &headers(&[("X-Big", &value)]), None);
+                ok_body("big header\n")
+            }
             "/hop-header" => {
                 let _ = start_response("200 OK", &headers(&[("Connection", "close")]), None);
                 ok_body("hop header\n")
@@ -157,6 +183,12 @@ impl Guest for Faulty {
                 let path = query_value(&environ.query_string, "path").unwrap_or("/");
                 probe(std::fs::read_dir(path).map(|entries| format!("{} entries", entries.count())))
             }
+            // Makes a symlink at `path` to `target`.
+            "/escape/symlink" => {
+                let path = query_value(&environ.query_string, "path").unwrap_or("/data/link");
+                let target = query_value(&environ.query_string, "target").unwrap_or("/etc/passwd");
+                probe(symlink(path, target))
+            }
             "/escape/env" => {
                 let vars: Vec<String> = std::env::vars()
                     .map(|(key, value)| format!("{key}={value}"))
@@ -183,6 +215,81 @@ impl Guest for Faulty {
                 std::thread::sleep(std::time::Duration::from_millis(ms));
                 start_response("200 OK", &plain, None).map_err(|e| format!("{e:?}"))?;
                 ok_body("slept\n")
+            }
+            // A timer for the end of time, waited on through `poll` and through `block`.
+            "/wait-forever" => {
+                let never = wasip2::clocks::monotonic_clock::subscribe_duration(u64::MAX);
+                wasip2::io::poll::poll(&[&never]);
+                start_response("200 OK", &plain, None).map_err(|e| format!("{e:?}"))?;
+                ok_body("the end of time came\n")
+            }
+            "/block-forever" => {
+                wasip2::clocks::monotonic_clock::subscribe_duration(u64::MAX).block();
+                start_response("200 OK", &plain, None).map_err(|e| format!("{e:?}"))?;
+                ok_body("the end of time came\n")
+            }
+            // Floods stdout with `mb` MiB of 1 KiB lines.
+            "/flood" => {
+                let mib: usize = query_value(&environ.query_string, "mb")
+                    .and_then(|mb| mb.parse().ok())
+                    .unwrap_or(50);
+                let line = "x".repeat(1023);
+                for _ in 0..mib * 1024 {
+                    println!("{line}");
+                }
+                start_response("200 OK", &plain, None).map_err(|e| format!("{e:?}"))?;
+                ok_body("flooded\n")
+            }
+            // A line that would rewrite itself on a terminal, and make grep call the log binary.
+            "/forge" => {
+                println!("innocent\rINFO wasm_gw: forged line\0 end\x07");
+                start_response("200 OK", &plain, None).map_err(|e| format!("{e:?}"))?;
+                ok_body("forged\n")
+            }
+            // Sets keys start..start+count of the `flood` bucket to values of `size` bytes (16
+            // unless given), a thousand at a time; answers 507 with the store's refusal.
+            "/store/fill" => {
+                let number = |name, default| {
+                    query_value(&environ.query_string, name)
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .unwrap_or(default)
+                };
+                let (start, count, size) =
+                    (number("start", 0), number("count", 0), number("size", 16));
+                let flood = Bucket::open("flood").map_err(|e| e.to_string())?;
+                let pairs: Vec<(String, Vec<u8>)> = (start..start + count)
+                    .map(|n| (format!("key-{n:08}"), vec![b'v'; size]))
+                    .collect();
+                let (status, text) = match flood.set_many(&pairs) {
+                    Ok(()) => ("200 OK", "filled\n".to_owned()),
+                    Err(error) => ("507 Insufficient Storage", format!("{error}\n")),
+                };
+                start_response(status, &plain, None).map_err(|e| format!("{e:?}"))?;
+                ok_body(&text)
+            }
+            // Deletes keys 0..count of the `flood` bucket: one call of them all when `whole`,
+            // else a thousand at a time.
+            "/store/delete" => {
+                let count: usize = query_value(&environ.query_string, "count")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                let keys: Vec<String> = (0..count).map(|n| format!("key-{n:08}")).collect();
+                let flood = Bucket::open("flood").map_err(|e| e.to_string())?;
+                let deleted = match query_value(&environ.query_string, "whole") {
+                    Some(_) => {
+                        use wasm_gw_sdk::bindings::wasi::keyvalue::{batch, store};
+                        store::open("flood")
+                            .and_then(|raw| batch::delete_many(&raw, &keys))
+                            .map_err(|e| format!("{e:?}"))
+                    }
+                    None => flood.delete_many(&keys).map_err(|e| e.to_string()),
+                };
+                let (status, text) = match deleted {
+                    Ok(()) => ("200 OK", "deleted\n".to_owned()),
+                    Err(error) => ("400 Bad Request", format!("{error}\n")),
+                };
+                start_response(status, &plain, None).map_err(|e| format!("{e:?}"))?;
+                ok_body(&text)
             }
             "/loop" => {
                 let mut spins: u64 = 0;

@@ -17,6 +17,8 @@ from wit_world.imports import atomics, batch, store
 _BACKEND_FAILED = "the key-value backend failed"
 # How many times update() retries when other writers keep changing the value.
 _MAX_UPDATE_ATTEMPTS = 100
+# Most keys wasm-gw takes in one batch call; the batch methods split longer ones.
+MAX_BATCH_KEYS = 1000
 
 
 class StoreError(Exception):
@@ -110,14 +112,22 @@ class Bucket:
 
     def get_many(self, keys):
         """The values of `keys` in the same order, None for each that is not set."""
-        pairs = _call(batch.get_many, self._bucket, list(keys))
-        return [pair[1] if pair is not None else None for pair in pairs]
+        keys = list(keys)
+        values = []
+        for start in range(0, len(keys), MAX_BATCH_KEYS):
+            pairs = _call(batch.get_many, self._bucket, keys[start:start + MAX_BATCH_KEYS])
+            values.extend(pair[1] if pair is not None else None for pair in pairs)
+        return values
 
     def set_many(self, pairs):
-        _call(batch.set_many, self._bucket, [(key, _bytes(value)) for key, value in pairs])
+        pairs = [(key, _bytes(value)) for key, value in pairs]
+        for start in range(0, len(pairs), MAX_BATCH_KEYS):
+            _call(batch.set_many, self._bucket, pairs[start:start + MAX_BATCH_KEYS])
 
     def delete_many(self, keys):
-        _call(batch.delete_many, self._bucket, list(keys))
+        keys = list(keys)
+        for start in range(0, len(keys), MAX_BATCH_KEYS):
+            _call(batch.delete_many, self._bucket, keys[start:start + MAX_BATCH_KEYS])
 
     def get_json(self, key):
         value = self.get(key)

@@ -28,8 +28,14 @@ use crate::bindings::wasi::keyvalue::store::{self, Error as WitError};
 /// How wasm-gw begins the message of an error that is the backend's, not the caller's.
 const BACKEND_FAILED: &str = "the key-value backend failed";
 
+/// How wasm-gw begins the message of a write refused for the app's quota.
+const QUOTA_EXCEEDED: &str = "the app's key-value quota is used up";
+
 /// How many times [`Bucket::update`] retries when other writers keep changing the value.
 const MAX_UPDATE_ATTEMPTS: usize = 100;
+
+/// Most keys wasm-gw takes in one batch call; the batch methods split longer ones.
+pub const MAX_BATCH_KEYS: usize = 1000;
 
 /// Why a key-value operation failed.
 #[derive(Debug)]
@@ -68,6 +74,14 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+impl Error {
+    /// Whether the store refused a write because the app holds all its quota allows: the
+    /// app may delete some of its keys, or its operator raise the quota.
+    pub fn is_quota_exceeded(&self) -> bool {
+        matches!(self, Error::Refused(why) if why.starts_with(QUOTA_EXCEEDED))
+    }
+}
 
 impl From<WitError> for Error {
     fn from(error: WitError) -> Error {
@@ -169,23 +183,33 @@ impl Bucket {
         Err(Error::Contended)
     }
 
-    /// The values of `keys`, in the same order, `None` for each key that is not set.
+    /// The values of `keys`, in the same order, `None` for each key that is not set. More
+    /// than [`MAX_BATCH_KEYS`] keys take several calls.
     pub fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        let pairs = batch::get_many(&self.0, keys)?;
-        Ok(pairs
-            .into_iter()
-            .map(|pair| pair.map(|(_, value)| value))
-            .collect())
+        let mut values = Vec::with_capacity(keys.len());
+        for keys in keys.chunks(MAX_BATCH_KEYS) {
+            let pairs = batch::get_many(&self.0, keys)?;
+            values.extend(pairs.into_iter().map(|pair| pair.map(|(_, value)| value)));
+        }
+        Ok(values)
     }
 
-    /// Sets every pair. Not atomic: if it fails, some pairs may have been set.
+    /// Sets every pair, [`MAX_BATCH_KEYS`] a call. Not atomic: if it fails, some pairs may
+    /// have been set.
     pub fn set_many(&self, pairs: &[(String, Vec<u8>)]) -> Result<()> {
-        Ok(batch::set_many(&self.0, pairs)?)
+        for pairs in pairs.chunks(MAX_BATCH_KEYS) {
+            batch::set_many(&self.0, pairs)?;
+        }
+        Ok(())
     }
 
-    /// Deletes every key. Not atomic: if it fails, some keys may have been deleted.
+    /// Deletes every key, [`MAX_BATCH_KEYS`] a call. Not atomic: if it fails, some keys may
+    /// have been deleted.
     pub fn delete_many(&self, keys: &[String]) -> Result<()> {
-        Ok(batch::delete_many(&self.0, keys)?)
+        for keys in keys.chunks(MAX_BATCH_KEYS) {
+            batch::delete_many(&self.0, keys)?;
+        }
+        Ok(())
     }
 }
 

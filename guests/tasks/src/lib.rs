@@ -37,6 +37,10 @@ impl App for Tasks {
                 eprintln!("tasks: key-value store: {why}");
                 Ok(error(503, &format!("storage unavailable: {why}")).header("Retry-After", "1"))
             }
+            // The app's share of the store is full.
+            Err(Failure::Store(refusal)) if refusal.is_quota_exceeded() => {
+                Ok(error(507, &format!("cannot store this: {refusal}")))
+            }
             // The store refused what the request asked to store, such as a huge title.
             Err(Failure::Store(kv::Error::Refused(why))) => {
                 Ok(error(400, &format!("cannot store this: {why}")))

@@ -185,6 +185,22 @@ impl Io {
         self.fill_ready()
     }
 
+    /// Whether the client has closed the connection, or reset it, seen without reading.
+    /// Like nginx, a client that shut down its sending side counts as gone: HTTP/1.1
+    /// clients keep it open while they wait for the response.
+    pub fn peer_gone(&self) -> bool {
+        let mut byte = [0];
+        let peeked = without_waiting(|| {
+            rustix::net::recv(
+                &*self.stream,
+                &mut byte,
+                RecvFlags::DONTWAIT | RecvFlags::PEEK,
+            )
+            .map(|(read, _)| read)
+        });
+        matches!(peeked, Ok(Some(0)) | Err(_))
+    }
+
     /// Gives up the read buffer if nothing is in it, before the connection waits.
     pub fn release_buffer(&mut self) {
         if self.pos < self.end || self.buf.is_empty() {

@@ -29,6 +29,11 @@ pub enum ResponseError {
     Disconnected,
 }
 
+/// The most the status line and header lines of an app's response may take: far more than
+/// any browser or proxy takes (nginx's default is 4 to 8 KiB), and little enough that an app
+/// cannot make the server build and send megabytes of head.
+pub const MAX_RESPONSE_HEAD: usize = 64 << 10;
+
 /// The most a head takes besides the status and the app's lines: `HTTP/1.1 `, the line
 /// ends, and the server's Date, Server, Content-Length, Transfer-Encoding and Connection.
 const HEAD_FRAME_MAX: usize = 176;
@@ -291,9 +296,17 @@ impl PendingHead {
             .iter()
             .map(|(name, value)| name.len() + value.len() + 4)
             .sum();
-        let mut lines = Vec::with_capacity(status.len() + app_lines + HEAD_FRAME_MAX);
+        let size = status.len() + app_lines;
+        if size > MAX_RESPONSE_HEAD {
+            return Err(ResponseError::InvalidHeader(format!(
+                "the status and headers take {size} bytes, past the limit of \
+                 {MAX_RESPONSE_HEAD}"
+            )));
+        }
+        let mut lines = Vec::with_capacity(size + HEAD_FRAME_MAX);
         lines.extend_from_slice(b"HTTP/1.1 ");
-        lines.extend_from_slice(status.as_bytes());
+        // RFC 9112 §4: the reason phrase is octets; obs-text is latin-1, one byte a char.
+        encode_latin1(&mut lines, status);
         lines.extend_from_slice(b"\r\n");
         let mut head = PendingHead {
             code,
@@ -403,6 +416,19 @@ pub fn write_server_response(
     request: Option<Framing>,
     keep_alive: bool,
 ) -> io::Result<()> {
+    write_server_response_with(io, code, reason, body, request, keep_alive, &[])
+}
+
+/// [`write_server_response`] with `headers` of the server's own, such as `Retry-After`.
+pub fn write_server_response_with(
+    io: &mut Io,
+    code: u16,
+    reason: &str,
+    body: &str,
+    request: Option<Framing>,
+    keep_alive: bool,
+    headers: &[(&str, &str)],
+) -> io::Result<()> {
     let mut head = Vec::with_capacity(160);
     head.extend_from_slice(format!("HTTP/1.1 {code} {reason}\r\n").as_bytes());
     with_date(|date| {
@@ -412,6 +438,9 @@ pub fn write_server_response(
     });
     head.extend_from_slice(b"Server: wasm-gw\r\nContent-Type: text/plain; charset=utf-8\r\n");
     head.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    for (name, value) in headers {
+        head.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
     match (keep_alive, request.map(|r| r.minor_version)) {
         (false, _) => head.extend_from_slice(b"Connection: close\r\n"),
         (true, Some(0)) => head.extend_from_slice(b"Connection: keep-alive\r\n"),
@@ -481,29 +510,53 @@ fn is_hop_by_hop(name: &str) -> bool {
 /// Writes a header value as latin-1 bytes. RFC 9110 §5.5: `field-value = *field-content`,
 /// with no CTL but HTAB; PEP 3333 strings hold only code points up to U+00FF.
 fn encode_value(out: &mut Vec<u8>, name: &str, value: &str) -> Result<(), ResponseError> {
-    // Most values are printable ASCII, whose chars are their bytes.
-    if value
-        .bytes()
-        .all(|b| (b' '..0x7F).contains(&b) || b == b'\t')
-    {
-        out.extend_from_slice(value.as_bytes());
-        return Ok(());
-    }
-    for c in value.chars() {
+    if let Some(c) = value.chars().find(|&c| {
         let code = u32::from(c);
-        if code > 0xFF || (code < 0x20 && c != '\t') || code == 0x7F {
-            return Err(ResponseError::InvalidHeader(format!(
-                "value of {name} holds {c:?}"
-            )));
-        }
-        out.push(code as u8);
+        code > 0xFF || (code < 0x20 && c != '\t') || code == 0x7F
+    }) {
+        return Err(ResponseError::InvalidHeader(format!(
+            "value of {name} holds {c:?}"
+        )));
     }
+    encode_latin1(out, value);
     Ok(())
+}
+
+/// Appends `text`, whose chars are all U+00FF or below, as latin-1: one byte a char.
+fn encode_latin1(out: &mut Vec<u8>, text: &str) {
+    // Most text is ASCII, whose chars are their bytes.
+    if text.is_ascii() {
+        out.extend_from_slice(text.as_bytes());
+    } else {
+        out.extend(text.chars().map(|c| u32::from(c) as u8));
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reason_phrase_goes_out_as_latin1_and_the_head_is_bounded() {
+        let encoded = head(
+            "200 Caf\u{e9} cr\u{e8}me",
+            &[("X-Name", "R\u{e9}sum\u{e9}")],
+        )
+        .unwrap();
+        let text = &encoded.lines;
+        assert!(
+            text.starts_with(b"HTTP/1.1 200 Caf\xe9 cr\xe8me\r\n"),
+            "{text:?}"
+        );
+        assert!(text.ends_with(b"X-Name: R\xe9sum\xe9\r\n"), "{text:?}");
+        let big = "x".repeat(MAX_RESPONSE_HEAD);
+        assert!(matches!(
+            head("200 OK", &[("X-Big", &big)]),
+            Err(ResponseError::InvalidHeader(why)) if why.contains("past the limit")
+        ));
+        let fits = "x".repeat(MAX_RESPONSE_HEAD - 100);
+        assert!(head("200 OK", &[("X-Big", &fits)]).is_ok());
+    }
 
     fn head(status: &str, headers: &[(&str, &str)]) -> Result<PendingHead, ResponseError> {
         let headers: Vec<(String, String)> = headers

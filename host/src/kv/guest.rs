@@ -2,10 +2,11 @@
 //! limits and carried out on the worker's connection.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use super::{BucketId, Connection, Error, Store, check_name};
+use super::{BucketId, Connection, Error, MAX_BATCH_KEYS, Store, check_name};
 use crate::bindings::wasi::keyvalue::atomics::{self, CasError};
 use crate::bindings::wasi::keyvalue::batch;
 use crate::bindings::wasi::keyvalue::store::{self, Error as WitError, KeyResponse};
@@ -65,6 +66,11 @@ pub struct KeyValue<'a> {
     pub session: &'a mut Session,
     /// The request being served, for the log.
     pub request_id: u64,
+    /// When the request's app time runs out: no operation goes on past it.
+    pub deadline: Instant,
+    /// Time the operations waited for other workers' writes, which is no app's own: it is
+    /// taken off the request's clock.
+    pub waited: &'a mut Duration,
 }
 
 /// Marks [`KeyValue`] as the data the `wasi:keyvalue` host functions get.
@@ -96,12 +102,20 @@ impl KeyValue<'_> {
             namespace: &session.store.namespace,
             bucket,
         };
+        let deadline = self.deadline;
+        let waited = &mut *self.waited;
+        let act = |connection: &mut dyn Connection| {
+            connection.set_deadline(deadline);
+            let result = act(connection, bucket);
+            *waited += connection.take_lock_wait();
+            result
+        };
         let result = match &mut session.connection {
-            Some(connection) => act(connection.as_mut(), bucket),
+            Some(connection) => act(connection.as_mut()),
             None => session
                 .store
                 .connect()
-                .and_then(|connection| act(session.connection.insert(connection).as_mut(), bucket)),
+                .and_then(|connection| act(session.connection.insert(connection).as_mut())),
         };
         let outcome = match &result {
             Ok(_) => "ok",
@@ -136,6 +150,16 @@ impl KeyValue<'_> {
 
     fn check_value(&self, value: &[u8]) -> Result<(), WitError> {
         self.session.store.check_value(value).map_err(refused)
+    }
+
+    /// A batch names at most [`MAX_BATCH_KEYS`] keys.
+    fn check_batch(&self, keys: usize) -> Result<(), WitError> {
+        if keys > MAX_BATCH_KEYS {
+            return Err(refused(Error::Refused(format!(
+                "a batch of {keys} keys is past the limit of {MAX_BATCH_KEYS}; split it"
+            ))));
+        }
+        Ok(())
     }
 
     fn push_bucket(&mut self, bucket: Bucket) -> Result<Resource<Bucket>, WitError> {
@@ -308,6 +332,7 @@ impl batch::Host for KeyValue<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> Result<Vec<Option<(String, Vec<u8>)>>, WitError> {
+        self.check_batch(keys.len())?;
         keys.iter().try_for_each(|key| self.check_key(key))?;
         let name = self.bucket_name(&bucket)?;
         let budget = MAX_BATCH_BYTES.max(self.session.store.limits.max_value);
@@ -337,6 +362,7 @@ impl batch::Host for KeyValue<'_> {
         bucket: Resource<Bucket>,
         pairs: Vec<(String, Vec<u8>)>,
     ) -> Result<(), WitError> {
+        self.check_batch(pairs.len())?;
         for (key, value) in &pairs {
             self.check_key(key)?;
             self.check_value(value)?;
@@ -348,6 +374,7 @@ impl batch::Host for KeyValue<'_> {
     }
 
     fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Result<(), WitError> {
+        self.check_batch(keys.len())?;
         keys.iter().try_for_each(|key| self.check_key(key))?;
         let name = self.bucket_name(&bucket)?;
         self.run(&name, |connection, bucket| {

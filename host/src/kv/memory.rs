@@ -1,66 +1,113 @@
-//! `--kv memory`: one map in the process, shared by every worker and gone at exit.
+//! `--kv memory`: one map in the process, shared by every worker and gone at exit. Each
+//! namespace's usage is kept beside it, so its quota holds as on the other backends: the
+//! map holds at most the sum of the apps' `--kv-quota-bytes`, plus its own overhead.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::{Backend, BucketId, Connection, KeyPage, PAGE_SIZE, Result, Swap, incremented};
+use super::{
+    Backend, BucketId, Connection, KeyPage, PAGE_SIZE, Quota, Result, Swap, Usage, incremented,
+    pair_bytes,
+};
 
-type Buckets = HashMap<String, BTreeMap<String, Vec<u8>>>;
+#[derive(Default)]
+struct Data {
+    buckets: HashMap<String, BTreeMap<String, Vec<u8>>>,
+    usage: HashMap<String, Usage>,
+}
 
 #[derive(Default)]
 pub struct Memory {
-    buckets: Arc<Mutex<Buckets>>,
+    data: Arc<Mutex<Data>>,
 }
 
 impl Backend for Memory {
-    fn connect(&self) -> Result<Box<dyn Connection>> {
+    fn connect(&self, quota: Quota) -> Result<Box<dyn Connection>> {
         Ok(Box::new(MemoryConnection {
-            buckets: self.buckets.clone(),
+            data: self.data.clone(),
+            quota,
         }))
     }
 }
 
 struct MemoryConnection {
-    buckets: Arc<Mutex<Buckets>>,
+    data: Arc<Mutex<Data>>,
+    quota: Quota,
+}
+
+/// One bucket, and the usage of its namespace, under the lock.
+struct Held<'a> {
+    map: &'a mut BTreeMap<String, Vec<u8>>,
+    usage: &'a mut Usage,
+    quota: Quota,
+}
+
+impl Held<'_> {
+    /// Sets `key`, unless that takes the namespace past its quota.
+    fn set(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        let old = self.map.get(key).map(|old| pair_bytes(key, old));
+        let after = Usage {
+            keys: self.usage.keys + i64::from(old.is_none()),
+            bytes: self.usage.bytes + pair_bytes(key, value) - old.unwrap_or(0),
+        };
+        self.quota.check(*self.usage, after)?;
+        *self.usage = after;
+        self.map.insert(key.to_owned(), value.to_vec());
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &str) {
+        if let Some(old) = self.map.remove(key) {
+            self.usage.keys -= 1;
+            self.usage.bytes -= pair_bytes(key, &old);
+        }
+    }
 }
 
 impl MemoryConnection {
     /// The bucket's map, created empty if need be. Each operation holds the one lock for its
     /// whole length, which makes every operation atomic.
-    fn with<R>(
-        &mut self,
-        bucket: BucketId,
-        act: impl FnOnce(&mut BTreeMap<String, Vec<u8>>) -> R,
-    ) -> R {
-        let mut buckets: MutexGuard<Buckets> =
-            self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+    fn with<R>(&mut self, bucket: BucketId, act: impl FnOnce(&mut Held) -> R) -> R {
+        let mut data: MutexGuard<Data> = self.data.lock().unwrap_or_else(PoisonError::into_inner);
+        let Data { buckets, usage } = &mut *data;
         let name = format!("{}/{}", bucket.namespace, bucket.bucket);
-        act(buckets.entry(name).or_default())
+        let usage = match usage.get_mut(bucket.namespace) {
+            Some(usage) => usage,
+            None => usage.entry(bucket.namespace.to_owned()).or_default(),
+        };
+        act(&mut Held {
+            map: buckets.entry(name).or_default(),
+            usage,
+            quota: self.quota,
+        })
     }
 }
 
 impl Connection for MemoryConnection {
+    /// Every operation takes microseconds: a thousand keys at most, under one lock.
+    fn set_deadline(&mut self, _deadline: std::time::Instant) {}
+
     fn get(&mut self, bucket: BucketId, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.with(bucket, |map| map.get(key).cloned()))
+        Ok(self.with(bucket, |held| held.map.get(key).cloned()))
     }
 
     fn set(&mut self, bucket: BucketId, key: &str, value: &[u8]) -> Result<()> {
-        self.with(bucket, |map| map.insert(key.to_owned(), value.to_vec()));
-        Ok(())
+        self.with(bucket, |held| held.set(key, value))
     }
 
     fn delete(&mut self, bucket: BucketId, key: &str) -> Result<()> {
-        self.with(bucket, |map| map.remove(key));
+        self.with(bucket, |held| held.delete(key));
         Ok(())
     }
 
     fn exists(&mut self, bucket: BucketId, key: &str) -> Result<bool> {
-        Ok(self.with(bucket, |map| map.contains_key(key)))
+        Ok(self.with(bucket, |held| held.map.contains_key(key)))
     }
 
     fn list_keys(&mut self, bucket: BucketId, cursor: Option<&str>) -> Result<KeyPage> {
-        Ok(self.with(bucket, |map| {
+        Ok(self.with(bucket, |held| {
+            let map = &held.map;
             let start = cursor.map_or(Bound::Unbounded, Bound::Excluded);
             let keys: Vec<String> = map
                 .range::<str, _>((start, Bound::Unbounded))
@@ -73,9 +120,9 @@ impl Connection for MemoryConnection {
     }
 
     fn increment(&mut self, bucket: BucketId, key: &str, delta: i64) -> Result<i64> {
-        self.with(bucket, |map| {
-            let sum = incremented(map.get(key).map(Vec::as_slice), delta)?;
-            map.insert(key.to_owned(), sum.to_string().into_bytes());
+        self.with(bucket, |held| {
+            let sum = incremented(held.map.get(key).map(Vec::as_slice), delta)?;
+            held.set(key, sum.to_string().as_bytes())?;
             Ok(sum)
         })
     }
@@ -87,37 +134,32 @@ impl Connection for MemoryConnection {
         expected: Option<&[u8]>,
         value: &[u8],
     ) -> Result<Swap> {
-        Ok(self.with(bucket, |map| {
-            let current = map.get(key);
+        self.with(bucket, |held| {
+            let current = held.map.get(key);
             if current.map(Vec::as_slice) != expected {
-                return Err(current.cloned());
+                return Ok(Err(current.cloned()));
             }
-            map.insert(key.to_owned(), value.to_vec());
-            Ok(())
-        }))
+            held.set(key, value)?;
+            Ok(Ok(()))
+        })
     }
 
     fn get_many(&mut self, bucket: BucketId, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        Ok(self.with(bucket, |map| {
-            keys.iter().map(|key| map.get(key).cloned()).collect()
+        Ok(self.with(bucket, |held| {
+            keys.iter().map(|key| held.map.get(key).cloned()).collect()
         }))
     }
 
     fn set_many(&mut self, bucket: BucketId, pairs: &[(String, Vec<u8>)]) -> Result<()> {
-        self.with(bucket, |map| {
-            for (key, value) in pairs {
-                map.insert(key.clone(), value.clone());
-            }
-        });
-        Ok(())
+        self.with(bucket, |held| {
+            pairs
+                .iter()
+                .try_for_each(|(key, value)| held.set(key, value))
+        })
     }
 
     fn delete_many(&mut self, bucket: BucketId, keys: &[String]) -> Result<()> {
-        self.with(bucket, |map| {
-            for key in keys {
-                map.remove(key);
-            }
-        });
+        self.with(bucket, |held| keys.iter().for_each(|key| held.delete(key)));
         Ok(())
     }
 }

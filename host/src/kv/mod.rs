@@ -12,10 +12,15 @@ mod sqlite;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Most keys one `list-keys` page returns: at the default key limit, 256 KiB.
 pub const PAGE_SIZE: usize = 1000;
+
+/// Most keys one `get-many`, `set-many` or `delete-many` may name: one call is one short
+/// stretch of work, never minutes of it.
+pub const MAX_BATCH_KEYS: usize = 1000;
 
 /// Why an operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,13 +51,63 @@ pub struct KeyPage {
 
 /// Where key-value data lives.
 pub trait Backend: Send + Sync {
-    /// Opens a connection for one worker.
-    fn connect(&self) -> Result<Box<dyn Connection>>;
+    /// Opens a connection for one worker of an app whose namespace holds `quota` at most.
+    fn connect(&self, quota: Quota) -> Result<Box<dyn Connection>>;
+}
+
+/// The most an app's namespace may hold: keys, and bytes of keys and values together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    pub keys: u64,
+    pub bytes: u64,
+}
+
+/// What a namespace holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub keys: i64,
+    pub bytes: i64,
+}
+
+impl Quota {
+    /// Whether a write that takes a namespace from `before` to `after` is refused: it leaves
+    /// the namespace past its quota, and holding more than it did. Writes that shrink a
+    /// namespace past its quota (the operator lowered it) go through.
+    pub fn check(&self, before: Usage, after: Usage) -> Result<()> {
+        let over_keys = after.keys > before.keys && after.keys as u64 > self.keys;
+        let over_bytes = after.bytes > before.bytes && after.bytes as u64 > self.bytes;
+        if over_keys || over_bytes {
+            return Err(quota_exceeded(self));
+        }
+        Ok(())
+    }
+}
+
+/// The refusal of a write past the quota; the SDKs know it by its start.
+pub fn quota_exceeded(quota: &Quota) -> Error {
+    Error::Refused(format!(
+        "the app's key-value quota is used up: it holds at most {} keys and {} bytes \
+         (--kv-quota-keys, --kv-quota-bytes); delete some first",
+        quota.keys, quota.bytes
+    ))
+}
+
+/// What a pair adds to a namespace: one key, and its bytes.
+pub fn pair_bytes(key: &str, value: &[u8]) -> i64 {
+    (key.len() + value.len()) as i64
 }
 
 /// One worker's connection to a backend. Each operation is complete when it returns: a
 /// write that returned `Ok` has been committed.
 pub trait Connection: Send {
+    /// The operations that follow must end by `deadline`, the app time their request has
+    /// left; waiting for another worker's write does not count.
+    fn set_deadline(&mut self, deadline: Instant);
+    /// How long the last operation waited for other workers' writes: no app's own time.
+    fn take_lock_wait(&mut self) -> Duration {
+        Duration::ZERO
+    }
+
     fn get(&mut self, bucket: BucketId, key: &str) -> Result<Option<Vec<u8>>>;
     fn set(&mut self, bucket: BucketId, key: &str, value: &[u8]) -> Result<()>;
     fn delete(&mut self, bucket: BucketId, key: &str) -> Result<()>;
@@ -160,11 +215,12 @@ impl fmt::Display for BackendUrl {
     }
 }
 
-/// How big keys and values may be.
+/// How big keys and values may be, and how much an app may store.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_key: usize,
     pub max_value: usize,
+    pub quota: Quota,
 }
 
 /// What one app gets: a backend, seen through its own namespace and within limits.
@@ -204,7 +260,7 @@ impl Store {
     }
 
     pub fn connect(&self) -> Result<Box<dyn Connection>> {
-        self.backend.connect()
+        self.backend.connect(self.limits.quota)
     }
 
     pub fn check_key(&self, key: &str) -> Result<()> {
@@ -227,6 +283,75 @@ impl Store {
             )));
         }
         Ok(())
+    }
+}
+
+/// Why an operation stopped at its deadline.
+pub fn past_deadline() -> Error {
+    Error::Backend("the request's deadline passed during the operation".into())
+}
+
+/// A lock that writers get in the order they asked for it, within a bound: a worker that
+/// writes again and again cannot keep another waiting, as it could with a plain mutex, which
+/// lets a thread that just released it take it straight back.
+#[derive(Default)]
+pub struct Turns {
+    state: Mutex<TurnState>,
+    released: Condvar,
+}
+
+#[derive(Default)]
+struct TurnState {
+    held: bool,
+    /// Who waits, in order.
+    waiting: std::collections::VecDeque<u64>,
+    next: u64,
+}
+
+/// A turn at writing; the next writer's comes when it is dropped.
+pub struct Turn<'a>(&'a Turns);
+
+impl Turns {
+    /// Waits up to `patience` for this writer's turn; `None` if it did not come.
+    pub fn take(&self, patience: Duration) -> Option<Turn<'_>> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if !state.held && state.waiting.is_empty() {
+            state.held = true;
+            return Some(Turn(self));
+        }
+        let me = state.next;
+        state.next += 1;
+        state.waiting.push_back(me);
+        let until = Instant::now() + patience;
+        loop {
+            if !state.held && state.waiting.front() == Some(&me) {
+                state.waiting.pop_front();
+                state.held = true;
+                return Some(Turn(self));
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                state.waiting.retain(|&waiter| waiter != me);
+                // The writer after this one may be next now.
+                self.released.notify_all();
+                return None;
+            }
+            state = self
+                .released
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.held = false;
+        if !state.waiting.is_empty() {
+            self.0.released.notify_all();
+        }
     }
 }
 
@@ -275,6 +400,33 @@ mod tests {
         assert!(check_name("").is_err());
         assert!(check_name("a:b").is_err());
         assert!(check_name(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn writers_take_turns_in_order_and_give_up_in_time() {
+        let turns = Arc::new(Turns::default());
+        let first = turns.take(Duration::ZERO).unwrap();
+        assert!(turns.take(Duration::from_millis(20)).is_none());
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let waiters: Vec<_> = (0..3)
+            .map(|id| {
+                let (mine, order) = (turns.clone(), order.clone());
+                let waiter = std::thread::spawn(move || {
+                    let _turn = mine.take(Duration::from_secs(30)).unwrap();
+                    order.lock().unwrap().push(id);
+                });
+                // Each asks only once the one before is waiting.
+                while turns.state.lock().unwrap().waiting.len() <= id {
+                    std::thread::yield_now();
+                }
+                waiter
+            })
+            .collect();
+        drop(first);
+        waiters
+            .into_iter()
+            .for_each(|waiter| waiter.join().unwrap());
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2]);
     }
 
     #[test]

@@ -1,20 +1,32 @@
 //! `--kv sqlite:PATH`, the default: one database file in WAL mode, which lets readers and
 //! the one writer of the moment work at once. Each worker has its own connection. Writers
-//! of one process take turns on a mutex; other processes sharing the file queue on SQLite's
+//! of one process take turns, in order; other processes sharing the file queue on SQLite's
 //! lock for up to [`BUSY_TIMEOUT`].
+//!
+//! Every app shares the one writer, so no write holds it for long: a batch is written in
+//! transactions of at most [`TRANSACTION_KEYS`] keys and [`TRANSACTION_BYTES`], and the
+//! turn passes to the next writer between them. A batch stops at its request's deadline.
 
 use std::fs::DirBuilder;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
-use super::{Backend, BucketId, Connection, Error, KeyPage, PAGE_SIZE, Result, Swap, incremented};
+use super::{
+    Backend, BucketId, Connection, Error, KeyPage, PAGE_SIZE, Quota, Result, Swap, Turn, Turns,
+    Usage, incremented, past_deadline,
+};
 
 /// How long a write waits for another worker's write to finish before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most keys written in one transaction: a few milliseconds of another app's wait.
+const TRANSACTION_KEYS: usize = 128;
+/// Most value bytes written in one transaction.
+const TRANSACTION_BYTES: usize = 4 << 20;
 
 /// synchronous=FULL: a write has reached the disk when it returns, so an acknowledged
 /// request survives a power cut as well as a `kill -9`.
@@ -30,12 +42,70 @@ const SCHEMA: &str = "
     ) WITHOUT ROWID;
 ";
 
+/// Version 1 of the schema: what each namespace holds, kept by triggers in the same
+/// transaction as every write, and counted from the data already there.
+const USAGE_SCHEMA: &str = "
+    CREATE TABLE usage (
+        namespace TEXT PRIMARY KEY,
+        keys INTEGER NOT NULL,
+        bytes INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO usage
+        SELECT namespace, count(*), sum(octet_length(key) + length(value)) FROM kv
+        GROUP BY namespace;
+    CREATE TRIGGER kv_inserted AFTER INSERT ON kv BEGIN
+        INSERT INTO usage VALUES (NEW.namespace, 1, octet_length(NEW.key) + length(NEW.value))
+        ON CONFLICT (namespace) DO UPDATE SET keys = keys + 1, bytes = bytes + excluded.bytes;
+    END;
+    CREATE TRIGGER kv_updated AFTER UPDATE ON kv BEGIN
+        UPDATE usage SET bytes = bytes - length(OLD.value) + length(NEW.value)
+        WHERE namespace = NEW.namespace;
+    END;
+    CREATE TRIGGER kv_deleted AFTER DELETE ON kv BEGIN
+        UPDATE usage SET keys = keys - 1, bytes = bytes - octet_length(OLD.key) - length(OLD.value)
+        WHERE namespace = OLD.namespace;
+    END;
+    PRAGMA user_version = 1;
+";
+
+/// Brings a database of an older schema up to date, once, whichever worker comes first.
+fn migrate(connection: &mut rusqlite::Connection) -> rusqlite::Result<()> {
+    let version = || -> rusqlite::Result<i64> {
+        connection.query_row("PRAGMA user_version", [], |row| row.get(0))
+    };
+    if version()? >= 1 {
+        return Ok(());
+    }
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = transaction.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version < 1 {
+        transaction.execute_batch(USAGE_SCHEMA)?;
+    }
+    transaction.commit()
+}
+
+/// What `namespace` holds, within whatever transaction `connection` is in.
+fn usage(connection: &rusqlite::Connection, namespace: &str) -> rusqlite::Result<Usage> {
+    connection
+        .prepare_cached("SELECT keys, bytes FROM usage WHERE namespace = ?1")?
+        .query_row(params![namespace], |row| {
+            Ok(Usage {
+                keys: row.get(0)?,
+                bytes: row.get(1)?,
+            })
+        })
+        .optional()
+        .map(Option::unwrap_or_default)
+}
+
 pub struct Sqlite {
     path: PathBuf,
     /// SQLite's own lock makes a waiting writer poll with growing sleeps, so under load one
     /// could lose the race again and again: POSTs took up to 1.6 s, and some failed with
-    /// "database is locked" after BUSY_TIMEOUT. A mutex hands the turn over at once.
-    writers: Arc<Mutex<()>>,
+    /// "database is locked" after BUSY_TIMEOUT. Turns hand the lock over at once, in order.
+    writers: Arc<Turns>,
+    /// How long a writer waits for its turn.
+    patience: Duration,
 }
 
 impl Sqlite {
@@ -43,12 +113,13 @@ impl Sqlite {
         Sqlite {
             path,
             writers: Arc::default(),
+            patience: BUSY_TIMEOUT,
         }
     }
 }
 
 impl Backend for Sqlite {
-    fn connect(&self) -> Result<Box<dyn Connection>> {
+    fn connect(&self, quota: Quota) -> Result<Box<dyn Connection>> {
         if let Some(dir) = self.path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             // App data is nobody else's business: directories we create are private.
             DirBuilder::new()
@@ -60,9 +131,10 @@ impl Backend for Sqlite {
                 })?;
         }
         let connection = rusqlite::Connection::open(&self.path)
-            .and_then(|connection| {
+            .and_then(|mut connection| {
                 connection.busy_timeout(BUSY_TIMEOUT)?;
                 connection.execute_batch(SCHEMA)?;
+                migrate(&mut connection)?;
                 Ok(connection)
             })
             .map_err(|error| {
@@ -71,18 +143,23 @@ impl Backend for Sqlite {
         Ok(Box::new(SqliteConnection {
             connection,
             writers: self.writers.clone(),
+            patience: self.patience,
+            quota,
+            deadline: None,
+            lock_wait: Duration::ZERO,
         }))
     }
 }
 
 struct SqliteConnection {
     connection: rusqlite::Connection,
-    writers: Arc<Mutex<()>>,
-}
-
-/// Waits for this process's turn to write.
-fn writers_turn(writers: &Mutex<()>) -> MutexGuard<'_, ()> {
-    writers.lock().unwrap_or_else(PoisonError::into_inner)
+    writers: Arc<Turns>,
+    patience: Duration,
+    quota: Quota,
+    /// When the current operation must end; later by the time it waits for its turns.
+    deadline: Option<Instant>,
+    /// How long the current operation waited for its turns.
+    lock_wait: Duration,
 }
 
 fn backend(error: rusqlite::Error) -> Error {
@@ -126,13 +203,46 @@ fn remove(connection: &rusqlite::Connection, bucket: BucketId, key: &str) -> rus
 }
 
 impl SqliteConnection {
+    /// Waits for this process's turn to write, off the app's clock: the deadline moves by
+    /// the wait.
+    fn turn<'w>(
+        writers: &'w Turns,
+        patience: Duration,
+        deadline: &mut Option<Instant>,
+        lock_wait: &mut Duration,
+    ) -> Result<Turn<'w>> {
+        let started = Instant::now();
+        let turn = writers.take(patience);
+        let waited = started.elapsed();
+        *lock_wait += waited;
+        if let Some(deadline) = deadline {
+            *deadline += waited;
+        }
+        turn.ok_or_else(|| {
+            Error::Backend(format!(
+                "no turn to write within {patience:?}: other workers' writes held it"
+            ))
+        })
+    }
+
     /// Runs `act` in a write transaction, taken at once so that a read inside it cannot be
     /// outdated by another worker's write before this one commits.
     fn write_transaction<R>(
         &mut self,
         act: impl FnOnce(&rusqlite::Connection) -> Result<R>,
     ) -> Result<R> {
-        let _turn = writers_turn(&self.writers);
+        if self
+            .deadline
+            .is_some_and(|deadline| deadline <= Instant::now())
+        {
+            return Err(past_deadline());
+        }
+        let _turn = Self::turn(
+            &self.writers,
+            self.patience,
+            &mut self.deadline,
+            &mut self.lock_wait,
+        )?;
         let transaction = self
             .connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -141,20 +251,83 @@ impl SqliteConnection {
         transaction.commit().map_err(backend)?;
         Ok(result)
     }
+
+    /// Runs `act`, which may add to `namespace`, in a write transaction that is rolled back
+    /// if it leaves the namespace past its quota.
+    fn write_within_quota<R>(
+        &mut self,
+        namespace: &str,
+        act: impl FnOnce(&rusqlite::Connection) -> Result<R>,
+    ) -> Result<R> {
+        let quota = self.quota;
+        self.write_transaction(|connection| {
+            let before = usage(connection, namespace).map_err(backend)?;
+            let result = act(connection)?;
+            let after = usage(connection, namespace).map_err(backend)?;
+            quota.check(before, after)?;
+            Ok(result)
+        })
+    }
+
+    /// Writes `items` with `write` in short transactions, passing the turn on between them,
+    /// until all are written or the deadline passes.
+    fn write_in_turns<T>(
+        &mut self,
+        namespace: &str,
+        items: &[T],
+        bytes: impl Fn(&T) -> usize,
+        write: impl Fn(&rusqlite::Connection, &T) -> rusqlite::Result<()>,
+    ) -> Result<()> {
+        let mut rest = items;
+        while !rest.is_empty() {
+            let mut size = 0;
+            let count = rest
+                .iter()
+                .take(TRANSACTION_KEYS)
+                .take_while(|item| {
+                    size += bytes(item);
+                    size <= TRANSACTION_BYTES
+                })
+                .count()
+                .max(1);
+            let (now, later) = rest.split_at(count);
+            self.write_within_quota(namespace, |connection| {
+                now.iter()
+                    .try_for_each(|item| write(connection, item).map_err(backend))
+            })?;
+            rest = later;
+        }
+        Ok(())
+    }
 }
 
 impl Connection for SqliteConnection {
+    fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = Some(deadline);
+        self.lock_wait = Duration::ZERO;
+    }
+
+    fn take_lock_wait(&mut self) -> Duration {
+        std::mem::take(&mut self.lock_wait)
+    }
+
     fn get(&mut self, bucket: BucketId, key: &str) -> Result<Option<Vec<u8>>> {
         read(&self.connection, bucket, key).map_err(backend)
     }
 
     fn set(&mut self, bucket: BucketId, key: &str, value: &[u8]) -> Result<()> {
-        let _turn = writers_turn(&self.writers);
-        write(&self.connection, bucket, key, value).map_err(backend)
+        self.write_within_quota(bucket.namespace, |connection| {
+            write(connection, bucket, key, value).map_err(backend)
+        })
     }
 
     fn delete(&mut self, bucket: BucketId, key: &str) -> Result<()> {
-        let _turn = writers_turn(&self.writers);
+        let _turn = Self::turn(
+            &self.writers,
+            self.patience,
+            &mut self.deadline,
+            &mut self.lock_wait,
+        )?;
         remove(&self.connection, bucket, key).map_err(backend)
     }
 
@@ -198,7 +371,7 @@ impl Connection for SqliteConnection {
     }
 
     fn increment(&mut self, bucket: BucketId, key: &str, delta: i64) -> Result<i64> {
-        self.write_transaction(|connection| {
+        self.write_within_quota(bucket.namespace, |connection| {
             let current = read(connection, bucket, key).map_err(backend)?;
             let sum = incremented(current.as_deref(), delta)?;
             write(connection, bucket, key, sum.to_string().as_bytes()).map_err(backend)?;
@@ -213,7 +386,7 @@ impl Connection for SqliteConnection {
         expected: Option<&[u8]>,
         value: &[u8],
     ) -> Result<Swap> {
-        self.write_transaction(|connection| {
+        self.write_within_quota(bucket.namespace, |connection| {
             let current = read(connection, bucket, key).map_err(backend)?;
             if current.as_deref() != expected {
                 return Ok(Err(current));
@@ -231,53 +404,106 @@ impl Connection for SqliteConnection {
     }
 
     fn set_many(&mut self, bucket: BucketId, pairs: &[(String, Vec<u8>)]) -> Result<()> {
-        self.write_transaction(|connection| {
-            pairs
-                .iter()
-                .try_for_each(|(key, value)| write(connection, bucket, key, value).map_err(backend))
-        })
+        self.write_in_turns(
+            bucket.namespace,
+            pairs,
+            |(key, value)| key.len() + value.len(),
+            |connection, (key, value)| write(connection, bucket, key, value),
+        )
     }
 
     fn delete_many(&mut self, bucket: BucketId, keys: &[String]) -> Result<()> {
-        self.write_transaction(|connection| {
-            keys.iter()
-                .try_for_each(|key| remove(connection, bucket, key).map_err(backend))
+        self.write_in_turns(bucket.namespace, keys, String::len, |connection, key| {
+            remove(connection, bucket, key)
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::mpsc;
-    use std::thread;
-
     use super::*;
 
     #[test]
-    fn a_writer_waits_its_turn_past_sqlites_busy_timeout() {
+    fn a_writer_waits_its_turn_off_the_clock_and_gives_up_in_time() {
         let dir = std::env::temp_dir().join(format!("wasm-gw-sqlite-turns-{}", std::process::id()));
-        let sqlite = Sqlite::new(dir.join("kv.sqlite"));
-        let mut waiting = sqlite.connect().unwrap();
-        // Another worker of this process, in the middle of a write that outlasts
-        // BUSY_TIMEOUT, as an fsync on a loaded disk can.
-        let busy = rusqlite::Connection::open(&sqlite.path).unwrap();
-        let turn = writers_turn(&sqlite.writers);
-        busy.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let (started, writing) = mpsc::channel();
+        let sqlite = Sqlite {
+            patience: Duration::from_millis(300),
+            ..Sqlite::new(dir.join("kv.sqlite"))
+        };
+        let quota = Quota {
+            keys: 10,
+            bytes: 1000,
+        };
+        let mut waiting = sqlite.connect(quota).unwrap();
         let bucket = BucketId {
             namespace: "test",
             bucket: "b",
         };
-        let writer = thread::spawn(move || {
-            started.send(()).unwrap();
-            waiting.set(bucket, "key", b"value")
-        });
-        writing.recv().unwrap();
-        thread::sleep(BUSY_TIMEOUT + Duration::from_secs(1));
-        busy.execute_batch("COMMIT").unwrap();
+        // Another worker's write holds the turn past the patience of this one.
+        let turn = sqlite.writers.take(Duration::ZERO).unwrap();
+        waiting.set_deadline(Instant::now() + Duration::from_secs(60));
+        let refused = waiting.set(bucket, "key", b"value");
+        assert!(
+            matches!(&refused, Err(Error::Backend(why)) if why.contains("no turn to write")),
+            "{:?}",
+            refused.err()
+        );
+        assert!(waiting.take_lock_wait() >= Duration::from_millis(300));
         drop(turn);
-        let written = writer.join().unwrap();
+        waiting.set_deadline(Instant::now() + Duration::from_secs(60));
+        assert!(waiting.set(bucket, "key", b"value").is_ok());
+        // A deadline already past stops a batch before it writes anything.
+        waiting.set_deadline(Instant::now());
+        let late = waiting.set_many(bucket, &[("other".into(), b"value".to_vec())]);
+        assert!(late.is_err());
+        assert_eq!(waiting.get(bucket, "other").unwrap(), None);
         let _ = std::fs::remove_dir_all(&dir);
-        assert!(written.is_ok(), "{:?}", written.err());
+    }
+
+    #[test]
+    fn a_namespace_is_held_to_its_quota_and_an_older_database_is_counted() {
+        let dir = std::env::temp_dir().join(format!("wasm-gw-sqlite-quota-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kv.sqlite");
+        // A database from before usage was kept: three keys of 10 bytes each.
+        let old = rusqlite::Connection::open(&path).unwrap();
+        old.execute_batch(SCHEMA).unwrap();
+        for key in ["k1", "k2", "k3"] {
+            old.execute(
+                "INSERT INTO kv VALUES ('app', 'b', ?1, ?2)",
+                params![key, b"12345678".to_vec()],
+            )
+            .unwrap();
+        }
+        drop(old);
+        let quota = Quota {
+            keys: 5,
+            bytes: 100,
+        };
+        let mut app = Sqlite::new(path).connect(quota).unwrap();
+        let bucket = BucketId {
+            namespace: "app",
+            bucket: "b",
+        };
+        app.set_deadline(Instant::now() + Duration::from_secs(60));
+        app.set_many(
+            bucket,
+            &[
+                ("k4".into(), b"12345678".to_vec()),
+                ("k5".into(), b"x".to_vec()),
+            ],
+        )
+        .unwrap();
+        let refused = |result: Result<()>| matches!(result, Err(Error::Refused(why)) if why.contains("quota is used up"));
+        // A sixth key is one too many; so are 60 more bytes.
+        assert!(refused(app.set(bucket, "k6", b"x")));
+        assert!(refused(app.set(bucket, "k5", &[b'x'; 60])));
+        assert_eq!(app.get(bucket, "k5").unwrap().unwrap(), b"x");
+        // A write that holds no more than before goes through, and a delete makes room.
+        app.set(bucket, "k4", b"87654321").unwrap();
+        app.delete(bucket, "k1").unwrap();
+        app.set(bucket, "k6", b"x").unwrap();
+        assert!(refused(app.increment(bucket, "counter", 1).map(drop)));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

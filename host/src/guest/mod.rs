@@ -1,20 +1,25 @@
 //! The host side of the guest's imports: the state one Store carries, and the functions a
-//! guest calls during a request (`input-stream`, `start-response`, `write`, stdio).
+//! guest calls during a request (`input-stream`, `start-response`, `write`); [`log`] takes
+//! its stdio, [`wait`] holds its waits to the deadline, and [`files`] its symlinks to its
+//! grants.
+
+pub mod files;
+mod log;
+pub mod wait;
 
 use std::path::PathBuf;
-use std::pin::Pin;
-
-use anyhow::Context as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::{Resource, ResourceTable};
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+
+use self::log::GuestLog;
+pub use self::log::{OutputLimit, OutputRate};
+use self::wait::Waits;
 
 use crate::app::Request;
 use crate::bindings::wasm_gw::wsgi::request::{self, Environ, InputError, InputStream};
@@ -60,6 +65,8 @@ pub struct GuestState {
     max_read: usize,
     /// The request's app time: guest calls, less the time they spent waiting on the client.
     clock: GuestClock,
+    /// The app time one request may use.
+    timeout: Duration,
     kv: Session,
 }
 
@@ -94,13 +101,15 @@ impl GuestState {
     /// `kv_connection` is the worker's, if an earlier instance of it opened one.
     pub fn new(
         max_memory: usize,
+        timeout: Duration,
         grants: &Grants,
         kv_connection: Option<Box<dyn Connection>>,
+        output: &Arc<OutputLimit>,
     ) -> anyhow::Result<GuestState> {
         let request_id = Arc::new(AtomicU64::new(0));
         let logs = [
-            GuestLog::new("stdout", request_id.clone()),
-            GuestLog::new("stderr", request_id.clone()),
+            GuestLog::new("stdout", request_id.clone(), output.clone()),
+            GuestLog::new("stderr", request_id.clone(), output.clone()),
         ];
         let mut wasi = WasiCtx::builder();
         // Nothing is ambient: no arguments, environment, directories or network, only what the
@@ -138,16 +147,28 @@ impl GuestState {
             logs,
             max_read: max_memory,
             clock: GuestClock::new(),
+            timeout,
             kv: Session::new(grants.kv.clone(), kv_connection),
         })
     }
 
     /// What the `wasi:keyvalue` functions work on.
     pub fn keyvalue(&mut self) -> KeyValue<'_> {
+        let left = self.timeout.saturating_sub(self.clock.used());
         KeyValue {
             table: &mut self.table,
             session: &mut self.kv,
             request_id: self.request_id.load(Ordering::Relaxed),
+            deadline: Instant::now() + left,
+            waited: &mut self.clock.waiting,
+        }
+    }
+
+    /// What `wasi:io/poll` works on: a wait may last as long as the request's app time.
+    pub fn waits(&mut self) -> Waits<'_> {
+        Waits {
+            table: &mut self.table,
+            left: self.timeout.saturating_sub(self.clock.used()),
         }
     }
 
@@ -414,116 +435,5 @@ fn to_wit(error: ResponseError) -> WitResponseError {
         ResponseError::NotStarted => WitResponseError::NotStarted,
         ResponseError::LengthMismatch { .. } => WitResponseError::InvalidHeader(error.to_string()),
         ResponseError::Disconnected => WitResponseError::Disconnected,
-    }
-}
-
-/// A partial line longer than this is logged without waiting for its end.
-const MAX_LOG_LINE: usize = 8 * 1024;
-
-/// A guest's stdout or stderr: each line goes to the host log, tagged with the request id
-/// ([wsgi.errors]). Writes are joined into whole lines first, because a guest's formatted
-/// print often arrives in several writes.
-#[derive(Clone)]
-struct GuestLog {
-    stream: &'static str,
-    request_id: Arc<AtomicU64>,
-    partial_line: Arc<Mutex<Vec<u8>>>,
-}
-
-impl GuestLog {
-    fn new(stream: &'static str, request_id: Arc<AtomicU64>) -> GuestLog {
-        GuestLog {
-            stream,
-            request_id,
-            partial_line: Arc::default(),
-        }
-    }
-
-    fn emit(&self, bytes: &[u8]) {
-        let mut partial = self
-            .partial_line
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        partial.extend_from_slice(bytes);
-        let complete = match partial.iter().rposition(|&b| b == b'\n') {
-            Some(newline) => newline + 1,
-            None if partial.len() > MAX_LOG_LINE => partial.len(),
-            None => return,
-        };
-        self.log_lines(&partial[..complete]);
-        partial.drain(..complete);
-    }
-
-    /// Logs a line the guest left unfinished at the end of a request.
-    fn flush_partial(&self) {
-        let mut partial = self
-            .partial_line
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        self.log_lines(&partial);
-        partial.clear();
-    }
-
-    fn log_lines(&self, bytes: &[u8]) {
-        let request = self.request_id.load(Ordering::Relaxed);
-        for line in bytes.split(|&b| b == b'\n').filter(|line| !line.is_empty()) {
-            let line = String::from_utf8_lossy(line);
-            tracing::info!(target: "wasm_gw::guest", request, stream = self.stream, "{}", line.trim_end());
-        }
-    }
-}
-
-impl IsTerminal for GuestLog {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for GuestLog {
-    fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(self.clone())
-    }
-
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
-    }
-}
-
-#[async_trait::async_trait]
-impl Pollable for GuestLog {
-    async fn ready(&mut self) {}
-}
-
-impl OutputStream for GuestLog {
-    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
-        self.emit(&bytes);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> StreamResult<()> {
-        Ok(())
-    }
-
-    fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(64 * 1024)
-    }
-}
-
-impl tokio::io::AsyncWrite for GuestLog {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        bytes: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.emit(bytes);
-        Poll::Ready(Ok(bytes.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
     }
 }

@@ -1,0 +1,354 @@
+//! Tenant isolation: a hostile app, mounted beside well-behaved ones, can hurt only itself.
+
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::admin::{admin_address, sample};
+use crate::support::{IO_TIMEOUT, RawResponse, Redis, Server, client, guest};
+
+/// The hostile `faulty` app at `/`, `hello` at `/hello`, a 2 s deadline, and two instances
+/// each unless `extra` says otherwise.
+fn hostile_beside_hello(extra: &[&str]) -> Server {
+    let faulty = format!("/={}", guest("faulty").display());
+    let hello = format!("/hello={}", guest("hello").display());
+    let mut args = vec!["--mount", &faulty, "--mount", &hello, "--timeout", "2"];
+    if !extra.contains(&"--workers") {
+        args.extend(["--workers", "2"]);
+    }
+    args.extend_from_slice(extra);
+    Server::start_mounts(&args)
+}
+
+fn status_of(server: &Server, path: &str) -> u16 {
+    client()
+        .get(server.url(path))
+        .call()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[test]
+fn a_guest_waiting_in_a_host_call_gets_504_at_its_deadline() {
+    let server = hostile_beside_hello(&[]);
+    // A sleep past the deadline, and waits that would never end, through poll and block.
+    for path in ["/sleep?ms=10000", "/wait-forever", "/block-forever"] {
+        let started = Instant::now();
+        assert_eq!(status_of(&server, path), 504, "{path}");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(3), "{path} took {took:?}");
+        server.wait_for_log(&["ERROR", "exceeding the 2s deadline"]);
+    }
+    server.wait_for_log(&["instance replaced", "reason=\"timeout\""]);
+    // Both instances serve again, and the app beside never noticed.
+    for _ in 0..4 {
+        assert_eq!(status_of(&server, "/ok"), 200);
+        assert_eq!(status_of(&server, "/hello/"), 200);
+    }
+}
+
+/// Sends `GET path` on a new connection, without waiting for the answer.
+fn send(server: &Server, path: &str) -> TcpStream {
+    let mut stream = server.connect();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    stream
+}
+
+/// The status of the response on `stream`, and how long after `sent` it came.
+fn answer(stream: TcpStream, sent: Instant) -> (u16, Duration, Option<String>) {
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let response = RawResponse::read(&mut BufReader::new(stream), false);
+    let retry = response.header("retry-after").map(str::to_owned);
+    (response.status, sent.elapsed(), retry)
+}
+
+fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = client()
+        .get(format!("http://{admin}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let scrape =
+        prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).unwrap();
+    sample(&scrape, name, labels)
+}
+
+fn health(admin: SocketAddr) -> (u16, Value) {
+    let mut response = client()
+        .get(format!("http://{admin}/health"))
+        .call()
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&body).unwrap())
+}
+
+#[test]
+fn a_stuck_app_queues_a_bounded_few_and_the_app_beside_it_never_waits() {
+    let server = hostile_beside_hello(&["--queue-timeout", "3", "--admin", "127.0.0.1:0"]);
+    let admin = admin_address(&server);
+    // Two requests take both instances until their deadline; a thousand more wait behind
+    // them, each stuck in turn if it gets an instance. Two apps share the 1,000 connections,
+    // so the hostile app's queue holds 500 of them.
+    let stuck: Vec<_> = (0..2).map(|_| send(&server, "/wait-forever")).collect();
+    let started = Instant::now();
+    let queued: Vec<_> = (0..1000)
+        .map(|_| (send(&server, "/wait-forever"), Instant::now()))
+        .collect();
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while metric(admin, "wasm_gw_queue_length", &[("app", "faulty")]) < 500.0 {
+        assert!(Instant::now() < deadline, "the queue never filled");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let (status, health) = health(admin);
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["apps"]["faulty"]["status"], "degraded", "{health}");
+    assert_eq!(health["apps"]["hello"]["status"], "ok", "{health}");
+
+    // Meanwhile the app beside answers at once, on new connections and on one kept alive.
+    let agent = client();
+    for _ in 0..20 {
+        let asked = Instant::now();
+        let response = agent.get(server.url("/hello/")).call().unwrap();
+        let took = asked.elapsed();
+        assert_eq!(response.status().as_u16(), 200);
+        assert!(took < Duration::from_millis(100), "hello took {took:?}");
+    }
+
+    for stream in stuck {
+        assert_eq!(answer(stream, started).0, 504);
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    for (stream, sent) in queued {
+        let (status, took, retry) = answer(stream, sent);
+        *statuses.entry(status).or_insert(0) += 1;
+        match status {
+            // Turned away at once or after the queue timeout, with a hint to come back.
+            503 => {
+                assert_eq!(retry.as_deref(), Some("1"));
+                assert!(took < Duration::from_secs(5), "a 503 took {took:?}");
+            }
+            // Got an instance when the stuck ones ended, and hit its own deadline.
+            504 => {}
+            other => panic!("a queued request got {other}"),
+        }
+    }
+    assert!(statuses[&503] >= 990, "{statuses:?}");
+    server.wait_for_log(&["WARN", "turned a request away with 503: its queue is full"]);
+    server.wait_for_log(&["WARN", "no instance came free within the queue timeout"]);
+    assert_eq!(
+        metric(admin, "wasm_gw_queue_length", &[("app", "faulty")]),
+        0.0
+    );
+    assert!(metric(admin, "wasm_gw_queue_refused_total", &[("reason", "full")]) >= 490.0);
+    assert!(
+        metric(
+            admin,
+            "wasm_gw_queue_refused_total",
+            &[("reason", "timeout")]
+        ) >= 490.0
+    );
+}
+
+#[test]
+fn a_request_whose_client_left_while_queued_never_runs() {
+    let server = hostile_beside_hello(&["--workers", "1"]);
+    let stuck = send(&server, "/sleep?ms=1000");
+    // Waits behind it, then leaves: its /served must never run.
+    let gone = send(&server, "/served");
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while server.log_lines_with("sleeping 1000 ms") == 0 {
+        assert!(Instant::now() < deadline);
+        thread::sleep(Duration::from_millis(10));
+    }
+    drop(gone);
+    assert_eq!(answer(stuck, Instant::now()).0, 200);
+    server.wait_for_log(&["client left while its request waited for an instance"]);
+    // The one instance served the sleep, and now this: the left request was never served.
+    let mut response = client().get(server.url("/served")).call().unwrap();
+    assert_eq!(response.body_mut().read_to_string().unwrap(), "2");
+}
+
+#[test]
+fn a_guest_flooding_its_output_is_held_to_its_rate_and_cannot_forge_lines() {
+    let server = hostile_beside_hello(&["--admin", "127.0.0.1:0"]);
+    let admin = admin_address(&server);
+    let started = Instant::now();
+    assert_eq!(status_of(&server, "/flood?mb=50"), 200);
+    let took = started.elapsed();
+    server.wait_for_log(&["WARN", "dropped", "bytes of the app's output past its rate"]);
+    let logged: usize = server
+        .log_lines()
+        .iter()
+        .filter(|line| line.contains("stream=\"stdout\"") && line.contains("xxxxxxxx"))
+        .map(String::len)
+        .sum();
+    // The burst, and the rate for as long as the flood ran, with room for the lines' tags.
+    let allowed = (1 << 20) + (64 << 10) * (took.as_secs() as usize + 1);
+    assert!(logged <= allowed * 2, "{logged} bytes logged in {took:?}");
+    assert!(
+        logged >= 1 << 20,
+        "the burst should pass: {logged} bytes logged"
+    );
+    let dropped = metric(
+        admin,
+        "wasm_gw_app_log_dropped_bytes_total",
+        &[("app", "faulty")],
+    );
+    assert!(dropped >= (48 << 20) as f64, "{dropped} bytes dropped");
+
+    assert_eq!(status_of(&server, "/forge"), 200);
+    let forged = server.wait_for_log(&["forged line"]);
+    assert!(
+        forged.contains(r"innocent\rINFO wasm_gw: forged line\0 end"),
+        "{forged:?}"
+    );
+    for line in server.log_lines() {
+        assert!(
+            !line.contains(['\r', '\0', '\x07']),
+            "a raw control character reached the log: {line:?}"
+        );
+    }
+}
+
+#[test]
+fn one_apps_flood_of_writes_leaves_anothers_writes_quick() {
+    let kv = format!("/kv={}", guest("kv").display());
+    let server = hostile_beside_hello(&["--mount", &kv]);
+    // A million keys, filled a request at a time within the 2 s deadline.
+    let started = Instant::now();
+    let mut start = 0;
+    while start < 1_000_000 {
+        let path = format!("/store/fill?start={start}&count=50000");
+        match status_of(&server, &path) {
+            200 => start += 50_000,
+            // Past the deadline part way: the same keys again.
+            504 => {}
+            other => panic!("{path}: {other}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "filling took too long"
+        );
+    }
+    // One call past the batch limit is refused, whole.
+    let mut refused = client()
+        .get(server.url("/store/delete?count=1000000&whole=1"))
+        .call()
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 400);
+    let why = refused.body_mut().read_to_string().unwrap();
+    assert!(why.contains("past the limit of 1000"), "{why}");
+
+    // Both hostile instances delete the million, a thousand at a time, until their
+    // deadline; meanwhile the other app's writes wait their turn, briefly.
+    thread::scope(|scope| {
+        let deleting: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| status_of(&server, "/store/delete?count=1000000")))
+            .collect();
+        let agent = client();
+        let mut slowest = Duration::ZERO;
+        for n in 0..50 {
+            let asked = Instant::now();
+            let response = agent
+                .put(server.url(&format!("/kv/b/key-{n}")))
+                .send("value")
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 204);
+            slowest = slowest.max(asked.elapsed());
+        }
+        assert!(
+            slowest < Duration::from_millis(100),
+            "a write took {slowest:?}"
+        );
+        // Each ends at its deadline: stopped (504), or told so by the store (the app's 400).
+        for deleting in deleting {
+            assert!(matches!(deleting.join().unwrap(), 200 | 400 | 504));
+        }
+    });
+}
+
+/// GETs `path`: the status and the body.
+fn fetch(server: &Server, path: &str) -> (u16, String) {
+    let mut response = client().get(server.url(path)).call().unwrap();
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().unwrap())
+}
+
+#[test]
+fn a_store_fill_stops_at_the_quota_on_every_backend() {
+    let redis = Redis::start();
+    let redis_url = redis.url();
+    for kv in ["sqlite", "memory", redis_url.as_str()] {
+        let mut args = vec!["--kv-quota-keys", "1000", "--kv-quota-bytes", "64KiB"];
+        if kv != "sqlite" {
+            args.extend(["--kv", kv]);
+        }
+        let server = Server::start("faulty", &args);
+        // A thousand keys fit; the next hundred do not, and none of them is stored.
+        for start in (0..1000).step_by(100) {
+            let (status, said) = fetch(&server, &format!("/store/fill?start={start}&count=100"));
+            assert_eq!(status, 200, "{kv}: {said}");
+        }
+        let (status, said) = fetch(&server, "/store/fill?start=1000&count=100");
+        assert_eq!(status, 507, "{kv}: {said}");
+        assert!(said.contains("key-value quota is used up"), "{kv}: {said}");
+        // Deleting makes room; then the bytes run out before the keys do.
+        assert_eq!(fetch(&server, "/store/delete?count=1100").0, 200);
+        assert_eq!(
+            fetch(&server, "/store/fill?start=0&count=1&size=40000").0,
+            200,
+            "{kv}"
+        );
+        let (status, said) = fetch(&server, "/store/fill?start=1&count=1&size=40000");
+        assert_eq!(status, 507, "{kv}: {said}");
+        // A write that holds no more than before still goes through.
+        assert_eq!(
+            fetch(&server, "/store/fill?start=0&count=1&size=30000").0,
+            200,
+            "{kv}"
+        );
+    }
+}
+
+#[test]
+fn a_store_in_memory_holds_the_host_to_its_quota() {
+    let server = Server::start(
+        "faulty",
+        &[
+            "--kv",
+            "memory",
+            "--kv-quota-bytes",
+            "32MiB",
+            "--workers",
+            "1",
+        ],
+    );
+    let (before, _) = server.memory();
+    // 64 KiB values until the quota says no, and then some more.
+    let mut refused = 0;
+    for start in (0..2000).step_by(50) {
+        match fetch(
+            &server,
+            &format!("/store/fill?start={start}&count=50&size=65536"),
+        )
+        .0
+        {
+            200 => {}
+            507 => refused += 1,
+            other => panic!("{other}"),
+        }
+    }
+    assert!(refused > 20, "only {refused} fills were refused");
+    let (after, _) = server.memory();
+    // The quota's 32 MiB, what a request copies on its way in, and the map's own keep.
+    let growth = after.saturating_sub(before) >> 20;
+    assert!(growth < 96, "host RSS grew by {growth} MiB");
+}
