@@ -30,6 +30,9 @@ use crate::metrics::metrics;
 /// How often the deadline clock ticks; deadlines are accurate to about this much.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// The least one call may copy out of a guest, however small its memory cap.
+const MIN_HOSTCALL_FUEL: usize = 1 << 20;
+
 /// Linear memory a pooled slot keeps resident between instances: a small app's stack, data
 /// and heap.
 const SLOT_MEMORY_KEPT: usize = 4 << 20;
@@ -240,6 +243,11 @@ impl WasmApp {
         )?;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
+        // What one call may copy out of the guest: no more than its whole memory, which is
+        // all an honest guest could send. Lists whose elements all point at one buffer
+        // would otherwise make the host copy it over and over, up to wasmtime's default
+        // of 128 MiB a call whatever the guest's cap.
+        store.set_hostcall_fuel(self.policy.max_memory.max(MIN_HOSTCALL_FUEL));
         // At each tick past the deadline, look at the app time actually used: time spent
         // waiting on the client doesn't count.
         let timeout = self.policy.timeout;

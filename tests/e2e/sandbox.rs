@@ -112,3 +112,25 @@ fn a_symlink_made_in_a_grant_points_only_into_it() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_guest_cannot_make_the_host_copy_more_than_its_own_memory() {
+    let server = Server::start("faulty", &["--workers", "1", "--max-memory", "64MiB"]);
+    assert_eq!(answer(&server, "/ok"), "ok");
+    let (_, before) = server.memory();
+    // 32 chunks that all point at one 16 MiB buffer: 512 MiB to copy, from 16 MiB of guest.
+    let response = client()
+        .get(server.url("/alias?n=32&mb=16"))
+        .call()
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    server.wait_for_log(&["ERROR", "too much data is being copied"]);
+    let (_, peak) = server.memory();
+    // The guest's 64 MiB cap bounds what one call copies; wasmtime's own default would let
+    // it make the host copy 128 MiB.
+    let growth = peak.saturating_sub(before) >> 20;
+    assert!(growth < 100, "the host's peak grew by {growth} MiB");
+    // Three such chunks are 48 MiB, within the cap: an honest guest's whole body.
+    let response = client().get(server.url("/alias?n=3&mb=16")).call().unwrap();
+    assert_eq!(response.status(), 200);
+}

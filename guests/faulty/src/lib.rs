@@ -5,7 +5,8 @@
 //! a pollable that never becomes ready, through `wasi:io/poll`'s `poll` and `block`.
 //! `/store/fill` and `/store/delete` write and delete keys by the thousand, or (`whole=1`)
 //! in one call past the batch limit. `/flood?mb=N` writes N MiB to stdout, and `/forge` a
-//! line with control characters. `/served` counts the requests this instance has served,
+//! line with control characters; `/alias?n=N&mb=M` returns N chunks that all point at one
+//! M MiB buffer. `/served` counts the requests this instance has served,
 //! which shows when an instance is replaced. `/keep-input` keeps its request's input
 //! handle, and `/kept-environ` then asks for that ended request's environ.
 //! The `/escape/...` routes try to leave the sandbox (read a file, list a directory, read
@@ -290,6 +291,24 @@ impl Guest for Faulty {
                 };
                 start_response(status, &plain, None).map_err(|e| format!("{e:?}"))?;
                 ok_body(&text)
+            }
+            // Returns `n` chunks that all alias one buffer of `mb` MiB: the guest holds `mb`
+            // MiB, and a host that copies each chunk `n` times as much.
+            "/alias" => {
+                let number = |name, default| {
+                    query_value(&environ.query_string, name)
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .unwrap_or(default)
+                };
+                let (n, len) = (number("n", 64), number("mb", 16) << 20);
+                let mut buffer = std::mem::ManuallyDrop::new(vec![b'a'; len]);
+                let ptr = buffer.as_mut_ptr();
+                start_response("200 OK", &plain, None).map_err(|e| format!("{e:?}"))?;
+                // SAFETY: none; this is the attack. Only the host reads these.
+                let chunks = (0..n)
+                    .map(|_| unsafe { Vec::from_raw_parts(ptr, len, len) })
+                    .collect();
+                Ok(Body::Chunks(chunks))
             }
             "/loop" => {
                 let mut spins: u64 = 0;
