@@ -8,8 +8,8 @@
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::access_log;
@@ -25,7 +25,7 @@ use crate::http::request::{self, BodyKind, Framing};
 use crate::http::response::{write_server_response, write_server_response_with};
 use crate::lifecycle::{Lifecycle, Registration};
 use crate::metrics::metrics;
-use crate::pool::{Lease, Pool, Refusal};
+use crate::pool::{Lease, Pool, Refusal, Ticket};
 use crate::router::{CurrentRouter, Route};
 
 /// Header slots kept on the stack; a larger `--limit-request-fields` uses the heap.
@@ -94,8 +94,8 @@ enum Phase {
 struct Queued {
     request: Routed,
     pool: Arc<Pool>,
-    /// The request's place in the queue, once it has one.
-    ticket: Arc<OnceLock<u64>>,
+    /// The request's place in the queue.
+    ticket: Arc<Ticket>,
     /// The worker handed to it, when one is.
     lease: Option<Lease>,
 }
@@ -183,7 +183,7 @@ impl Connection {
 
     /// The queue a request waits in, and the cell its ticket goes in, for the server to
     /// queue it with a [`Waiter`] of its own.
-    pub fn queue(&self) -> Option<(Arc<Pool>, Arc<OnceLock<u64>>)> {
+    pub fn queue(&self) -> Option<(Arc<Pool>, Arc<Ticket>)> {
         match &self.state.phase {
             Phase::Queued(queued) => Some((queued.pool.clone(), queued.ticket.clone())),
             _ => None,
@@ -211,10 +211,7 @@ impl Connection {
     /// request that waited in its queue too long, silence for an idle connection.
     pub fn on_deadline(mut self) -> Next {
         if let Phase::Queued(queued) = &self.state.phase {
-            let ticket = queued.ticket.get().copied();
-            if let Some(ticket) = ticket {
-                queued.pool.forget(ticket, Refusal::QueueTimeout);
-            }
+            queued.pool.withdraw(&queued.ticket, Refusal::QueueTimeout);
             return self.refuse_queued(Refusal::QueueTimeout);
         }
         if !self.owes_answer_at_deadline() {
@@ -385,14 +382,7 @@ impl Connection {
             }
             // Woken by the client hanging up: out of the queue, unless a worker is on its
             // way, which will find the request gone and go on to the next.
-            None => {
-                let forgotten = ticket
-                    .get()
-                    .is_some_and(|&ticket| pool.forget(ticket, Refusal::ClientGone));
-                if !forgotten {
-                    pool.refused(Refusal::ClientGone);
-                }
-            }
+            None => pool.withdraw(&ticket, Refusal::ClientGone),
         }
         let app = &request.route.metrics.app().0;
         tracing::info!(%app, request = request.id, "client left while its request waited for an instance");

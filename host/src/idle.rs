@@ -138,7 +138,14 @@ impl<T: AsFd> IdleSet<T> {
 
     /// Hands a connection to the threads, as though it had become readable.
     pub fn hand(&self, connection: T) -> io::Result<()> {
-        self.lock().handed.push_back(connection);
+        let mut parked = self.lock();
+        parked.handed.push_back(connection);
+        // The watchdog adds a thread when connections wait for one; it sleeps while the set
+        // is empty.
+        if parked.sleepers > 0 {
+            self.no_longer_empty.notify_all();
+        }
+        drop(parked);
         rustix::io::write(&self.handed_signal, &1u64.to_ne_bytes())?;
         Ok(())
     }
@@ -262,10 +269,10 @@ impl<T: AsFd> IdleSet<T> {
         expired
     }
 
-    /// Blocks while nothing is parked.
+    /// Blocks while nothing is parked, or handed over.
     pub fn wait_until_occupied(&self) {
         let mut parked = self.lock();
-        while parked.len == 0 {
+        while parked.len == 0 && parked.handed.is_empty() {
             parked.sleepers += 1;
             parked = self
                 .no_longer_empty

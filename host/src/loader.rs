@@ -68,13 +68,22 @@ pub fn load_pool(spec: &AppSpec, cache: Option<&CodeCache>) -> anyhow::Result<Po
     Ok(pool)
 }
 
-/// Tells the metrics which apps serve now.
+/// Tells the metrics which apps serve now, and with which pools.
 pub fn announce(apps: &[LoadedApp]) {
+    for app in apps {
+        watch(app);
+    }
     metrics().serving(
         apps.iter()
             .map(|app| app.spec.name.as_str().into())
             .collect(),
     );
+}
+
+/// Tells the metrics that `app`'s current pool serves: its health is read from it.
+pub fn watch(app: &LoadedApp) {
+    let pool = app.pool.get();
+    metrics().watch(&app.spec.name.as_str().into(), pool.gauges().clone());
 }
 
 /// Connects to the key-value store once, so that a database that cannot be opened stops the

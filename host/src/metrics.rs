@@ -250,8 +250,8 @@ impl Metrics {
             .inc();
     }
 
-    /// The gauges of a new pool of `app`, whose requests may take `busy_limit` each; the
-    /// app's health is read from them from now on.
+    /// The gauges of a new pool of `app`, whose requests may take `busy_limit` each. The
+    /// app's health is read from them once the pool serves (see [`Metrics::watch`]).
     pub fn pool(&self, app: &Arc<str>, busy_limit: Duration) -> Arc<PoolGauges> {
         let labels = AppLabels {
             app: AppName(app.clone()),
@@ -264,17 +264,20 @@ impl Metrics {
                 })
                 .clone()
         };
-        let gauges = Arc::new(PoolGauges {
+        Arc::new(PoolGauges {
             length: self.queue_length.get_or_create(&labels).clone(),
             wait: self.queue_wait.get_or_create(&labels).clone(),
             refused: REFUSALS.map(|reason| (reason, refused(reason))),
             ..PoolGauges::detached(busy_limit)
-        });
+        })
+    }
+
+    /// `app`'s health is read from `gauges` from now on: its pool takes new requests.
+    pub fn watch(&self, app: &Arc<str>, gauges: Arc<PoolGauges>) {
         self.pools
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(app.clone(), gauges.clone());
-        gauges
+            .insert(app.clone(), gauges);
     }
 
     /// The counter of `app`'s output bytes dropped past its rate.

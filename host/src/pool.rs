@@ -47,6 +47,21 @@ impl Refusal {
     }
 }
 
+/// A queued request's place in the queue, shared by its connection and the pool under the
+/// pool's lock, so that a request that stops waiting (its client hung up, its time ran out)
+/// before it joined the queue never joins it.
+#[derive(Default)]
+pub struct Ticket(Mutex<Place>);
+
+#[derive(Clone, Copy, Default)]
+enum Place {
+    #[default]
+    Unqueued,
+    Queued(u64),
+    /// It stopped waiting, or was turned away, and is counted.
+    Withdrawn,
+}
+
 /// A request waiting in the queue, as the pool sees it.
 pub trait Waiter: Send {
     /// Hands `lease` to the waiting request, or gives it back if the request has stopped
@@ -137,6 +152,11 @@ impl Pool {
         self.queue
     }
 
+    /// What the pool reports.
+    pub fn gauges(&self) -> &Arc<PoolGauges> {
+        &self.gauges
+    }
+
     /// Takes a free worker, if there is one, and if no request waits for it already.
     pub fn checkout(self: &Arc<Self>) -> Option<Lease> {
         let mut state = self.lock();
@@ -149,51 +169,68 @@ impl Pool {
     }
 
     /// Queues `waiter` for the next free worker, or hands it one at once if one came free
-    /// since [`Pool::checkout`]. Returns its ticket, for [`Pool::forget`], or the waiter
-    /// back if the queue is full.
+    /// since [`Pool::checkout`]; `ticket` records its place. Gives the waiter back if the
+    /// queue is full (the request is counted as refused).
     pub fn enqueue(
         self: &Arc<Self>,
         waiter: Box<dyn Waiter>,
-    ) -> Result<Option<u64>, Box<dyn Waiter>> {
+        ticket: &Ticket,
+    ) -> Result<(), Box<dyn Waiter>> {
         let mut state = self.lock();
         if let Some(worker) = state.idle.pop() {
+            if state.idle.is_empty() {
+                self.gauges.saturated();
+            }
             drop(state);
             if let Err(lease) = waiter.hand(self.lease(worker)) {
                 drop(lease);
             }
-            return Ok(None);
+            return Ok(());
+        }
+        let mut place = ticket.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(*place, Place::Withdrawn) {
+            return Ok(());
         }
         if state.waiting.len() >= self.queue.limit {
-            drop(state);
+            *place = Place::Withdrawn;
+            drop((place, state));
             self.gauges
                 .refused(Refusal::QueueFull.label(), self.queue.limit);
             return Err(waiter);
         }
-        let ticket = state.next_ticket;
+        let number = state.next_ticket;
         state.next_ticket += 1;
-        state.waiting.push_back((ticket, waiter, Instant::now()));
+        *place = Place::Queued(number);
+        state.waiting.push_back((number, waiter, Instant::now()));
         self.gauges.queued(state.waiting.len(), self.queue.limit);
-        Ok(Some(ticket))
+        Ok(())
     }
 
-    /// Takes the request of `ticket` out of the queue, because it stopped waiting; false if
-    /// it was not there any more: a worker is on its way to it, and will come back.
-    pub fn forget(&self, ticket: u64, why: Refusal) -> bool {
-        let mut state = self.lock();
-        let Some(place) = state
-            .waiting
-            .iter()
-            .position(|(queued, ..)| *queued == ticket)
-        else {
-            return false;
-        };
-        let (_, waiter, since) = state.waiting.remove(place).expect("found just now");
-        self.gauges.dequeued(state.waiting.len(), self.queue.limit);
-        drop(state);
-        drop(waiter);
-        self.gauges.waited(since.elapsed());
+    /// Takes the request of `ticket` out of the queue, or keeps it from joining, because it
+    /// stopped waiting for `why`; counts it once. A worker already on its way to it finds
+    /// it gone and goes on to the next.
+    pub fn withdraw(&self, ticket: &Ticket, why: Refusal) {
+        let mut place = ticket.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let was = std::mem::replace(&mut *place, Place::Withdrawn);
+        drop(place);
+        match was {
+            Place::Withdrawn => return,
+            Place::Unqueued => {}
+            Place::Queued(number) => {
+                let mut state = self.lock();
+                let found = state
+                    .waiting
+                    .iter()
+                    .position(|(queued, ..)| *queued == number);
+                if let Some((_, waiter, since)) = found.and_then(|at| state.waiting.remove(at)) {
+                    self.gauges.dequeued(state.waiting.len(), self.queue.limit);
+                    drop(state);
+                    drop(waiter);
+                    self.gauges.waited(since.elapsed());
+                }
+            }
+        }
         self.gauges.refused(why.label(), self.queue.limit);
-        true
     }
 
     /// Counts a request that got no worker for `why` outside the queue's own bookkeeping:
@@ -359,7 +396,7 @@ mod tests {
                 left: id == 1,
                 handed: handed.clone(),
             };
-            assert!(matches!(pool.enqueue(Box::new(waiter)), Ok(Some(_))));
+            assert!(pool.enqueue(Box::new(waiter), &Ticket::default()).is_ok());
         }
         drop(held);
         let mut order = Vec::new();
@@ -375,7 +412,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_refuses_and_a_forgotten_request_gets_nothing() {
+    fn a_full_queue_refuses_and_a_withdrawn_request_gets_nothing() {
         let pool = pool(1, 1);
         let (handed, received) = mpsc::channel();
         let waiter = |id| {
@@ -386,16 +423,20 @@ mod tests {
             })
         };
         let held = pool.checkout().unwrap();
-        let Ok(Some(ticket)) = pool.enqueue(waiter(0)) else {
-            panic!("the first waiter is queued");
-        };
-        assert!(pool.enqueue(waiter(1)).is_err());
-        assert!(pool.forget(ticket, Refusal::QueueTimeout));
-        assert!(!pool.forget(ticket, Refusal::QueueTimeout));
+        let first = Ticket::default();
+        assert!(pool.enqueue(waiter(0), &first).is_ok());
+        assert!(pool.enqueue(waiter(1), &Ticket::default()).is_err());
+        pool.withdraw(&first, Refusal::QueueTimeout);
+        assert!(pool.lock().waiting.is_empty());
+        // A request that stopped waiting before it joined the queue never joins it.
+        let early = Ticket::default();
+        pool.withdraw(&early, Refusal::ClientGone);
+        assert!(pool.enqueue(waiter(3), &early).is_ok());
+        assert!(pool.lock().waiting.is_empty());
         drop(held);
         assert!(received.try_recv().is_err());
         // A worker free when the request queues is handed over at once.
-        assert!(matches!(pool.enqueue(waiter(2)), Ok(None)));
+        assert!(pool.enqueue(waiter(2), &Ticket::default()).is_ok());
         assert_eq!(received.try_recv().unwrap().0, 2);
     }
 }

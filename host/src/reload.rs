@@ -145,6 +145,7 @@ impl Reloader {
             match loader::load_pool(&app.spec, self.cache.as_ref()) {
                 Ok(pool) => {
                     app.pool.replace(pool);
+                    loader::watch(app);
                     tracing::info!(
                         app = name.as_str(),
                         reason = "reload",

@@ -24,6 +24,7 @@ use crate::bindings::wasm_gw::wsgi::response;
 use crate::compile::{CodeCache, base_config, load_component};
 use crate::guest::wait::DeadlinePassed;
 use crate::guest::{self, Grants, GuestState, MAX_INSTANCE_PARTS, OutputLimit, OutputRate};
+use crate::http::response::excerpt;
 use crate::kv::{self, Connection};
 use crate::metrics::metrics;
 
@@ -51,7 +52,7 @@ pub fn link(
     response::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
     kv::guest::add_to_linker(&mut linker, GuestState::keyvalue)?;
     guest::wait::add_to_linker(&mut linker, GuestState::waits)?;
-    guest::files::add_to_linker(&mut linker)?;
+    guest::files::add_to_linker(&mut linker, GuestState::output)?;
     let pre = linker.instantiate_pre(component)?;
     Ok(bindings::AppPre::new(pre)?)
 }
@@ -360,7 +361,7 @@ impl WasmWorker {
                     .wasm_gw_wsgi_handler()
                     .call_application(store, input)
             })?
-            .map_err(Failure::Application)?;
+            .map_err(|why| Failure::Application(excerpt(&why)))?;
         match body {
             Body::Chunks(chunks) => {
                 self.store.data_mut().exchange().set_whole_body(chunks);

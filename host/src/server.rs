@@ -211,18 +211,12 @@ impl ServingThreads {
             idle: self.idle.clone(),
             token,
         });
-        match pool.enqueue(waiter) {
-            Ok(Some(queued)) => {
-                let _ = ticket.set(queued);
-            }
-            Ok(None) => {}
-            // The queue is full: unless its client has hung up meanwhile, the request is
-            // still parked, and is turned away.
-            Err(_) => {
-                if let Some(Client { connection, slot }) = self.idle.take(token) {
-                    self.park(connection.refuse_queue_full(), slot);
-                }
-            }
+        // The queue is full: unless its client has hung up meanwhile, the request is still
+        // parked, and is turned away.
+        if pool.enqueue(waiter, &ticket).is_err()
+            && let Some(Client { connection, slot }) = self.idle.take(token)
+        {
+            self.park(connection.refuse_queue_full(), slot);
         }
     }
 

@@ -13,21 +13,31 @@ use wasmtime_wasi::WasiView;
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
 use wasmtime_wasi::p2::bindings::sync::filesystem::types::{ErrorCode, Host, HostDescriptor};
 
+use super::OutputLimit;
+use crate::http::response::excerpt;
+
 /// The `wasi:filesystem/types` instance of wasmtime-wasi's WIT, whose function this replaces.
 const TYPES: &str = "wasi:filesystem/types@0.2.12";
 
-/// Replaces `symlink-at` in `linker`, which must hold wasmtime-wasi's already.
-pub fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+/// Replaces `symlink-at` in `linker`, which must hold wasmtime-wasi's already; refusals are
+/// logged within the app's output budget, from `output`.
+pub fn add_to_linker<T: WasiView + 'static>(
+    linker: &mut Linker<T>,
+    output: fn(&mut T) -> &OutputLimit,
+) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     let added = linker.instance(TYPES).and_then(|mut types| {
         types.func_wrap(
             "[method]descriptor.symlink-at",
-            |mut store, (dir, target, link): (Resource<Descriptor>, String, String)| {
+            move |mut store, (dir, target, link): (Resource<Descriptor>, String, String)| {
                 if !points_down(&target) {
-                    tracing::info!(
-                        "refused the app a symlink {link:?} -> {target:?}: its target may \
-                         leave the directory"
-                    );
+                    let (link, target) = (excerpt(&link), excerpt(&target));
+                    if output(store.data_mut()).allows(link.len() + target.len()) {
+                        tracing::info!(
+                            "refused the app a symlink {link:?} -> {target:?}: its target may \
+                             leave the directory"
+                        );
+                    }
                     return Ok((Err(ErrorCode::NotPermitted),));
                 }
                 let mut files = store.data_mut().filesystem();

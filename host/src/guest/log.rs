@@ -54,6 +54,11 @@ struct Bucket {
     reported: Option<Instant>,
 }
 
+/// What a line costs besides its own bytes: the time, level, request id and stream that
+/// tag it in the log. Without it, a guest writing one-byte lines would fill the log 50 times
+/// faster than its rate says.
+const LINE_COST: usize = 100;
+
 /// How often drops are reported, at most.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -63,7 +68,7 @@ impl OutputLimit {
         // A line is logged whole or not at all: a burst smaller than the longest line would
         // drop every long one.
         let rate = OutputRate {
-            burst: rate.burst.max(MAX_LOG_LINE as u64 + 1),
+            burst: rate.burst.max((MAX_LOG_LINE + LINE_COST) as u64),
             ..rate
         };
         OutputLimit {
@@ -100,6 +105,13 @@ impl OutputLimit {
         (admitted, self.due_report(&mut bucket, now))
     }
 
+    /// Whether a line of `bytes` that the host logs for the app, such as a refusal of what
+    /// it asked, fits in its budget: the app's output and such lines share it, so that no
+    /// app can flood the log through the host either.
+    pub fn allows(&self, bytes: usize) -> bool {
+        self.admit(bytes + LINE_COST).0
+    }
+
     /// The bytes dropped since the last report, if there are any and a report is due.
     fn due_report(&self, bucket: &mut Bucket, now: Instant) -> Option<u64> {
         let due = bucket.dropped > 0
@@ -124,6 +136,11 @@ impl OutputLimit {
 }
 
 impl GuestLog {
+    /// The app's output budget.
+    pub fn limit(&self) -> &OutputLimit {
+        &self.limit
+    }
+
     pub fn new(
         stream: &'static str,
         request_id: Arc<AtomicU64>,
@@ -180,7 +197,7 @@ impl GuestLog {
         let request = self.request_id.load(Ordering::Relaxed);
         let lines = bytes.split(|&b| b == b'\n').filter(|line| !line.is_empty());
         for line in lines.flat_map(|line| line.chunks(MAX_LOG_LINE)) {
-            let (admitted, report) = self.limit.admit(line.len() + 1);
+            let (admitted, report) = self.limit.admit(line.len() + LINE_COST);
             if let Some(dropped) = report {
                 self.limit.report(request, dropped);
             }

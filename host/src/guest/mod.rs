@@ -26,7 +26,7 @@ use crate::bindings::wasm_gw::wsgi::request::{self, Environ, InputError, InputSt
 use crate::bindings::wasm_gw::wsgi::response::{self, ResponseError as WitResponseError};
 use crate::environ::HeaderLines;
 use crate::http::Exchange;
-use crate::http::response::ResponseError;
+use crate::http::response::{ResponseError, excerpt};
 use crate::kv::guest::{KeyValue, Session};
 use crate::kv::{self, Connection};
 
@@ -170,6 +170,11 @@ impl GuestState {
             table: &mut self.table,
             left: self.timeout.saturating_sub(self.clock.used()),
         }
+    }
+
+    /// The app's output budget, which host lines about the app are charged to as well.
+    pub fn output(&mut self) -> &OutputLimit {
+        self.logs[0].limit()
     }
 
     /// Gives up the worker's key-value connection, for its next instance.
@@ -410,6 +415,7 @@ impl response::Host for GuestState {
     ) -> Result<(), WitResponseError> {
         if let Some(exc_info) = &exc_info {
             let request = self.request_id.load(Ordering::Relaxed);
+            let exc_info = excerpt(exc_info);
             tracing::warn!(request, "app error, replacing its response: {exc_info}");
         }
         self.response(|exchange| {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags};
 
 /// How much one read from the socket asks for.
@@ -186,19 +187,22 @@ impl Io {
     }
 
     /// Whether the client has closed the connection, or reset it, seen without reading.
-    /// Like nginx, a client that shut down its sending side counts as gone: HTTP/1.1
-    /// clients keep it open while they wait for the response.
+    /// Like nginx, a client that shut down its sending side counts as gone, whatever it
+    /// sent before: HTTP/1.1 clients keep it open while they wait for the response. This is
+    /// what wakes a request parked in a queue (`EPOLLRDHUP`), so both agree.
     pub fn peer_gone(&self) -> bool {
-        let mut byte = [0];
-        let peeked = without_waiting(|| {
-            rustix::net::recv(
-                &*self.stream,
-                &mut byte,
-                RecvFlags::DONTWAIT | RecvFlags::PEEK,
-            )
-            .map(|(read, _)| read)
-        });
-        matches!(peeked, Ok(Some(0)) | Err(_))
+        let mut fds = [PollFd::new(&*self.stream, PollFlags::RDHUP)];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        match rustix::event::poll(&mut fds, Some(&now)) {
+            Ok(0) => false,
+            Ok(_) => fds[0]
+                .revents()
+                .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+            Err(_) => true,
+        }
     }
 
     /// Gives up the read buffer if nothing is in it, before the connection waits.

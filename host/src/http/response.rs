@@ -458,7 +458,7 @@ pub fn write_server_response_with(
 /// PEP 3333: "The status string must be a 3-digit code followed by a space and a reason
 /// phrase". Informational codes belong to the server.
 fn parse_status(status: &str) -> Result<u16, ResponseError> {
-    let invalid = || ResponseError::InvalidStatus(status.to_owned());
+    let invalid = || ResponseError::InvalidStatus(excerpt(status));
     let (code, reason) = status.split_once(' ').ok_or_else(invalid)?;
     if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
         return Err(invalid());
@@ -480,7 +480,8 @@ fn check_name(name: &str) -> Result<(), ResponseError> {
         Ok(())
     } else {
         Err(ResponseError::InvalidHeader(format!(
-            "name {name:?} is not a token"
+            "name {:?} is not a token",
+            excerpt(name)
         )))
     }
 }
@@ -515,11 +516,32 @@ fn encode_value(out: &mut Vec<u8>, name: &str, value: &str) -> Result<(), Respon
         code > 0xFF || (code < 0x20 && c != '\t') || code == 0x7F
     }) {
         return Err(ResponseError::InvalidHeader(format!(
-            "value of {name} holds {c:?}"
+            "value of {} holds {c:?}",
+            excerpt(name)
         )));
     }
     encode_latin1(out, value);
     Ok(())
+}
+
+/// Longest excerpt of an app's text in a log line or an error: a Python traceback fits.
+const EXCERPT: usize = 4096;
+
+/// `text` as it may appear in a log line: whole if it is short, else its start and its end
+/// (where a traceback says what went wrong) and how long it was, so that no app can make
+/// the server write megabytes of log for one request.
+pub fn excerpt(text: &str) -> String {
+    if text.len() <= EXCERPT {
+        return text.to_owned();
+    }
+    let head = text.floor_char_boundary(EXCERPT / 4);
+    let tail = text.ceil_char_boundary(text.len() - EXCERPT * 3 / 4);
+    format!(
+        "{} ... ({} bytes in all) ... {}",
+        &text[..head],
+        text.len(),
+        &text[tail..]
+    )
 }
 
 /// Appends `text`, whose chars are all U+00FF or below, as latin-1: one byte a char.
@@ -535,6 +557,16 @@ fn encode_latin1(out: &mut Vec<u8>, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_excerpt_keeps_the_start_and_the_end() {
+        assert_eq!(excerpt("short"), "short");
+        let long = format!("start{}the end", "\u{e9}".repeat(10_000));
+        let shown = excerpt(&long);
+        assert!(shown.len() < EXCERPT + 64, "{}", shown.len());
+        assert!(shown.starts_with("start") && shown.ends_with("the end"));
+        assert!(shown.contains(&format!("({} bytes in all)", long.len())));
+    }
 
     #[test]
     fn the_reason_phrase_goes_out_as_latin1_and_the_head_is_bounded() {

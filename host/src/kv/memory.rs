@@ -66,8 +66,24 @@ impl Held<'_> {
 }
 
 impl MemoryConnection {
-    /// The bucket's map, created empty if need be. Each operation holds the one lock for its
-    /// whole length, which makes every operation atomic.
+    /// Reads the bucket's map, empty if there is none: a read creates nothing, so that
+    /// reads of made-up bucket names cannot grow the host outside the quota.
+    fn read<R>(
+        &mut self,
+        bucket: BucketId,
+        act: impl FnOnce(&BTreeMap<String, Vec<u8>>) -> R,
+    ) -> R {
+        let data: MutexGuard<Data> = self.data.lock().unwrap_or_else(PoisonError::into_inner);
+        let name = format!("{}/{}", bucket.namespace, bucket.bucket);
+        match data.buckets.get(&name) {
+            Some(map) => act(map),
+            None => act(&BTreeMap::new()),
+        }
+    }
+
+    /// The bucket's map, created empty if need be, and gone again if it stays empty. Each
+    /// operation holds the one lock for its whole length, which makes every operation
+    /// atomic.
     fn with<R>(&mut self, bucket: BucketId, act: impl FnOnce(&mut Held) -> R) -> R {
         let mut data: MutexGuard<Data> = self.data.lock().unwrap_or_else(PoisonError::into_inner);
         let Data { buckets, usage } = &mut *data;
@@ -76,11 +92,17 @@ impl MemoryConnection {
             Some(usage) => usage,
             None => usage.entry(bucket.namespace.to_owned()).or_default(),
         };
-        act(&mut Held {
-            map: buckets.entry(name).or_default(),
+        let map = buckets.entry(name.clone()).or_default();
+        let result = act(&mut Held {
+            map,
             usage,
             quota: self.quota,
-        })
+        });
+        // A write the quota refused leaves no empty bucket behind.
+        if buckets.get(&name).is_some_and(BTreeMap::is_empty) {
+            buckets.remove(&name);
+        }
+        result
     }
 }
 
@@ -89,7 +111,7 @@ impl Connection for MemoryConnection {
     fn set_deadline(&mut self, _deadline: std::time::Instant) {}
 
     fn get(&mut self, bucket: BucketId, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.with(bucket, |held| held.map.get(key).cloned()))
+        Ok(self.read(bucket, |map| map.get(key).cloned()))
     }
 
     fn set(&mut self, bucket: BucketId, key: &str, value: &[u8]) -> Result<()> {
@@ -97,17 +119,15 @@ impl Connection for MemoryConnection {
     }
 
     fn delete(&mut self, bucket: BucketId, key: &str) -> Result<()> {
-        self.with(bucket, |held| held.delete(key));
-        Ok(())
+        self.delete_many(bucket, std::slice::from_ref(&key.to_owned()))
     }
 
     fn exists(&mut self, bucket: BucketId, key: &str) -> Result<bool> {
-        Ok(self.with(bucket, |held| held.map.contains_key(key)))
+        Ok(self.read(bucket, |map| map.contains_key(key)))
     }
 
     fn list_keys(&mut self, bucket: BucketId, cursor: Option<&str>) -> Result<KeyPage> {
-        Ok(self.with(bucket, |held| {
-            let map = &held.map;
+        Ok(self.read(bucket, |map| {
             let start = cursor.map_or(Bound::Unbounded, Bound::Excluded);
             let keys: Vec<String> = map
                 .range::<str, _>((start, Bound::Unbounded))
@@ -145,8 +165,8 @@ impl Connection for MemoryConnection {
     }
 
     fn get_many(&mut self, bucket: BucketId, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        Ok(self.with(bucket, |held| {
-            keys.iter().map(|key| held.map.get(key).cloned()).collect()
+        Ok(self.read(bucket, |map| {
+            keys.iter().map(|key| map.get(key).cloned()).collect()
         }))
     }
 
@@ -159,7 +179,23 @@ impl Connection for MemoryConnection {
     }
 
     fn delete_many(&mut self, bucket: BucketId, keys: &[String]) -> Result<()> {
-        self.with(bucket, |held| keys.iter().for_each(|key| held.delete(key)));
+        let mut data: MutexGuard<Data> = self.data.lock().unwrap_or_else(PoisonError::into_inner);
+        let Data { buckets, usage } = &mut *data;
+        let name = format!("{}/{}", bucket.namespace, bucket.bucket);
+        // A delete creates nothing either, and a bucket emptied goes away.
+        let (Some(map), Some(usage)) = (buckets.get_mut(&name), usage.get_mut(bucket.namespace))
+        else {
+            return Ok(());
+        };
+        let mut held = Held {
+            map,
+            usage,
+            quota: self.quota,
+        };
+        keys.iter().for_each(|key| held.delete(key));
+        if held.map.is_empty() {
+            buckets.remove(&name);
+        }
         Ok(())
     }
 }

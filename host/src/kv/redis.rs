@@ -2,7 +2,8 @@
 //! one Redis hash, `wasm-gw:NAMESPACE:BUCKET`, so a namespace can never reach past its own
 //! hashes. What a namespace holds is kept in `wasm-gw-usage:NAMESPACE` (no bucket's name
 //! can spell it), updated by the same Lua script as each write, which refuses a write past
-//! the quota.
+//! the quota. Data written before usage was kept is not counted: counting it would read
+//! every value of the namespace, and block Redis for every other app meanwhile.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +19,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// A socket timeout this close to the one wanted is left alone, saving two syscalls.
 const TIMEOUT_SLACK: Duration = Duration::from_millis(50);
+/// Most pairs, and value bytes, one write script sets: a few milliseconds of Redis.
+const SCRIPT_KEYS: usize = 128;
+const SCRIPT_BYTES: usize = 4 << 20;
 /// A connection idle this long is checked with a PING before use: Redis may have restarted,
 /// or closed it, meanwhile. Busy connections skip the round trip.
 const IDLE_CHECK: Duration = Duration::from_millis(100);
@@ -186,7 +190,6 @@ impl Backend for Redis {
             timeout: COMMAND_TIMEOUT,
             deadline: None,
             quota,
-            counted: None,
             client: self.client.clone(),
             last_used: Instant::now(),
             scripts: self.scripts.clone(),
@@ -201,8 +204,6 @@ struct RedisConnection {
     /// When the current operation must end.
     deadline: Option<Instant>,
     quota: Quota,
-    /// The namespace whose usage is known to be counted.
-    counted: Option<String>,
     client: redis::Client,
     last_used: Instant,
     scripts: Arc<Scripts>,
@@ -284,55 +285,6 @@ impl RedisConnection {
         self.run(true, |this| command.query(&mut this.connection))
     }
 
-    /// Makes sure the usage of `namespace` is counted: data written before usage was kept
-    /// is counted once, by the first worker to get here (`HSETNX`).
-    fn count_usage(&mut self, namespace: &str) -> Result<()> {
-        if self.counted.as_deref() == Some(namespace) {
-            return Ok(());
-        }
-        let usage = usage_key(namespace);
-        let exists: bool = self.query(redis::cmd("EXISTS").arg(&usage))?;
-        if !exists {
-            let pattern = format!("wasm-gw:{namespace}:*");
-            let (keys, bytes) = self.run(true, |this| {
-                let hashes: Vec<String> = redis::cmd("SCAN")
-                    .cursor_arg(0)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .clone()
-                    .iter(&mut this.connection)?
-                    .collect::<redis::RedisResult<_>>()?;
-                let (mut keys, mut bytes) = (0u64, 0u64);
-                for hash in hashes {
-                    let pairs: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
-                        .arg(&hash)
-                        .query(&mut this.connection)?;
-                    keys += pairs.len() as u64;
-                    bytes += pairs
-                        .iter()
-                        .map(|(key, value)| (key.len() + value.len()) as u64)
-                        .sum::<u64>();
-                }
-                Ok((keys, bytes))
-            })?;
-            let mut count = redis::pipe();
-            count
-                .cmd("HSETNX")
-                .arg(&usage)
-                .arg("keys")
-                .arg(keys)
-                .ignore()
-                .cmd("HSETNX")
-                .arg(&usage)
-                .arg("bytes")
-                .arg(bytes)
-                .ignore();
-            self.run(true, |this| count.query::<()>(&mut this.connection))?;
-        }
-        self.counted = Some(namespace.to_owned());
-        Ok(())
-    }
-
     /// Runs a writing script on `bucket` with the quota first, then `args`.
     fn write<T: redis::FromRedisValue>(
         &mut self,
@@ -341,7 +293,6 @@ impl RedisConnection {
         idempotent: bool,
         args: impl Fn(&mut redis::ScriptInvocation),
     ) -> Result<T> {
-        self.count_usage(bucket.namespace)?;
         let (hash, usage) = (hash(bucket), usage_key(bucket.namespace));
         let (quota, scripts) = (self.quota, self.scripts.clone());
         self.run(idempotent, |this| {
@@ -480,21 +431,35 @@ impl Connection for RedisConnection {
     }
 
     fn set_many(&mut self, bucket: BucketId, pairs: &[(String, Vec<u8>)]) -> Result<()> {
-        if pairs.is_empty() {
-            return Ok(());
-        }
-        let set: usize = self.write(
-            |scripts| &scripts.set_many,
-            bucket,
-            true,
-            |script| {
-                for (key, value) in pairs {
-                    script.arg(key).arg(value);
-                }
-            },
-        )?;
-        if set < pairs.len() {
-            return Err(quota_exceeded(&self.quota));
+        // In short scripts, as SQLite writes short transactions: Redis serves no one else
+        // while one runs, and the deadline is checked between them.
+        let mut rest = pairs;
+        while !rest.is_empty() {
+            let mut size = 0;
+            let count = rest
+                .iter()
+                .take(SCRIPT_KEYS)
+                .take_while(|(key, value)| {
+                    size += key.len() + value.len();
+                    size <= SCRIPT_BYTES
+                })
+                .count()
+                .max(1);
+            let (now, later) = rest.split_at(count);
+            let set: usize = self.write(
+                |scripts| &scripts.set_many,
+                bucket,
+                true,
+                |script| {
+                    for (key, value) in now {
+                        script.arg(key).arg(value);
+                    }
+                },
+            )?;
+            if set < now.len() {
+                return Err(quota_exceeded(&self.quota));
+            }
+            rest = later;
         }
         Ok(())
     }

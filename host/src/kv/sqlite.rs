@@ -51,10 +51,10 @@ const USAGE_SCHEMA: &str = "
         bytes INTEGER NOT NULL
     ) WITHOUT ROWID;
     INSERT INTO usage
-        SELECT namespace, count(*), sum(octet_length(key) + length(value)) FROM kv
+        SELECT namespace, count(*), sum(length(CAST(key AS BLOB)) + length(value)) FROM kv
         GROUP BY namespace;
     CREATE TRIGGER kv_inserted AFTER INSERT ON kv BEGIN
-        INSERT INTO usage VALUES (NEW.namespace, 1, octet_length(NEW.key) + length(NEW.value))
+        INSERT INTO usage VALUES (NEW.namespace, 1, length(CAST(NEW.key AS BLOB)) + length(NEW.value))
         ON CONFLICT (namespace) DO UPDATE SET keys = keys + 1, bytes = bytes + excluded.bytes;
     END;
     CREATE TRIGGER kv_updated AFTER UPDATE ON kv BEGIN
@@ -62,7 +62,7 @@ const USAGE_SCHEMA: &str = "
         WHERE namespace = NEW.namespace;
     END;
     CREATE TRIGGER kv_deleted AFTER DELETE ON kv BEGIN
-        UPDATE usage SET keys = keys - 1, bytes = bytes - octet_length(OLD.key) - length(OLD.value)
+        UPDATE usage SET keys = keys - 1, bytes = bytes - length(CAST(OLD.key AS BLOB)) - length(OLD.value)
         WHERE namespace = OLD.namespace;
     END;
     PRAGMA user_version = 1;
@@ -322,6 +322,12 @@ impl Connection for SqliteConnection {
     }
 
     fn delete(&mut self, bucket: BucketId, key: &str) -> Result<()> {
+        if self
+            .deadline
+            .is_some_and(|deadline| deadline <= Instant::now())
+        {
+            return Err(past_deadline());
+        }
         let _turn = Self::turn(
             &self.writers,
             self.patience,
