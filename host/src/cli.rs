@@ -251,9 +251,12 @@ pub struct ServeArgs {
     #[arg(long, default_value = "5", value_parser = parse_seconds)]
     pub keep_alive: Duration,
 
-    /// Open connections at most; more wait in the listen backlog.
-    #[arg(long, default_value_t = 1000)]
-    pub max_connections: usize,
+    /// Open connections at most. At the limit, idle keep-alive connections and then those
+    /// that have not sent a whole head are closed to make room; if none can be, new
+    /// connections wait in the listen backlog [default: 10000, or fewer if the limit of
+    /// open files, raised to its maximum at startup, is lower].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
 
     /// Connections the kernel may queue before they are accepted.
     #[arg(long, default_value_t = 1024)]
@@ -274,6 +277,13 @@ pub struct ServeArgs {
     /// is not.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     pub body_min_rate: u64,
+
+    /// Request bodies of this many bytes or fewer (with a Content-Length) are read whole
+    /// before the request takes an instance, so that slow uploads of forms and JSON never
+    /// hold one; larger ones stream to the app as it reads them. 0 streams every body.
+    /// (nginx's client_body_buffer_size.)
+    #[arg(long, default_value = "1MiB", value_parser = parse_size_or_zero)]
+    pub client_body_buffer_size: usize,
 
     /// Longest request line in bytes; longer ones get 414.
     #[arg(long, default_value_t = 8190, value_parser = clap::value_parser!(u32).range(16..))]
@@ -630,10 +640,18 @@ impl ServeArgs {
     /// The queue of each of `apps` apps, unless it says otherwise: by default, an equal share
     /// of the connections, so that one app's waiting requests never take the others' room.
     pub fn queue_policy(&self, apps: usize) -> QueuePolicy {
-        let share = (self.max_connections / apps.max(1)).max(1);
+        let share = (self.max_connections() / apps.max(1)).max(1);
         QueuePolicy {
             limit: self.queue_limit.map_or(share, |limit| limit as usize),
             timeout: self.queue_timeout,
+        }
+    }
+
+    /// `--max-connections`, or the default the file limit leaves room for.
+    pub fn max_connections(&self) -> usize {
+        match self.max_connections {
+            Some(connections) => usize::try_from(connections).unwrap_or(usize::MAX),
+            None => crate::server::default_max_connections(),
         }
     }
 

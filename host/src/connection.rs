@@ -61,6 +61,9 @@ pub struct ConnectionConfig {
     pub timeouts: Timeouts,
     /// How fast request bodies must arrive and responses drain.
     pub body_pace: Pace,
+    /// Request bodies of this many bytes or fewer, with a Content-Length, are read whole
+    /// before the request takes an instance.
+    pub body_buffer: u64,
     pub multithread: bool,
 }
 
@@ -88,6 +91,18 @@ enum Phase {
     Closing { until: Instant, discarded: usize },
     /// A request waits in its app's queue for a worker.
     Queued(Box<Queued>),
+    /// A request's small body is arriving, to be read whole before the request takes an
+    /// instance, so that a slow upload never holds one.
+    Body(Box<Buffering>),
+}
+
+/// A request whose body is being read whole before it goes to its app.
+struct Buffering {
+    request: Routed,
+    /// When the body began to arrive, for its pace.
+    since: Instant,
+    /// When the rest must have arrived, at the body's pace.
+    until: Instant,
 }
 
 /// A request routed to its app and waiting for one of its workers.
@@ -167,6 +182,10 @@ impl Connection {
             Phase::Head(_) => self.serve(router, config),
             Phase::Closing { .. } => self.linger(),
             Phase::Queued(_) => self.resume(router, config),
+            Phase::Body(_) => match self.buffer_body(config) {
+                Ran::KeepAlive(connection) => connection.serve(router, config),
+                Ran::Ended(next) => next,
+            },
         }
     }
 
@@ -178,7 +197,24 @@ impl Connection {
                 head_deadline: Some(_),
                 ..
             }) | Phase::Queued(_)
+                | Phase::Body(_)
         )
+    }
+
+    /// How little is lost by closing this connection to make room for a new one: 0 for an
+    /// idle keep-alive connection, whose client reconnects as a matter of course, 1 for one
+    /// that has not sent a whole head; `None` for one with a request under way, or
+    /// closing. Ties go to the connection whose wait ends first.
+    pub fn eviction_rank(&self) -> Option<u8> {
+        match &self.state.phase {
+            Phase::Head(progress)
+                if progress.head_deadline.is_none() && self.state.spare.is_some() =>
+            {
+                Some(0)
+            }
+            Phase::Head(_) => Some(1),
+            Phase::Closing { .. } | Phase::Queued(_) | Phase::Body(_) => None,
+        }
     }
 
     /// The queue a request waits in, and the cell its ticket goes in, for the server to
@@ -213,6 +249,12 @@ impl Connection {
         if let Phase::Queued(queued) = &self.state.phase {
             queued.pool.withdraw(&queued.ticket, Refusal::QueueTimeout);
             return self.refuse_queued(Refusal::QueueTimeout);
+        }
+        if let Phase::Body(_) = &self.state.phase {
+            return self.end_buffering(
+                Some((408, "Request Timeout")),
+                "the body did not arrive in time",
+            );
         }
         if !self.owes_answer_at_deadline() {
             return Next::Closed;
@@ -310,20 +352,7 @@ impl Connection {
                 route: route.clone(),
             };
             metrics().request_started();
-            let pool = route.pool.get();
-            let Some(lease) = pool.checkout() else {
-                // Every worker is busy: wait for one without holding this thread.
-                let deadline = Instant::now() + pool.queue_policy().timeout;
-                state.phase = Phase::Queued(Box::new(Queued {
-                    request,
-                    pool,
-                    ticket: Arc::default(),
-                    lease: None,
-                }));
-                return Next::Queue(Connection { io, state }, deadline);
-            };
-            drop(pool);
-            match (Connection { io, state }).run(request, lease, config) {
+            match (Connection { io, state }).dispatch(request, config) {
                 Ran::KeepAlive(Connection {
                     io: kept,
                     state: kept_state,
@@ -335,6 +364,119 @@ impl Connection {
                 return Connection { io, state }.wait();
             }
         }
+    }
+
+    /// Sends a routed request on its way: reads its small body first, then runs it on a free
+    /// worker, or queues it for one.
+    fn dispatch(self, request: Routed, config: &ConnectionConfig) -> Ran {
+        let Connection { mut io, mut state } = self;
+        if let BodyKind::Length(length) = request.framing.body
+            && (1..=config.body_buffer).contains(&length)
+            && (io.buffered().len() as u64) < length
+        {
+            let mut request = request;
+            // The client waits for this before it sends the body; the app will not have to.
+            if request.framing.expect_continue {
+                request.framing.expect_continue = false;
+                if io
+                    .write_all_vectored(&[b"HTTP/1.1 100 Continue\r\n\r\n"])
+                    .is_err()
+                {
+                    let connection = Connection { io, state };
+                    return Ran::Ended(connection.abandon(&request));
+                }
+                io.start_response();
+            }
+            let since = Instant::now();
+            state.phase = Phase::Body(Box::new(Buffering {
+                request,
+                since,
+                until: config.body_pace.deadline(since, 0),
+            }));
+            return Connection { io, state }.buffer_body(config);
+        }
+        let pool = request.route.pool.get();
+        let Some(lease) = pool.checkout() else {
+            // Every worker is busy: wait for one without holding this thread.
+            let deadline = Instant::now() + pool.queue_policy().timeout;
+            state.phase = Phase::Queued(Box::new(Queued {
+                request,
+                pool,
+                ticket: Arc::default(),
+                lease: None,
+            }));
+            return Ran::Ended(Next::Queue(Connection { io, state }, deadline));
+        };
+        drop(pool);
+        Connection { io, state }.run(request, lease, config)
+    }
+
+    /// Reads what has arrived of a body being buffered; once it is whole, sends the request
+    /// on, and until then waits for more without a thread.
+    fn buffer_body(mut self, config: &ConnectionConfig) -> Ran {
+        loop {
+            let Phase::Body(buffering) = &mut self.state.phase else {
+                unreachable!("only a connection reading a body buffers it");
+            };
+            let BodyKind::Length(length) = buffering.request.framing.body else {
+                unreachable!("only bodies of a known length are buffered");
+            };
+            let arrived = self.io.buffered().len() as u64;
+            if arrived >= length {
+                let phase = std::mem::replace(
+                    &mut self.state.phase,
+                    Phase::Head(HeadProgress::idle_for(Duration::ZERO)),
+                );
+                let Phase::Body(buffering) = phase else {
+                    unreachable!("checked above");
+                };
+                return self.dispatch(buffering.request, config);
+            }
+            buffering.until = config.body_pace.deadline(buffering.since, arrived);
+            match self.io.fill_ready() {
+                Ok(Some(0)) | Err(_) => {
+                    return Ran::Ended(self.end_buffering(None, "the client left mid-body"));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Ran::Ended(self.wait()),
+            }
+        }
+    }
+
+    /// Ends a request whose body did not arrive whole: answers `status`, if there is one,
+    /// and closes.
+    fn end_buffering(mut self, status: Option<(u16, &'static str)>, why: &str) -> Next {
+        let phase = std::mem::replace(
+            &mut self.state.phase,
+            Phase::Head(HeadProgress::idle_for(Duration::ZERO)),
+        );
+        let Phase::Body(buffering) = phase else {
+            unreachable!("only a connection reading a body ends it");
+        };
+        let request = buffering.request;
+        tracing::info!(app = %request.route.metrics.app().0, request = request.id, "request body not received: {why}");
+        let Some((code, reason)) = status else {
+            return self.abandon(&request);
+        };
+        self.io.start_response();
+        let sent = write_server_response(
+            &mut self.io,
+            code,
+            reason,
+            &format!("{reason}\n"),
+            Some(request.framing),
+            false,
+        );
+        finish_refused(&request, sent.is_ok().then_some(code));
+        self.state.registration.end_request();
+        self.close()
+    }
+
+    /// Drops a request whose client has gone, with nothing to answer.
+    fn abandon(self, request: &Routed) -> Next {
+        finish_refused(request, None);
+        self.state.registration.end_request();
+        Next::Closed
     }
 
     /// Runs a request on the worker it got, and readies the connection for the next
@@ -436,6 +578,7 @@ impl Connection {
         let deadline = match &self.state.phase {
             Phase::Head(progress) => progress.head_deadline.unwrap_or(progress.idle_until),
             Phase::Closing { until, .. } => *until,
+            Phase::Body(buffering) => buffering.until,
             Phase::Queued(_) => unreachable!("a queued request waits in its queue"),
         };
         if self.owes_answer_at_deadline() && deadline <= Instant::now() {

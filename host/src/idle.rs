@@ -282,6 +282,28 @@ impl<T: AsFd> IdleSet<T> {
         }
     }
 
+    /// Takes out up to `most` parked connections to close, to make room for new ones:
+    /// those `rank` ranks lowest, by rank and then by deadline, oldest first; `None` ranks
+    /// a connection that must not be closed.
+    pub fn evict(&self, most: usize, rank: impl Fn(&T) -> Option<u8>) -> Vec<T> {
+        let mut parked = self.lock();
+        let mut candidates: Vec<(u8, Instant, u32)> = parked
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| {
+                let (connection, deadline) = slot.occupant.as_ref()?;
+                Some((rank(connection)?, *deadline, u32::try_from(index).ok()?))
+            })
+            .collect();
+        candidates.sort_unstable();
+        candidates
+            .into_iter()
+            .take(most)
+            .map(|(_, _, index)| parked.vacate(index).0)
+            .collect()
+    }
+
     /// Whether a parked connection is readable and no thread has taken it yet.
     pub fn has_ready(&self) -> bool {
         is_readable(&self.epoll)

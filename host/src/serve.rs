@@ -24,6 +24,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Before the apps load, which can take seconds: a SIGHUP meanwhile must not kill us.
     let signals = catch_signals()?;
     init_logging(args.log_level, args.log_format)?;
+    server::raise_file_limit();
     let args = Arc::new(args);
     let backend = args.kv_url().open()?;
     let cache = args.code_cache();
@@ -137,6 +138,7 @@ pub fn run(
             patience: args.body_timeout,
             min_rate: args.body_min_rate,
         },
+        body_buffer: args.client_body_buffer_size as u64,
         multithread: workers > 1,
     };
     let (reload_requests, reloads) = mpsc::channel();
@@ -156,7 +158,7 @@ pub fn run(
         listener,
         router,
         config,
-        args.max_connections,
+        args.max_connections(),
         lifecycle.clone(),
     )?;
     let still_open = lifecycle.wait_for_connections(args.graceful_timeout);

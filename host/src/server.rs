@@ -83,8 +83,25 @@ pub fn run(
         .ok()
         .filter(|address| !address.ip().is_unspecified());
     loop {
-        // Past the limit, new connections wait in the kernel's backlog.
-        if !open.acquire(&lifecycle) {
+        // At the limit, a new client waiting to be accepted gets room: the connections
+        // that cost least to lose are closed. If none can be, it waits in the backlog until
+        // a slot frees.
+        let make_room = || {
+            if !is_readable(&listener) {
+                return false;
+            }
+            let evicted = threads
+                .idle
+                .evict(EVICT_BATCH, |client| client.connection.eviction_rank());
+            if !evicted.is_empty() {
+                tracing::debug!(
+                    "closed {} waiting connections to make room for new ones",
+                    evicted.len()
+                );
+            }
+            !evicted.is_empty()
+        };
+        if !open.acquire(&lifecycle, make_room) {
             return Ok(());
         }
         let accepted = listener.accept();
@@ -127,8 +144,56 @@ impl AsFd for Client {
 /// enforced, and how long ready connections wait before a thread is added.
 const WATCH_INTERVAL: Duration = Duration::from_millis(10);
 
-/// How often an accept loop held at the connection limit looks for a stop.
-const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// How many connections one look at the limit closes at most: a batch, so that a flood of
+/// new clients does not cost a scan of every connection each.
+const EVICT_BATCH: usize = 16;
+
+/// How many file descriptors the server keeps for itself beyond its connections: the
+/// listener, epoll, databases, compiled code, the log.
+const RESERVED_FILES: u64 = 100;
+
+/// The default `--max-connections`, where the file limit allows it.
+const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
+
+/// Raises the limit of open files to what the system allows this process, as nginx's
+/// `worker_rlimit_nofile` and Go's runtime do: many systems start processes at 1,024, which
+/// would cap connections there.
+pub fn raise_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(error) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!("cannot raise the limit of open files: {error}");
+        }
+    }
+    tracing::info!(
+        "open files limit {}: up to {} connections by default",
+        open_files(),
+        default_max_connections()
+    );
+}
+
+fn open_files() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
+}
+
+/// The most connections the limit of open files leaves room for, up to 10,000.
+pub fn default_max_connections() -> usize {
+    let connections = open_files()
+        .saturating_sub(RESERVED_FILES)
+        .clamp(16, DEFAULT_MAX_CONNECTIONS);
+    usize::try_from(connections).unwrap_or(usize::MAX)
+}
+
+/// How often an accept loop held at the connection limit looks for a stop, and for new
+/// clients to make room for.
+const ROOM_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How long a thread beyond the minimum waits for a ready connection before it ends.
 const IDLE_THREAD_LIFETIME: Duration = Duration::from_secs(30);
@@ -301,6 +366,19 @@ impl Waiter for Handoff {
     }
 }
 
+/// Whether a new connection waits to be accepted on `listener`.
+fn is_readable(listener: &TcpListener) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        listener,
+        rustix::event::PollFlags::IN,
+    )];
+    let now = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut fds, Some(&now)).is_ok_and(|ready| ready > 0)
+}
+
 /// Takes a serving thread that panics out of the count, which would otherwise keep fewer
 /// threads than it says.
 struct LeavesCountIfPanicking<'a>(&'a AtomicUsize);
@@ -327,16 +405,24 @@ impl ConnectionSlots {
         }
     }
 
-    /// Waits for a free slot; false if the server stops first.
-    fn acquire(&self, lifecycle: &Lifecycle) -> bool {
+    /// Waits for a free slot, calling `make_room` while there is none (it says whether it
+    /// freed any); false if the server stops first.
+    fn acquire(&self, lifecycle: &Lifecycle, make_room: impl Fn() -> bool) -> bool {
         let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
         while *free == 0 {
             if lifecycle.is_stopping() {
                 return false;
             }
+            drop(free);
+            // Connections it closed free their slots as they are dropped.
+            let made = make_room();
+            free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+            if made || *free > 0 {
+                continue;
+            }
             free = self
                 .freed
-                .wait_timeout(free, STOP_CHECK_INTERVAL)
+                .wait_timeout(free, ROOM_CHECK_INTERVAL)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }

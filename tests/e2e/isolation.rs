@@ -115,7 +115,14 @@ fn health(admin: SocketAddr) -> (u16, Value) {
 
 #[test]
 fn a_stuck_app_queues_a_bounded_few_and_the_app_beside_it_never_waits() {
-    let server = hostile_beside_hello(&["--queue-timeout", "3", "--admin", "127.0.0.1:0"]);
+    let server = hostile_beside_hello(&[
+        "--queue-timeout",
+        "3",
+        "--max-connections",
+        "1000",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
     let admin = admin_address(&server);
     // Two requests take both instances until their deadline; a thousand more wait behind
     // them, each stuck in turn if it gets an instance. Two apps share the 1,000 connections,

@@ -264,7 +264,7 @@ fn head_never_pulls_a_streamed_body() {
 }
 
 #[test]
-fn expect_100_continue_is_sent_when_the_app_reads() {
+fn expect_100_continue_is_answered_before_the_body_is_sent() {
     for echo in echo_apps() {
         eprintln!("echo app: {}", echo.display());
         let server = Server::start_path(&echo, &[]);

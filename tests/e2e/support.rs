@@ -378,6 +378,23 @@ impl Server {
         stream
     }
 
+    /// A connection whose receive buffer holds `bytes`, set before it connects so that the
+    /// window it offers is that small too.
+    pub fn connect_with_receive_buffer(&self, bytes: usize) -> TcpStream {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(self.addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .unwrap();
+        socket.set_recv_buffer_size(bytes).unwrap();
+        socket.connect(&self.addr.into()).expect("connect");
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream
+    }
+
     /// Sends `request` on a new connection and reads one response.
     pub fn raw(&self, request: &[u8]) -> RawResponse {
         let mut stream = self.connect();

@@ -261,6 +261,26 @@ fn a_client_that_stops_reading_cannot_hold_a_worker() {
 }
 
 #[test]
+fn a_client_that_reads_nothing_is_cut_off_whatever_the_kernel_buffered() {
+    let server = Server::start("stream", &["--workers", "1", "--body-timeout", "2"]);
+    // At the default pace of 500 bytes a second, the megabytes the kernel takes into its
+    // buffers must buy nothing: only what the client takes counts.
+    let mut stalled = server.connect_with_receive_buffer(4096);
+    stalled
+        .write_all(b"GET /count?n=10000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let response = server.raw(b"GET /count?n=3 HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(response.text(), "1\n2\n3\n");
+    let waited = started.elapsed();
+    assert!(
+        waited < std::time::Duration::from_secs(2 + 5),
+        "the second client waited {waited:?}"
+    );
+    drop(stalled);
+}
+
+#[test]
 fn each_response_has_its_own_write_clock() {
     let server = Server::start(
         "hello",
@@ -283,4 +303,124 @@ fn each_response_has_its_own_write_clock() {
     std::thread::sleep(std::time::Duration::from_millis(1500));
     (&stream).write_all(b"NOT HTTP\r\n\r\n").unwrap();
     assert_eq!(RawResponse::read(&mut reader, false).status, 400);
+}
+
+#[test]
+fn a_slow_upload_holds_no_instance_until_its_body_is_in() {
+    let server = Server::start("echo", &["--workers", "1", "--admin", "127.0.0.1:0"]);
+    let admin = crate::admin::admin_address(&server);
+    // Half a megabyte, at a trickle: it is read whole before the one instance is taken.
+    let total = 512 * 1024;
+    let mut slow = server.connect();
+    write!(
+        slow,
+        "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {total}\r\n\r\nfirst"
+    )
+    .unwrap();
+    let in_flight = || {
+        let text = crate::support::client()
+            .get(format!("http://{admin}/metrics"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix("wasm_gw_requests_in_flight "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = std::time::Instant::now() + crate::support::IO_TIMEOUT;
+    while in_flight() < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never began"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let asked = std::time::Instant::now();
+    let response = server.raw(b"GET /other HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(response.status, 200);
+    let took = asked.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(500),
+        "the GET took {took:?}"
+    );
+    // The upload then arrives whole, and the app sees all of it.
+    slow.write_all(&vec![b'x'; total - 5]).unwrap();
+    let response = RawResponse::read(&mut BufReader::new(slow), false);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body.len(), total);
+}
+
+/// Raises this test process's limit of open files to its maximum, for clients by the
+/// thousand.
+fn raise_own_file_limit() {
+    // SAFETY: getrlimit and setrlimit read and write the struct given, nothing else.
+    unsafe {
+        let mut limit = std::mem::zeroed::<libc::rlimit>();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+}
+
+#[test]
+fn five_thousand_silent_connections_never_lock_a_client_out() {
+    raise_own_file_limit();
+    let server = Server::start("hello", &[]);
+    server.wait_for_log(&["open files limit", "connections by default"]);
+    let silent: Vec<TcpStream> = (0..5000).map(|_| server.connect()).collect();
+    let asked = std::time::Instant::now();
+    let response = server.raw(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(response.status, 200);
+    let took = asked.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(1),
+        "the client waited {took:?}"
+    );
+    drop(silent);
+}
+
+#[test]
+fn at_the_connection_limit_the_cheapest_connections_make_room() {
+    let server = Server::start("hello", &["--max-connections", "40", "--keep-alive", "60"]);
+    // Twenty idle keep-alive connections, then twenty silent ones: the server is full.
+    let mut idle: Vec<_> = (0..20).map(|_| idle_connection(&server)).collect();
+    let silent: Vec<TcpStream> = (0..20).map(|_| server.connect()).collect();
+    // A new client is served at once: an idle keep-alive connection made room for it.
+    for _ in 0..5 {
+        let asked = std::time::Instant::now();
+        let response = server.raw(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(response.status, 200);
+        let took = asked.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(1),
+            "the client waited {took:?}"
+        );
+    }
+    // The idle keep-alive connections went first (their clients see the close, which came
+    // before the new clients were served); the silent ones, which cost more to lose, are
+    // all still open.
+    let closed = |stream: &mut TcpStream| {
+        stream.set_nonblocking(true).unwrap();
+        let mut byte = [0];
+        match stream.read(&mut byte) {
+            Ok(0) => true,
+            Err(error) => error.kind() != std::io::ErrorKind::WouldBlock,
+            Ok(_) => panic!("nothing was asked"),
+        }
+    };
+    let evicted = idle
+        .iter_mut()
+        .map(|idle| closed(idle.get_mut()))
+        .filter(|&gone| gone)
+        .count();
+    assert!(evicted >= 1, "no idle connection was closed");
+    for mut stream in silent {
+        assert!(
+            !closed(&mut stream),
+            "a silent connection was closed before the idle ones"
+        );
+    }
 }

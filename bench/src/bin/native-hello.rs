@@ -66,6 +66,7 @@ fn main() -> anyhow::Result<()> {
     };
     let signals = catch_signals()?;
     init_logging(args.log_level, args.log_format)?;
+    wasm_gw::server::raise_file_limit();
     let name = "native-hello".into();
     let gauges = metrics().pool(&name, args.timeout);
     let pool = Pool::new(

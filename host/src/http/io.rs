@@ -96,6 +96,9 @@ pub struct Io {
     write_pace: Pace,
     response_started: Option<Instant>,
     response_bytes: u64,
+    /// When the client was last seen to have taken its share of the response, and how
+    /// much it had taken then.
+    drained: Option<(Instant, u64)>,
 }
 
 impl Io {
@@ -110,6 +113,7 @@ impl Io {
             write_pace,
             response_started: None,
             response_bytes: 0,
+            drained: None,
         }
     }
 
@@ -118,6 +122,7 @@ impl Io {
     pub fn start_response(&mut self) {
         self.response_started = None;
         self.response_bytes = 0;
+        self.drained = None;
     }
 
     /// The bytes read from the socket and not consumed yet.
@@ -261,14 +266,15 @@ impl Io {
         };
         let started = *self.response_started.get_or_insert_with(Instant::now);
         while !remaining.is_empty() {
-            let deadline = self.write_pace.deadline(started, self.response_bytes);
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::ErrorKind::TimedOut.into());
-            }
             let sent = match send_ready(&self.stream, remaining)? {
                 Some(sent) => Ok(sent),
                 None => {
+                    // The kernel's buffer is full: the client must have taken its share.
+                    let deadline = self.drain_deadline(started);
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
                     if self.write_timeout.needs(left) {
                         self.stream.set_write_timeout(Some(left))?;
                         self.write_timeout.0 = Some(left);
@@ -298,6 +304,30 @@ impl Io {
         Ok(())
     }
 
+    /// When a response blocked on a full socket must have moved on. The client's progress
+    /// is what it has taken, not what the kernel took into its buffers on its behalf, and it
+    /// must take `min_rate × patience` bytes in every `patience`: credit is not banked, or
+    /// the megabytes a fast start or the kernel's buffers account for would buy a client
+    /// that then reads nothing hours at 500 bytes a second (nginx's `send_timeout` is the
+    /// same rule, with a window and no minimum).
+    fn drain_deadline(&mut self, started: Instant) -> Instant {
+        let delivered = self
+            .response_bytes
+            .saturating_sub(unacknowledged(&self.stream));
+        let window = self.write_pace.patience;
+        let step = self
+            .write_pace
+            .min_rate
+            .saturating_mul(window.as_secs().max(1));
+        let (since, taken) = *self.drained.get_or_insert((started, 0));
+        if delivered >= taken.saturating_add(step) {
+            let now = Instant::now();
+            self.drained = Some((now, delivered));
+            return now + window;
+        }
+        since + window
+    }
+
     /// Stops writing: the client sees the end of the response. Closing a socket with
     /// unread input makes the kernel send a reset, which can destroy the response before the
     /// client reads it; so the connection then discards input until the client closes too.
@@ -310,6 +340,21 @@ impl AsFd for Io {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
     }
+}
+
+/// Bytes written to `stream` that its peer has not acknowledged yet (`SIOCOUTQ`): still in
+/// the kernel's send queue, or on their way. 0 if the kernel won't say.
+fn unacknowledged(stream: &TcpStream) -> u64 {
+    /// `SIOCOUTQ`, which Linux spells `TIOCOUTQ` for sockets too.
+    const SIOCOUTQ: rustix::ioctl::Opcode = 0x5411;
+    // SAFETY: SIOCOUTQ writes one C int, which is what the getter reserves and reads.
+    let queued = unsafe {
+        rustix::ioctl::ioctl(
+            stream,
+            rustix::ioctl::Getter::<SIOCOUTQ, std::ffi::c_int>::new(),
+        )
+    };
+    queued.map_or(0, |queued| u64::try_from(queued).unwrap_or(0))
 }
 
 /// One write that doesn't wait, whatever the socket's mode; `None` if the socket's buffer
