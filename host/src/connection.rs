@@ -155,7 +155,7 @@ impl Connection {
         lifecycle: &Arc<Lifecycle>,
     ) -> Next {
         let stream = Arc::new(stream);
-        let Some(registration) = lifecycle.register(&stream) else {
+        let Some(registration) = lifecycle.register() else {
             return Next::Closed;
         };
         let Ok(local) = local.map_or_else(|| stream.local_addr(), Ok) else {
@@ -214,6 +214,19 @@ impl Connection {
             }
             Phase::Head(_) => Some(1),
             Phase::Closing { .. } | Phase::Queued(_) | Phase::Body(_) => None,
+        }
+    }
+
+    /// Whether the connection may be closed as the server stops: it waits for a request, of
+    /// which nothing has arrived (`Some`, for [`crate::idle::IdleSet::evict`]).
+    pub fn idle_at_stop(&self) -> Option<u8> {
+        match &self.state.phase {
+            Phase::Head(progress)
+                if progress.head_deadline.is_none() && !self.io.input_waiting() =>
+            {
+                Some(0)
+            }
+            _ => None,
         }
     }
 
@@ -307,7 +320,7 @@ impl Connection {
                 };
             if !state.registration.begin_request() {
                 let body = "Service Unavailable: the server is stopping\n";
-                let _ = write_server_response(
+                let sent = write_server_response(
                     &mut io,
                     503,
                     "Service Unavailable",
@@ -315,6 +328,7 @@ impl Connection {
                     Some(framing),
                     false,
                 );
+                access_log::record(&environ, sent.is_ok().then_some(503), 0, Duration::ZERO);
                 return Connection { io, state }.close();
             }
             let router = router.get();
@@ -485,9 +499,12 @@ impl Connection {
         let Connection { io, mut state } = self;
         let (io, after, strings) = handle(io, request, lease, config);
         match after {
-            After::KeepAlive if state.registration.end_request() => {}
+            // A stopping server keeps the connection too: the client may have sent its next
+            // request already, which then gets 503 and `Connection: close` rather than a
+            // close that loses it. An idle one is closed after the grace.
+            After::KeepAlive => state.registration.end_request(),
             After::Ended => return Ran::Ended(Connection { io, state }.close_ended()),
-            After::KeepAlive | After::Close => return Ran::Ended(Connection { io, state }.close()),
+            After::Close => return Ran::Ended(Connection { io, state }.close()),
         }
         state.spare = Some(strings);
         state.phase = Phase::Head(HeadProgress::idle_for(config.timeouts.keep_alive));

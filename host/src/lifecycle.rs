@@ -1,10 +1,14 @@
 //! Graceful shutdown: stop accepting, close idle connections, let requests in flight finish.
 
 use std::collections::HashMap;
-use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+/// How long connections that are idle when the server stops may still send a request, to be
+/// answered 503 rather than closed while it is on its way: a client under keep-alive load
+/// sends its next request within microseconds of its last response.
+pub const IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// The server's run state, shared by the accept loop, the connections and the signal thread.
 #[derive(Default)]
@@ -19,8 +23,6 @@ pub struct Lifecycle {
 
 /// An open connection, as the shutdown sees it.
 struct Tracked {
-    /// The connection's socket, to wake it when idle.
-    stream: Arc<TcpStream>,
     /// A request is in flight; shutting down waits for it.
     busy: Mutex<bool>,
 }
@@ -38,9 +40,8 @@ impl Lifecycle {
     }
 
     /// Tracks a new connection, or returns `None` when the server is stopping.
-    pub fn register(self: &Arc<Self>, stream: &Arc<TcpStream>) -> Option<Registration> {
+    pub fn register(self: &Arc<Self>) -> Option<Registration> {
         let tracked = Arc::new(Tracked {
-            stream: stream.clone(),
             busy: Mutex::new(false),
         });
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
@@ -56,25 +57,32 @@ impl Lifecycle {
         })
     }
 
-    /// Stops the server: from now on no connection takes a new request, and every idle one
-    /// is closed. Returns how many requests are still in flight.
+    /// Stops the server: from now on no connection takes a new request; a request that
+    /// arrives gets 503 and its connection closes, and connections that stay idle are
+    /// closed by the server's watchdog after [`IDLE_GRACE`]. Returns how many requests are
+    /// still in flight.
     pub fn stop(&self) -> usize {
         *self
             .stopped_at
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         self.stopping.store(true, Ordering::Release);
-        let connections = self.lock();
-        let mut busy = 0;
-        for tracked in connections.values() {
-            if *tracked.busy.lock().unwrap_or_else(PoisonError::into_inner) {
-                busy += 1;
-            } else {
-                // Wakes the connection's wait with an end of input.
-                let _ = tracked.stream.shutdown(Shutdown::Read);
-            }
+        self.lock()
+            .values()
+            .filter(|tracked| *tracked.busy.lock().unwrap_or_else(PoisonError::into_inner))
+            .count()
+    }
+
+    /// How long ago the server began to stop, if it has.
+    pub fn stopped_for(&self) -> Option<Duration> {
+        if !self.is_stopping() {
+            return None;
         }
-        busy
+        let stopped_at = *self
+            .stopped_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        stopped_at.map(|at| at.elapsed())
     }
 
     /// Waits until every connection has ended, or `timeout` has passed since the stop.
@@ -123,14 +131,13 @@ impl Registration {
         true
     }
 
-    /// Marks the request as done. Returns false if the server is stopping.
-    pub fn end_request(&self) -> bool {
+    /// Marks the request as done.
+    pub fn end_request(&self) {
         *self
             .tracked
             .busy
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = false;
-        !self.lifecycle.is_stopping()
     }
 }
 

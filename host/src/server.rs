@@ -20,7 +20,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::connection::{Connection, ConnectionConfig, Next};
 use crate::http::io::threads_waiting_on_peers;
 use crate::idle::{IdleSet, Wakeup};
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::{IDLE_GRACE, Lifecycle};
 use crate::pool::{Lease, Waiter};
 use crate::router::CurrentRouter;
 
@@ -63,6 +63,7 @@ pub fn run(
         router,
         config,
         running: AtomicUsize::new(0),
+        lifecycle: lifecycle.clone(),
         min_threads: thread::available_parallelism().map_or(2, usize::from),
         max_threads: max_connections.max(1),
     });
@@ -204,6 +205,7 @@ struct ServingThreads {
     router: Arc<CurrentRouter>,
     config: ConnectionConfig,
     running: AtomicUsize,
+    lifecycle: Arc<Lifecycle>,
     /// As many threads as cores are kept even when idle, and kept able to run: more are added
     /// while some wait on clients, up to one per open connection.
     min_threads: usize,
@@ -310,6 +312,17 @@ impl ServingThreads {
             drop(quiet);
             if !owing.is_empty() {
                 self.answer_expired(owing);
+            }
+            // Stopping: connections still idle after the grace are closed.
+            if self
+                .lifecycle
+                .stopped_for()
+                .is_some_and(|stopped| stopped >= IDLE_GRACE)
+            {
+                drop(
+                    self.idle
+                        .evict(usize::MAX, |client| client.connection.idle_at_stop()),
+                );
             }
 
             let taken = self.idle.taken();

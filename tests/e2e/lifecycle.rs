@@ -75,3 +75,84 @@ fn a_closed_log_pipe_costs_log_lines_not_requests_or_shutdown() {
     server.signal("TERM");
     assert_eq!(server.wait_for_exit(), Some(0));
 }
+
+/// Reads one response's status off `reader`, its body skipped; `None` if the connection
+/// ended first.
+fn read_status(reader: &mut BufReader<TcpStream>) -> Option<u16> {
+    use std::io::{BufRead, Read};
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let status = line.split(' ').nth(1)?.parse().ok()?;
+    let mut length = 0;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).ok()?;
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(status)
+}
+
+#[test]
+fn sigterm_under_keep_alive_load_answers_every_request_it_reads() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut server = Server::start("hello", &["--workers", "2"]);
+    let (answered, lost) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    thread::scope(|scope| {
+        // Eight clients, each on one keep-alive connection, asking again as soon as they
+        // are answered, until the server says it is stopping.
+        for _ in 0..8 {
+            let stream = server.connect();
+            let (answered, lost) = (&answered, &lost);
+            scope.spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                loop {
+                    if writer
+                        .write_all(b"GET /?name=load HTTP/1.1\r\nHost: a\r\n\r\n")
+                        .is_err()
+                    {
+                        lost.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    match read_status(&mut reader) {
+                        Some(200) => answered.fetch_add(1, Ordering::SeqCst),
+                        Some(503) => {
+                            answered.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        Some(other) => panic!("answered {other}"),
+                        None => {
+                            lost.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    };
+                }
+            });
+        }
+        while answered.load(Ordering::SeqCst) < 1000 {
+            thread::yield_now();
+        }
+        server.signal("TERM");
+    });
+    assert_eq!(server.wait_for_exit(), Some(0));
+    assert_eq!(lost.load(Ordering::SeqCst), 0, "requests went unanswered");
+    // Every response sent is in the access log, the 503s of the shutdown included; the log
+    // is written out before the last line.
+    server.wait_for_log(&["all requests finished"]);
+    let logged = server.log_lines_with("\"GET /?name=load HTTP/1.1\" 200 ")
+        + server.log_lines_with("\"GET /?name=load HTTP/1.1\" 503 ");
+    assert_eq!(logged, answered.load(Ordering::SeqCst));
+    assert_eq!(
+        server.log_lines_with("\"GET /?name=load HTTP/1.1\" 503 "),
+        8
+    );
+}

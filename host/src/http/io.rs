@@ -191,6 +191,19 @@ impl Io {
         self.fill_ready()
     }
 
+    /// Whether input waits: buffered, or arrived in the kernel.
+    pub fn input_waiting(&self) -> bool {
+        if !self.buffered().is_empty() {
+            return true;
+        }
+        let mut fds = [PollFd::new(&*self.stream, PollFlags::IN)];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        rustix::event::poll(&mut fds, Some(&now)).is_ok_and(|ready| ready > 0)
+    }
+
     /// Whether the client has closed the connection, or reset it, seen without reading.
     /// Like nginx, a client that shut down its sending side counts as gone, whatever it
     /// sent before: HTTP/1.1 clients keep it open while they wait for the response. This is
