@@ -285,15 +285,23 @@ pub struct ServeArgs {
     #[arg(long, default_value = "1MiB", value_parser = parse_size_or_zero)]
     pub client_body_buffer_size: usize,
 
-    /// Longest request line in bytes; longer ones get 414.
-    #[arg(long, default_value_t = 8190, value_parser = clap::value_parser!(u32).range(16..))]
+    /// Longest request line in bytes, its CRLF not counted, as Gunicorn counts it; longer
+    /// ones get 414.
+    #[arg(long, default_value_t = 4094, value_parser = clap::value_parser!(u32).range(16..))]
     pub limit_request_line: u32,
+
+    /// Serve methods that are valid tokens but unconventional (with a lowercase letter or
+    /// `#`, or fewer than 3 or more than 20 characters), which are refused with 400 by
+    /// default, as Gunicorn does.
+    #[arg(long)]
+    pub permit_unconventional_http_method: bool,
 
     /// Most header fields in a request (and trailer fields in a chunked body); more get 431.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub limit_request_fields: u32,
 
-    /// Longest header field line (`Name: value`) in bytes; longer ones get 431.
+    /// Longest header field line in bytes, counted as Gunicorn does: the whole line with its
+    /// CRLF; longer ones get 431.
     #[arg(long, default_value_t = 8190, value_parser = clap::value_parser!(u32).range(16..))]
     pub limit_request_field_size: u32,
 
@@ -660,6 +668,7 @@ impl ServeArgs {
             request_line: self.limit_request_line as usize,
             fields: self.limit_request_fields as usize,
             field_bytes: self.limit_request_field_size as usize,
+            unconventional_methods: self.permit_unconventional_http_method,
         }
     }
 

@@ -346,7 +346,8 @@ impl Connection {
             if let BodyKind::Length(length) = framing.body
                 && route.max_body.is_some_and(|max| length > max)
             {
-                tracing::warn!(%peer, "rejected request with 413: a body of {length} bytes is over the app's limit");
+                let limit = route.max_body.unwrap_or_default();
+                tracing::warn!(%peer, "rejected request with 413: a body of {length} bytes is over the limit of {limit} bytes for this app (its max-body-size, or --max-body-size)");
                 let refusal = (413, "Content Too Large", "Content Too Large\n");
                 return turn_away(Connection { io, state }, &environ, framing, refusal);
             }
@@ -717,12 +718,14 @@ fn read_head(
     spare: &mut Option<RequestStrings>,
 ) -> HeadRead {
     loop {
-        let buffered = io.buffered();
-        if !buffered.is_empty() {
+        let arrived = io.buffered().len();
+        if arrived > 0 {
             progress
                 .head_deadline
                 .get_or_insert_with(|| Instant::now() + config.timeouts.head);
-            if worth_parsing(buffered, progress.scanned, &config.limits) {
+            if worth_parsing(io.buffered(), progress.scanned, &config.limits) {
+                request::serve_higher_minor_as_1_1(io.buffered_mut());
+                let buffered = io.buffered();
                 let mut inline = [httparse::EMPTY_HEADER; INLINE_HEADER_SLOTS];
                 let mut heap = Vec::new();
                 let slots = if config.limits.fields <= INLINE_HEADER_SLOTS {
@@ -742,12 +745,15 @@ fn read_head(
                     Ok(None) => {}
                 }
             }
-            progress.scanned = buffered.len();
+            progress.scanned = arrived;
         }
         match io.fill_ready() {
             Ok(Some(0)) if io.buffered().is_empty() => return HeadRead::Closed,
             Ok(Some(0)) => {
-                return HeadRead::Invalid(RequestError::Malformed("incomplete request head"));
+                // The client left before its head was whole: nothing to answer, nothing
+                // refused (Gunicorn's NoMoreData).
+                tracing::debug!("client closed the connection before its request head ended");
+                return HeadRead::Closed;
             }
             Ok(Some(_)) => {}
             Ok(None) => return HeadRead::Pending,
@@ -912,10 +918,13 @@ fn error_response(
     if let Some(error) = &exchange.body_failed {
         // The app's own error, if any, only followed from the missing body.
         tracing::info!(app, request = id, "request body not received: {error}");
-        return Some(match error {
-            BodyError::Io(error) if is_timeout(error) => (408, "Request Timeout"),
-            _ => (400, "Bad Request"),
-        });
+        return match error {
+            BodyError::Io(error) if is_timeout(error) => Some((408, "Request Timeout")),
+            // The client closed its side mid-body: it is gone, and gets nothing (the access
+            // line's status is `-`).
+            BodyError::Truncated => None,
+            _ => Some((400, "Bad Request")),
+        };
     }
     if let Some(failure) = &failure {
         tracing::error!(app, request = id, "app {failure}");

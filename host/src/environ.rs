@@ -188,6 +188,9 @@ fn refill(field: &mut String, text: &str) {
 /// Splits a request target into its authority, if it has one, its path and its query.
 /// Absolute-form (`http://host/path`) yields both; `*` (for OPTIONS) stays as it is.
 fn split_target(target: &str) -> (Option<&str>, &str, &str) {
+    // RFC 9112 §3.2: the request target carries no fragment; one sent all the same is
+    // dropped, as Gunicorn does. RAW_URI keeps the target as sent.
+    let target = target.split_once('#').map_or(target, |(before, _)| before);
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     match path.split_once("://") {
         Some((scheme, rest)) if !scheme.contains('/') => {
@@ -299,6 +302,7 @@ mod tests {
             request_line: 64,
             fields: 8,
             field_bytes: 128,
+            unconventional_methods: false,
         };
         let (head, _) = parse(raw, &mut slots, &limits).unwrap().unwrap();
         let local = "127.0.0.1:8000".parse().unwrap();
@@ -366,6 +370,11 @@ mod tests {
         assert_eq!(split_target("http://h"), (Some("h"), "/", ""));
         assert_eq!(split_target("http://h?q"), (Some("h"), "/", "q"));
         assert_eq!(split_target("*"), (None, "*", ""));
+        assert_eq!(
+            split_target("/forums/1/topics/2375?page=1#posts-17408"),
+            (None, "/forums/1/topics/2375", "page=1")
+        );
+        assert_eq!(split_target("/frag#x?y"), (None, "/frag", ""));
     }
 
     #[test]

@@ -81,7 +81,18 @@ fn cases() -> Vec<Case> {
         ok("DELETE", "DELETE /x HTTP/1.1\r\nHost: a\r\n\r\n"),
         ok("PATCH", "PATCH /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"),
         ok("extension method", "PURGE /x HTTP/1.1\r\nHost: a\r\n\r\n"),
-        ok("lowercase method is a different token", "get / HTTP/1.1\r\nHost: a\r\n\r\n"),
+        ok("a method of 20 characters", "ABCDEFGHIJKLMNOPQRST / HTTP/1.1\r\nHost: a\r\n\r\n"),
+        ok("a method of 3 characters", "GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+        // RFC 9110 §6.2: a higher minor version of HTTP/1 is served as HTTP/1.1.
+        ok("HTTP/1.2", "GET / HTTP/1.2\r\nHost: a\r\n\r\n"),
+        ok("HTTP/1.9", "GET / HTTP/1.9\r\nHost: a\r\n\r\n"),
+        // RFC 9112 §3.2: a fragment is no part of the target; it is dropped, as Gunicorn does.
+        ok("a fragment", "GET /forums/1/topics/2375?page=1#posts-17408 HTTP/1.1\r\nHost: a\r\n\r\n"),
+        ok("a fragment without a query", "GET /frag#x HTTP/1.1\r\nHost: a\r\n\r\n"),
+        // The limits, counted as Gunicorn counts them: the request line without its CRLF,
+        // a field line with its CRLF.
+        ok("request line at the limit", format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(4094 - 14))),
+        ok("field line at the limit", get_with(&format!("X-Big: {}\r\n", "v".repeat(8190 - 2 - 7)))),
         ok("OPTIONS *", "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"),
         ok("HEAD", "HEAD / HTTP/1.1\r\nHost: a\r\n\r\n"),
         ok("absolute-form", "GET http://a/x?y HTTP/1.1\r\nHost: a\r\n\r\n"),
@@ -185,6 +196,20 @@ fn cases() -> Vec<Case> {
         closes("invalid trailer field", chunked("0\r\nBad Field: 1\r\n\r\n"), 400),
         closes("bare LF in trailer", chunked("0\r\nX: 1\n\r\n"), 400),
         closes("too many trailer fields", chunked(&format!("0\r\n{}\r\n", many_fields(101))), 431),
+        // RFC 9110 §6.5.1: fields that framing, routing or authentication depend on.
+        closes("Content-Length in a trailer", chunked("5\r\nhello\r\n0\r\nContent-Length: 5\r\n\r\n"), 400),
+        closes("Host in a trailer", chunked("0\r\nHost: b\r\n\r\n"), 400),
+        closes("Transfer-Encoding in a trailer", chunked("0\r\nTransfer-Encoding: chunked\r\n\r\n"), 400),
+        closes("Authorization in a trailer", chunked("0\r\nAuthorization: Basic eA==\r\n\r\n"), 400),
+        closes("TE and Trailer in a trailer", chunked("0\r\nTE: trailers\r\nTrailer: X\r\n\r\n"), 400),
+        // Gunicorn's default: a valid token, but no conventional method.
+        closes("a lowercase method", "get / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        closes("a method with a lowercase letter", "-bl /foo HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        closes("a method with #", "G#T / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        closes("a method of 2 characters", "GE / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        closes("a method of 21 characters", "ABCDEFGHIJKLMNOPQRSTU / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        // RFC 9110 §5.3: Content-Type is a singleton.
+        closes("two Content-Types", get_with("Content-Type: text/plain\r\nContent-Type: text/html\r\n"), 400),
         // The request line.
         closes("HTTP/2.0", "GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
         closes("HTTP/3.0", "GET / HTTP/3.0\r\nHost: a\r\n\r\n", 505),
@@ -203,9 +228,9 @@ fn cases() -> Vec<Case> {
         closes("garbage", "GARBAGE\r\n\r\n", 400),
         closes("binary garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
         // Limits.
-        closes("request line over the limit", format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(8190)), 414),
+        closes("request line over the limit", format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(4094 - 13)), 414),
         closes("method over the line limit", format!("{} / HTTP/1.1\r\nHost: a\r\n\r\n", "M".repeat(8200)), 414),
-        closes("field over the size limit", get_with(&format!("X-Big: {}\r\n", "v".repeat(8190))), 431),
+        closes("field over the size limit", get_with(&format!("X-Big: {}\r\n", "v".repeat(8190 - 2 - 6))), 431),
         closes("101 fields", get_with(&many_fields(100)), 431),
         closes("Content-Length over the body limit", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1048577\r\n\r\n", 413),
         closes("a chunk over the body limit", chunked("100001\r\n"), 413),

@@ -195,3 +195,22 @@ fn a_keep_alive_request_sees_nothing_of_the_one_before() {
         assert_eq!(second["headers"].as_array().unwrap().len(), 2);
     }
 }
+
+#[test]
+fn a_fragment_is_dropped_and_a_higher_minor_version_is_served_as_1_1() {
+    let server = Server::start("echo", &[]);
+    let response = server.raw(
+        b"GET /forums/1/topics/2375?page=1#posts-17408 HTTP/1.2\r\nHost: a\r\nX-Echo-Environ: 1\r\n\r\n",
+    );
+    assert_eq!(response.status, 200);
+    let meta = meta(&response);
+    let environ = &meta["environ"];
+    assert_eq!(environ["PATH_INFO"], "/forums/1/topics/2375");
+    assert_eq!(environ["QUERY_STRING"], "page=1");
+    // RAW_URI keeps the target as sent, fragment and all.
+    assert_eq!(
+        environ["RAW_URI"],
+        "/forums/1/topics/2375?page=1#posts-17408"
+    );
+    assert_eq!(environ["SERVER_PROTOCOL"], "HTTP/1.1");
+}

@@ -192,7 +192,7 @@ fn each_app_has_its_own_body_limit() {
     };
     assert_eq!(chunked("/small/x").status, 413);
     assert_eq!(chunked("/x").body.len(), 1025);
-    server.wait_for_log(&["413", "over the app's limit"]);
+    server.wait_for_log(&["413", "is over the limit of"]);
 }
 
 /// Sorted latencies' 99th percentile.

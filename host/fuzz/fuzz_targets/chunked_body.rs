@@ -12,13 +12,13 @@ const LIMITS: Limits = Limits {
     request_line: 256,
     fields: 8,
     field_bytes: 128,
-    body: Some(1 << 16),
+    unconventional_methods: false,
 };
 
 /// The body, or None where the framing was refused or never ended.
 fn decode(input: &[u8], piece: usize) -> Option<Vec<u8>> {
     let pace = Pace { patience: std::time::Duration::from_secs(1), min_rate: 1 };
-    let mut decoder = BodyDecoder::new(BodyKind::Chunked, LIMITS, pace);
+    let mut decoder = BodyDecoder::new(BodyKind::Chunked, LIMITS, Some(1 << 16), pace);
     let mut buffered = Vec::new();
     let mut fed = 0;
     let mut body = Vec::new();

@@ -10,7 +10,7 @@ const LIMITS: Limits = Limits {
     request_line: 256,
     fields: 16,
     field_bytes: 256,
-    body: Some(1 << 20),
+    unconventional_methods: false,
 };
 
 fuzz_target!(|data: &[u8]| {

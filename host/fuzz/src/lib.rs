@@ -3,3 +3,6 @@
 
 #[path = "../../src/http/mod.rs"]
 pub mod http;
+
+#[path = "../../src/decimal.rs"]
+pub mod decimal;

@@ -275,6 +275,13 @@ impl BodyDecoder {
                 });
                 if too_long {
                     Err(RequestError::TrailerTooLarge)
+                } else if fields
+                    .iter()
+                    .any(|field| is_forbidden_in_trailer(field.name))
+                {
+                    Err(RequestError::InvalidChunk(
+                        "a trailer field that framing, routing or authentication depends on",
+                    ))
                 } else {
                     Ok(())
                 }
@@ -378,6 +385,25 @@ fn clamp(wanted: u64, available: usize) -> usize {
     usize::try_from(wanted).map_or(available, |wanted| wanted.min(available))
 }
 
+/// RFC 9110 §6.5.1: "Many fields cannot be processed outside the header section because
+/// their evaluation is necessary prior to receiving the content, such as those that describe
+/// message framing, routing, authentication, request modifiers, response controls, or
+/// content format. A sender MUST NOT generate a trailer field unless the sender knows the
+/// corresponding header field name's definition permits the field to be sent in trailers."
+/// These are the ones Gunicorn refuses.
+fn is_forbidden_in_trailer(name: &str) -> bool {
+    [
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "trailer",
+        "authorization",
+        "te",
+    ]
+    .iter()
+    .any(|forbidden| name.eq_ignore_ascii_case(forbidden))
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -388,6 +414,7 @@ mod tests {
         request_line: 64,
         fields: 4,
         field_bytes: 64,
+        unconventional_methods: false,
     };
 
     /// Decodes `input` delivered in pieces of `piece` bytes, as a connection would.

@@ -130,6 +130,11 @@ impl Io {
         &self.buf[self.pos..self.end]
     }
 
+    /// The bytes read and not consumed yet, to rewrite in place.
+    pub fn buffered_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.pos..self.end]
+    }
+
     /// Marks `n` buffered bytes as used.
     pub fn consume(&mut self, n: usize) {
         self.pos += n;

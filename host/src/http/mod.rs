@@ -20,8 +20,11 @@ pub struct Limits {
     pub request_line: usize,
     /// Header fields in the head, and trailer fields in a chunked body (431).
     pub fields: usize,
-    /// Bytes in one field line, `name: value` (431).
+    /// Bytes in one field line, as Gunicorn counts them: the whole line with its CRLF (431).
     pub field_bytes: usize,
+    /// Methods that are valid tokens but not conventional ones (lowercase letters, `#`,
+    /// fewer than 3 or more than 20 characters) are served rather than refused (400).
+    pub unconventional_methods: bool,
 }
 
 impl Limits {

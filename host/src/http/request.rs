@@ -64,10 +64,20 @@ pub fn parse<'b, 'h>(
     if has_bare_lf(&buf[..len]) {
         return Err(RequestError::Malformed("bare LF in request head"));
     }
+    // Gunicorn's default: a method with a lowercase letter or `#`, or of fewer than 3 or
+    // more than 20 characters, is a mistake or a probe, though a valid token.
+    if !limits.unconventional_methods
+        && (!(3..=20).contains(&method.len())
+            || method.bytes().any(|b| b.is_ascii_lowercase() || b == b'#'))
+    {
+        return Err(RequestError::Malformed(
+            "unconventional method (--permit-unconventional-http-method allows it)",
+        ));
+    }
     let headers: &'h [httparse::Header<'b>] = request.headers;
     if headers
         .iter()
-        .any(|field| field.name.len() + 2 + field.value.len() > limits.field_bytes)
+        .any(|field| field_line_bytes(buf, field) > limits.field_bytes)
     {
         return Err(RequestError::FieldsTooLarge);
     }
@@ -81,6 +91,36 @@ pub fn parse<'b, 'h>(
         },
         len,
     )))
+}
+
+/// The bytes of `field`'s line in `buf` as Gunicorn counts them against
+/// `limit_request_field_size`: name, colon, whitespace and value, and the CRLF.
+fn field_line_bytes(buf: &[u8], field: &httparse::Header) -> usize {
+    let offset = |part: &[u8]| (part.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize);
+    let start = offset(field.name.as_bytes());
+    let value_end = (offset(field.value) + field.value.len()).min(buf.len());
+    let line_end = memchr::memchr(b'\r', &buf[value_end..]).map_or(buf.len(), |at| value_end + at);
+    line_end.saturating_sub(start) + 2
+}
+
+/// Serves a request of HTTP/1.2 to 1.9 as HTTP/1.1, by rewriting its version in `buf` once
+/// the request line is whole. RFC 9110 §6.2: a server "SHOULD send a response version equal
+/// to the highest version to which the server is conformant that has a major version less
+/// than or equal to the one received in the request", and a recipient treats a higher
+/// minor version of a major it speaks as the highest minor it speaks.
+pub fn serve_higher_minor_as_1_1(buf: &mut [u8]) {
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let Some(line_end) = memchr::memchr(b'\r', &buf[start..]).map(|at| start + at) else {
+        return;
+    };
+    if let [.., b' ', b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor] = &mut buf[start..line_end]
+        && (b'2'..=b'9').contains(minor)
+    {
+        *minor = b'1';
+    }
 }
 
 /// Whether a line of `head` ends in LF without CR.
@@ -140,6 +180,7 @@ fn framing(
     let mut chunked_last = false;
     let mut hosts = 0;
     let mut host: &[u8] = b"";
+    let mut content_types = 0;
     let mut close = false;
     let mut keep_alive = false;
     let mut expect_continue = false;
@@ -170,6 +211,13 @@ fn framing(
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
             host = value;
+        } else if name.eq_ignore_ascii_case("content-type") {
+            // RFC 9110 §5.3: Content-Type is a singleton field; two are a sender's mistake
+            // or an attempt to be read two ways, and Gunicorn refuses them.
+            content_types += 1;
+            if content_types > 1 {
+                return Err(RequestError::Malformed("more than one Content-Type"));
+            }
         } else if name.eq_ignore_ascii_case("connection") {
             for option in list_items(value) {
                 close |= option.eq_ignore_ascii_case(b"close");
@@ -354,6 +402,7 @@ mod tests {
         request_line: 64,
         fields: 16,
         field_bytes: 128,
+        unconventional_methods: false,
     };
 
     #[test]
