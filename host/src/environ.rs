@@ -196,7 +196,12 @@ fn split_target(target: &str) -> (Option<&str>, &str, &str) {
         Some((scheme, rest)) if !scheme.contains('/') => {
             let at = rest.find('/').unwrap_or(rest.len());
             let path = if at == rest.len() { "/" } else { &rest[at..] };
-            (Some(&rest[..at]), path, query)
+            // Any userinfo before the host is no part of it.
+            let authority = &rest[..at];
+            let authority = authority
+                .rsplit_once('@')
+                .map_or(authority, |(_, host)| host);
+            (Some(authority), path, query)
         }
         _ => (None, path, query),
     }
@@ -375,6 +380,10 @@ mod tests {
             (None, "/forums/1/topics/2375", "page=1")
         );
         assert_eq!(split_target("/frag#x?y"), (None, "/frag", ""));
+        assert_eq!(
+            split_target("http://user:pass@example.com:8080/foo?q=1"),
+            (Some("example.com:8080"), "/foo", "q=1")
+        );
     }
 
     #[test]

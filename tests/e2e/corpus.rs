@@ -176,9 +176,18 @@ fn cases() -> Vec<Case> {
         closes("identity after chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 400),
         closes("empty Transfer-Encoding", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n", 400),
         closes("unknown coding", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: foo\r\n\r\n", 501),
-        closes("gzip alone", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
-        closes("gzip then chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
-        closes("identity alone", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n", 501),
+        // RFC 9112 §6.1: "If a Transfer-Encoding header field is present in a request and the
+        // chunked transfer coding is not the final encoding, ... the server MUST respond
+        // with the 400 (Bad Request) status code and then close the connection."
+        closes("gzip alone", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+        // Gunicorn's verdicts: a compression before chunked is taken (the body reaches the
+        // app as sent, and the connection closes after), and identity is no coding at all.
+        closes("gzip then chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 200),
+        ok("identity alone", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n"),
+        echoes("identity then chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", b"hello"),
+        echoes("identity with a Content-Length", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\nContent-Length: 5\r\n\r\nWorld", b"World"),
+        // RFC 9110 §4.2.4 lets a recipient refuse userinfo; Gunicorn takes it.
+        ok("absolute-form with userinfo", "GET http://user:pass@a:8080/foo?q=1 HTTP/1.1\r\nHost: a:8080\r\n\r\n"),
         // Chunked bodies.
         closes("0x chunk size", chunked("0x5\r\nhello\r\n0\r\n\r\n"), 400),
         closes("signed chunk size", chunked("+5\r\nhello\r\n0\r\n\r\n"), 400),

@@ -9,6 +9,7 @@ mod environ;
 mod fast_start;
 mod faults;
 mod gateway;
+mod gunicorn;
 mod isolation;
 mod kv;
 mod lifecycle;

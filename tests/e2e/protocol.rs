@@ -316,7 +316,7 @@ fn unsupported_versions_and_codings_get_their_status() {
     let cases: [(&[u8], u16); 3] = [
         (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
         (
-            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: br, chunked\r\n\r\n",
             501,
         ),
         (

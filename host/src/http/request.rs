@@ -169,6 +169,9 @@ fn version_error(buf: &[u8]) -> RequestError {
     }
 }
 
+/// The compression codings Gunicorn takes before `chunked` in a Transfer-Encoding.
+const COMPRESSIONS: [&[u8]; 5] = [b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress"];
+
 fn framing(
     method: &str,
     target: &str,
@@ -181,6 +184,7 @@ fn framing(
     let mut hosts = 0;
     let mut host: &[u8] = b"";
     let mut content_types = 0;
+    let mut compressed = false;
     let mut close = false;
     let mut keep_alive = false;
     let mut expect_continue = false;
@@ -195,7 +199,9 @@ fn framing(
             }
             content_length = Some(length);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            transfer_encoding = true;
+            if list_items(value).next().is_none() {
+                return Err(RequestError::Malformed("empty Transfer-Encoding"));
+            }
             for coding in list_items(value) {
                 if chunked_last {
                     // RFC 9112 §6.1: chunked "MUST NOT" be applied more than once, and any
@@ -203,7 +209,19 @@ fn framing(
                     return Err(RequestError::Malformed("transfer coding after chunked"));
                 }
                 if coding.eq_ignore_ascii_case(b"chunked") {
+                    transfer_encoding = true;
                     chunked_last = true;
+                } else if coding.eq_ignore_ascii_case(b"identity") {
+                    // No coding at all; Gunicorn takes it, before chunked or alone.
+                } else if COMPRESSIONS
+                    .iter()
+                    .any(|known| coding.eq_ignore_ascii_case(known))
+                {
+                    // Gunicorn's verdict, which RFC 9112 §6.1 allows (its 501 is a SHOULD):
+                    // the body is framed by the chunked coding after it and reaches the app
+                    // still compressed, and the connection closes after the exchange.
+                    transfer_encoding = true;
+                    compressed = true;
                 } else {
                     return Err(RequestError::UnsupportedTransferCoding);
                 }
@@ -265,11 +283,12 @@ fn framing(
     Ok(Framing {
         body,
         minor_version,
-        keep_alive: if minor_version == 1 {
-            !close
-        } else {
-            keep_alive && !close
-        },
+        keep_alive: !compressed
+            && if minor_version == 1 {
+                !close
+            } else {
+                keep_alive && !close
+            },
         expect_continue: expect_continue && minor_version == 1,
         is_head: method == "HEAD",
     })
@@ -303,7 +322,12 @@ fn check_target(method: &str, target: &str, host: Option<&[u8]>) -> Result<(), R
     if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
         return malformed("unsupported scheme in absolute-form");
     }
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    // RFC 9110 §4.2.4: a recipient "SHOULD parse for userinfo and treat its presence as an
+    // error"; Gunicorn takes it, and the host after it is what must agree with Host.
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
     // The target's authority names the host; a different Host header is a confused or
     // forged request.
     match host {
@@ -457,7 +481,22 @@ mod tests {
         );
         assert_eq!(
             status(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            0,
+            "Gunicorn's verdict"
+        );
+        assert_eq!(
+            status(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            400,
+            "not chunked last"
+        );
+        assert_eq!(
+            status(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: br, chunked\r\n\r\n"),
             501
+        );
+        assert_eq!(
+            status(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\n\r\n"),
+            400,
+            "empty"
         );
         assert_eq!(
             status(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"),
@@ -482,7 +521,12 @@ mod tests {
             0,
             "authority, no Host"
         );
-        assert_eq!(status(b"GET http://u@h/ HTTP/1.0\r\n\r\n"), 400, "userinfo");
+        assert_eq!(status(b"GET http://u@h/ HTTP/1.0\r\n\r\n"), 0, "userinfo");
+        assert_eq!(
+            status(b"GET http://u:p@h:1/ HTTP/1.1\r\nHost: u:p@h:1\r\n\r\n"),
+            400,
+            "userinfo in Host"
+        );
         assert_eq!(
             status(b"GET http:///x HTTP/1.0\r\n\r\n"),
             400,
