@@ -23,7 +23,7 @@ use crate::http::error::RequestError;
 use crate::http::io::{Io, Pace};
 use crate::http::request::{self, BodyKind, Framing};
 use crate::http::response::{write_server_response, write_server_response_with};
-use crate::lifecycle::{Lifecycle, Registration};
+use crate::lifecycle::{IDLE_GRACE, Lifecycle, Registration};
 use crate::metrics::metrics;
 use crate::pool::{Lease, Pool, Refusal, Ticket};
 use crate::router::{CurrentRouter, Route};
@@ -99,10 +99,42 @@ enum Phase {
 /// A request whose body is being read whole before it goes to its app.
 struct Buffering {
     request: Routed,
-    /// When the body began to arrive, for its pace.
-    since: Instant,
+    /// When the body last came a window's worth further, and how much had arrived then:
+    /// a trickle must keep up the pace in every window, with no credit banked.
+    checkpoint: (Instant, u64),
     /// When the rest must have arrived, at the body's pace.
     until: Instant,
+    /// Its share of the bodies being read whole, given back when it is dropped.
+    _budget: BodyBudget,
+}
+
+/// Bytes of request bodies being read whole at once, across all connections: past
+/// [`BUFFERED_BODIES`], bodies stream to their app as they arrive instead, so that slow
+/// uploads cannot make the server hold gigabytes.
+static BUFFERED: AtomicU64 = AtomicU64::new(0);
+
+/// The most bytes of request bodies read whole at once.
+const BUFFERED_BODIES: u64 = 256 << 20;
+
+/// A body's share of [`BUFFERED_BODIES`].
+struct BodyBudget(u64);
+
+impl BodyBudget {
+    fn take(bytes: u64) -> Option<BodyBudget> {
+        BUFFERED
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(bytes)
+                    .filter(|&total| total <= BUFFERED_BODIES)
+            })
+            .ok()
+            .map(|_| BodyBudget(bytes))
+    }
+}
+
+impl Drop for BodyBudget {
+    fn drop(&mut self) {
+        BUFFERED.fetch_sub(self.0, Ordering::Relaxed);
+    }
 }
 
 /// A request routed to its app and waiting for one of its workers.
@@ -126,6 +158,8 @@ struct Routed {
 }
 
 struct HeadProgress {
+    /// When the connection began to wait for this head.
+    idle_since: Instant,
     /// A connection that sends nothing may wait until then.
     idle_until: Instant,
     /// Set by the head's first byte: the whole head must be in by then.
@@ -206,6 +240,11 @@ impl Connection {
     /// that has not sent a whole head; `None` for one with a request under way, or
     /// closing. Ties go to the connection whose wait ends first.
     pub fn eviction_rank(&self) -> Option<u8> {
+        // One whose input has arrived has a request on its way: closing it now would reset
+        // it. A thread will take it.
+        if self.io.input_waiting() {
+            return None;
+        }
         match &self.state.phase {
             Phase::Head(progress)
                 if progress.head_deadline.is_none() && self.state.spare.is_some() =>
@@ -213,16 +252,23 @@ impl Connection {
                 Some(0)
             }
             Phase::Head(_) => Some(1),
-            Phase::Closing { .. } | Phase::Queued(_) | Phase::Body(_) => None,
+            // A body being read whole that has stalled holds memory and a slot: it goes
+            // last, but it goes.
+            Phase::Body(_) => Some(2),
+            Phase::Closing { .. } | Phase::Queued(_) => None,
         }
     }
 
-    /// Whether the connection may be closed as the server stops: it waits for a request, of
-    /// which nothing has arrived (`Some`, for [`crate::idle::IdleSet::evict`]).
+    /// Whether the connection may be closed as the server stops: it has waited for its next
+    /// request for the whole grace, and nothing of one has arrived (`Some`, for
+    /// [`crate::idle::IdleSet::evict`]). The grace runs from its last response, so that a
+    /// client answered late in the shutdown may still ask again and get its 503.
     pub fn idle_at_stop(&self) -> Option<u8> {
         match &self.state.phase {
             Phase::Head(progress)
-                if progress.head_deadline.is_none() && !self.io.input_waiting() =>
+                if progress.head_deadline.is_none()
+                    && progress.idle_since.elapsed() >= IDLE_GRACE
+                    && !self.io.input_waiting() =>
             {
                 Some(0)
             }
@@ -388,6 +434,7 @@ impl Connection {
         if let BodyKind::Length(length) = request.framing.body
             && (1..=config.body_buffer).contains(&length)
             && (io.buffered().len() as u64) < length
+            && let Some(budget) = BodyBudget::take(length)
         {
             let mut request = request;
             // The client waits for this before it sends the body; the app will not have to.
@@ -402,11 +449,14 @@ impl Connection {
                 }
                 io.start_response();
             }
+            // Room for the whole body at once, rather than doubling towards it.
+            io.reserve(usize::try_from(length).unwrap_or(usize::MAX));
             let since = Instant::now();
             state.phase = Phase::Body(Box::new(Buffering {
                 request,
-                since,
-                until: config.body_pace.deadline(since, 0),
+                checkpoint: (since, 0),
+                until: since + config.body_pace.patience,
+                _budget: budget,
             }));
             return Connection { io, state }.buffer_body(config);
         }
@@ -447,7 +497,15 @@ impl Connection {
                 };
                 return self.dispatch(buffering.request, config);
             }
-            buffering.until = config.body_pace.deadline(buffering.since, arrived);
+            let window = config.body_pace.patience;
+            let step = config
+                .body_pace
+                .min_rate
+                .saturating_mul(window.as_secs().max(1));
+            if arrived >= buffering.checkpoint.1.saturating_add(step) {
+                buffering.checkpoint = (Instant::now(), arrived);
+            }
+            buffering.until = buffering.checkpoint.0 + window;
             match self.io.fill_ready() {
                 Ok(Some(0)) | Err(_) => {
                     return Ran::Ended(self.end_buffering(None, "the client left mid-body"));
@@ -657,8 +715,10 @@ impl AsFd for Connection {
 
 impl HeadProgress {
     fn idle_for(wait: Duration) -> HeadProgress {
+        let now = Instant::now();
         HeadProgress {
-            idle_until: Instant::now() + wait,
+            idle_since: now,
+            idle_until: now + wait,
             head_deadline: None,
             scanned: 0,
         }

@@ -65,7 +65,7 @@ pub fn run(
         running: AtomicUsize::new(0),
         lifecycle: lifecycle.clone(),
         min_threads: thread::available_parallelism().map_or(2, usize::from),
-        max_threads: max_connections.max(1),
+        max_threads: max_connections.clamp(1, MAX_THREADS),
     });
     for _ in 0..threads.min_threads {
         threads.start_one()?;
@@ -145,9 +145,14 @@ impl AsFd for Client {
 /// enforced, and how long ready connections wait before a thread is added.
 const WATCH_INTERVAL: Duration = Duration::from_millis(10);
 
-/// How many connections one look at the limit closes at most: a batch, so that a flood of
-/// new clients does not cost a scan of every connection each.
-const EVICT_BATCH: usize = 16;
+/// How many connections one look at the limit closes at most: a few, so that a flood of
+/// new clients does not cost a scan of every connection each, nor one new client many
+/// closes.
+const EVICT_BATCH: usize = 4;
+
+/// Most connection threads, however many connections: threads beyond the cores serve
+/// connections blocked on slow peers, and each costs a stack.
+const MAX_THREADS: usize = 1024;
 
 /// How many file descriptors the server keeps for itself beyond its connections: the
 /// listener, epoll, databases, compiled code, the log.
@@ -162,9 +167,11 @@ const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
 pub fn raise_file_limit() {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
-    if limit.current < limit.maximum {
+    // No maximum is no limit, which the kernel caps at its own (fs.nr_open).
+    let maximum = limit.maximum.unwrap_or(1 << 20);
+    if limit.current.is_some_and(|current| current < maximum) {
         let raised = Rlimit {
-            current: limit.maximum,
+            current: Some(maximum),
             maximum: limit.maximum,
         };
         if let Err(error) = setrlimit(Resource::Nofile, raised) {

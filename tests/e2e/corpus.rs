@@ -183,9 +183,11 @@ fn cases() -> Vec<Case> {
         // Gunicorn's verdicts: a compression before chunked is taken (the body reaches the
         // app as sent, and the connection closes after), and identity is no coding at all.
         closes("gzip then chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 200),
-        ok("identity alone", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n"),
-        echoes("identity then chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", b"hello"),
-        echoes("identity with a Content-Length", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\nContent-Length: 5\r\n\r\nWorld", b"World"),
+        // RFC 9112 §6.1's MUST: chunked must come last (Gunicorn takes `identity` alone).
+        closes("identity alone", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n", 400),
+        closes("identity then chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 200),
+        closes("identity with a Content-Length", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\nContent-Length: 5\r\n\r\nWorld", 400),
+        closes("Transfer-Encoding in HTTP/1.0, even identity", "POST / HTTP/1.0\r\nTransfer-Encoding: identity\r\n\r\n", 400),
         // RFC 9110 §4.2.4 lets a recipient refuse userinfo; Gunicorn takes it.
         ok("absolute-form with userinfo", "GET http://user:pass@a:8080/foo?q=1 HTTP/1.1\r\nHost: a:8080\r\n\r\n"),
         // Chunked bodies.

@@ -269,6 +269,10 @@ fn a_client_that_reads_nothing_is_cut_off_whatever_the_kernel_buffered() {
     stalled
         .write_all(b"GET /count?n=10000000 HTTP/1.1\r\nHost: a\r\n\r\n")
         .unwrap();
+    // Its stream has begun, on the one instance: then it reads no more.
+    let mut start = [0; 12];
+    stalled.read_exact(&mut start).unwrap();
+    assert_eq!(&start, b"HTTP/1.1 200");
     let started = std::time::Instant::now();
     let response = server.raw(b"GET /count?n=3 HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(response.text(), "1\n2\n3\n");

@@ -99,6 +99,9 @@ pub struct Io {
     /// When the client was last seen to have taken its share of the response, and how
     /// much it had taken then.
     drained: Option<(Instant, u64)>,
+    /// Bytes written on the socket in all, and when the current response began.
+    sent: u64,
+    sent_before_response: u64,
 }
 
 impl Io {
@@ -114,6 +117,8 @@ impl Io {
             response_started: None,
             response_bytes: 0,
             drained: None,
+            sent: 0,
+            sent_before_response: 0,
         }
     }
 
@@ -123,11 +128,25 @@ impl Io {
         self.response_started = None;
         self.response_bytes = 0;
         self.drained = None;
+        self.sent_before_response = self.sent;
     }
 
     /// The bytes read from the socket and not consumed yet.
     pub fn buffered(&self) -> &[u8] {
         &self.buf[self.pos..self.end]
+    }
+
+    /// Makes room to hold `bytes` unconsumed bytes in all, growing the buffer to exactly
+    /// that if it is smaller.
+    pub fn reserve(&mut self, bytes: usize) {
+        if self.pos > 0 {
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
+            self.pos = 0;
+        }
+        if self.buf.len() < bytes {
+            self.buf.resize(bytes, 0);
+        }
     }
 
     /// The bytes read and not consumed yet, to rewrite in place.
@@ -317,6 +336,7 @@ impl Io {
                 Err(error) => return Err(error),
             };
             self.response_bytes += written as u64;
+            self.sent += written as u64;
             io::IoSlice::advance_slices(&mut remaining, written);
         }
         Ok(())
@@ -329,9 +349,12 @@ impl Io {
     /// that then reads nothing hours at 500 bytes a second (nginx's `send_timeout` is the
     /// same rule, with a window and no minimum).
     fn drain_deadline(&mut self, started: Instant) -> Instant {
+        // The kernel's queue may still hold the end of an earlier response on this
+        // connection: only what the client took beyond that is this response's.
         let delivered = self
-            .response_bytes
-            .saturating_sub(unacknowledged(&self.stream));
+            .sent
+            .saturating_sub(unacknowledged(&self.stream))
+            .saturating_sub(self.sent_before_response);
         let window = self.write_pace.patience;
         let step = self
             .write_pace

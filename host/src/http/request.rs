@@ -184,7 +184,7 @@ fn framing(
     let mut hosts = 0;
     let mut host: &[u8] = b"";
     let mut content_types = 0;
-    let mut compressed = false;
+    let mut unusual_coding = false;
     let mut close = false;
     let mut keep_alive = false;
     let mut expect_continue = false;
@@ -208,20 +208,20 @@ fn framing(
                     // coding after it leaves the body's end undetectable.
                     return Err(RequestError::Malformed("transfer coding after chunked"));
                 }
+                transfer_encoding = true;
                 if coding.eq_ignore_ascii_case(b"chunked") {
-                    transfer_encoding = true;
                     chunked_last = true;
-                } else if coding.eq_ignore_ascii_case(b"identity") {
-                    // No coding at all; Gunicorn takes it, before chunked or alone.
-                } else if COMPRESSIONS
-                    .iter()
-                    .any(|known| coding.eq_ignore_ascii_case(known))
+                } else if coding.eq_ignore_ascii_case(b"identity")
+                    || COMPRESSIONS
+                        .iter()
+                        .any(|known| coding.eq_ignore_ascii_case(known))
                 {
                     // Gunicorn's verdict, which RFC 9112 §6.1 allows (its 501 is a SHOULD):
-                    // the body is framed by the chunked coding after it and reaches the app
-                    // still compressed, and the connection closes after the exchange.
-                    transfer_encoding = true;
-                    compressed = true;
+                    // before chunked, which frames the body, identity is no coding and a
+                    // compression reaches the app as sent. A front end that knows only a
+                    // bare `chunked` could read such a body otherwise, so the connection
+                    // closes after the exchange and reads nothing more from it.
+                    unusual_coding = true;
                 } else {
                     return Err(RequestError::UnsupportedTransferCoding);
                 }
@@ -273,6 +273,11 @@ fn framing(
                 "Transfer-Encoding in an HTTP/1.0 request",
             ));
         }
+        // "If a Transfer-Encoding header field is present in a request and the chunked
+        // transfer coding is not the final encoding, the message body length cannot be
+        // determined reliably; the server MUST respond with the 400 (Bad Request) status
+        // code and then close the connection." Gunicorn takes `identity` alone; this MUST
+        // does not let us.
         if !chunked_last {
             return Err(RequestError::Malformed("Transfer-Encoding without chunked"));
         }
@@ -283,7 +288,7 @@ fn framing(
     Ok(Framing {
         body,
         minor_version,
-        keep_alive: !compressed
+        keep_alive: !unusual_coding
             && if minor_version == 1 {
                 !close
             } else {
@@ -325,9 +330,18 @@ fn check_target(method: &str, target: &str, host: Option<&[u8]>) -> Result<(), R
     let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
     // RFC 9110 §4.2.4: a recipient "SHOULD parse for userinfo and treat its presence as an
     // error"; Gunicorn takes it, and the host after it is what must agree with Host.
-    let authority = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
+    let authority = match authority.split_once('@') {
+        None => authority,
+        // RFC 3986 §3.2.1: userinfo = *( unreserved / pct-encoded / sub-delims / ":" ); no
+        // second `@`, and no `\`, which some URL parsers read as a `/` and so another host.
+        Some((userinfo, host)) => {
+            let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:".contains(&b);
+            if !userinfo.bytes().all(allowed) || host.contains('@') {
+                return malformed("invalid userinfo in the absolute-form target");
+            }
+            host
+        }
+    };
     // The target's authority names the host; a different Host header is a confused or
     // forged request.
     match host {
@@ -526,6 +540,12 @@ mod tests {
             status(b"GET http://u:p@h:1/ HTTP/1.1\r\nHost: u:p@h:1\r\n\r\n"),
             400,
             "userinfo in Host"
+        );
+        assert_eq!(status(b"GET http://a@b@h/ HTTP/1.0\r\n\r\n"), 400, "two @");
+        assert_eq!(
+            status(b"GET http://evil\\@h/ HTTP/1.0\r\n\r\n"),
+            400,
+            "backslash in userinfo"
         );
         assert_eq!(
             status(b"GET http:///x HTTP/1.0\r\n\r\n"),
