@@ -127,6 +127,7 @@ fn cases() -> Vec<Case> {
         echoes("leading zeros in chunk size", chunked("0005\r\nhello\r\n0\r\n\r\n"), b"hello"),
         echoes("a trailer", chunked("5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n"), b"hello"),
         echoes("two trailers", chunked("5\r\nhello\r\n0\r\nA: 1\r\nB: 2\r\n\r\n"), b"hello"),
+        echoes("trailer line at the size limit", chunked(&format!("5\r\nhello\r\n0\r\nX-T: {}\r\n\r\n", "v".repeat(8190 - 7))), b"hello"),
         echoes("empty chunked body", chunked("0\r\n\r\n"), b""),
         echoes("Chunked in any case", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n", b"hi"),
         echoes("chunked with list whitespace", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:  chunked \r\n\r\n2\r\nhi\r\n0\r\n\r\n", b"hi"),
@@ -207,6 +208,8 @@ fn cases() -> Vec<Case> {
         closes("invalid trailer field", chunked("0\r\nBad Field: 1\r\n\r\n"), 400),
         closes("bare LF in trailer", chunked("0\r\nX: 1\n\r\n"), 400),
         closes("too many trailer fields", chunked(&format!("0\r\n{}\r\n", many_fields(101))), 431),
+        // A trailer line counts as a header line does: all of it, with its CRLF.
+        closes("trailer line over the size limit", chunked(&format!("0\r\nX-T: {}\r\n\r\n", "v".repeat(8190 - 7 + 1))), 431),
         // RFC 9110 §6.5.1: fields that framing, routing or authentication depend on.
         closes("Content-Length in a trailer", chunked("5\r\nhello\r\n0\r\nContent-Length: 5\r\n\r\n"), 400),
         closes("Host in a trailer", chunked("0\r\nHost: b\r\n\r\n"), 400),

@@ -270,9 +270,11 @@ impl BodyDecoder {
         let mut slots = vec![httparse::EMPTY_HEADER; self.limits.fields];
         let parsed = match httparse::parse_headers(&self.trailer, &mut slots) {
             Ok(httparse::Status::Complete((_, fields))) => {
-                let too_long = fields.iter().any(|field| {
-                    field.name.len() + field.value.len() + 2 > self.limits.field_bytes
-                });
+                // Each line with its CRLF, as --limit-request-field-size counts header lines.
+                let too_long = self
+                    .trailer
+                    .split(|&b| b == b'\n')
+                    .any(|line| line.len() + 1 > self.limits.field_bytes);
                 if too_long {
                     Err(RequestError::TrailerTooLarge)
                 } else if fields
