@@ -285,6 +285,14 @@ pub struct ServeArgs {
     #[arg(long, default_value = "1MiB", value_parser = parse_size_or_zero)]
     pub client_body_buffer_size: usize,
 
+    /// The proxies whose X-Forwarded-For, X-Forwarded-Proto and Forwarded headers are
+    /// believed: addresses and CIDR networks separated by commas, or * for any peer. From
+    /// them, REMOTE_ADDR is the rightmost hop that is not itself one of them, and
+    /// wsgi.url_scheme follows the forwarded proto; from anyone else the headers change
+    /// nothing.
+    #[arg(long, default_value = "127.0.0.1,::1")]
+    pub forwarded_allow_ips: crate::environ::Proxies,
+
     /// Longest request line in bytes, its CRLF not counted, as Gunicorn counts it; longer
     /// ones get 414.
     #[arg(long, default_value_t = 4094, value_parser = clap::value_parser!(u32).range(16..))]

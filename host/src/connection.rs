@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::access_log;
 use crate::app::{Failure, Request};
 use crate::bindings::wasm_gw::wsgi::request::Environ;
-use crate::environ::{self, ConnectionInfo, HeaderLines, RequestStrings};
+use crate::environ::{self, ConnectionInfo, HeaderLines, Proxies, RequestStrings};
 use crate::http::Exchange;
 use crate::http::Limits;
 use crate::http::body::{BodyDecoder, BodyError};
@@ -65,6 +65,8 @@ pub struct ConnectionConfig {
     /// before the request takes an instance.
     pub body_buffer: u64,
     pub multithread: bool,
+    /// The proxies whose forwarding headers are believed.
+    pub proxies: Arc<Proxies>,
 }
 
 /// A client connection, between the moments it has something to do.
@@ -197,7 +199,7 @@ impl Connection {
         };
         let state = State {
             peer,
-            info: ConnectionInfo::new(local, peer, config.multithread),
+            info: ConnectionInfo::new(local, peer, config.multithread, &config.proxies),
             registration,
             phase: Phase::Head(HeadProgress::idle_for(config.timeouts.head)),
             spare: None,

@@ -1,6 +1,7 @@
 //! Building the WSGI environ from a parsed request head (PEP 3333's CGI and `wsgi.*` keys).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use crate::bindings::wasm_gw::wsgi::request::Environ;
 use crate::http::request::{BodyKind, Head};
@@ -15,18 +16,162 @@ pub struct ConnectionInfo {
     peer_port: u16,
     /// Whether other instances may serve requests for the app at the same time.
     multithread: bool,
+    /// The proxies to believe, if the peer is one of them: then its forwarding headers
+    /// name the client and the scheme.
+    proxies: Option<Arc<Proxies>>,
 }
 
 impl ConnectionInfo {
-    pub fn new(local: SocketAddr, peer: SocketAddr, multithread: bool) -> ConnectionInfo {
+    pub fn new(
+        local: SocketAddr,
+        peer: SocketAddr,
+        multithread: bool,
+        proxies: &Arc<Proxies>,
+    ) -> ConnectionInfo {
         ConnectionInfo {
             local_ip: local.ip().to_string(),
             local_port: local.port(),
             peer_ip: peer.ip().to_string(),
             peer_port: peer.port(),
             multithread,
+            proxies: proxies.trusts(peer.ip()).then(|| proxies.clone()),
         }
     }
+}
+
+/// The peers whose `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` headers are
+/// believed (`--forwarded-allow-ips`, Gunicorn's name and default): addresses and networks,
+/// or any peer at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Proxies {
+    Any,
+    Networks(Vec<(IpAddr, u8)>),
+}
+
+impl Proxies {
+    /// Whether `ip` is one of them. An IPv4 address mapped into IPv6 counts as itself.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        match self {
+            Proxies::Any => true,
+            Proxies::Networks(networks) => {
+                networks.iter().any(|&(network, bits)| match (network, ip) {
+                    (IpAddr::V4(network), IpAddr::V4(ip)) => {
+                        let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+                        u32::from(network) & mask == u32::from(ip) & mask
+                    }
+                    (IpAddr::V6(network), IpAddr::V6(ip)) => {
+                        let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+                        u128::from(network) & mask == u128::from(ip) & mask
+                    }
+                    _ => false,
+                })
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for Proxies {
+    type Err = String;
+
+    /// `*`, or addresses and CIDR networks separated by commas: `127.0.0.1,::1,10.0.0.0/8`.
+    fn from_str(text: &str) -> Result<Proxies, String> {
+        if text.trim() == "*" {
+            return Ok(Proxies::Any);
+        }
+        let networks = text
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                let (address, bits) = item.split_once('/').unwrap_or((item, ""));
+                let address: IpAddr = address
+                    .parse()
+                    .map_err(|_| format!("{item:?} is not an IP address or network"))?;
+                let most = if address.is_ipv4() { 32 } else { 128 };
+                let bits = match bits {
+                    "" => most,
+                    bits => bits
+                        .parse::<u8>()
+                        .ok()
+                        .filter(|&bits| bits <= most)
+                        .ok_or_else(|| format!("{item:?} has no valid prefix length"))?,
+                };
+                Ok((address.to_canonical(), bits))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Proxies::Networks(networks))
+    }
+}
+
+/// The client and scheme a trusted proxy forwarded: the rightmost hop that is not itself a
+/// trusted proxy, since every hop left of it was written by someone no one vouches for
+/// (a client can put anything there), and the scheme of the last proxy's `proto`.
+fn forwarded(
+    proxies: &Proxies,
+    forwarded_for: &[&[u8]],
+    forwarded_proto: Option<&[u8]>,
+    forwarded: &[&[u8]],
+) -> (Option<IpAddr>, Option<&'static str>) {
+    let mut hops: Vec<&[u8]> = Vec::new();
+    let mut proto = forwarded_proto.and_then(|value| {
+        value
+            .split(|&b| b == b',')
+            .next_back()
+            .map(<[u8]>::trim_ascii)
+    });
+    if forwarded.is_empty() {
+        for value in forwarded_for {
+            hops.extend(value.split(|&b| b == b',').map(<[u8]>::trim_ascii));
+        }
+    } else {
+        // RFC 7239 §4: `Forwarded: for=192.0.2.60;proto=https, for="[2001:db8::1]"`.
+        for element in forwarded
+            .iter()
+            .flat_map(|value| value.split(|&b| b == b','))
+        {
+            for pair in element.split(|&b| b == b';') {
+                let Some(at) = pair.iter().position(|&b| b == b'=') else {
+                    continue;
+                };
+                let (name, value) = (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii());
+                let value = value
+                    .strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
+                    .unwrap_or(value);
+                if name.eq_ignore_ascii_case(b"for") {
+                    hops.push(value);
+                } else if name.eq_ignore_ascii_case(b"proto") {
+                    proto = Some(value);
+                }
+            }
+        }
+    }
+    let client = hops
+        .iter()
+        .rev()
+        .map(|hop| parse_hop(hop))
+        .find(|hop| !hop.is_some_and(|ip| proxies.trusts(ip)))
+        .flatten();
+    let scheme = match proto {
+        Some(proto) if proto.eq_ignore_ascii_case(b"https") => Some("https"),
+        Some(proto) if proto.eq_ignore_ascii_case(b"http") => Some("http"),
+        _ => None,
+    };
+    (client, scheme)
+}
+
+/// A hop's address: `192.0.2.1`, `2001:db8::1`, `[2001:db8::1]:443` or `192.0.2.1:80`;
+/// `None` for anything else (`unknown`, an obfuscated name).
+fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
+    let hop = std::str::from_utf8(hop).ok()?;
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(address) = hop.parse::<SocketAddr>() {
+        return Some(address.ip());
+    }
+    hop.strip_prefix('[')?.split_once(']')?.0.parse().ok()
 }
 
 /// The request's header lines as received, kept compact until an app asks for them. Made
@@ -102,7 +247,19 @@ pub fn build(
     let mut content_type = None;
     let mut content_length = None;
     let mut host = None;
+    let mut forwarded_for: Vec<&[u8]> = Vec::new();
+    let mut forwarded_proto = None;
+    let mut forwarded_rfc: Vec<&[u8]> = Vec::new();
     for header in head.headers {
+        if connection.proxies.is_some() {
+            if header.name.eq_ignore_ascii_case("x-forwarded-for") {
+                forwarded_for.push(header.value);
+            } else if header.name.eq_ignore_ascii_case("x-forwarded-proto") {
+                forwarded_proto = Some(header.value);
+            } else if header.name.eq_ignore_ascii_case("forwarded") {
+                forwarded_rfc.push(header.value);
+            }
+        }
         if header.name.eq_ignore_ascii_case("content-type") {
             content_type = Some(header.value);
         } else if header.name.eq_ignore_ascii_case("content-length") {
@@ -143,11 +300,24 @@ pub fn build(
     refill(&mut environ.server_name, server_name);
     environ.server_port = server_port;
     refill(&mut environ.server_protocol, protocol);
-    refill(&mut environ.remote_addr, &connection.peer_ip);
+    let (client, scheme) = match &connection.proxies {
+        Some(proxies)
+            if !forwarded_for.is_empty()
+                || !forwarded_rfc.is_empty()
+                || forwarded_proto.is_some() =>
+        {
+            forwarded(proxies, &forwarded_for, forwarded_proto, &forwarded_rfc)
+        }
+        _ => (None, None),
+    };
+    match client {
+        Some(client) => refill(&mut environ.remote_addr, &client.to_canonical().to_string()),
+        None => refill(&mut environ.remote_addr, &connection.peer_ip),
+    }
     environ.remote_port = connection.peer_port;
     environ.raw_uri.clear();
     push_latin1(&mut environ.raw_uri, head.target.as_bytes());
-    refill(&mut environ.url_scheme, "http");
+    refill(&mut environ.url_scheme, scheme.unwrap_or("http"));
     environ.multithread = connection.multithread;
     environ.cgi_headers.clear();
     environ.headers.clear();
@@ -312,7 +482,12 @@ mod tests {
         let (head, _) = parse(raw, &mut slots, &limits).unwrap().unwrap();
         let local = "127.0.0.1:8000".parse().unwrap();
         let peer = "127.0.0.2:5000".parse().unwrap();
-        build(&head, &ConnectionInfo::new(local, peer, true), reused)
+        let proxies = Arc::new(Proxies::Networks(Vec::new()));
+        build(
+            &head,
+            &ConnectionInfo::new(local, peer, true, &proxies),
+            reused,
+        )
     }
 
     #[test]
@@ -394,5 +569,45 @@ mod tests {
         assert_eq!(split_host(b"example.com"), Some(("example.com", 80)));
         assert_eq!(split_host(b"example.com:x"), None);
         assert_eq!(split_host(b"example.com:"), Some(("example.com", 80)));
+    }
+
+    #[test]
+    fn proxies_are_addresses_and_networks() {
+        let proxies: Proxies = "127.0.0.1, ::1, 10.0.0.0/8".parse().unwrap();
+        let trusts = |ip: &str| proxies.trusts(ip.parse().unwrap());
+        assert!(trusts("127.0.0.1") && trusts("::1") && trusts("10.9.8.7"));
+        assert!(
+            trusts("::ffff:10.1.2.3"),
+            "an IPv4-mapped address is itself"
+        );
+        assert!(!trusts("127.0.0.2") && !trusts("11.0.0.1") && !trusts("::2"));
+        assert_eq!("*".parse(), Ok(Proxies::Any));
+        assert!("10.0.0.0/33".parse::<Proxies>().is_err());
+        assert!("example.com".parse::<Proxies>().is_err());
+    }
+
+    #[test]
+    fn the_client_is_the_rightmost_hop_no_proxy_vouches_for() {
+        let proxies: Proxies = "127.0.0.1,10.0.0.0/8".parse().unwrap();
+        let ip = |text: &str| text.parse::<IpAddr>().ok();
+        // A client may write anything left of the first trusted proxy's entry.
+        let (client, scheme) = forwarded(
+            &proxies,
+            &[b"6.6.6.6, 203.0.113.7", b"10.0.0.2"],
+            Some(b"https"),
+            &[],
+        );
+        assert_eq!((client, scheme), (ip("203.0.113.7"), Some("https")));
+        // RFC 7239, with its quoting and ports, wins over X-Forwarded-For.
+        let (client, scheme) = forwarded(
+            &proxies,
+            &[b"6.6.6.6"],
+            None,
+            &[b"for=192.0.2.60;proto=http, for=\"[2001:db8::1]:4711\";proto=https"],
+        );
+        assert_eq!((client, scheme), (ip("2001:db8::1"), Some("https")));
+        // A hop that is no address ends the walk: nothing to believe past it.
+        let (client, _) = forwarded(&proxies, &[b"203.0.113.7, unknown"], None, &[]);
+        assert_eq!(client, None);
     }
 }

@@ -140,6 +140,7 @@ pub fn run(
         },
         body_buffer: args.client_body_buffer_size as u64,
         multithread: workers > 1,
+        proxies: Arc::new(args.forwarded_allow_ips.clone()),
     };
     let (reload_requests, reloads) = mpsc::channel();
     if let Some(reloader) = reloader {

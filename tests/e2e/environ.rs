@@ -214,3 +214,40 @@ fn a_fragment_is_dropped_and_a_higher_minor_version_is_served_as_1_1() {
     );
     assert_eq!(environ["SERVER_PROTOCOL"], "HTTP/1.1");
 }
+
+/// The REMOTE_ADDR and wsgi.url_scheme an echo server reports for a request with
+/// `forwarding` headers.
+fn seen_through(server: &Server, forwarding: &str) -> (String, String) {
+    let request = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Echo-Environ: 1\r\n{forwarding}\r\n");
+    let response = server.raw(request.as_bytes());
+    assert_eq!(response.status, 200);
+    let meta = meta(&response);
+    let environ = &meta["environ"];
+    (
+        environ["REMOTE_ADDR"].as_str().unwrap().to_owned(),
+        environ["wsgi.url_scheme"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn forwarding_headers_count_only_from_trusted_proxies() {
+    let headers = "X-Forwarded-For: 6.6.6.6, 203.0.113.7\r\nX-Forwarded-Proto: https\r\n";
+    // The test's loopback address is a trusted proxy by default: the rightmost hop it
+    // forwarded for is the client.
+    let trusting = Server::start("echo", &[]);
+    assert_eq!(
+        seen_through(&trusting, headers),
+        ("203.0.113.7".to_owned(), "https".to_owned())
+    );
+    let rfc = "Forwarded: for=192.0.2.60;proto=https\r\n";
+    assert_eq!(
+        seen_through(&trusting, rfc),
+        ("192.0.2.60".to_owned(), "https".to_owned())
+    );
+    // A server that trusts another proxy leaves the headers as they are.
+    let wary = Server::start("echo", &["--forwarded-allow-ips", "10.0.0.0/8"]);
+    assert_eq!(
+        seen_through(&wary, headers),
+        ("127.0.0.1".to_owned(), "http".to_owned())
+    );
+}
