@@ -153,8 +153,13 @@ pub struct ServeArgs {
     pub port: u16,
 
     /// Instances of the app, each serving one request at a time [default: the number of CPUs].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(short = 'w', long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: Option<u32>,
+
+    /// Write the server's process id to this file once it serves, and remove it at exit
+    /// (Gunicorn's --pid).
+    #[arg(long, value_name = "FILE")]
+    pub pid: Option<PathBuf>,
 
     /// Deadline in seconds for one request; an app still running then is stopped and the
     /// client gets 504.

@@ -258,10 +258,10 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<AppConfig>> {
 }
 
 /// A `[server]` path, relative to the file like the apps' paths: `cache-dir`, `state-dir`,
-/// and the path of `kv = "sqlite:PATH"`.
+/// `pid`, and the path of `kv = "sqlite:PATH"`.
 fn relative_to_file(base: &Path, key: &str, value: String) -> String {
     let (prefix, path) = match key {
-        "cache-dir" | "state-dir" => ("", value.as_str()),
+        "cache-dir" | "state-dir" | "pid" => ("", value.as_str()),
         "kv" => match value.strip_prefix("sqlite:") {
             Some(path) => ("sqlite:", path),
             None => return value,

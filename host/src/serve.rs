@@ -122,6 +122,10 @@ pub fn run(
     let listener = server::bind(&args.host, args.port, args.backlog)?;
     let address = listener.local_addr()?;
 
+    let pid_file = match &args.pid {
+        Some(path) => Some(PidFile::write(path)?),
+        None => None,
+    };
     tracing::info!("listening on http://{address}");
     if let Some(admin) = &args.admin {
         let admin = admin::start(admin)?;
@@ -164,11 +168,31 @@ pub fn run(
     )?;
     let still_open = lifecycle.wait_for_connections(args.graceful_timeout);
     access_log::flush();
+    drop(pid_file);
     if still_open > 0 {
         anyhow::bail!("the graceful timeout passed with {still_open} connections still open");
     }
     tracing::info!("all requests finished; exiting");
     Ok(())
+}
+
+/// The `--pid` file: the process id while the server serves, removed when it stops.
+struct PidFile(std::path::PathBuf);
+
+impl PidFile {
+    fn write(path: &std::path::Path) -> anyhow::Result<PidFile> {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|error| anyhow::anyhow!("cannot write --pid {}: {error}", path.display()))?;
+        Ok(PidFile(path.to_owned()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_file(&self.0) {
+            tracing::warn!("cannot remove --pid {}: {error}", self.0.display());
+        }
+    }
 }
 
 /// How long the signal thread tries to wake the accept loop.

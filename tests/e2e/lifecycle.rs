@@ -156,3 +156,16 @@ fn sigterm_under_keep_alive_load_answers_every_request_it_reads() {
         8
     );
 }
+
+#[test]
+fn the_pid_file_names_the_server_while_it_serves() {
+    let dir = crate::support::Scratch::new("pid");
+    let pid_file = dir.path().join("wasm-gw.pid");
+    let mut server = Server::start("hello", &["-w", "1", "--pid", pid_file.to_str().unwrap()]);
+    // Written before the startup line that Server::start waits for.
+    let written = std::fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(written.trim(), server.pid().to_string());
+    server.signal("TERM");
+    assert_eq!(server.wait_for_exit(), Some(0));
+    assert!(!pid_file.exists(), "the pid file outlived the server");
+}
