@@ -34,3 +34,4 @@ pub mod runtime;
 pub mod scaffold;
 pub mod serve;
 pub mod server;
+pub mod systemd;

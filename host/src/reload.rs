@@ -15,6 +15,7 @@ use crate::config::{self, ServerSetting};
 use crate::kv;
 use crate::loader::{self, LoadedApp};
 use crate::router::CurrentRouter;
+use crate::systemd;
 
 /// How often `--reload` looks at the watched files.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -75,6 +76,12 @@ impl Reloader {
     /// the new apps, requests in flight finish on the old ones, and an app no longer
     /// configured stops when its last request ends. If anything fails, nothing changes.
     fn reload_all(&mut self, why: &str) {
+        systemd::reloading();
+        self.reload_every_app(why);
+        systemd::ready();
+    }
+
+    fn reload_every_app(&mut self, why: &str) {
         tracing::info!("reloading every app ({why})");
         self.warn_of_server_changes();
         let loaded = self

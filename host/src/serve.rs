@@ -16,8 +16,8 @@ use crate::http::io::Pace;
 use crate::lifecycle::Lifecycle;
 use crate::reload::{ReloadRequest, Reloader};
 use crate::router::CurrentRouter;
-use crate::server;
 use crate::{access_log, admin, config, loader};
+use crate::{server, systemd};
 
 /// `wasm-gw serve`: loads the apps and serves them until SIGTERM or SIGINT.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -127,6 +127,7 @@ pub fn run(
         None => None,
     };
     tracing::info!("listening on http://{address}");
+    systemd::ready();
     if let Some(admin) = &args.admin {
         let admin = admin::start(admin)?;
         tracing::info!("admin endpoint on http://{admin} (/health, /metrics)");
@@ -227,6 +228,7 @@ fn handle_signals(
                         app: None,
                     });
                 } else if !lifecycle.is_stopping() {
+                    systemd::stopping();
                     let in_flight = lifecycle.stop();
                     tracing::info!(
                         signal,

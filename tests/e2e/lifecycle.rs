@@ -169,3 +169,31 @@ fn the_pid_file_names_the_server_while_it_serves() {
     assert_eq!(server.wait_for_exit(), Some(0));
     assert!(!pid_file.exists(), "the pid file outlived the server");
 }
+
+#[test]
+fn systemd_hears_ready_reloading_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = crate::support::Scratch::new("notify");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(crate::support::IO_TIMEOUT))
+        .unwrap();
+    let next = || {
+        let mut message = [0; 256];
+        let length = socket.recv(&mut message).unwrap();
+        String::from_utf8_lossy(&message[..length]).into_owned()
+    };
+    let mut server = Server::start_with_env("hello", &[], &[("NOTIFY_SOCKET", &socket_path)]);
+    assert_eq!(next(), "READY=1\n");
+    server.signal("HUP");
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert_eq!(next(), "READY=1\n");
+    server.signal("TERM");
+    assert_eq!(next(), "STOPPING=1\n");
+    assert_eq!(server.wait_for_exit(), Some(0));
+}

@@ -204,15 +204,20 @@ impl Server {
     }
 
     pub fn start_path(app: &Path, args: &[&str]) -> Server {
-        Server::launch(Some(app), args)
+        Server::launch(Some(app), args, &[])
+    }
+
+    /// Serves guest `app` with extra `args` and variables `env` in its environment.
+    pub fn start_with_env(app: &str, args: &[&str], env: &[(&str, &Path)]) -> Server {
+        Server::launch(Some(&guest(app)), args, env)
     }
 
     /// Serves with `args` alone: apps come from `--mount` flags.
     pub fn start_mounts(args: &[&str]) -> Server {
-        Server::launch(None, args)
+        Server::launch(None, args, &[])
     }
 
-    fn launch(app: Option<&Path>, args: &[&str]) -> Server {
+    fn launch(app: Option<&Path>, args: &[&str], env: &[(&str, &Path)]) -> Server {
         // Tests share one code cache, out of the user's home, unless they test the cache.
         let cache_dir = workspace_root().join("target/e2e-code-cache");
         let cache_args = match args
@@ -241,6 +246,7 @@ impl Server {
             .args(cache_args)
             .args(state_args)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
