@@ -119,7 +119,7 @@ pub fn run(
     signals: Signals,
 ) -> anyhow::Result<()> {
     let workers = args.workers();
-    let listener = server::bind(&args.host, args.port, args.backlog)?;
+    let listener = server::listener(&args.host, args.port, args.backlog)?;
     let address = listener.local_addr()?;
 
     let pid_file = match &args.pid {

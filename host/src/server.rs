@@ -48,6 +48,34 @@ pub fn bind(host: &str, port: u16, backlog: i32) -> anyhow::Result<TcpListener> 
     listen().with_context(|| format!("cannot listen on {host}:{port}"))
 }
 
+/// The listening socket systemd passed (socket activation: `LISTEN_FDS`, and `LISTEN_PID`
+/// naming this process), if it passed one; else one bound to `host:port` with [`bind`].
+/// It clears those variables, so that programs the server starts don't take the socket
+/// for theirs; the threads running by then (the epoch ticker, the code cache's) never read
+/// the environment.
+pub fn listener(host: &str, port: u16, backlog: i32) -> anyhow::Result<TcpListener> {
+    let mut passed = listenfd::ListenFd::from_env();
+    if passed.len() == 0 {
+        return bind(host, port, backlog);
+    }
+    if passed.len() > 1 {
+        tracing::warn!(
+            "systemd passed {} sockets; serving on the first alone",
+            passed.len()
+        );
+    }
+    let listener = passed
+        .take_tcp_listener(0)
+        .context("cannot take the socket systemd passed")?
+        .ok_or_else(|| anyhow::anyhow!("the socket systemd passed is not a TCP listener"))?;
+    // As a socket of our own would be: blocking accepts, and TCP_NODELAY for every
+    // connection accepted from it.
+    listener.set_nonblocking(false)?;
+    socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
+    tracing::info!("serving on the socket systemd passed; --host and --port do not apply");
+    Ok(listener)
+}
+
 /// Accepts connections until the server stops; the serving threads go on with the open
 /// ones.
 pub fn run(

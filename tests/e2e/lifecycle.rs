@@ -197,3 +197,18 @@ fn systemd_hears_ready_reloading_and_stopping() {
     assert_eq!(next(), "STOPPING=1\n");
     assert_eq!(server.wait_for_exit(), Some(0));
 }
+
+#[test]
+fn a_socket_systemd_passes_is_served() {
+    // The test binds it, as systemd would for a .socket unit, and passes it as descriptor 3.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = Server::start_on_listener("hello", &listener);
+    assert_eq!(
+        server.addr, address,
+        "the server listens on the socket it was given"
+    );
+    server.wait_for_log(&["serving on the socket systemd passed"]);
+    let response = server.raw(b"GET /?name=systemd HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(response.text(), "Hello, systemd!\n");
+}

@@ -212,12 +212,29 @@ impl Server {
         Server::launch(Some(&guest(app)), args, env)
     }
 
+    /// Serves guest `app` on `listener`, passed as systemd passes one (`LISTEN_FDS=1`, the
+    /// socket as file descriptor 3).
+    pub fn start_on_listener(app: &str, listener: &std::net::TcpListener) -> Server {
+        use std::os::fd::AsRawFd;
+        let fd = listener.as_raw_fd();
+        Server::launch_with(Some(&guest(app)), &[], &[], Some(fd))
+    }
+
     /// Serves with `args` alone: apps come from `--mount` flags.
     pub fn start_mounts(args: &[&str]) -> Server {
         Server::launch(None, args, &[])
     }
 
     fn launch(app: Option<&Path>, args: &[&str], env: &[(&str, &Path)]) -> Server {
+        Server::launch_with(app, args, env, None)
+    }
+
+    fn launch_with(
+        app: Option<&Path>,
+        args: &[&str],
+        env: &[(&str, &Path)],
+        listener: Option<std::os::fd::RawFd>,
+    ) -> Server {
         // Tests share one code cache, out of the user's home, unless they test the cache.
         let cache_dir = workspace_root().join("target/e2e-code-cache");
         let cache_args = match args
@@ -239,7 +256,27 @@ impl Server {
             Some(dir) => vec!["--state-dir", dir.arg()],
             None => Vec::new(),
         };
-        let mut child = dies_with_test(&mut Command::new(env!("CARGO_BIN_EXE_wasm-gw")))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wasm-gw"));
+        if let Some(fd) = listener {
+            command.env("LISTEN_FDS", "1");
+            // SAFETY: dup2 and fcntl are async-signal-safe, and the closure touches nothing
+            // else; descriptor 3 is then not closed on exec.
+            unsafe {
+                command.pre_exec(move || {
+                    // A descriptor that is 3 already only needs to survive the exec.
+                    let kept = if fd == 3 {
+                        libc::fcntl(3, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(fd, 3)
+                    };
+                    if kept == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = dies_with_test(&mut command)
             .arg("serve")
             .args(app)
             .args(["--host", "127.0.0.1", "--port", "0"])
