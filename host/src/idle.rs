@@ -127,13 +127,7 @@ impl<T: AsFd> IdleSet<T> {
 
     /// Takes out the connection parked under `token`, if it is still there.
     pub fn take(&self, token: u64) -> Option<T> {
-        let (index, generation) = ((token & u64::from(u32::MAX)) as u32, (token >> 32) as u32);
-        let mut parked = self.lock();
-        let current = parked
-            .slots
-            .get(index as usize)
-            .is_some_and(|slot| slot.generation == generation && slot.occupant.is_some());
-        current.then(|| parked.vacate(index).0)
+        self.lock().take(token)
     }
 
     /// Hands a connection to the threads, as though it had become readable.
@@ -214,16 +208,10 @@ impl<T: AsFd> IdleSet<T> {
         if token == HANDED_TOKEN {
             return self.take_handed();
         }
-        let (index, generation) = ((token & u64::from(u32::MAX)) as u32, (token >> 32) as u32);
         let mut parked = self.lock();
-        let current = parked
-            .slots
-            .get(index as usize)
-            .is_some_and(|slot| slot.generation == generation && slot.occupant.is_some());
-        if !current {
+        let Some(connection) = parked.take(token) else {
             return Ok(Wakeup::Stale);
-        }
-        let (connection, _) = parked.vacate(index);
+        };
         parked.taken += 1;
         Ok(Wakeup::Ready(connection))
     }
@@ -331,6 +319,16 @@ fn is_readable(fd: &impl AsFd) -> bool {
 }
 
 impl<T> Parked<T> {
+    /// Takes out the occupant `token` names, if the slot still holds it.
+    fn take(&mut self, token: u64) -> Option<T> {
+        let (index, generation) = ((token & u64::from(u32::MAX)) as u32, (token >> 32) as u32);
+        let current = self
+            .slots
+            .get(index as usize)
+            .is_some_and(|slot| slot.generation == generation && slot.occupant.is_some());
+        current.then(|| self.vacate(index).0)
+    }
+
     /// Empties an occupied slot; its token goes stale.
     fn vacate(&mut self, index: u32) -> (T, Instant) {
         let slot = &mut self.slots[index as usize];

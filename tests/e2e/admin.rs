@@ -53,8 +53,23 @@ fn settled_scrape(admin: SocketAddr) -> prometheus_parse::Scrape {
     }
 }
 
+/// The samples of `name` on `admin`'s /metrics now whose labels include every pair of
+/// `labels`, summed.
+pub fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = client()
+        .get(format!("http://{admin}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let scrape =
+        prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).unwrap();
+    sample(&scrape, name, labels)
+}
+
 /// The samples of `metric` whose labels include every pair of `labels`, summed.
-pub fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
     scrape
         .samples
         .iter()

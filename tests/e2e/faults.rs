@@ -3,16 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 
-use crate::support::{RawResponse, Server, client};
-
-fn status_of(server: &Server, path: &str) -> u16 {
-    client()
-        .get(server.url(path))
-        .call()
-        .unwrap()
-        .status()
-        .as_u16()
-}
+use crate::support::{RawResponse, Server, status_of};
 
 #[test]
 fn each_fault_gets_500_and_the_server_keeps_serving() {
@@ -174,4 +165,19 @@ fn exc_info_replaces_a_response_only_before_it_is_sent() {
         "ERROR",
         "start_response called again after the headers were set",
     ]);
+}
+
+#[test]
+fn a_reason_phrase_goes_out_in_latin1() {
+    let server = Server::start("faulty", &[]);
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET /latin1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200 Caf\xe9\r\n"),
+        "{answer:?}"
+    );
 }

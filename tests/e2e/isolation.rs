@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::admin::{admin_address, sample};
-use crate::support::{IO_TIMEOUT, RawResponse, Redis, Server, client, guest};
+use crate::admin::{admin_address, metric};
+use crate::support::{IO_TIMEOUT, RawResponse, Redis, Server, client, guest, status_of};
 
 /// The hostile `faulty` app at `/`, `hello` at `/hello`, with a 2 s deadline and two
 /// instances each unless `extra` says otherwise.
@@ -47,15 +47,6 @@ fn median_and_max(mut durations: Vec<Duration>) -> (Duration, Duration) {
     )
 }
 
-fn status_of(server: &Server, path: &str) -> u16 {
-    client()
-        .get(server.url(path))
-        .call()
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 #[test]
 fn a_guest_waiting_in_a_host_call_gets_504_at_its_deadline() {
     let server = hostile_beside_hello(&[]);
@@ -91,19 +82,6 @@ fn answer(stream: TcpStream, sent: Instant) -> (u16, Duration, Option<String>) {
     let response = RawResponse::read(&mut BufReader::new(stream), false);
     let retry = response.header("retry-after").map(str::to_owned);
     (response.status, sent.elapsed(), retry)
-}
-
-fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = client()
-        .get(format!("http://{admin}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    let scrape =
-        prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).unwrap();
-    sample(&scrape, name, labels)
 }
 
 fn health(admin: SocketAddr) -> (u16, Value) {

@@ -184,6 +184,28 @@ fn the_namespace_is_the_operators_choice() {
 }
 
 #[test]
+fn a_frozen_redis_costs_a_request_its_deadline_and_no_more() {
+    let redis = Redis::start();
+    let server = Server::start(
+        "tasks",
+        &["--workers", "1", "--timeout", "2", "--kv", &redis.url()],
+    );
+    create_task(&server, "before").unwrap();
+    redis.freeze(true);
+    let started = std::time::Instant::now();
+    let status = client().get(server.url("/tasks")).call().unwrap().status();
+    let took = started.elapsed();
+    redis.freeze(false);
+    // Stopped at the 2 s deadline: a 503 from the app or a 504 from the server, never
+    // the 5 s of a Redis command's own timeout.
+    assert!(matches!(status.as_u16(), 503 | 504), "{status}");
+    assert!(
+        took < std::time::Duration::from_secs(4),
+        "the request took {took:?}"
+    );
+}
+
+#[test]
 fn redis_outage_answers_503_and_recovers_without_restart() {
     let mut redis = Redis::start();
     let server = Server::start("tasks", &["--workers", "2", "--kv", &redis.url()]);

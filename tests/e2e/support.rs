@@ -464,6 +464,16 @@ impl Drop for Server {
     }
 }
 
+/// The status of `GET path` on `server`.
+pub fn status_of(server: &Server, path: &str) -> u16 {
+    client()
+        .get(server.url(path))
+        .call()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// An HTTP client that reports every status instead of failing on 4xx and 5xx.
 pub fn client() -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -572,6 +582,18 @@ pub struct Redis {
 }
 
 impl Redis {
+    /// Freezes the server (SIGSTOP), or thaws it (SIGCONT): connections stay open, and
+    /// nothing answers on them.
+    pub fn freeze(&self, frozen: bool) {
+        let child = self.child.as_ref().expect("running");
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     pub fn start() -> Redis {
         // The port is free when we look; if another process takes it before Redis binds it,
         // try another.

@@ -321,19 +321,7 @@ fn a_slow_upload_holds_no_instance_until_its_body_is_in() {
         "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {total}\r\n\r\nfirst"
     )
     .unwrap();
-    let in_flight = || {
-        let text = crate::support::client()
-            .get(format!("http://{admin}/metrics"))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        text.lines()
-            .find_map(|line| line.strip_prefix("wasm_gw_requests_in_flight "))
-            .and_then(|value| value.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let in_flight = || crate::admin::metric(admin, "wasm_gw_requests_in_flight", &[]);
     let deadline = std::time::Instant::now() + crate::support::IO_TIMEOUT;
     while in_flight() < 1.0 {
         assert!(

@@ -151,6 +151,11 @@ impl Guest for Faulty {
                 let _ = start_response("200 OK", &headers(&[("X-Big", &value)]), None);
                 ok_body("big header\n")
             }
+            // A reason phrase with a char past ASCII, which goes out as one latin-1 byte.
+            "/latin1" => {
+                start_response("200 Caf\u{e9}", &plain, None).map_err(|e| format!("{e:?}"))?;
+                ok_body("latin-1\n")
+            }
             "/hop-header" => {
                 let _ = start_response("200 OK", &headers(&[("Connection", "close")]), None);
                 ok_body("hop header\n")

@@ -322,19 +322,7 @@ impl Connection for SqliteConnection {
     }
 
     fn delete(&mut self, bucket: BucketId, key: &str) -> Result<()> {
-        if self
-            .deadline
-            .is_some_and(|deadline| deadline <= Instant::now())
-        {
-            return Err(past_deadline());
-        }
-        let _turn = Self::turn(
-            &self.writers,
-            self.patience,
-            &mut self.deadline,
-            &mut self.lock_wait,
-        )?;
-        remove(&self.connection, bucket, key).map_err(backend)
+        self.write_transaction(|connection| remove(connection, bucket, key).map_err(backend))
     }
 
     fn exists(&mut self, bucket: BucketId, key: &str) -> Result<bool> {
