@@ -144,13 +144,27 @@ pub struct ServeArgs {
     #[arg(long, conflicts_with = "no_cache")]
     pub cache_dir: Option<PathBuf>,
 
-    /// Address to listen on.
+    /// Listen on this socket, repeatable, in Gunicorn's forms: HOST:PORT, [::1]:PORT,
+    /// unix:PATH or fd://N (a listening socket inherited at descriptor N). Every listener
+    /// serves the same apps. Sockets passed by systemd (LISTEN_FDS) are used instead
+    /// [default: --host and --port].
+    #[arg(short = 'b', long = "bind", value_name = "ADDRESS", conflicts_with_all = ["host", "port"])]
+    pub binds: Vec<crate::listener::Bind>,
+
+    /// Address to listen on, when there is no --bind.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
 
-    /// Port to listen on; 0 picks a free one (the startup line shows which).
+    /// Port to listen on, when there is no --bind; 0 picks a free one (the startup line
+    /// shows which).
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
+
+    /// Bits taken out of the mode of unix: socket files (0777): 0 lets any local user
+    /// connect, 007 the socket's owner and group alone. Octal with a leading 0 (`0o` or
+    /// `0x` also work), as Gunicorn reads it.
+    #[arg(short = 'm', long, default_value = "0", value_parser = parse_umask)]
+    pub umask: u32,
 
     /// Instances of the app, each serving one request at a time [default: the number of CPUs].
     #[arg(short = 'w', long, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -705,6 +719,23 @@ fn clap_reason(error: &clap::Error) -> String {
     line.strip_prefix("error: ").unwrap_or(line).to_owned()
 }
 
+fn parse_umask(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    let (digits, radix) = if let Some(hex) = text.strip_prefix("0x") {
+        (hex, 16)
+    } else if let Some(octal) = text.strip_prefix("0o") {
+        (octal, 8)
+    } else if text.len() > 1 && text.starts_with('0') {
+        (&text[1..], 8)
+    } else {
+        (text, 10)
+    };
+    u32::from_str_radix(digits, radix)
+        .ok()
+        .filter(|&mask| mask <= 0o777)
+        .ok_or_else(|| format!("{text:?} is not a umask from 0 to 0777"))
+}
+
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
         .parse()
@@ -792,6 +823,17 @@ mod tests {
         assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert!(parse_size("12XB").is_err());
         assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn umasks() {
+        assert_eq!(parse_umask("0"), Ok(0));
+        assert_eq!(parse_umask("007"), Ok(0o7));
+        assert_eq!(parse_umask("0o117"), Ok(0o117));
+        assert_eq!(parse_umask("0x3f"), Ok(0o77));
+        assert_eq!(parse_umask("18"), Ok(18));
+        assert!(parse_umask("0999").is_err());
+        assert!(parse_umask("01000").is_err());
     }
 
     #[test]

@@ -150,7 +150,20 @@ pub fn server_settings(path: &Path) -> anyhow::Result<Vec<ServerSetting>> {
                 toml::Value::Float(number) => vec![flag, number.to_string()],
                 toml::Value::Boolean(true) => vec![flag],
                 toml::Value::Boolean(false) => Vec::new(),
-                _ => anyhow::bail!("{place}: [server] {key}: use a string, a number or a boolean"),
+                // `bind = ["0.0.0.0:80", "unix:/run/gw.sock"]`: the flag once for each.
+                toml::Value::Array(items) => items
+                    .into_iter()
+                    .map(|item| match item {
+                        toml::Value::String(text) => {
+                            Ok([flag.clone(), relative_to_file(base, &key, text)])
+                        }
+                        _ => anyhow::bail!("{place}: [server] {key}: use a list of strings"),
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?
+                    .concat(),
+                _ => anyhow::bail!(
+                    "{place}: [server] {key}: use a string, a number, a boolean or a list of strings"
+                ),
             };
             Ok(ServerSetting { key, args, place })
         })
@@ -261,7 +274,13 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<AppConfig>> {
 /// `pid`, and the path of `kv = "sqlite:PATH"`.
 fn relative_to_file(base: &Path, key: &str, value: String) -> String {
     let (prefix, path) = match key {
-        "cache-dir" | "state-dir" | "pid" => ("", value.as_str()),
+        "cache-dir" | "state-dir" | "pid" | "certfile" | "keyfile" | "ca-certs" => {
+            ("", value.as_str())
+        }
+        "bind" => match value.strip_prefix("unix:") {
+            Some(path) => ("unix:", path),
+            None => return value,
+        },
         "kv" => match value.strip_prefix("sqlite:") {
             Some(path) => ("sqlite:", path),
             None => return value,

@@ -6,7 +6,7 @@
 //! deadline, and the server parks it without a thread.
 
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +24,7 @@ use crate::http::io::{Io, Pace};
 use crate::http::request::{self, BodyKind, Framing};
 use crate::http::response::{write_server_response, write_server_response_with};
 use crate::lifecycle::{IDLE_GRACE, Lifecycle, Registration};
+use crate::listener::Peer;
 use crate::metrics::metrics;
 use crate::pool::{Lease, Pool, Refusal, Ticket};
 use crate::router::{CurrentRouter, Route};
@@ -77,7 +78,7 @@ pub struct Connection {
 
 /// Everything of a connection but its socket, which requests borrow while they run.
 struct State {
-    peer: SocketAddr,
+    peer: Peer,
     info: ConnectionInfo,
     registration: Registration,
     phase: Phase,
@@ -182,19 +183,16 @@ pub enum Next {
 
 impl Connection {
     /// Takes on a new client connection, which then waits for its first request. `local` is
-    /// the address it arrived on, if the listener knows it.
+    /// the address it arrived on; `None` on a Unix socket.
     pub fn open(
-        stream: TcpStream,
-        peer: SocketAddr,
+        socket: socket2::Socket,
+        peer: Peer,
         local: Option<SocketAddr>,
         config: &ConnectionConfig,
         lifecycle: &Arc<Lifecycle>,
     ) -> Next {
-        let stream = Arc::new(stream);
+        let stream = Arc::new(socket);
         let Some(registration) = lifecycle.register() else {
-            return Next::Closed;
-        };
-        let Ok(local) = local.map_or_else(|| stream.local_addr(), Ok) else {
             return Next::Closed;
         };
         let state = State {

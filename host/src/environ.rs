@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::bindings::wasm_gw::wsgi::request::Environ;
 use crate::http::request::{BodyKind, Head};
+use crate::listener::Peer;
 
 /// Facts about the connection and the server that the environ reports, formatted once for
 /// all the connection's requests.
@@ -22,19 +23,36 @@ pub struct ConnectionInfo {
 }
 
 impl ConnectionInfo {
+    /// For a connection from `peer` that arrived on `local`, `None` on a Unix socket.
     pub fn new(
-        local: SocketAddr,
-        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        peer: Peer,
         multithread: bool,
         proxies: &Arc<Proxies>,
     ) -> ConnectionInfo {
+        // A Unix socket's connections have no addresses: REMOTE_ADDR is empty, as Gunicorn
+        // has it, and SERVER_NAME falls back to localhost.
+        let (local_ip, local_port) = match local {
+            Some(local) => (local.ip().to_string(), local.port()),
+            None => ("localhost".to_owned(), 80),
+        };
+        let (peer_ip, peer_port, trusted) = match peer {
+            Peer::Ip(peer) => (
+                peer.ip().to_string(),
+                peer.port(),
+                proxies.trusts(peer.ip()),
+            ),
+            // Only processes allowed by the socket file's mode connect there: a proxy in
+            // front of a Unix socket is believed, as Gunicorn believes it.
+            Peer::Local => (String::new(), 0, true),
+        };
         ConnectionInfo {
-            local_ip: local.ip().to_string(),
-            local_port: local.port(),
-            peer_ip: peer.ip().to_string(),
-            peer_port: peer.port(),
+            local_ip,
+            local_port,
+            peer_ip,
+            peer_port,
             multithread,
-            proxies: proxies.trusts(peer.ip()).then(|| proxies.clone()),
+            proxies: trusted.then(|| proxies.clone()),
         }
     }
 }
@@ -485,7 +503,7 @@ mod tests {
         let proxies = Arc::new(Proxies::Networks(Vec::new()));
         build(
             &head,
-            &ConnectionInfo::new(local, peer, true, &proxies),
+            &ConnectionInfo::new(Some(local), Peer::Ip(peer), true, &proxies),
             reused,
         )
     }

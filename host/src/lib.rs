@@ -1,9 +1,10 @@
 //! wasm-gw: a WSGI-style gateway that serves web apps compiled to WebAssembly components.
 //!
 //! Data flows one way through the modules: [`cli`] and [`config`] → [`loader`] (the apps,
-//! and the router over them; [`reload`] goes through it again) → [`server`] (listener,
-//! accept loop, serving threads) → [`idle`] (connections parked between requests) →
-//! [`connection`] (each connection's requests) → [`http`] (head parsing, body decoding,
+//! and the router over them; [`reload`] goes through it again) → [`listener`] (the sockets
+//! listened on) → [`server`] (accept loop, serving threads) → [`idle`] (connections parked
+//! between requests) → [`connection`] (each connection's requests) → [`http`] (head
+//! parsing, body decoding,
 //! response encoding) → [`environ`] → [`router`] → [`pool`] → [`app`], the seam that
 //! [`runtime`] implements for components, with [`guest`] answering the component's calls and
 //! [`kv`] its key-value storage.
@@ -24,6 +25,7 @@ pub mod http;
 pub mod idle;
 pub mod kv;
 pub mod lifecycle;
+pub mod listener;
 pub mod loader;
 pub mod metrics;
 pub mod pool;

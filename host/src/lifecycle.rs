@@ -1,6 +1,7 @@
 //! Graceful shutdown: stop accepting, close idle connections, let requests in flight finish.
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -11,9 +12,10 @@ use std::time::{Duration, Instant};
 pub const IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// The server's run state, shared by the accept loop, the connections and the signal thread.
-#[derive(Default)]
 pub struct Lifecycle {
     stopping: AtomicBool,
+    /// Readable once the server stops: the accept loop waits on it beside the listeners.
+    stop_signal: OwnedFd,
     stopped_at: Mutex<Option<Instant>>,
     next_connection: AtomicU64,
     connections: Mutex<HashMap<u64, Arc<Tracked>>>,
@@ -35,6 +37,23 @@ pub struct Registration {
 }
 
 impl Lifecycle {
+    pub fn new() -> std::io::Result<Lifecycle> {
+        let flags = rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK;
+        Ok(Lifecycle {
+            stopping: AtomicBool::new(false),
+            stop_signal: rustix::event::eventfd(0, flags)?,
+            stopped_at: Mutex::default(),
+            next_connection: AtomicU64::new(0),
+            connections: Mutex::default(),
+            ended: Condvar::new(),
+        })
+    }
+
+    /// Readable once the server has begun to stop.
+    pub fn stop_signal(&self) -> BorrowedFd<'_> {
+        self.stop_signal.as_fd()
+    }
+
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
     }
@@ -67,6 +86,9 @@ impl Lifecycle {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         self.stopping.store(true, Ordering::Release);
+        if let Err(error) = rustix::io::write(&self.stop_signal, &1u64.to_ne_bytes()) {
+            tracing::error!("cannot wake the accept loop to stop: {error}");
+        }
         self.lock()
             .values()
             .filter(|tracked| *tracked.busy.lock().unwrap_or_else(PoisonError::into_inner))

@@ -1,12 +1,12 @@
 //! `wasm-gw serve` put together: load the app, bind, serve, reload, stop.
 
 use std::io::IsTerminal;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Sender};
 use std::thread;
 use std::time::Duration;
 
+use anyhow::Context;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -14,6 +14,7 @@ use crate::cli::{LogFormat, ServeArgs};
 use crate::connection::{ConnectionConfig, Timeouts};
 use crate::http::io::Pace;
 use crate::lifecycle::Lifecycle;
+use crate::listener::{self, Bind, Listener};
 use crate::reload::{ReloadRequest, Reloader};
 use crate::router::CurrentRouter;
 use crate::{access_log, admin, config, loader};
@@ -119,14 +120,14 @@ pub fn run(
     signals: Signals,
 ) -> anyhow::Result<()> {
     let workers = args.workers();
-    let listener = server::listener(&args.host, args.port, args.backlog)?;
-    let address = listener.local_addr()?;
-
+    let listeners = listen(args)?;
     let pid_file = match &args.pid {
         Some(path) => Some(PidFile::write(path)?),
         None => None,
     };
-    tracing::info!("listening on http://{address}");
+    for listener in &listeners {
+        tracing::info!("listening on {}", listener.describe("http"));
+    }
     systemd::ready();
     if let Some(admin) = &args.admin {
         let admin = admin::start(admin)?;
@@ -152,16 +153,10 @@ pub fn run(
         let watch = args.reload.then(|| reload_requests.clone());
         reloader.run(reloads, watch)?;
     }
-    let lifecycle = Arc::new(Lifecycle::default());
-    handle_signals(
-        signals,
-        &lifecycle,
-        address,
-        args.graceful_timeout,
-        reload_requests,
-    )?;
+    let lifecycle = Arc::new(Lifecycle::new().context("cannot set up the shutdown")?);
+    handle_signals(signals, &lifecycle, args.graceful_timeout, reload_requests)?;
     server::run(
-        listener,
+        &listeners,
         router,
         config,
         args.max_connections(),
@@ -169,6 +164,7 @@ pub fn run(
     )?;
     let still_open = lifecycle.wait_for_connections(args.graceful_timeout);
     access_log::flush();
+    drop(listeners);
     drop(pid_file);
     if still_open > 0 {
         anyhow::bail!("the graceful timeout passed with {still_open} connections still open");
@@ -196,28 +192,39 @@ impl Drop for PidFile {
     }
 }
 
-/// How long the signal thread tries to wake the accept loop.
-const WAKE_TIMEOUT: Duration = Duration::from_millis(500);
+/// The sockets to serve on: those systemd passed, if it passed any; else every `--bind`,
+/// or `--host` and `--port`.
+fn listen(args: &ServeArgs) -> anyhow::Result<Vec<Listener>> {
+    let passed = listener::from_systemd()?;
+    if !passed.is_empty() {
+        let sockets = match passed.len() {
+            1 => "the socket".to_owned(),
+            count => format!("the {count} sockets"),
+        };
+        tracing::info!(
+            "serving on {sockets} systemd passed; --bind, --host and --port do not apply"
+        );
+        return Ok(passed);
+    }
+    let binds = match args.binds.as_slice() {
+        [] => &[Bind::Tcp(args.host.clone(), args.port)][..],
+        binds => binds,
+    };
+    binds
+        .iter()
+        .map(|bind| Listener::bind(bind, args.backlog, args.umask))
+        .collect()
+}
 
 /// On SIGHUP, reloads the app. On SIGTERM or SIGINT, stops the server gracefully; on a
 /// second one, exits at once.
 fn handle_signals(
     mut signals: Signals,
     lifecycle: &Arc<Lifecycle>,
-    address: SocketAddr,
     graceful: Duration,
     reload_requests: Sender<ReloadRequest>,
 ) -> anyhow::Result<()> {
     let lifecycle = lifecycle.clone();
-    // The accept loop blocks in accept(); a connection of our own wakes it to see the stop.
-    let mut wake = address;
-    if wake.ip().is_unspecified() {
-        wake.set_ip(if wake.is_ipv4() {
-            Ipv4Addr::LOCALHOST.into()
-        } else {
-            Ipv6Addr::LOCALHOST.into()
-        });
-    }
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -234,8 +241,6 @@ fn handle_signals(
                         signal,
                         "shutting down: {in_flight} requests in flight, waiting up to {graceful:?}"
                     );
-                    // Bounded: a full backlog must not keep this thread from a second signal.
-                    let _ = TcpStream::connect_timeout(&wake, WAKE_TIMEOUT);
                 } else {
                     tracing::warn!(signal, "second signal: exiting now");
                     access_log::flush();

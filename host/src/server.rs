@@ -7,7 +7,6 @@
 //! A watchdog thread enforces the parked connections' deadlines, and adds a thread when
 //! ready connections wait while threads are blocked, for example on slow uploads.
 
-use std::net::{TcpListener, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -15,71 +14,19 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::connection::{Connection, ConnectionConfig, Next};
 use crate::http::io::threads_waiting_on_peers;
 use crate::idle::{IdleSet, Wakeup};
 use crate::lifecycle::{IDLE_GRACE, Lifecycle};
+use crate::listener::{self, Listener};
 use crate::pool::{Lease, Waiter};
 use crate::router::CurrentRouter;
 
-/// Binds the listening socket with SO_REUSEADDR, so that a restarted server can bind while
-/// old connections sit in TIME_WAIT, and a listen queue of `backlog`. Its connections get
-/// TCP_NODELAY from it, as Linux's do.
-pub fn bind(host: &str, port: u16, backlog: i32) -> anyhow::Result<TcpListener> {
-    let listen = || -> std::io::Result<TcpListener> {
-        let address = (host, port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such address"))?;
-        let socket = Socket::new(
-            Domain::for_address(address),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )?;
-        socket.set_reuse_address(true)?;
-        // Responses are written whole or in large pieces; Nagle's delay only adds latency.
-        socket.set_tcp_nodelay(true)?;
-        socket.bind(&address.into())?;
-        socket.listen(backlog)?;
-        Ok(socket.into())
-    };
-    listen().with_context(|| format!("cannot listen on {host}:{port}"))
-}
-
-/// The listening socket systemd passed (socket activation: `LISTEN_FDS`, and `LISTEN_PID`
-/// naming this process), if it passed one; else one bound to `host:port` with [`bind`].
-/// It clears those variables, so that programs the server starts don't take the socket
-/// for theirs; the threads running by then (the epoch ticker, the code cache's) never read
-/// the environment.
-pub fn listener(host: &str, port: u16, backlog: i32) -> anyhow::Result<TcpListener> {
-    let mut passed = listenfd::ListenFd::from_env();
-    if passed.len() == 0 {
-        return bind(host, port, backlog);
-    }
-    if passed.len() > 1 {
-        tracing::warn!(
-            "systemd passed {} sockets; serving on the first alone",
-            passed.len()
-        );
-    }
-    let listener = passed
-        .take_tcp_listener(0)
-        .context("cannot take the socket systemd passed")?
-        .ok_or_else(|| anyhow::anyhow!("the socket systemd passed is not a TCP listener"))?;
-    // As a socket of our own would be: blocking accepts, and TCP_NODELAY for every
-    // connection accepted from it.
-    listener.set_nonblocking(false)?;
-    socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
-    tracing::info!("serving on the socket systemd passed; --host and --port do not apply");
-    Ok(listener)
-}
-
-/// Accepts connections until the server stops; the serving threads go on with the open
-/// ones.
+/// Accepts connections on every listener until the server stops; the serving threads go
+/// on with the open ones.
 pub fn run(
-    listener: TcpListener,
+    listeners: &[Listener],
     router: Arc<CurrentRouter>,
     config: ConnectionConfig,
     max_connections: usize,
@@ -105,18 +52,13 @@ pub fn run(
         .context("cannot start the watchdog thread")?;
 
     let open = Arc::new(ConnectionSlots::new(max_connections));
-    // Every connection to a listener on one address has that address; only a wildcard
-    // listener's need asking for theirs.
-    let local = listener
-        .local_addr()
-        .ok()
-        .filter(|address| !address.ip().is_unspecified());
+    let mut next = 0;
     loop {
         // At the limit, a new client waiting to be accepted gets room: the connections
         // that cost least to lose are closed. If none can be, it waits in the backlog until
         // a slot frees.
         let make_room = || {
-            if !is_readable(&listener) {
+            if !listener::any_ready(listeners) {
                 return false;
             }
             let evicted = threads
@@ -133,23 +75,32 @@ pub fn run(
         if !open.acquire(&lifecycle, make_room) {
             return Ok(());
         }
-        let accepted = listener.accept();
-        if lifecycle.is_stopping() {
+        let slot = SlotGuard(open.clone());
+        let ready = listener::wait_for_any(listeners, lifecycle.stop_signal(), next)
+            .context("cannot wait for new connections")?;
+        let Some(index) = ready else {
             return Ok(());
-        }
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
+        };
+        // The next wait looks at the other listeners first.
+        next = index + 1;
+        let listener = &listeners[index];
+        let (socket, peer) = match listener.accept() {
+            Ok(Some(accepted)) => accepted,
+            // Another process sharing the socket took it, or the client left already.
+            Ok(None) => continue,
             Err(error) => {
-                open.release();
                 tracing::warn!("accept failed: {error}");
                 // Out of file descriptors, most likely: give connections time to close.
+                drop(slot);
                 thread::sleep(Duration::from_millis(10));
                 continue;
             }
         };
-        let slot = SlotGuard(open.clone());
+        let Ok(local) = listener.local_of(&socket) else {
+            continue;
+        };
         if let Next::Wait(connection, deadline) =
-            Connection::open(stream, peer, local, &threads.config, &lifecycle)
+            Connection::open(socket, peer, local, &threads.config, &lifecycle)
             && let Err(error) = threads.idle.add(Client { connection, slot }, deadline)
         {
             tracing::warn!("cannot wait for a new connection's request: {error}");
@@ -414,19 +365,6 @@ impl Waiter for Handoff {
     }
 }
 
-/// Whether a new connection waits to be accepted on `listener`.
-fn is_readable(listener: &TcpListener) -> bool {
-    let mut fds = [rustix::event::PollFd::new(
-        listener,
-        rustix::event::PollFlags::IN,
-    )];
-    let now = rustix::event::Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    rustix::event::poll(&mut fds, Some(&now)).is_ok_and(|ready| ready > 0)
-}
-
 /// Takes a serving thread that panics out of the count, which would otherwise keep fewer
 /// threads than it says.
 struct LeavesCountIfPanicking<'a>(&'a AtomicUsize);
@@ -495,20 +433,5 @@ struct SlotGuard(Arc<ConnectionSlots>);
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         self.0.release();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::net::TcpStream;
-
-    use super::*;
-
-    #[test]
-    fn accepted_connections_have_nodelay_from_the_listener() {
-        let listener = bind("127.0.0.1", 0, 8).unwrap();
-        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (accepted, _) = listener.accept().unwrap();
-        assert!(accepted.nodelay().unwrap());
     }
 }

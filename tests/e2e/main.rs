@@ -8,6 +8,7 @@ mod corpus;
 mod environ;
 mod fast_start;
 mod faults;
+mod frontdoor;
 mod gateway;
 mod gunicorn;
 mod isolation;

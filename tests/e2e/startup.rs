@@ -9,11 +9,16 @@ use std::thread;
 use crate::support::{IO_TIMEOUT, guest};
 
 /// Runs `wasm-gw serve APP ARGS...`, which must exit on its own.
-fn serve_exits(app: &Path, args: &[&str]) -> Output {
+pub fn serve_exits(app: &Path, args: &[&str]) -> Output {
+    let host: &[&str] = match args.contains(&"--bind") {
+        true => &[],
+        false => &["--host", "127.0.0.1"],
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
         .arg("serve")
         .arg(app)
-        .args(["--host", "127.0.0.1", "--no-cache"])
+        .args(host)
+        .arg("--no-cache")
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -30,7 +35,7 @@ fn serve_exits(app: &Path, args: &[&str]) -> Output {
 
 /// Asserts the run failed with one `error:` line, its last, holding every one of `needles`,
 /// and that nothing else it logged was a warning or an error.
-fn assert_one_error_line(output: &Output, needles: &[&str]) {
+pub fn assert_one_error_line(output: &Output, needles: &[&str]) {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     let last = stderr.lines().last().unwrap_or_default();

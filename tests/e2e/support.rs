@@ -213,11 +213,27 @@ impl Server {
     }
 
     /// Serves guest `app` on `listener`, passed as systemd passes one (`LISTEN_FDS=1`, the
-    /// socket as file descriptor 3).
+    /// socket as file descriptor 3; the server ignores `LISTEN_PID` when it is unset).
     pub fn start_on_listener(app: &str, listener: &std::net::TcpListener) -> Server {
         use std::os::fd::AsRawFd;
         let fd = listener.as_raw_fd();
-        Server::launch_with(Some(&guest(app)), &[], &[], Some(fd))
+        Server::launch_with(
+            Some(&guest(app)),
+            &[],
+            &[("LISTEN_FDS", "1".as_ref())],
+            Some(fd),
+        )
+    }
+
+    /// Serves guest `app` with `args`, and `listener` inherited as file descriptor 3, for
+    /// `--bind fd://3`.
+    pub fn start_with_fd3(
+        app: &str,
+        args: &[&str],
+        listener: &impl std::os::fd::AsRawFd,
+    ) -> Server {
+        let fd = listener.as_raw_fd();
+        Server::launch_with(Some(&guest(app)), args, &[], Some(fd))
     }
 
     /// Serves with `args` alone: apps come from `--mount` flags.
@@ -256,9 +272,15 @@ impl Server {
             Some(dir) => vec!["--state-dir", dir.arg()],
             None => Vec::new(),
         };
+        // A test that binds its own sockets names them; the first listener's address is the
+        // server's.
+        let listen_args: &[&str] = if args.iter().any(|arg| *arg == "--bind" || *arg == "-b") {
+            &[]
+        } else {
+            &["--host", "127.0.0.1", "--port", "0"]
+        };
         let mut command = Command::new(env!("CARGO_BIN_EXE_wasm-gw"));
         if let Some(fd) = listener {
-            command.env("LISTEN_FDS", "1");
             // SAFETY: dup2 and fcntl are async-signal-safe, and the closure touches nothing
             // else; descriptor 3 is then not closed on exec.
             unsafe {
@@ -279,7 +301,7 @@ impl Server {
         let mut child = dies_with_test(&mut command)
             .arg("serve")
             .args(app)
-            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(listen_args)
             .args(cache_args)
             .args(state_args)
             .args(args)
@@ -296,12 +318,21 @@ impl Server {
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(address) = line.split("listening on http://").nth(1) {
-                    // Up to the end of the address, in text and in JSON lines alike.
-                    let address_char =
-                        |c: char| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']');
-                    let end = address.find(|c| !address_char(c)).unwrap_or(address.len());
-                    let _ = address_tx.send(address[..end].to_owned());
+                if let Some(listener) = line.split("listening on ").nth(1) {
+                    // Up to the end of the address, in text and in JSON lines alike: a
+                    // TCP address without its scheme, or `unix:PATH`.
+                    let listener = listener
+                        .strip_prefix("http://")
+                        .or_else(|| listener.strip_prefix("https://"))
+                        .unwrap_or(listener);
+                    let address_char = |c: char| {
+                        c.is_ascii_alphanumeric()
+                            || matches!(c, '.' | ':' | '[' | ']' | '/' | '-' | '_')
+                    };
+                    let end = listener
+                        .find(|c| !address_char(c))
+                        .unwrap_or(listener.len());
+                    let _ = address_tx.send(listener[..end].to_owned());
                 }
                 collector.lines.lock().unwrap().push(line);
                 collector.grew.notify_all();
@@ -313,9 +344,18 @@ impl Server {
             collector.closed.store(true, Ordering::SeqCst);
             collector.grew.notify_all();
         });
-        let address = match address_rx.recv_timeout(START_TIMEOUT) {
-            Ok(address) => address,
-            Err(_) => {
+        // The first TCP listener's: a test that binds Unix sockets binds one TCP socket too.
+        let started = Instant::now() + START_TIMEOUT;
+        let tcp = || loop {
+            let left = started.saturating_duration_since(Instant::now());
+            let address = address_rx.recv_timeout(left).ok()?;
+            if let Ok(address) = address.parse::<SocketAddr>() {
+                return Some(address);
+            }
+        };
+        let address = match tcp() {
+            Some(address) => address,
+            None => {
                 let _ = child.kill();
                 panic!(
                     "server did not start; its log:\n{}",
@@ -325,7 +365,7 @@ impl Server {
         };
         Server {
             child,
-            addr: address.parse().expect("socket address in the startup line"),
+            addr: address,
             log,
             _state: state,
         }
@@ -495,7 +535,7 @@ pub struct RawResponse {
 
 impl RawResponse {
     /// Reads one response; `head_only` for the answer to a HEAD request.
-    pub fn read(reader: &mut BufReader<TcpStream>, head_only: bool) -> RawResponse {
+    pub fn read(reader: &mut impl BufRead, head_only: bool) -> RawResponse {
         let mut status_line = String::new();
         reader.read_line(&mut status_line).expect("status line");
         assert!(
@@ -551,7 +591,7 @@ impl RawResponse {
     }
 }
 
-fn read_chunked(reader: &mut BufReader<TcpStream>) -> Vec<u8> {
+fn read_chunked(reader: &mut impl BufRead) -> Vec<u8> {
     let mut body = Vec::new();
     loop {
         let mut size_line = String::new();

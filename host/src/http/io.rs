@@ -1,11 +1,11 @@
-//! Buffered reads and writes on one TCP connection.
+//! Buffered reads and writes on one client connection, over TCP or a Unix socket.
 //!
 //! Bytes read past the end of one request stay in the buffer for the next, so pipelined
 //! requests are never lost.
 
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags};
+use socket2::Socket;
 
 /// How much one read from the socket asks for.
 const READ_CHUNK: usize = 16 * 1024;
@@ -82,7 +83,7 @@ impl SocketTimeout {
 /// A connection's socket and its read buffer.
 pub struct Io {
     /// Shared with the server's shutdown, which wakes idle connections through it.
-    stream: Arc<TcpStream>,
+    stream: Arc<Socket>,
     /// Zeroed once; reads land in `buf[end..]`. Empty while the connection waits with
     /// nothing buffered.
     buf: Vec<u8>,
@@ -105,7 +106,7 @@ pub struct Io {
 }
 
 impl Io {
-    pub fn new(stream: Arc<TcpStream>, write_pace: Pace) -> Io {
+    pub fn new(stream: Arc<Socket>, write_pace: Pace) -> Io {
         Io {
             stream,
             buf: Vec::new(),
@@ -385,7 +386,7 @@ impl AsFd for Io {
 
 /// Bytes written to `stream` that its peer has not acknowledged yet (`SIOCOUTQ`): still in
 /// the kernel's send queue, or on their way. 0 if the kernel won't say.
-fn unacknowledged(stream: &TcpStream) -> u64 {
+fn unacknowledged(stream: &Socket) -> u64 {
     /// `SIOCOUTQ`, which Linux spells `TIOCOUTQ` for sockets too.
     const SIOCOUTQ: rustix::ioctl::Opcode = 0x5411;
     // SAFETY: SIOCOUTQ writes one C int, which is what the getter reserves and reads.
@@ -400,7 +401,7 @@ fn unacknowledged(stream: &TcpStream) -> u64 {
 
 /// One write that doesn't wait, whatever the socket's mode; `None` if the socket's buffer
 /// is full.
-fn send_ready(stream: &TcpStream, parts: &[io::IoSlice]) -> io::Result<Option<usize>> {
+fn send_ready(stream: &Socket, parts: &[io::IoSlice]) -> io::Result<Option<usize>> {
     let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
     without_waiting(|| {
         rustix::net::sendmsg(stream, parts, &mut SendAncillaryBuffer::default(), flags)
@@ -408,7 +409,7 @@ fn send_ready(stream: &TcpStream, parts: &[io::IoSlice]) -> io::Result<Option<us
 }
 
 /// One read that doesn't wait, whatever the socket's mode; `None` if nothing has arrived.
-fn receive_ready(stream: &TcpStream, into: &mut [u8]) -> io::Result<Option<usize>> {
+fn receive_ready(stream: &Socket, into: &mut [u8]) -> io::Result<Option<usize>> {
     without_waiting(|| {
         rustix::net::recv(stream, &mut *into, RecvFlags::DONTWAIT).map(|(read, _)| read)
     })
