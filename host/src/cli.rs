@@ -160,6 +160,25 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
 
+    /// Serve HTTPS with this PEM certificate chain, the server's own first (Gunicorn's
+    /// --certfile); needs --keyfile. Re-read on SIGHUP, and when it changes under --reload.
+    #[arg(long, value_name = "FILE", requires = "keyfile")]
+    pub certfile: Option<PathBuf>,
+
+    /// The PEM private key of --certfile (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "certfile")]
+    pub keyfile: Option<PathBuf>,
+
+    /// PEM certificates of the authorities that client certificates are checked against.
+    #[arg(long, value_name = "FILE", requires = "certfile")]
+    pub ca_certs: Option<PathBuf>,
+
+    /// Whether TLS clients must show a certificate signed by --ca-certs: none, optional
+    /// (checked if shown) or required; 0, 1 and 2 as Gunicorn takes them. A verified
+    /// client's subject reaches the app as SSL_CLIENT_S_DN.
+    #[arg(long, default_value = "none", value_name = "none|optional|required")]
+    pub cert_reqs: crate::tls::CertReqs,
+
     /// Bits taken out of the mode of unix: socket files (0777): 0 lets any local user
     /// connect, 007 the socket's owner and group alone. Octal with a leading 0 (`0o` or
     /// `0x` also work), as Gunicorn reads it.
@@ -702,6 +721,22 @@ impl ServeArgs {
     /// The largest request body an app takes unless it says otherwise; `None` for any.
     pub fn max_body(&self) -> Option<u64> {
         (self.max_body_size > 0).then_some(self.max_body_size as u64)
+    }
+
+    /// The TLS files, if the listeners speak TLS.
+    pub fn tls_files(&self) -> anyhow::Result<Option<crate::tls::TlsFiles>> {
+        let (Some(certfile), Some(keyfile)) = (&self.certfile, &self.keyfile) else {
+            return Ok(None);
+        };
+        if self.cert_reqs != crate::tls::CertReqs::None && self.ca_certs.is_none() {
+            anyhow::bail!("--cert-reqs {:?} needs --ca-certs", self.cert_reqs);
+        }
+        Ok(Some(crate::tls::TlsFiles {
+            certfile: certfile.clone(),
+            keyfile: keyfile.clone(),
+            ca_certs: self.ca_certs.clone(),
+            cert_reqs: self.cert_reqs,
+        }))
     }
 
     pub fn workers(&self) -> usize {

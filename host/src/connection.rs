@@ -20,7 +20,7 @@ use crate::http::Exchange;
 use crate::http::Limits;
 use crate::http::body::{BodyDecoder, BodyError};
 use crate::http::error::RequestError;
-use crate::http::io::{Io, Pace};
+use crate::http::io::{Io, Pace, PlainHttpOnTlsPort};
 use crate::http::request::{self, BodyKind, Framing};
 use crate::http::response::{write_server_response, write_server_response_with};
 use crate::lifecycle::{IDLE_GRACE, Lifecycle, Registration};
@@ -68,6 +68,8 @@ pub struct ConnectionConfig {
     pub multithread: bool,
     /// The proxies whose forwarding headers are believed.
     pub proxies: Arc<Proxies>,
+    /// On TLS listeners, the configuration new connections get.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// A client connection, between the moments it has something to do.
@@ -191,19 +193,31 @@ impl Connection {
         config: &ConnectionConfig,
         lifecycle: &Arc<Lifecycle>,
     ) -> Next {
-        let stream = Arc::new(socket);
+        let session = match config
+            .tls
+            .as_deref()
+            .map(crate::tls::Tls::session)
+            .transpose()
+        {
+            Ok(session) => session,
+            Err(error) => {
+                tracing::error!("cannot start a TLS session: {error}");
+                return Next::Closed;
+            }
+        };
         let Some(registration) = lifecycle.register() else {
             return Next::Closed;
         };
+        let scheme = if session.is_some() { "https" } else { "http" };
         let state = State {
             peer,
-            info: ConnectionInfo::new(local, peer, config.multithread, &config.proxies),
+            info: ConnectionInfo::new(local, peer, scheme, config.multithread, &config.proxies),
             registration,
             phase: Phase::Head(HeadProgress::idle_for(config.timeouts.head)),
             spare: None,
         };
         Connection {
-            io: Io::new(stream, config.body_pace),
+            io: Io::new(socket, config.body_pace, session),
             state,
         }
         .wait()
@@ -353,7 +367,7 @@ impl Connection {
                             &mut io,
                             code,
                             reason,
-                            &format!("{reason}\n"),
+                            &error.body(),
                             None,
                             false,
                         );
@@ -797,7 +811,8 @@ fn read_head(
                 match request::parse(buffered, slots, &config.limits) {
                     Err(error) => return HeadRead::Invalid(error),
                     Ok(Some((head, len))) => {
-                        let (environ, headers) = environ::build(&head, info, spare.take());
+                        let (environ, headers) =
+                            environ::build(&head, info, io.tls(), spare.take());
                         let request = (environ, headers, head.framing);
                         io.consume(len);
                         return HeadRead::Complete(request);
@@ -817,6 +832,13 @@ fn read_head(
             }
             Ok(Some(_)) => {}
             Ok(None) => return HeadRead::Pending,
+            Err(error)
+                if error
+                    .get_ref()
+                    .is_some_and(|why| why.is::<PlainHttpOnTlsPort>()) =>
+            {
+                return HeadRead::Invalid(RequestError::PlainHttpOnTlsPort);
+            }
             Err(error) => return HeadRead::Failed(error),
         }
     }

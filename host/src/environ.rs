@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::bindings::wasm_gw::wsgi::request::Environ;
 use crate::http::request::{BodyKind, Head};
 use crate::listener::Peer;
+use crate::tls::TlsFacts;
 
 /// Facts about the connection and the server that the environ reports, formatted once for
 /// all the connection's requests.
@@ -15,6 +16,8 @@ pub struct ConnectionInfo {
     local_port: u16,
     peer_ip: String,
     peer_port: u16,
+    /// `https` on a TLS listener, else `http`, unless a trusted proxy says otherwise.
+    scheme: &'static str,
     /// Whether other instances may serve requests for the app at the same time.
     multithread: bool,
     /// The proxies to believe, if the peer is one of them: then its forwarding headers
@@ -27,6 +30,7 @@ impl ConnectionInfo {
     pub fn new(
         local: Option<SocketAddr>,
         peer: Peer,
+        scheme: &'static str,
         multithread: bool,
         proxies: &Arc<Proxies>,
     ) -> ConnectionInfo {
@@ -34,6 +38,7 @@ impl ConnectionInfo {
         // has it, and SERVER_NAME falls back to localhost.
         let (local_ip, local_port) = match local {
             Some(local) => (local.ip().to_string(), local.port()),
+            None if scheme == "https" => ("localhost".to_owned(), 443),
             None => ("localhost".to_owned(), 80),
         };
         let (peer_ip, peer_port, trusted) = match peer {
@@ -51,6 +56,7 @@ impl ConnectionInfo {
             local_port,
             peer_ip,
             peer_port,
+            scheme,
             multithread,
             proxies: trusted.then(|| proxies.clone()),
         }
@@ -258,6 +264,7 @@ pub type RequestStrings = (Environ, HeaderLines);
 pub fn build(
     head: &Head,
     connection: &ConnectionInfo,
+    tls: Option<&TlsFacts>,
     reused: Option<RequestStrings>,
 ) -> RequestStrings {
     let (mut environ, mut lines) = reused.unwrap_or_else(|| (empty(), HeaderLines::default()));
@@ -335,9 +342,16 @@ pub fn build(
     environ.remote_port = connection.peer_port;
     environ.raw_uri.clear();
     push_latin1(&mut environ.raw_uri, head.target.as_bytes());
-    refill(&mut environ.url_scheme, scheme.unwrap_or("http"));
+    refill(&mut environ.url_scheme, scheme.unwrap_or(connection.scheme));
     environ.multithread = connection.multithread;
     environ.cgi_headers.clear();
+    // mod_ssl's variables, beside the headers' (whose names all start `HTTP_`, so no client
+    // can pose as them).
+    for (name, value) in tls.into_iter().flat_map(TlsFacts::variables) {
+        environ
+            .cgi_headers
+            .push((name.to_owned(), value.to_owned()));
+    }
     environ.headers.clear();
     lines.refill(head);
     (environ, lines)
@@ -503,7 +517,8 @@ mod tests {
         let proxies = Arc::new(Proxies::Networks(Vec::new()));
         build(
             &head,
-            &ConnectionInfo::new(Some(local), Peer::Ip(peer), true, &proxies),
+            &ConnectionInfo::new(Some(local), Peer::Ip(peer), "http", true, &proxies),
+            None,
             reused,
         )
     }

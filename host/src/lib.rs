@@ -37,3 +37,4 @@ pub mod scaffold;
 pub mod serve;
 pub mod server;
 pub mod systemd;
+pub mod tls;

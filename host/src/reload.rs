@@ -16,6 +16,7 @@ use crate::kv;
 use crate::loader::{self, LoadedApp};
 use crate::router::CurrentRouter;
 use crate::systemd;
+use crate::tls::Tls;
 
 /// How often `--reload` looks at the watched files.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -29,13 +30,24 @@ pub struct Reloader {
     pub router: Arc<CurrentRouter>,
     /// The config's `[server]` table as the server started with it.
     pub server_settings: Vec<ServerSetting>,
+    /// The listeners' TLS certificate, reloaded with everything else.
+    pub tls: Option<Arc<Tls>>,
 }
 
-/// A request to reload: everything, the config file included (SIGHUP), or the one app
-/// whose file changed.
+/// A request to reload something, and why.
 pub struct ReloadRequest {
     pub why: &'static str,
-    pub app: Option<PathBuf>,
+    pub what: Reload,
+}
+
+#[derive(Clone)]
+pub enum Reload {
+    /// Everything, the config file and the TLS certificate included (SIGHUP).
+    All,
+    /// The one app whose file changed.
+    App(PathBuf),
+    /// The TLS certificate, key or client CAs, one of whose files changed.
+    Certificates,
 }
 
 impl Reloader {
@@ -50,7 +62,10 @@ impl Reloader {
         let mut watched = HashMap::new();
         if let Some(watch) = &watch {
             if let Some(config) = &self.args.config {
-                watch_file(config.clone(), None, watch.clone(), Arc::default())?;
+                watch_file(config.clone(), Reload::All, watch.clone(), Arc::default())?;
+            }
+            for file in self.tls.iter().flat_map(|tls| tls.files()) {
+                watch_file(file, Reload::Certificates, watch.clone(), Arc::default())?;
             }
             self.update_watchers(&mut watched, watch)?;
         }
@@ -58,9 +73,14 @@ impl Reloader {
             .name("reloader".into())
             .spawn(move || {
                 for request in requests {
-                    match &request.app {
-                        Some(path) => self.reload_app(path, request.why),
-                        None => self.reload_all(request.why),
+                    match &request.what {
+                        Reload::App(path) => self.reload_app(path, request.why),
+                        Reload::All => self.reload_all(request.why),
+                        Reload::Certificates => {
+                            if let Some(tls) = &self.tls {
+                                tls.reload(request.why);
+                            }
+                        }
                     }
                     if let Some(watch) = &watch
                         && let Err(error) = self.update_watchers(&mut watched, watch)
@@ -77,6 +97,9 @@ impl Reloader {
     /// configured stops when its last request ends. If anything fails, nothing changes.
     fn reload_all(&mut self, why: &str) {
         systemd::reloading();
+        if let Some(tls) = &self.tls {
+            tls.reload(why);
+        }
         self.reload_every_app(why);
         systemd::ready();
     }
@@ -189,7 +212,7 @@ impl Reloader {
                 let stop = Arc::new(AtomicBool::new(false));
                 watch_file(
                     path.clone(),
-                    Some(path.clone()),
+                    Reload::App(path.clone()),
                     watch.clone(),
                     stop.clone(),
                 )?;
@@ -200,11 +223,11 @@ impl Reloader {
     }
 }
 
-/// `--reload`: asks for a reload of `app`, or of everything, whenever the modification time
-/// of `file` changes, until `stop` is set.
+/// `--reload`: asks for a reload of `what` whenever the modification time of `file`
+/// changes, until `stop` is set.
 fn watch_file(
     file: PathBuf,
-    app: Option<PathBuf>,
+    what: Reload,
     requests: Sender<ReloadRequest>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
@@ -224,7 +247,7 @@ fn watch_file(
                     last = now;
                     let request = ReloadRequest {
                         why: "the file changed",
-                        app: app.clone(),
+                        what: what.clone(),
                     };
                     if requests.send(request).is_err() {
                         return;

@@ -15,8 +15,9 @@ use crate::connection::{ConnectionConfig, Timeouts};
 use crate::http::io::Pace;
 use crate::lifecycle::Lifecycle;
 use crate::listener::{self, Bind, Listener};
-use crate::reload::{ReloadRequest, Reloader};
+use crate::reload::{Reload, ReloadRequest, Reloader};
 use crate::router::CurrentRouter;
+use crate::tls::Tls;
 use crate::{access_log, admin, config, loader};
 use crate::{server, systemd};
 
@@ -43,6 +44,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         apps,
         router: router.clone(),
         server_settings,
+        tls: None,
     };
     run(&args, router, Some(reloader), signals)
 }
@@ -120,13 +122,18 @@ pub fn run(
     signals: Signals,
 ) -> anyhow::Result<()> {
     let workers = args.workers();
+    let tls = match args.tls_files()? {
+        Some(files) => Some(Arc::new(Tls::load(files)?)),
+        None => None,
+    };
     let listeners = listen(args)?;
     let pid_file = match &args.pid {
         Some(path) => Some(PidFile::write(path)?),
         None => None,
     };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     for listener in &listeners {
-        tracing::info!("listening on {}", listener.describe("http"));
+        tracing::info!("listening on {}", listener.describe(scheme));
     }
     systemd::ready();
     if let Some(admin) = &args.admin {
@@ -147,9 +154,11 @@ pub fn run(
         body_buffer: args.client_body_buffer_size as u64,
         multithread: workers > 1,
         proxies: Arc::new(args.forwarded_allow_ips.clone()),
+        tls: tls.clone(),
     };
     let (reload_requests, reloads) = mpsc::channel();
-    if let Some(reloader) = reloader {
+    if let Some(mut reloader) = reloader {
+        reloader.tls = tls;
         let watch = args.reload.then(|| reload_requests.clone());
         reloader.run(reloads, watch)?;
     }
@@ -232,7 +241,7 @@ fn handle_signals(
                 if signal == SIGHUP {
                     let _ = reload_requests.send(ReloadRequest {
                         why: "SIGHUP",
-                        app: None,
+                        what: Reload::All,
                     });
                 } else if !lifecycle.is_stopping() {
                     systemd::stopping();

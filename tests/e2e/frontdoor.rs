@@ -4,8 +4,11 @@ use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use base64::Engine;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 
 use crate::startup::{assert_one_error_line, serve_exits};
@@ -103,4 +106,378 @@ fn a_socket_file_left_by_a_killed_server_is_replaced() {
         exchange(unix_client(&socket), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").status,
         200
     );
+}
+
+/// A certificate authority of the test's own, and the files a server and its clients use.
+struct Pki {
+    dir: Scratch,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "wasm-gw test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let dir = Scratch::new("pki");
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_owned()
+    }
+
+    /// A certificate for the server, with common name `name`, as `name.pem` and
+    /// `name.key`.
+    fn server(&self, name: &str) -> (String, String) {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate = params.signed_by(&key, &self.ca).unwrap();
+        let (cert_path, key_path) = (
+            self.path(&format!("{name}.pem")),
+            self.path(&format!("{name}.key")),
+        );
+        std::fs::write(&cert_path, certificate.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+
+    /// A client certificate for `CN=name,O=Example`, and its key.
+    fn client(&self, name: &str) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        // Without rcgen's default common name, which would come first.
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate = params.signed_by(&key, &self.ca).unwrap();
+        let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        (certificate.der().clone(), key)
+    }
+
+    /// A client that trusts this CA alone, showing `identity` if given.
+    fn client_config(
+        &self,
+        identity: Option<(CertificateDer<'static>, PrivateKeyDer<'static>)>,
+    ) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+        let mut config = match identity {
+            Some((certificate, key)) => builder
+                .with_client_auth_cert(vec![certificate], key)
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A TLS connection to `server` as `localhost`, handshake done.
+fn tls_connect(server: &Server, config: &Arc<rustls::ClientConfig>) -> std::io::Result<TlsStream> {
+    let tcp = TcpStream::connect(server.addr)?;
+    tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+    tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let session =
+        rustls::ClientConnection::new(config.clone(), name).map_err(std::io::Error::other)?;
+    let mut stream = rustls::StreamOwned::new(session, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}
+
+/// The common name of the certificate the server showed on `stream`.
+fn server_common_name(stream: &TlsStream) -> String {
+    let certificate = &stream.conn.peer_certificates().unwrap()[0];
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).unwrap();
+    let name = parsed.subject().iter_common_name().next().unwrap();
+    name.as_str().unwrap().to_owned()
+}
+
+#[test]
+fn https_with_a_ca_of_the_tests_own() {
+    let pki = Pki::new();
+    let (cert, key) = pki.server("gw-1");
+    let server = Server::start("echo", &["--certfile", &cert, "--keyfile", &key]);
+    server.wait_for_log(&[&format!("listening on https://{}", server.addr)]);
+    let client = pki.client_config(None);
+    let mut stream = tls_connect(&server, &client).unwrap();
+    assert_eq!(stream.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(server_common_name(&stream), "gw-1");
+    // Two requests on one connection: keep-alive works through the session.
+    for _ in 0..2 {
+        stream.write_all(ECHO_ENVIRON).unwrap();
+        let mut reader = BufReader::new(&mut stream);
+        let response = RawResponse::read(&mut reader, false);
+        assert_eq!(response.status, 200);
+        let environ = meta(&response);
+        assert_eq!(environ["wsgi.url_scheme"], "https");
+        assert_eq!(environ["HTTPS"], "on");
+        assert_eq!(environ["SSL_PROTOCOL"], "TLSv1.3");
+        assert_eq!(environ["SSL_CLIENT_VERIFY"], "NONE");
+        assert!(environ.get("SSL_CLIENT_S_DN").is_none());
+    }
+    // A body larger than a TLS record, both ways.
+    let body = vec![b'x'; 100_000];
+    let mut request = format!(
+        "POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    stream.write_all(&request).unwrap();
+    let response = RawResponse::read(&mut BufReader::new(&mut stream), false);
+    assert_eq!(response.body, body);
+
+    // Plain HTTP on the TLS port gets told, in plain HTTP.
+    let plain = exchange(server.connect(), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(plain.status, 400);
+    assert!(plain.text().contains("https://"), "{}", plain.text());
+    // Neither HTTP nor TLS: closed, never left hanging.
+    let mut junk = server.connect();
+    junk.write_all(b"\x00\x01\x02\x03\x04\x05\x06\x07\r\n\r\n")
+        .unwrap();
+    let mut rest = Vec::new();
+    let read = std::io::Read::read_to_end(&mut junk, &mut rest);
+    assert!(read.is_ok() || read.unwrap_err().kind() == std::io::ErrorKind::ConnectionReset);
+}
+
+#[test]
+fn a_silent_or_stalled_tls_handshake_is_cut_at_the_header_timeout() {
+    let pki = Pki::new();
+    let (cert, key) = pki.server("gw");
+    let server = Server::start(
+        "hello",
+        &[
+            "--certfile",
+            &cert,
+            "--keyfile",
+            &key,
+            "--header-timeout",
+            "1",
+        ],
+    );
+    let silent = server.connect();
+    // Half a ClientHello's record header, then nothing.
+    let mut stalled = server.connect();
+    stalled.write_all(&[0x16, 0x03, 0x01, 0x02]).unwrap();
+    for mut client in [silent, stalled] {
+        let mut rest = Vec::new();
+        // The server closes; a server that waited on would leave this read to time out.
+        let read = std::io::Read::read_to_end(&mut client, &mut rest);
+        assert!(
+            read.is_ok()
+                || read.as_ref().unwrap_err().kind() == std::io::ErrorKind::ConnectionReset,
+            "{read:?}"
+        );
+    }
+    // Meanwhile and after, others are served.
+    let mut stream = tls_connect(&server, &pki.client_config(None)).unwrap();
+    let response = exchange(&mut stream, b"GET /?name=tls HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(response.text(), "Hello, tls!\n");
+}
+
+#[test]
+fn sighup_swaps_the_certificate_with_no_failed_handshake_and_a_bad_pair_is_refused() {
+    let pki = Pki::new();
+    let (cert, key) = pki.server("gw-1");
+    let (cert_path, key_path) = (pki.path("live.pem"), pki.path("live.key"));
+    std::fs::copy(&cert, &cert_path).unwrap();
+    std::fs::copy(&key, &key_path).unwrap();
+    let server = Arc::new(Server::start(
+        "hello",
+        &["--certfile", &cert_path, "--keyfile", &key_path, "-w", "2"],
+    ));
+    let client = pki.client_config(None);
+
+    // Clients make new connections, each a handshake, throughout the swap.
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen_second = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (server, client, stop, seen_second) = (
+                server.clone(),
+                client.clone(),
+                stop.clone(),
+                seen_second.clone(),
+            );
+            std::thread::spawn(move || {
+                let (mut served, mut failed) = (0, Vec::new());
+                while !stop.load(Ordering::SeqCst) {
+                    let outcome = tls_connect(&server, &client).map(|mut stream| {
+                        let name = server_common_name(&stream);
+                        let response = exchange(
+                            &mut stream,
+                            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                        );
+                        (name, response.status)
+                    });
+                    match outcome {
+                        Ok((name, 200)) => {
+                            served += 1;
+                            if name == "gw-2" {
+                                seen_second.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        other => failed.push(format!("{other:?}")),
+                    }
+                }
+                (served, failed)
+            })
+        })
+        .collect();
+
+    // The new pair, swapped in by rename as a certificate manager does, then SIGHUP.
+    let (cert2, key2) = pki.server("gw-2");
+    std::fs::copy(&cert2, pki.path("next.pem")).unwrap();
+    std::fs::copy(&key2, pki.path("next.key")).unwrap();
+    std::fs::rename(pki.path("next.key"), &key_path).unwrap();
+    std::fs::rename(pki.path("next.pem"), &cert_path).unwrap();
+    server.signal("HUP");
+    server.wait_for_log(&["reloaded the TLS certificate"]);
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while seen_second.load(Ordering::SeqCst) < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        let (served, failed) = client.join().unwrap();
+        assert!(served > 0);
+        assert!(
+            failed.is_empty(),
+            "failed requests during the swap: {failed:?}"
+        );
+    }
+
+    // A corrupt certificate, and then a key that is not the certificate's, are refused: the
+    // one serving stays.
+    std::fs::write(&cert_path, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    server.signal("HUP");
+    server.wait_for_log(&["TLS reload failed, the old certificate keeps serving"]);
+    let (cert3, _) = pki.server("gw-3");
+    std::fs::copy(&cert3, &cert_path).unwrap();
+    server.signal("HUP");
+    server.wait_for_log(&["are not a certificate and its key"]);
+    let stream = tls_connect(&server, &client).unwrap();
+    assert_eq!(server_common_name(&stream), "gw-2");
+}
+
+#[test]
+fn client_certificates_required_or_optional() {
+    let pki = Pki::new();
+    let (cert, key) = pki.server("gw");
+    let ca = pki.path("ca.pem");
+    let required = Server::start(
+        "echo",
+        &[
+            "--certfile",
+            &cert,
+            "--keyfile",
+            &key,
+            "--ca-certs",
+            &ca,
+            "--cert-reqs",
+            "required",
+        ],
+    );
+    // Without a certificate, the handshake (or the first read after it, in TLS 1.3, where
+    // the server's refusal comes after the client's Finished) fails.
+    let anonymous = pki.client_config(None);
+    let refused = tls_connect(&required, &anonymous).and_then(|mut stream| {
+        stream.write_all(ECHO_ENVIRON)?;
+        let mut byte = [0];
+        std::io::Read::read(&mut stream, &mut byte)
+    });
+    assert!(refused.is_err(), "{refused:?}");
+
+    let alice = pki.client_config(Some(pki.client("alice")));
+    let mut stream = tls_connect(&required, &alice).unwrap();
+    let environ = meta(&exchange(&mut stream, ECHO_ENVIRON));
+    assert_eq!(environ["SSL_CLIENT_S_DN"], "CN=alice,O=Example");
+    assert_eq!(environ["SSL_CLIENT_VERIFY"], "SUCCESS");
+
+    // A certificate from another CA is refused too.
+    let stranger = Pki::new();
+    let forged = pki.client_config(Some(stranger.client("mallory")));
+    let refused = tls_connect(&required, &forged).and_then(|mut stream| {
+        stream.write_all(ECHO_ENVIRON)?;
+        let mut byte = [0];
+        std::io::Read::read(&mut stream, &mut byte)
+    });
+    assert!(refused.is_err(), "{refused:?}");
+
+    let optional = Server::start(
+        "echo",
+        &[
+            "--certfile",
+            &cert,
+            "--keyfile",
+            &key,
+            "--ca-certs",
+            &ca,
+            "--cert-reqs",
+            "optional",
+        ],
+    );
+    let mut stream = tls_connect(&optional, &anonymous).unwrap();
+    let environ = meta(&exchange(&mut stream, ECHO_ENVIRON));
+    assert_eq!(environ["SSL_CLIENT_VERIFY"], "NONE");
+    let mut stream = tls_connect(&optional, &alice).unwrap();
+    let environ = meta(&exchange(&mut stream, ECHO_ENVIRON));
+    assert_eq!(environ["SSL_CLIENT_S_DN"], "CN=alice,O=Example");
+}
+
+#[test]
+fn under_reload_a_changed_certificate_is_served_without_a_signal() {
+    let pki = Pki::new();
+    let (cert, key) = pki.server("gw-1");
+    let server = Server::start(
+        "hello",
+        &["--certfile", &cert, "--keyfile", &key, "--reload"],
+    );
+    let client = pki.client_config(None);
+    assert_eq!(
+        server_common_name(&tls_connect(&server, &client).unwrap()),
+        "gw-1"
+    );
+    // The files change in place, the key first, as `cp` of a renewed pair would.
+    let renewed = Pki::new();
+    let (cert2, key2) = renewed.server("gw-2");
+    std::fs::copy(&key2, &key).unwrap();
+    std::fs::copy(&cert2, &cert).unwrap();
+    server.wait_for_log(&["reloaded the TLS certificate", "the file changed"]);
+    let trusting_renewed = renewed.client_config(None);
+    let stream = tls_connect(&server, &trusting_renewed).unwrap();
+    assert_eq!(server_common_name(&stream), "gw-2");
 }

@@ -28,6 +28,8 @@ pub enum RequestError {
     BodyTooLarge,
     #[error("trailer section too large")]
     TrailerTooLarge,
+    #[error("a plain HTTP request on a TLS port")]
+    PlainHttpOnTlsPort,
 }
 
 impl RequestError {
@@ -37,7 +39,8 @@ impl RequestError {
             RequestError::Malformed(_)
             | RequestError::InvalidContentLength
             | RequestError::AmbiguousLength
-            | RequestError::InvalidChunk(_) => (400, "Bad Request"),
+            | RequestError::InvalidChunk(_)
+            | RequestError::PlainHttpOnTlsPort => (400, "Bad Request"),
             RequestError::BodyTooLarge => (413, "Content Too Large"),
             RequestError::RequestLineTooLong(_) => (414, "URI Too Long"),
             RequestError::FieldsTooLarge | RequestError::TrailerTooLarge => {
@@ -46,6 +49,18 @@ impl RequestError {
             RequestError::VersionNotSupported => (505, "HTTP Version Not Supported"),
             RequestError::UnsupportedTransferCoding => (501, "Not Implemented"),
             RequestError::UnsupportedExpectation => (417, "Expectation Failed"),
+        }
+    }
+
+    /// The body of the error response: the reason, and what to do about it where the
+    /// client can do something.
+    pub fn body(&self) -> String {
+        let (_, reason) = self.status();
+        match self {
+            RequestError::PlainHttpOnTlsPort => {
+                format!("{reason}: this port speaks HTTPS; use https://\n")
+            }
+            _ => format!("{reason}\n"),
         }
     }
 }

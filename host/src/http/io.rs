@@ -1,4 +1,5 @@
-//! Buffered reads and writes on one client connection, over TCP or a Unix socket.
+//! Buffered reads and writes on one client connection, over TCP or a Unix socket, in TLS
+//! or in the clear.
 //!
 //! Bytes read past the end of one request stay in the buffer for the next, so pipelined
 //! requests are never lost.
@@ -7,13 +8,14 @@ use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags};
 use socket2::Socket;
+
+use crate::tls::TlsFacts;
 
 /// How much one read from the socket asks for.
 const READ_CHUNK: usize = 16 * 1024;
@@ -80,23 +82,28 @@ impl SocketTimeout {
     }
 }
 
-/// A connection's socket and its read buffer.
+/// A connection's socket, its TLS session if it has one, and its read buffer.
 pub struct Io {
-    /// Shared with the server's shutdown, which wakes idle connections through it.
-    stream: Arc<Socket>,
+    wire: Wire,
+    /// On a TLS listener: the session that bytes go through both ways.
+    tls: Option<Box<Tls>>,
     /// Zeroed once; reads land in `buf[end..]`. Empty while the connection waits with
-    /// nothing buffered.
+    /// nothing buffered. On TLS, what it holds is decrypted.
     buf: Vec<u8>,
     /// The unconsumed bytes are `buf[pos..end]`.
     pos: usize,
     end: usize,
+}
+
+/// The socket and the clocks of its reads and writes.
+struct Wire {
+    stream: Socket,
     read_timeout: SocketTimeout,
     write_timeout: SocketTimeout,
     /// How fast responses must drain, and when the current response's first write began and
     /// how much it has written.
     write_pace: Pace,
     response_started: Option<Instant>,
-    response_bytes: u64,
     /// When the client was last seen to have taken its share of the response, and how
     /// much it had taken then.
     drained: Option<(Instant, u64)>,
@@ -105,31 +112,66 @@ pub struct Io {
     sent_before_response: u64,
 }
 
+/// A connection's TLS session.
+struct Tls {
+    session: rustls::ServerConnection,
+    /// The first byte the client sent: a letter, where a handshake starts with 0x16, is a
+    /// plain HTTP request on the TLS port.
+    first_byte: Option<u8>,
+    /// Decrypted bytes waiting in the session, as its last look at new records found.
+    plaintext: usize,
+    /// The client sent its close_notify, or closed the socket.
+    closed: bool,
+    /// What the handshake settled, once it is done.
+    facts: Option<TlsFacts>,
+}
+
+/// The error a TLS connection's read fails with when the client speaks plain HTTP: the
+/// connection then speaks plain HTTP too, to say so.
+#[derive(Debug, thiserror::Error)]
+#[error("a plain HTTP request on a TLS port")]
+pub struct PlainHttpOnTlsPort;
+
 impl Io {
-    pub fn new(stream: Arc<Socket>, write_pace: Pace) -> Io {
+    /// `tls` is the session for a connection on a TLS listener.
+    pub fn new(stream: Socket, write_pace: Pace, tls: Option<rustls::ServerConnection>) -> Io {
         Io {
-            stream,
+            wire: Wire {
+                stream,
+                read_timeout: SocketTimeout::default(),
+                write_timeout: SocketTimeout::default(),
+                write_pace,
+                response_started: None,
+                drained: None,
+                sent: 0,
+                sent_before_response: 0,
+            },
+            tls: tls.map(|session| {
+                Box::new(Tls {
+                    session,
+                    first_byte: None,
+                    plaintext: 0,
+                    closed: false,
+                    facts: None,
+                })
+            }),
             buf: Vec::new(),
             pos: 0,
             end: 0,
-            read_timeout: SocketTimeout::default(),
-            write_timeout: SocketTimeout::default(),
-            write_pace,
-            response_started: None,
-            response_bytes: 0,
-            drained: None,
-            sent: 0,
-            sent_before_response: 0,
         }
     }
 
     /// Resets the write clock for a new response. It starts with the response's first write:
     /// a client that then reads too slowly is cut off, so that it can't hold a worker.
     pub fn start_response(&mut self) {
-        self.response_started = None;
-        self.response_bytes = 0;
-        self.drained = None;
-        self.sent_before_response = self.sent;
+        self.wire.response_started = None;
+        self.wire.drained = None;
+        self.wire.sent_before_response = self.wire.sent;
+    }
+
+    /// What the TLS handshake settled, on a TLS connection whose handshake is done.
+    pub fn tls(&self) -> Option<&TlsFacts> {
+        self.tls.as_ref()?.facts.as_ref()
     }
 
     /// The bytes read from the socket and not consumed yet.
@@ -169,31 +211,9 @@ impl Io {
     /// Returns how many arrived; 0 means the peer closed its side. Fails with `TimedOut`
     /// once the deadline has passed.
     pub fn fill(&mut self, deadline: Instant) -> io::Result<usize> {
-        if let Some(read) = self.fill_ready()? {
-            return Ok(read);
-        }
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::ErrorKind::TimedOut.into());
-            }
-            if self.read_timeout.needs(left) {
-                self.stream.set_read_timeout(Some(left))?;
-                self.read_timeout.0 = Some(left);
-            }
-            match waiting_on_peer(|| (&*self.stream).read(&mut self.buf[self.end..])) {
-                Ok(read) => {
-                    self.end += read;
-                    return Ok(read);
-                }
-                // The timeout may be a little shorter than the deadline; look again.
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) => {}
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) => return Err(error),
+            if let Some(read) = self.fill_until(Some(deadline))? {
+                return Ok(read);
             }
         }
     }
@@ -201,19 +221,101 @@ impl Io {
     /// Reads what has already arrived, without waiting. `None` means nothing has: the
     /// caller parks the connection until something does.
     pub fn fill_ready(&mut self) -> io::Result<Option<usize>> {
+        self.fill_until(None)
+    }
+
+    /// Reads into the buffer, waiting until `deadline` if there is one.
+    fn fill_until(&mut self, deadline: Option<Instant>) -> io::Result<Option<usize>> {
         self.make_room();
-        let read = receive_ready(&self.stream, &mut self.buf[self.end..])?;
+        if self.tls.is_some() {
+            return self.fill_tls(deadline);
+        }
+        let read = self.wire.read(&mut self.buf[self.end..], deadline)?;
         if let Some(read) = read {
             self.end += read;
         }
         Ok(read)
     }
 
-    /// Like [`Io::fill_ready`], but throws away what it reads, and what was buffered.
+    /// Reads TLS records until some plaintext comes of them, answering the handshake on
+    /// the way. Every decrypted byte goes to the buffer at once, so that a connection parked
+    /// until its socket is readable never leaves any in the session.
+    fn fill_tls(&mut self, deadline: Option<Instant>) -> io::Result<Option<usize>> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return Ok(None);
+        };
+        loop {
+            if tls.plaintext > 0 {
+                let wanted = self.end + tls.plaintext;
+                if self.buf.len() < wanted {
+                    self.buf.resize(wanted, 0);
+                }
+                let mut read = 0;
+                loop {
+                    match tls.session.reader().read(&mut self.buf[self.end + read..]) {
+                        Ok(0) => break,
+                        Ok(more) => read += more,
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(error) => return Err(error),
+                    }
+                }
+                tls.plaintext = 0;
+                self.end += read;
+                if read > 0 {
+                    return Ok(Some(read));
+                }
+            }
+            if tls.closed {
+                return Ok(Some(0));
+            }
+            // The handshake's replies, alerts and key updates go out before waiting on more.
+            tls.flush(&mut self.wire)?;
+            let mut reader = WireReader {
+                wire: &mut self.wire,
+                deadline,
+                first_byte: &mut tls.first_byte,
+            };
+            match tls.session.read_tls(&mut reader) {
+                // The socket closed, with or without a close_notify: the end of input,
+                // which the framing of a request cut short tells apart.
+                Ok(0) => tls.closed = true,
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(error) => return Err(error),
+            }
+            match tls.session.process_new_packets() {
+                Ok(state) => {
+                    tls.plaintext = state.plaintext_bytes_to_read();
+                    tls.closed |= state.peer_has_closed();
+                }
+                Err(error) => {
+                    if tls.first_byte.is_some_and(|byte| byte.is_ascii_uppercase()) {
+                        // From now on the connection speaks plain HTTP, to answer so; the
+                        // alert the session has queued would only garble that.
+                        self.tls = None;
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            PlainHttpOnTlsPort,
+                        ));
+                    }
+                    // The alert that says why, if the client still listens.
+                    let _ = tls.flush(&mut self.wire);
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, error));
+                }
+            }
+            if tls.facts.is_none() && !tls.session.is_handshaking() {
+                tls.facts = Some(TlsFacts::of(&tls.session));
+            }
+        }
+    }
+
+    /// Like [`Io::fill_ready`], but throws away what it reads, and what was buffered: on a
+    /// TLS connection, undecrypted.
     pub fn discard_ready(&mut self) -> io::Result<Option<usize>> {
         self.pos = 0;
         self.end = 0;
-        self.fill_ready()
+        self.make_room();
+        self.wire.read(&mut self.buf, None)
     }
 
     /// Whether input waits: buffered, or arrived in the kernel.
@@ -221,7 +323,7 @@ impl Io {
         if !self.buffered().is_empty() {
             return true;
         }
-        let mut fds = [PollFd::new(&*self.stream, PollFlags::IN)];
+        let mut fds = [PollFd::new(&self.wire.stream, PollFlags::IN)];
         let now = Timespec {
             tv_sec: 0,
             tv_nsec: 0,
@@ -234,7 +336,7 @@ impl Io {
     /// sent before: HTTP/1.1 clients keep it open while they wait for the response. This is
     /// what wakes a request parked in a queue (`EPOLLRDHUP`), so both agree.
     pub fn peer_gone(&self) -> bool {
-        let mut fds = [PollFd::new(&*self.stream, PollFlags::RDHUP)];
+        let mut fds = [PollFd::new(&self.wire.stream, PollFlags::RDHUP)];
         let now = Timespec {
             tv_sec: 0,
             tv_nsec: 0,
@@ -287,6 +389,20 @@ impl Io {
 
     /// Writes all of `parts` in order, with as few syscalls as the kernel allows.
     pub fn write_all_vectored(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        if let Some(tls) = self.tls.as_deref_mut() {
+            for part in parts {
+                let mut rest = *part;
+                while !rest.is_empty() {
+                    let taken = tls.session.writer().write(rest)?;
+                    rest = &rest[taken..];
+                    // The session holds as much as it will: send it on to make room.
+                    if !rest.is_empty() {
+                        tls.flush(&mut self.wire)?;
+                    }
+                }
+            }
+            return tls.flush(&mut self.wire);
+        }
         // A response is a few parts, which fit on the stack; more go to the heap.
         let mut few = [io::IoSlice::new(&[]); FEW_PARTS];
         let mut many = Vec::new();
@@ -302,9 +418,81 @@ impl Io {
             many.extend(nonempty.map(|part| io::IoSlice::new(part)));
             &mut many[..]
         };
-        let started = *self.response_started.get_or_insert_with(Instant::now);
         while !remaining.is_empty() {
-            let sent = match send_ready(&self.stream, remaining)? {
+            let written = self.wire.send(remaining)?;
+            io::IoSlice::advance_slices(&mut remaining, written);
+        }
+        Ok(())
+    }
+
+    /// Stops writing: the client sees the end of the response. Closing a socket with
+    /// unread input makes the kernel send a reset, which can destroy the response before the
+    /// client reads it; so the connection then discards input until the client closes too.
+    pub fn shut_write(&mut self) -> io::Result<()> {
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.session.send_close_notify();
+            let _ = tls.flush(&mut self.wire);
+        }
+        self.wire.stream.shutdown(Shutdown::Write)
+    }
+}
+
+impl AsFd for Io {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.wire.stream.as_fd()
+    }
+}
+
+impl Tls {
+    /// Sends what the session has to send: records, handshake messages, alerts.
+    fn flush(&mut self, wire: &mut Wire) -> io::Result<()> {
+        while self.session.wants_write() {
+            self.session.write_tls(wire)?;
+        }
+        Ok(())
+    }
+}
+
+impl Wire {
+    /// Reads what has arrived into `into`; with a deadline, waits for something until
+    /// then, and fails with `TimedOut` past it. `None` if nothing has arrived, without one.
+    fn read(&mut self, into: &mut [u8], deadline: Option<Instant>) -> io::Result<Option<usize>> {
+        if let Some(read) = receive_ready(&self.stream, into)? {
+            return Ok(Some(read));
+        }
+        let Some(deadline) = deadline else {
+            return Ok(None);
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            if self.read_timeout.needs(left) {
+                self.stream.set_read_timeout(Some(left))?;
+                self.read_timeout.0 = Some(left);
+            }
+            match waiting_on_peer(|| (&self.stream).read(into)) {
+                Ok(read) => return Ok(Some(read)),
+                // The timeout may be a little shorter than the deadline; look again.
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Writes some of `parts`, at least one byte, waiting for the client to take its share
+    /// when the socket's buffer is full, at the response's pace.
+    fn send(&mut self, parts: &[io::IoSlice]) -> io::Result<usize> {
+        let started = *self.response_started.get_or_insert_with(Instant::now);
+        loop {
+            let sent = match send_ready(&self.stream, parts)? {
                 Some(sent) => Ok(sent),
                 None => {
                     // The kernel's buffer is full: the client must have taken its share.
@@ -317,12 +505,15 @@ impl Io {
                         self.stream.set_write_timeout(Some(left))?;
                         self.write_timeout.0 = Some(left);
                     }
-                    waiting_on_peer(|| (&*self.stream).write_vectored(remaining))
+                    waiting_on_peer(|| (&self.stream).write_vectored(parts))
                 }
             };
-            let written = match sent {
+            match sent {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(written) => written,
+                Ok(written) => {
+                    self.sent += written as u64;
+                    return Ok(written);
+                }
                 // The timeout may be a little shorter than the deadline; look again.
                 Err(error)
                     if matches!(
@@ -330,17 +521,10 @@ impl Io {
                         io::ErrorKind::WouldBlock
                             | io::ErrorKind::TimedOut
                             | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue;
-                }
+                    ) => {}
                 Err(error) => return Err(error),
-            };
-            self.response_bytes += written as u64;
-            self.sent += written as u64;
-            io::IoSlice::advance_slices(&mut remaining, written);
+            }
         }
-        Ok(())
     }
 
     /// When a response blocked on a full socket must have moved on. The client's progress
@@ -369,18 +553,42 @@ impl Io {
         }
         since + window
     }
+}
 
-    /// Stops writing: the client sees the end of the response. Closing a socket with
-    /// unread input makes the kernel send a reset, which can destroy the response before the
-    /// client reads it; so the connection then discards input until the client closes too.
-    pub fn shut_write(&self) -> io::Result<()> {
-        self.stream.shutdown(Shutdown::Write)
+/// The TLS session's way out to the socket.
+impl Write for Wire {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.send(&[io::IoSlice::new(bytes)])
+    }
+
+    fn write_vectored(&mut self, parts: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.send(parts)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
-impl AsFd for Io {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.stream.as_fd()
+/// The TLS session's way in from the socket: `WouldBlock` when nothing has arrived and
+/// there is no deadline to wait until.
+struct WireReader<'a> {
+    wire: &'a mut Wire,
+    deadline: Option<Instant>,
+    first_byte: &'a mut Option<u8>,
+}
+
+impl Read for WireReader<'_> {
+    fn read(&mut self, into: &mut [u8]) -> io::Result<usize> {
+        match self.wire.read(into, self.deadline)? {
+            Some(read) => {
+                if self.first_byte.is_none() && read > 0 {
+                    *self.first_byte = Some(into[0]);
+                }
+                Ok(read)
+            }
+            None => Err(io::ErrorKind::WouldBlock.into()),
+        }
     }
 }
 
