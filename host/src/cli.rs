@@ -331,6 +331,18 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1,::1")]
     pub forwarded_allow_ips: crate::environ::Proxies,
 
+    /// Take the PROXY protocol header a load balancer sends before a connection's first
+    /// bytes (HAProxy, AWS and GCP balancers, stunnel): off, v1 (text), v2 (binary) or auto
+    /// (either); the flag alone is auto. The header may be left out; REMOTE_ADDR and
+    /// REMOTE_PORT are then the client's it names.
+    #[arg(long, default_value = "off", num_args = 0..=1, default_missing_value = "auto", value_name = "MODE")]
+    pub proxy_protocol: crate::http::proxy::Mode,
+
+    /// The peers that may send a PROXY protocol header: addresses and CIDR networks
+    /// separated by commas, or * for any peer; from others one gets 403.
+    #[arg(long, default_value = "127.0.0.1,::1")]
+    pub proxy_allow_from: crate::environ::Proxies,
+
     /// Longest request line in bytes, its CRLF not counted, as Gunicorn counts it; longer
     /// ones get 414.
     #[arg(long, default_value_t = 4094, value_parser = clap::value_parser!(u32).range(16..))]

@@ -21,6 +21,7 @@ use crate::http::Limits;
 use crate::http::body::{BodyDecoder, BodyError};
 use crate::http::error::RequestError;
 use crate::http::io::{Io, Pace, PlainHttpOnTlsPort};
+use crate::http::proxy;
 use crate::http::request::{self, BodyKind, Framing};
 use crate::http::response::{write_server_response, write_server_response_with};
 use crate::lifecycle::{IDLE_GRACE, Lifecycle, Registration};
@@ -70,6 +71,9 @@ pub struct ConnectionConfig {
     pub proxies: Arc<Proxies>,
     /// On TLS listeners, the configuration new connections get.
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// Which PROXY protocol headers a connection may start with, and from whom.
+    pub proxy_protocol: proxy::Mode,
+    pub proxy_allow: Arc<Proxies>,
 }
 
 /// A client connection, between the moments it has something to do.
@@ -86,6 +90,8 @@ struct State {
     phase: Phase,
     /// The last request's strings, for the next request to refill.
     spare: Option<RequestStrings>,
+    /// A PROXY protocol header may come before the first request.
+    preamble: bool,
 }
 
 enum Phase {
@@ -209,15 +215,17 @@ impl Connection {
             return Next::Closed;
         };
         let scheme = if session.is_some() { "https" } else { "http" };
+        let preamble = config.proxy_protocol != proxy::Mode::Off;
         let state = State {
             peer,
             info: ConnectionInfo::new(local, peer, scheme, config.multithread, &config.proxies),
             registration,
             phase: Phase::Head(HeadProgress::idle_for(config.timeouts.head)),
             spare: None,
+            preamble,
         };
         Connection {
-            io: Io::new(socket, config.body_pace, session),
+            io: Io::new(socket, config.body_pace, session, preamble),
             state,
         }
         .wait()
@@ -355,29 +363,36 @@ impl Connection {
             };
             // Whatever answers this request, its writes run on a clock of their own.
             io.start_response();
-            let (mut environ, headers, framing) =
-                match read_head(&mut io, progress, config, &state.info, &mut state.spare) {
-                    HeadRead::Complete(request) => request,
-                    HeadRead::Pending => return Connection { io, state }.wait(),
-                    HeadRead::Closed => return Next::Closed,
-                    HeadRead::Invalid(error) => {
-                        let (code, reason) = error.status();
-                        tracing::warn!(%peer, "rejected request with {code}: {error}");
-                        let _ = write_server_response(
-                            &mut io,
-                            code,
-                            reason,
-                            &error.body(),
-                            None,
-                            false,
-                        );
-                        return Connection { io, state }.close();
+            let read = match state.preamble {
+                true => read_preamble(&mut io, progress, config, &mut state.peer),
+                false => Preamble::Done(None),
+            };
+            let read = match read {
+                Preamble::Done(client) => {
+                    if let Some((client, reached)) = client {
+                        state.info = state.info.for_client(reached, client, &config.proxies);
                     }
-                    HeadRead::Failed(error) => {
-                        tracing::debug!(%peer, "connection failed: {error}");
-                        return Next::Closed;
-                    }
-                };
+                    state.preamble = false;
+                    read_head(&mut io, progress, config, &state.info, &mut state.spare)
+                }
+                Preamble::Head(read) => read,
+            };
+            let (mut environ, headers, framing) = match read {
+                HeadRead::Complete(request) => request,
+                HeadRead::Pending => return Connection { io, state }.wait(),
+                HeadRead::Closed => return Next::Closed,
+                HeadRead::Invalid(error) => {
+                    let (code, reason) = error.status();
+                    tracing::warn!(%peer, "rejected request with {code}: {error}");
+                    let _ =
+                        write_server_response(&mut io, code, reason, &error.body(), None, false);
+                    return Connection { io, state }.close();
+                }
+                HeadRead::Failed(error) => {
+                    tracing::debug!(%peer, "connection failed: {error}");
+                    return Next::Closed;
+                }
+            };
             if !state.registration.begin_request() {
                 let body = "Service Unavailable: the server is stopping\n";
                 let sent = write_server_response(
@@ -767,6 +782,68 @@ fn turn_away(
     let _ = write_server_response(&mut connection.io, code, reason, body, Some(framing), false);
     connection.state.registration.end_request();
     connection.close()
+}
+
+/// How reading a connection's PROXY header went.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once per connection, and moved into the head's result at once"
+)]
+enum Preamble {
+    /// It is read, or there is none; with the client and the address it reached, if the
+    /// header names them.
+    Done(Option<(SocketAddr, SocketAddr)>),
+    /// What to do instead of reading the head.
+    Head(HeadRead),
+}
+
+/// Reads the PROXY protocol header a connection may start with (Gunicorn's rules: it may
+/// be left out, and only `--proxy-allow-from` peers may send one), without waiting for
+/// more than has arrived.
+fn read_preamble(
+    io: &mut Io,
+    progress: &mut HeadProgress,
+    config: &ConnectionConfig,
+    peer: &mut Peer,
+) -> Preamble {
+    let allowed = match *peer {
+        Peer::Ip(address) => config.proxy_allow.trusts(address.ip()),
+        // As for forwarding headers: a Unix socket's mode says who may connect.
+        Peer::Local => true,
+    };
+    loop {
+        if !io.buffered().is_empty() {
+            // The header is part of the head: its first byte starts the head's clock.
+            progress
+                .head_deadline
+                .get_or_insert_with(|| Instant::now() + config.timeouts.head);
+        }
+        let found = match proxy::parse(io.buffered(), config.proxy_protocol, allowed) {
+            proxy::Preamble::Started => {
+                return Preamble::Head(HeadRead::Invalid(RequestError::ForbiddenProxyHeader));
+            }
+            proxy::Preamble::Invalid(why) => {
+                return Preamble::Head(HeadRead::Invalid(RequestError::InvalidProxyHeader(why)));
+            }
+            proxy::Preamble::Absent => None,
+            proxy::Preamble::Header { length, addresses } => {
+                io.consume(length);
+                Some(addresses)
+            }
+            proxy::Preamble::NeedMore => match io.fill_ready() {
+                Ok(Some(0)) => return Preamble::Head(HeadRead::Closed),
+                Ok(Some(_)) => continue,
+                Ok(None) => return Preamble::Head(HeadRead::Pending),
+                Err(error) => return Preamble::Head(HeadRead::Failed(error)),
+            },
+        };
+        io.end_preamble();
+        let client = found.flatten();
+        if let Some((client, _)) = client {
+            *peer = Peer::Ip(client);
+        }
+        return Preamble::Done(client);
+    }
 }
 
 #[expect(

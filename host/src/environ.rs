@@ -63,6 +63,25 @@ impl ConnectionInfo {
     }
 }
 
+impl ConnectionInfo {
+    /// The same connection, as coming from `client` and reaching `reached`, which a PROXY
+    /// protocol header named.
+    pub fn for_client(
+        &self,
+        reached: SocketAddr,
+        client: SocketAddr,
+        proxies: &Arc<Proxies>,
+    ) -> ConnectionInfo {
+        ConnectionInfo::new(
+            Some(reached),
+            Peer::Ip(client),
+            self.scheme,
+            self.multithread,
+            proxies,
+        )
+    }
+}
+
 /// The peers whose `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` headers are
 /// believed (`--forwarded-allow-ips`, Gunicorn's name and default): addresses and networks,
 /// or any peer at all.

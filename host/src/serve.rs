@@ -155,6 +155,8 @@ pub fn run(
         multithread: workers > 1,
         proxies: Arc::new(args.forwarded_allow_ips.clone()),
         tls: tls.clone(),
+        proxy_protocol: args.proxy_protocol,
+        proxy_allow: Arc::new(args.proxy_allow_from.clone()),
     };
     let (reload_requests, reloads) = mpsc::channel();
     if let Some(mut reloader) = reloader {

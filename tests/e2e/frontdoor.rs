@@ -481,3 +481,99 @@ fn under_reload_a_changed_certificate_is_served_without_a_signal() {
     let stream = tls_connect(&server, &trusting_renewed).unwrap();
     assert_eq!(server_common_name(&stream), "gw-2");
 }
+
+/// A PROXY v2 header for a TCP connection from `[2001:db8::7]:40000` to `[2001:db8::1]:443`.
+fn proxy_v2_ipv6() -> Vec<u8> {
+    let mut block = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    block.extend([0x21, 0x21, 0, 36]);
+    let client: std::net::Ipv6Addr = "2001:db8::7".parse().unwrap();
+    let server: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+    block.extend(client.octets());
+    block.extend(server.octets());
+    block.extend(40000u16.to_be_bytes());
+    block.extend(443u16.to_be_bytes());
+    block
+}
+
+#[test]
+fn proxy_protocol_headers_name_the_client() {
+    let server = Server::start("echo", &["--proxy-protocol"]);
+    // v1, then a second request on the same connection: still the client's.
+    let mut stream = server.connect();
+    let mut request = b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 443\r\n".to_vec();
+    request.extend_from_slice(ECHO_ENVIRON);
+    for request in [&request[..], ECHO_ENVIRON] {
+        let environ = meta(&exchange(&mut stream, request));
+        assert_eq!(environ["REMOTE_ADDR"], "203.0.113.7");
+        assert_eq!(environ["REMOTE_PORT"], "51234");
+    }
+    // v2, arriving in pieces.
+    let mut stream = server.connect();
+    let block = proxy_v2_ipv6();
+    stream.write_all(&block[..7]).unwrap();
+    stream.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    stream.write_all(&block[7..]).unwrap();
+    let environ = meta(&exchange(&mut stream, ECHO_ENVIRON));
+    assert_eq!(environ["REMOTE_ADDR"], "2001:db8::7");
+    assert_eq!(environ["REMOTE_PORT"], "40000");
+    // None at all, or UNKNOWN: the peer's own address.
+    let environ = meta(&exchange(server.connect(), ECHO_ENVIRON));
+    assert_eq!(environ["REMOTE_ADDR"], "127.0.0.1");
+    let mut request = b"PROXY UNKNOWN\r\n".to_vec();
+    request.extend_from_slice(ECHO_ENVIRON);
+    let environ = meta(&exchange(server.connect(), &request));
+    assert_eq!(environ["REMOTE_ADDR"], "127.0.0.1");
+    // A broken header is a bad request.
+    let broken = exchange(server.connect(), b"PROXY TCP4 1.2.3.4 nowhere 1 2\r\n\r\n");
+    assert_eq!(broken.status, 400);
+}
+
+#[test]
+fn proxy_protocol_headers_from_a_peer_not_allowed_are_refused() {
+    let server = Server::start(
+        "echo",
+        &[
+            "--proxy-protocol",
+            "auto",
+            "--proxy-allow-from",
+            "10.0.0.0/8",
+        ],
+    );
+    let mut request = b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 443\r\n".to_vec();
+    request.extend_from_slice(ECHO_ENVIRON);
+    assert_eq!(exchange(server.connect(), &request).status, 403);
+    let mut v2 = proxy_v2_ipv6();
+    v2.extend_from_slice(ECHO_ENVIRON);
+    assert_eq!(exchange(server.connect(), &v2).status, 403);
+    server.wait_for_log(&["rejected request with 403", "--proxy-allow-from"]);
+    // Its plain requests are served, as its own.
+    let environ = meta(&exchange(server.connect(), ECHO_ENVIRON));
+    assert_eq!(environ["REMOTE_ADDR"], "127.0.0.1");
+}
+
+#[test]
+fn a_proxy_protocol_header_comes_before_the_tls_handshake() {
+    let pki = Pki::new();
+    let (cert, key) = pki.server("gw");
+    let server = Server::start(
+        "echo",
+        &[
+            "--certfile",
+            &cert,
+            "--keyfile",
+            &key,
+            "--proxy-protocol",
+            "v1",
+        ],
+    );
+    let mut tcp = server.connect();
+    tcp.write_all(b"PROXY TCP4 198.51.100.9 10.0.0.1 40001 443\r\n")
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let session = rustls::ClientConnection::new(pki.client_config(None), name).unwrap();
+    let mut stream = rustls::StreamOwned::new(session, tcp);
+    let environ = meta(&exchange(&mut stream, ECHO_ENVIRON));
+    assert_eq!(environ["REMOTE_ADDR"], "198.51.100.9");
+    assert_eq!(environ["wsgi.url_scheme"], "https");
+}

@@ -30,6 +30,10 @@ pub enum RequestError {
     TrailerTooLarge,
     #[error("a plain HTTP request on a TLS port")]
     PlainHttpOnTlsPort,
+    #[error("a PROXY protocol header from a peer not in --proxy-allow-from")]
+    ForbiddenProxyHeader,
+    #[error("invalid {0}")]
+    InvalidProxyHeader(String),
 }
 
 impl RequestError {
@@ -40,7 +44,9 @@ impl RequestError {
             | RequestError::InvalidContentLength
             | RequestError::AmbiguousLength
             | RequestError::InvalidChunk(_)
-            | RequestError::PlainHttpOnTlsPort => (400, "Bad Request"),
+            | RequestError::PlainHttpOnTlsPort
+            | RequestError::InvalidProxyHeader(_) => (400, "Bad Request"),
+            RequestError::ForbiddenProxyHeader => (403, "Forbidden"),
             RequestError::BodyTooLarge => (413, "Content Too Large"),
             RequestError::RequestLineTooLong(_) => (414, "URI Too Long"),
             RequestError::FieldsTooLarge | RequestError::TrailerTooLarge => {

@@ -87,6 +87,9 @@ pub struct Io {
     wire: Wire,
     /// On a TLS listener: the session that bytes go through both ways.
     tls: Option<Box<Tls>>,
+    /// Reads skip the TLS session until [`Io::end_preamble`]: a PROXY header comes in the
+    /// clear before the handshake.
+    preamble: bool,
     /// Zeroed once; reads land in `buf[end..]`. Empty while the connection waits with
     /// nothing buffered. On TLS, what it holds is decrypted.
     buf: Vec<u8>,
@@ -124,6 +127,8 @@ struct Tls {
     closed: bool,
     /// What the handshake settled, once it is done.
     facts: Option<TlsFacts>,
+    /// Bytes read before the session began (after a PROXY header), for it to take first.
+    early: Vec<u8>,
 }
 
 /// The error a TLS connection's read fails with when the client speaks plain HTTP: the
@@ -133,8 +138,14 @@ struct Tls {
 pub struct PlainHttpOnTlsPort;
 
 impl Io {
-    /// `tls` is the session for a connection on a TLS listener.
-    pub fn new(stream: Socket, write_pace: Pace, tls: Option<rustls::ServerConnection>) -> Io {
+    /// `tls` is the session for a connection on a TLS listener; with `preamble`, reads
+    /// bypass it until [`Io::end_preamble`].
+    pub fn new(
+        stream: Socket,
+        write_pace: Pace,
+        tls: Option<rustls::ServerConnection>,
+        preamble: bool,
+    ) -> Io {
         Io {
             wire: Wire {
                 stream,
@@ -153,8 +164,10 @@ impl Io {
                     plaintext: 0,
                     closed: false,
                     facts: None,
+                    early: Vec::new(),
                 })
             }),
+            preamble,
             buf: Vec::new(),
             pos: 0,
             end: 0,
@@ -167,6 +180,25 @@ impl Io {
         self.wire.response_started = None;
         self.wire.drained = None;
         self.wire.sent_before_response = self.wire.sent;
+    }
+
+    /// The TLS session that writes go through, and the wire under it: none on a plain
+    /// connection, nor while the preamble is read, whose answers go in the clear.
+    fn session(&mut self) -> Option<(&mut Tls, &mut Wire)> {
+        if self.preamble {
+            return None;
+        }
+        Some((self.tls.as_deref_mut()?, &mut self.wire))
+    }
+
+    /// Ends the bytes read in the clear: on a TLS connection, what is buffered after the
+    /// preamble goes to the session, as the start of the handshake.
+    pub fn end_preamble(&mut self) {
+        self.preamble = false;
+        if let Some(tls) = self.tls.as_deref_mut() {
+            tls.early.extend_from_slice(&self.buf[self.pos..self.end]);
+            (self.pos, self.end) = (0, 0);
+        }
     }
 
     /// What the TLS handshake settled, on a TLS connection whose handshake is done.
@@ -227,7 +259,7 @@ impl Io {
     /// Reads into the buffer, waiting until `deadline` if there is one.
     fn fill_until(&mut self, deadline: Option<Instant>) -> io::Result<Option<usize>> {
         self.make_room();
-        if self.tls.is_some() {
+        if self.tls.is_some() && !self.preamble {
             return self.fill_tls(deadline);
         }
         let read = self.wire.read(&mut self.buf[self.end..], deadline)?;
@@ -270,12 +302,23 @@ impl Io {
             }
             // The handshake's replies, alerts and key updates go out before waiting on more.
             tls.flush(&mut self.wire)?;
-            let mut reader = WireReader {
-                wire: &mut self.wire,
-                deadline,
-                first_byte: &mut tls.first_byte,
+            let read = if tls.early.is_empty() {
+                let mut reader = WireReader {
+                    wire: &mut self.wire,
+                    deadline,
+                    first_byte: &mut tls.first_byte,
+                };
+                tls.session.read_tls(&mut reader)
+            } else {
+                tls.first_byte.get_or_insert(tls.early[0]);
+                let read = tls.session.read_tls(&mut &tls.early[..]);
+                if let Ok(taken) = read {
+                    tls.early.drain(..taken);
+                }
+                // Not the end of input: the socket has the rest.
+                read.map(|taken| taken.max(1))
             };
-            match tls.session.read_tls(&mut reader) {
+            match read {
                 // The socket closed, with or without a close_notify: the end of input,
                 // which the framing of a request cut short tells apart.
                 Ok(0) => tls.closed = true,
@@ -389,7 +432,7 @@ impl Io {
 
     /// Writes all of `parts` in order, with as few syscalls as the kernel allows.
     pub fn write_all_vectored(&mut self, parts: &[&[u8]]) -> io::Result<()> {
-        if let Some(tls) = self.tls.as_deref_mut() {
+        if let Some((tls, wire)) = self.session() {
             for part in parts {
                 let mut rest = *part;
                 while !rest.is_empty() {
@@ -397,11 +440,11 @@ impl Io {
                     rest = &rest[taken..];
                     // The session holds as much as it will: send it on to make room.
                     if !rest.is_empty() {
-                        tls.flush(&mut self.wire)?;
+                        tls.flush(wire)?;
                     }
                 }
             }
-            return tls.flush(&mut self.wire);
+            return tls.flush(wire);
         }
         // A response is a few parts, which fit on the stack; more go to the heap.
         let mut few = [io::IoSlice::new(&[]); FEW_PARTS];
@@ -429,9 +472,9 @@ impl Io {
     /// unread input makes the kernel send a reset, which can destroy the response before the
     /// client reads it; so the connection then discards input until the client closes too.
     pub fn shut_write(&mut self) -> io::Result<()> {
-        if let Some(tls) = self.tls.as_deref_mut() {
+        if let Some((tls, wire)) = self.session() {
             tls.session.send_close_notify();
-            let _ = tls.flush(&mut self.wire);
+            let _ = tls.flush(wire);
         }
         self.wire.stream.shutdown(Shutdown::Write)
     }

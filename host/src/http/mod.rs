@@ -8,6 +8,7 @@ pub mod date;
 pub mod error;
 pub mod exchange;
 pub mod io;
+pub mod proxy;
 pub mod request;
 pub mod response;
 
