@@ -189,6 +189,17 @@ pub struct ServeArgs {
     #[arg(short = 'w', long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: Option<u32>,
 
+    /// Run as this user (a name or a uid) once the sockets are bound and the TLS key read:
+    /// start as root to bind ports below 1024, and serve as someone who can do little.
+    /// Only root can switch.
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Run as this group (a name or a gid) once the sockets are bound [default: --user's
+    /// own group].
+    #[arg(short = 'g', long, value_name = "GROUP")]
+    pub group: Option<String>,
+
     /// Write the server's process id to this file once it serves, and remove it at exit
     /// (Gunicorn's --pid).
     #[arg(long, value_name = "FILE")]

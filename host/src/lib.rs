@@ -29,6 +29,7 @@ pub mod listener;
 pub mod loader;
 pub mod metrics;
 pub mod pool;
+pub mod privileges;
 pub mod python;
 pub mod reload;
 pub mod router;

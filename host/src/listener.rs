@@ -93,7 +93,7 @@ enum Kind {
     /// own is asked for.
     Tcp(Option<SocketAddr>),
     /// The socket file, removed when the listener is dropped if this process made it.
-    Unix { _made: Option<SocketFile> },
+    Unix { made: Option<SocketFile> },
 }
 
 impl Listener {
@@ -138,7 +138,7 @@ impl Listener {
                 socket.set_tcp_nodelay(true)?;
                 Kind::Tcp(Some(address).filter(|address| !address.ip().is_unspecified()))
             }
-            None if local.is_unix() => Kind::Unix { _made: None },
+            None if local.is_unix() => Kind::Unix { made: None },
             None => anyhow::bail!("descriptor {fd} is neither a TCP nor a Unix socket"),
         };
         // Accepts wait in poll, never in accept.
@@ -166,6 +166,14 @@ impl Listener {
             Kind::Tcp(Some(address)) => Ok(Some(*address)),
             Kind::Tcp(None) => Ok(connection.local_addr()?.as_socket()),
             Kind::Unix { .. } => Ok(None),
+        }
+    }
+
+    /// The socket file this process made for it, if it is a Unix socket it bound.
+    pub fn socket_file(&self) -> Option<&Path> {
+        match &self.kind {
+            Kind::Unix { made: Some(file) } => Some(&file.0),
+            _ => None,
         }
     }
 
@@ -241,7 +249,7 @@ fn bind_unix(path: &Path, backlog: i32, umask: u32) -> anyhow::Result<Listener> 
     socket.set_nonblocking(true)?;
     Ok(Listener {
         socket,
-        kind: Kind::Unix { _made: Some(file) },
+        kind: Kind::Unix { made: Some(file) },
     })
 }
 

@@ -15,18 +15,23 @@ use crate::connection::{ConnectionConfig, Timeouts};
 use crate::http::io::Pace;
 use crate::lifecycle::Lifecycle;
 use crate::listener::{self, Bind, Listener};
+use crate::privileges::Identity;
 use crate::reload::{Reload, ReloadRequest, Reloader};
 use crate::router::CurrentRouter;
 use crate::tls::Tls;
 use crate::{access_log, admin, config, loader};
 use crate::{server, systemd};
 
-/// `wasm-gw serve`: loads the apps and serves them until SIGTERM or SIGINT.
+/// `wasm-gw serve`: binds its sockets, loads the apps and serves them until SIGTERM or
+/// SIGINT.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Before the apps load, which can take seconds: a SIGHUP meanwhile must not kill us.
     let signals = catch_signals()?;
     init_logging(args.log_level, args.log_format)?;
     server::raise_file_limit();
+    // Before the apps load: as root, if --user drops it, and so that clients connecting
+    // while the apps compile wait in the backlog rather than find no one there.
+    let front_door = FrontDoor::open(&args)?;
     let args = Arc::new(args);
     let backend = args.kv_url().open()?;
     let cache = args.code_cache();
@@ -46,7 +51,35 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         server_settings,
         tls: None,
     };
-    run(&args, router, Some(reloader), signals)
+    run(&args, front_door, router, Some(reloader), signals)
+}
+
+/// The sockets the server listens on, and the TLS they speak.
+pub struct FrontDoor {
+    listeners: Vec<Listener>,
+    tls: Option<Arc<Tls>>,
+}
+
+impl FrontDoor {
+    /// Reads the TLS files and binds the listeners; then, for `--user`/`--group`, hands
+    /// the socket files over and gives up root.
+    pub fn open(args: &ServeArgs) -> anyhow::Result<FrontDoor> {
+        let identity = Identity::resolve(args.user.as_deref(), args.group.as_deref())?;
+        let tls = match args.tls_files()? {
+            Some(files) => Some(Arc::new(Tls::load(files)?)),
+            None => None,
+        };
+        let listeners = listen(args)?;
+        if let Some(identity) = identity {
+            for file in listeners.iter().filter_map(Listener::socket_file) {
+                let (uid, gid) = (identity.uid().as_raw(), identity.gid().as_raw());
+                std::os::unix::fs::chown(file, Some(uid), Some(gid))
+                    .with_context(|| format!("cannot hand {} to --user", file.display()))?;
+            }
+            identity.assume()?;
+        }
+        Ok(FrontDoor { listeners, tls })
+    }
 }
 
 /// Takes over SIGTERM, SIGINT and SIGHUP; they wait until [`run`] handles them.
@@ -117,16 +150,13 @@ fn is_escaped(byte: u8) -> bool {
 /// This is the seam where the benchmarks serve a native handler through the same server.
 pub fn run(
     args: &ServeArgs,
+    front_door: FrontDoor,
     router: Arc<CurrentRouter>,
     reloader: Option<Reloader>,
     signals: Signals,
 ) -> anyhow::Result<()> {
     let workers = args.workers();
-    let tls = match args.tls_files()? {
-        Some(files) => Some(Arc::new(Tls::load(files)?)),
-        None => None,
-    };
-    let listeners = listen(args)?;
+    let FrontDoor { listeners, tls } = front_door;
     let pid_file = match &args.pid {
         Some(path) => Some(PidFile::write(path)?),
         None => None,

@@ -577,3 +577,129 @@ fn a_proxy_protocol_header_comes_before_the_tls_handshake() {
     assert_eq!(environ["REMOTE_ADDR"], "198.51.100.9");
     assert_eq!(environ["wsgi.url_scheme"], "https");
 }
+
+/// The `Uid:` or `Gid:` line of a process's status: real, effective, saved, filesystem.
+fn ids_of(pid: u32, which: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|line| line.starts_with(which)).unwrap();
+    line[which.len()..]
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn user_and_group_are_taken_after_binding_and_only_root_can() {
+    let unknown = serve_exits(
+        &guest("hello"),
+        &["--port", "0", "--user", "no-such-user-here"],
+    );
+    assert_one_error_line(&unknown, &["no user \"no-such-user-here\""]);
+    if !nix::unistd::Uid::effective().is_root() {
+        // Not root: a switch is refused, clearly, before anything is served.
+        let refused = serve_exits(&guest("hello"), &["--port", "0", "--user", "0"]);
+        assert_one_error_line(&refused, &["only a server started as root"]);
+        return;
+    }
+    let dir = Scratch::new("user");
+    let socket = dir.path().join("gw.sock");
+    let unix = format!("unix:{}", socket.display());
+    let server = Server::start(
+        "hello",
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--bind",
+            &unix,
+            "--umask",
+            "007",
+            "--user",
+            "65534",
+            "--group",
+            "65534",
+            "--kv",
+            "memory",
+            "--no-cache",
+        ],
+    );
+    server.wait_for_log(&["running as user", "uid 65534", "group 65534"]);
+    assert_eq!(ids_of(server.pid(), "Uid:"), "65534 65534 65534 65534");
+    assert_eq!(ids_of(server.pid(), "Gid:"), "65534 65534 65534 65534");
+    let groups = ids_of(server.pid(), "Groups:");
+    assert!(
+        groups
+            .split(' ')
+            .all(|group| group == "65534" || group.is_empty()),
+        "{groups}"
+    );
+    // The socket file is theirs, so that --umask 007 lets their group in.
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(&socket).unwrap();
+    assert_eq!((metadata.uid(), metadata.gid()), (65534, 65534));
+    let response = exchange(
+        unix_client(&socket),
+        b"GET /?name=nobody HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    assert_eq!(response.text(), "Hello, nobody!\n");
+}
+
+#[test]
+fn bad_front_door_settings_are_refused_with_what_is_wrong() {
+    let missing = serve_exits(
+        &guest("hello"),
+        &[
+            "--port",
+            "0",
+            "--certfile",
+            "/nonexistent/cert.pem",
+            "--keyfile",
+            "/nonexistent/key.pem",
+        ],
+    );
+    assert_one_error_line(
+        &missing,
+        &["cannot read certificates from /nonexistent/cert.pem"],
+    );
+    let pki = Pki::new();
+    let (cert, key) = pki.server("gw");
+    let no_ca = serve_exits(
+        &guest("hello"),
+        &[
+            "--port",
+            "0",
+            "--certfile",
+            &cert,
+            "--keyfile",
+            &key,
+            "--cert-reqs",
+            "required",
+        ],
+    );
+    assert_one_error_line(&no_ca, &["--cert-reqs", "needs --ca-certs"]);
+    let (other_cert, _) = pki.server("other");
+    let mismatched = serve_exits(
+        &guest("hello"),
+        &["--port", "0", "--certfile", &other_cert, "--keyfile", &key],
+    );
+    assert_one_error_line(&mismatched, &["are not a certificate and its key"]);
+    for (args, needle) in [
+        (&["--bind", "127.0.0.1:http"][..], "is not a port number"),
+        (&["--bind", "fd://x"], "is not a file descriptor number"),
+        (&["--bind", "fd://97"], "descriptor 97 is not open"),
+        (&["--proxy-protocol", "v3"], "is not off, v1, v2 or auto"),
+        (
+            &["--proxy-allow-from", "10.0.0.0/33"],
+            "has no valid prefix length",
+        ),
+        (
+            &["--cert-reqs", "sometimes"],
+            "is not none, optional or required",
+        ),
+        (&["--umask", "0999"], "is not a umask"),
+    ] {
+        let output = serve_exits(&guest("hello"), args);
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}

@@ -9,7 +9,7 @@ use wasm_gw::cli::{Cli, Command};
 use wasm_gw::metrics::metrics;
 use wasm_gw::pool::{CurrentPool, Pool};
 use wasm_gw::router::{CurrentRouter, Route, Router};
-use wasm_gw::serve::{catch_signals, init_logging, run};
+use wasm_gw::serve::{FrontDoor, catch_signals, init_logging, run};
 
 /// Answers `GET /?name=X` with `Hello, X!`, as the hello guest does.
 struct NativeHello {
@@ -67,6 +67,7 @@ fn main() -> anyhow::Result<()> {
     let signals = catch_signals()?;
     init_logging(args.log_level, args.log_format)?;
     wasm_gw::server::raise_file_limit();
+    let front_door = FrontDoor::open(&args)?;
     let name = "native-hello".into();
     let gauges = metrics().pool(&name, args.timeout);
     let pool = Pool::new(
@@ -80,5 +81,11 @@ fn main() -> anyhow::Result<()> {
         max_body: args.max_body(),
         metrics: Arc::new(metrics().app(&name)),
     });
-    run(&args, Arc::new(CurrentRouter::new(router)), None, signals)
+    run(
+        &args,
+        front_door,
+        Arc::new(CurrentRouter::new(router)),
+        None,
+        signals,
+    )
 }
