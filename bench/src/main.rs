@@ -127,9 +127,14 @@ impl Harness {
             .stderr(Stdio::null())
             .spawn()
             .context("start the server")?;
+        let scheme = if args.contains(&"--certfile") {
+            "https"
+        } else {
+            "http"
+        };
         let running = Running {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
         };
         wait_for_port(port, Duration::from_secs(60))?;
         Ok(running)
@@ -398,6 +403,19 @@ const BROWSER_HEADERS: [&str; 18] = [
     "Upgrade-Insecure-Requests: 1",
 ];
 
+/// A self-signed certificate for 127.0.0.1 and its key, as PEM files under target/.
+fn tls_files(harness: &Harness) -> anyhow::Result<(String, String)> {
+    let dir = harness.root.join("target/bench-tls");
+    std::fs::create_dir_all(&dir)?;
+    let key = rcgen::KeyPair::generate()?;
+    let certificate = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])?.self_signed(&key)?;
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, certificate.pem())?;
+    std::fs::write(&key_path, key.serialize_pem())?;
+    let text = |path: PathBuf| path.to_string_lossy().into_owned();
+    Ok((text(cert_path), text(key_path)))
+}
+
 fn address(server: &Running) -> &str {
     server.url.trim_start_matches("http://")
 }
@@ -492,6 +510,48 @@ fn main() -> anyhow::Result<()> {
     ratios.push((
         "--isolation request / worker throughput".into(),
         per_request.requests_per_sec / wasm.requests_per_sec,
+        "reported".into(),
+    ));
+
+    // TLS against plain HTTP, side by side: the cost of the session on each request, and of
+    // a handshake (TLS 1.3, X25519MLKEM768 where wrk's OpenSSL offers it) on each connection.
+    let (cert, key) = tls_files(&harness)?;
+    let tls_args = ["--certfile", cert.as_str(), "--keyfile", key.as_str()];
+    let tls_variants: [(&str, &[&str], &[&str]); 3] = [
+        ("hello, keep-alive, plain HTTP (beside TLS)", &[], &[]),
+        ("hello, keep-alive, TLS", &tls_args, &[]),
+        (
+            "hello, TLS, Connection: close (a handshake a request)",
+            &tls_args,
+            &["-H", "Connection: close"],
+        ),
+    ];
+    let servers = tls_variants
+        .iter()
+        .map(|(_, args, _)| harness.start(Target::Wasm("hello"), args))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let loads: Vec<Load> = servers
+        .iter()
+        .zip(&tls_variants)
+        .map(|(server, (_, _, extra))| Load { server, extra })
+        .collect();
+    let results = harness.wrk(&loads, hello_path, 64)?;
+    drop(loads);
+    drop(servers);
+    for ((name, ..), (run, cpu)) in tls_variants.iter().zip(&results) {
+        eprintln!("{name}: {:.0} req/s", run.requests_per_sec);
+        rows.push(Row {
+            scenario: (*name).to_owned(),
+            requests_per_sec: Some(run.requests_per_sec),
+            p50_ms: Some(run.p50_ms),
+            p99_ms: Some(run.p99_ms),
+            mb_per_sec: None,
+            notes: format!("{cpu:.1} µs server CPU per request"),
+        });
+    }
+    ratios.push((
+        "TLS / plain HTTP hello throughput, keep-alive".into(),
+        results[1].0.requests_per_sec / results[0].0.requests_per_sec,
         "reported".into(),
     ));
 
