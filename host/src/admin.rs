@@ -16,11 +16,14 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 /// The most of a request head the admin endpoint reads.
 const MAX_HEAD: usize = 8 * 1024;
 
-/// Binds `address` and serves the admin endpoint on a thread of its own; returns the bound
-/// address.
-pub fn start(address: &str) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind(address)
-        .map_err(|error| anyhow::anyhow!("cannot listen on --admin {address}: {error}"))?;
+/// Binds `address`, before the server gives up root for `--user`.
+pub fn bind(address: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .map_err(|error| anyhow::anyhow!("cannot listen on --admin {address}: {error}"))
+}
+
+/// Serves the admin endpoint on `listener`, on a thread of its own; returns its address.
+pub fn serve(listener: TcpListener) -> anyhow::Result<SocketAddr> {
     let bound = listener.local_addr()?;
     thread::Builder::new().name("admin".into()).spawn(move || {
         // One client at a time: scrapes are rare and quick, and each is bounded in time.

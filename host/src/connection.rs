@@ -710,6 +710,7 @@ impl Connection {
     /// lingering close instead, so that this close isn't a reset that loses the response.
     fn close_ended(mut self) -> Next {
         if self.io.buffered().is_empty() && matches!(self.io.discard_ready(), Ok(None | Some(0))) {
+            self.io.close_notify();
             self.io.release_buffer();
             return Next::Closed;
         }

@@ -82,10 +82,13 @@ impl std::fmt::Display for Peer {
     }
 }
 
-/// A listening socket.
+/// A listening socket, or one bound that listens once the server is ready.
 pub struct Listener {
     socket: Socket,
     kind: Kind,
+    /// The listen queue to open with [`Listener::listen`], while the socket is bound and
+    /// not listening yet.
+    backlog: Option<i32>,
 }
 
 enum Kind {
@@ -143,7 +146,22 @@ impl Listener {
         };
         // Accepts wait in poll, never in accept.
         socket.set_nonblocking(true)?;
-        Ok(Listener { socket, kind })
+        Ok(Listener {
+            socket,
+            kind,
+            backlog: None,
+        })
+    }
+
+    /// Starts listening, if it does not yet: a TCP socket is bound early (by root, for a
+    /// port below 1024) and listens only once the apps are loaded, so that until then a
+    /// client is refused, as by a server not started yet, rather than left waiting in a
+    /// backlog while the apps compile.
+    pub fn listen(&mut self) -> io::Result<()> {
+        if let Some(backlog) = self.backlog.take() {
+            self.socket.listen(backlog)?;
+        }
+        Ok(())
     }
 
     /// Accepts a connection that has arrived; `None` if none has.
@@ -227,12 +245,12 @@ fn bind_tcp(host: &str, port: u16, backlog: i32) -> anyhow::Result<Listener> {
     // Accepted connections inherit it.
     socket.set_tcp_nodelay(true)?;
     socket.bind(&address.into())?;
-    socket.listen(backlog)?;
     socket.set_nonblocking(true)?;
     let address = socket.local_addr()?.as_socket();
     Ok(Listener {
         socket,
         kind: Kind::Tcp(address.filter(|address| !address.ip().is_unspecified())),
+        backlog: Some(backlog),
     })
 }
 
@@ -245,11 +263,14 @@ fn bind_unix(path: &Path, backlog: i32, umask: u32) -> anyhow::Result<Listener> 
     // files would share for the while.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777 & !umask))
         .context("cannot set the socket file's mode")?;
+    // Listening at once, unlike TCP: a socket file that refuses connections looks stale to
+    // the next server started on the same path, which would replace it.
     socket.listen(backlog)?;
     socket.set_nonblocking(true)?;
     Ok(Listener {
         socket,
         kind: Kind::Unix { made: Some(file) },
+        backlog: None,
     })
 }
 
@@ -371,8 +392,11 @@ mod tests {
 
     #[test]
     fn accepted_connections_have_nodelay_from_the_listener() {
-        let listener = Listener::bind(&Bind::Tcp("127.0.0.1".into(), 0), 8, 0).unwrap();
+        let mut listener = Listener::bind(&Bind::Tcp("127.0.0.1".into(), 0), 8, 0).unwrap();
         let address = listener.tcp_address().unwrap();
+        // Bound, not listening yet: refused.
+        assert!(std::net::TcpStream::connect(address).is_err());
+        listener.listen().unwrap();
         let _client = std::net::TcpStream::connect(address).unwrap();
         let accepted = loop {
             if let Some((socket, _)) = listener.accept().unwrap() {

@@ -29,7 +29,11 @@ impl Identity {
         let gid = match (group, &account) {
             (Some(group), _) => lookup_group(group)?,
             (None, Some((_, Some(account)))) => account.gid,
-            (None, _) => Gid::effective(),
+            // Keeping the group it started with would keep root's.
+            (None, Some((uid, None))) => {
+                anyhow::bail!("--user {uid} names no account, so it has no group: give --group too")
+            }
+            (None, None) => Gid::effective(),
         };
         let uid = account
             .as_ref()

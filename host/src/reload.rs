@@ -223,35 +223,45 @@ impl Reloader {
     }
 }
 
-/// `--reload`: asks for a reload of `what` whenever the modification time of `file`
-/// changes, until `stop` is set.
+/// `--reload`: asks for a reload of `what` whenever `file` changes, until `stop` is set. A
+/// change counts once the file has stood still for a whole interval, so that a file being
+/// written (a `cp` over it truncates first) is not read half-done, and a write that lands
+/// within the same tick of the clock as the one before is still seen, by its size.
 fn watch_file(
     file: PathBuf,
     what: Reload,
     requests: Sender<ReloadRequest>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
-    let modified = move || {
+    let look = move || {
         std::fs::metadata(&file)
-            .and_then(|meta| meta.modified())
+            .and_then(|meta| Ok((meta.modified()?, meta.len())))
             .ok()
     };
-    let mut last: Option<SystemTime> = modified();
+    let mut last: Option<(SystemTime, u64)> = look();
+    let mut settling = None;
     thread::Builder::new()
         .name("watcher".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 thread::sleep(WATCH_INTERVAL);
-                let now = modified();
-                if now.is_some() && now != last {
-                    last = now;
-                    let request = ReloadRequest {
-                        why: "the file changed",
-                        what: what.clone(),
-                    };
-                    if requests.send(request).is_err() {
-                        return;
-                    }
+                let now = look();
+                if now.is_none() || now == last {
+                    settling = None;
+                    continue;
+                }
+                if settling != Some(now) {
+                    settling = Some(now);
+                    continue;
+                }
+                last = now;
+                settling = None;
+                let request = ReloadRequest {
+                    why: "the file changed",
+                    what: what.clone(),
+                };
+                if requests.send(request).is_err() {
+                    return;
                 }
             }
         })?;

@@ -29,8 +29,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let signals = catch_signals()?;
     init_logging(args.log_level, args.log_format)?;
     server::raise_file_limit();
-    // Before the apps load: as root, if --user drops it, and so that clients connecting
-    // while the apps compile wait in the backlog rather than find no one there.
+    // Bound before the apps load, as root if --user drops it later; TCP sockets listen only
+    // once the apps are loaded.
     let front_door = FrontDoor::open(&args)?;
     let args = Arc::new(args);
     let backend = args.kv_url().open()?;
@@ -54,10 +54,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     run(&args, front_door, router, Some(reloader), signals)
 }
 
-/// The sockets the server listens on, and the TLS they speak.
+/// The sockets the server listens on, the TLS they speak, and the admin endpoint's.
 pub struct FrontDoor {
     listeners: Vec<Listener>,
     tls: Option<Arc<Tls>>,
+    admin: Option<std::net::TcpListener>,
 }
 
 impl FrontDoor {
@@ -70,6 +71,7 @@ impl FrontDoor {
             None => None,
         };
         let listeners = listen(args)?;
+        let admin = args.admin.as_deref().map(admin::bind).transpose()?;
         if let Some(identity) = identity {
             for file in listeners.iter().filter_map(Listener::socket_file) {
                 let (uid, gid) = (identity.uid().as_raw(), identity.gid().as_raw());
@@ -78,7 +80,11 @@ impl FrontDoor {
             }
             identity.assume()?;
         }
-        Ok(FrontDoor { listeners, tls })
+        Ok(FrontDoor {
+            listeners,
+            tls,
+            admin,
+        })
     }
 }
 
@@ -156,7 +162,14 @@ pub fn run(
     signals: Signals,
 ) -> anyhow::Result<()> {
     let workers = args.workers();
-    let FrontDoor { listeners, tls } = front_door;
+    let FrontDoor {
+        mut listeners,
+        tls,
+        admin,
+    } = front_door;
+    for listener in &mut listeners {
+        listener.listen().context("cannot listen")?;
+    }
     let pid_file = match &args.pid {
         Some(path) => Some(PidFile::write(path)?),
         None => None,
@@ -166,8 +179,8 @@ pub fn run(
         tracing::info!("listening on {}", listener.describe(scheme));
     }
     systemd::ready();
-    if let Some(admin) = &args.admin {
-        let admin = admin::start(admin)?;
+    if let Some(admin) = admin {
+        let admin = admin::serve(admin)?;
         tracing::info!("admin endpoint on http://{admin} (/health, /metrics)");
     }
 
@@ -196,8 +209,10 @@ pub fn run(
     }
     let lifecycle = Arc::new(Lifecycle::new().context("cannot set up the shutdown")?);
     handle_signals(signals, &lifecycle, args.graceful_timeout, reload_requests)?;
+    // The listeners close when the accept loop ends: a client that connects after that
+    // is refused, not left in a backlog no one accepts from.
     server::run(
-        &listeners,
+        listeners,
         router,
         config,
         args.max_connections(),
@@ -205,7 +220,6 @@ pub fn run(
     )?;
     let still_open = lifecycle.wait_for_connections(args.graceful_timeout);
     access_log::flush();
-    drop(listeners);
     drop(pid_file);
     if still_open > 0 {
         anyhow::bail!("the graceful timeout passed with {still_open} connections still open");
@@ -251,6 +265,13 @@ fn listen(args: &ServeArgs) -> anyhow::Result<Vec<Listener>> {
         [] => &[Bind::Tcp(args.host.clone(), args.port)][..],
         binds => binds,
     };
+    for (index, bind) in binds.iter().enumerate() {
+        if let Bind::Fd(fd) = bind
+            && binds[..index].contains(bind)
+        {
+            anyhow::bail!("--bind fd://{fd} is given twice");
+        }
+    }
     binds
         .iter()
         .map(|bind| Listener::bind(bind, args.backlog, args.umask))

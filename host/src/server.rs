@@ -26,7 +26,7 @@ use crate::router::CurrentRouter;
 /// Accepts connections on every listener until the server stops; the serving threads go
 /// on with the open ones.
 pub fn run(
-    listeners: &[Listener],
+    listeners: Vec<Listener>,
     router: Arc<CurrentRouter>,
     config: ConnectionConfig,
     max_connections: usize,
@@ -58,7 +58,7 @@ pub fn run(
         // that cost least to lose are closed. If none can be, it waits in the backlog until
         // a slot frees.
         let make_room = || {
-            if !listener::any_ready(listeners) {
+            if !listener::any_ready(&listeners) {
                 return false;
             }
             let evicted = threads
@@ -76,7 +76,7 @@ pub fn run(
             return Ok(());
         }
         let slot = SlotGuard(open.clone());
-        let ready = listener::wait_for_any(listeners, lifecycle.stop_signal(), next)
+        let ready = listener::wait_for_any(&listeners, lifecycle.stop_signal(), next)
             .context("cannot wait for new connections")?;
         let Some(index) = ready else {
             return Ok(());

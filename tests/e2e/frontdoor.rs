@@ -256,6 +256,16 @@ fn https_with_a_ca_of_the_tests_own() {
     let response = RawResponse::read(&mut BufReader::new(&mut stream), false);
     assert_eq!(response.body, body);
 
+    // A response that ends the connection ends the session properly too: the client sees
+    // close_notify, not a cut (which rustls reports as UnexpectedEof).
+    let mut closing = tls_connect(&server, &client).unwrap();
+    closing
+        .write_all(b"GET /c HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut closing, &mut all).unwrap();
+    assert!(all.starts_with(b"HTTP/1.1 200 OK\r\n"));
+
     // Plain HTTP on the TLS port gets told, in plain HTTP.
     let plain = exchange(server.connect(), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(plain.status, 400);
@@ -288,10 +298,16 @@ fn a_silent_or_stalled_tls_handshake_is_cut_at_the_header_timeout() {
     // Half a ClientHello's record header, then nothing.
     let mut stalled = server.connect();
     stalled.write_all(&[0x16, 0x03, 0x01, 0x02]).unwrap();
+    let started = std::time::Instant::now();
     for mut client in [silent, stalled] {
         let mut rest = Vec::new();
         // The server closes; a server that waited on would leave this read to time out.
         let read = std::io::Read::read_to_end(&mut client, &mut rest);
+        assert!(
+            started.elapsed() < IO_TIMEOUT / 3,
+            "closed after {:?}, not at --header-timeout",
+            started.elapsed()
+        );
         assert!(
             read.is_ok()
                 || read.as_ref().unwrap_err().kind() == std::io::ErrorKind::ConnectionReset,
@@ -567,15 +583,25 @@ fn a_proxy_protocol_header_comes_before_the_tls_handshake() {
             "v1",
         ],
     );
-    let mut tcp = server.connect();
-    tcp.write_all(b"PROXY TCP4 198.51.100.9 10.0.0.1 40001 443\r\n")
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let session = rustls::ClientConnection::new(pki.client_config(None), name).unwrap();
-    let mut stream = rustls::StreamOwned::new(session, tcp);
-    let environ = meta(&exchange(&mut stream, ECHO_ENVIRON));
-    assert_eq!(environ["REMOTE_ADDR"], "198.51.100.9");
-    assert_eq!(environ["wsgi.url_scheme"], "https");
+    // The header alone first; then the header and the ClientHello in one write, so that
+    // the handshake's first bytes arrive with the header.
+    for together in [false, true] {
+        let mut tcp = server.connect();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut session = rustls::ClientConnection::new(pki.client_config(None), name).unwrap();
+        let mut first = b"PROXY TCP4 198.51.100.9 10.0.0.1 40001 443\r\n".to_vec();
+        if together {
+            session.write_tls(&mut first).unwrap();
+        }
+        tcp.write_all(&first).unwrap();
+        let mut stream = rustls::StreamOwned::new(session, tcp);
+        let environ = meta(&exchange(&mut stream, ECHO_ENVIRON));
+        assert_eq!(
+            environ["REMOTE_ADDR"], "198.51.100.9",
+            "together: {together}"
+        );
+        assert_eq!(environ["wsgi.url_scheme"], "https");
+    }
 }
 
 /// The `Uid:` or `Gid:` line of a process's status: real, effective, saved, filesystem.
@@ -595,6 +621,9 @@ fn user_and_group_are_taken_after_binding_and_only_root_can() {
         &["--port", "0", "--user", "no-such-user-here"],
     );
     assert_one_error_line(&unknown, &["no user \"no-such-user-here\""]);
+    // A uid with no account has no group of its own: staying in root's is not an option.
+    let groupless = serve_exits(&guest("hello"), &["--port", "0", "--user", "54321"]);
+    assert_one_error_line(&groupless, &["names no account", "give --group too"]);
     if !nix::unistd::Uid::effective().is_root() {
         // Not root: a switch is refused, clearly, before anything is served.
         let refused = serve_exits(&guest("hello"), &["--port", "0", "--user", "0"]);

@@ -31,6 +31,14 @@ fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
         line.contains("shutting down: 1 requests") || line.contains("shutting down: 2 requests"),
         "{line}"
     );
+    // The listener closes at once: a new client is refused while the slow request runs on,
+    // rather than left in a backlog no one accepts from.
+    let deadline = std::time::Instant::now() + crate::support::IO_TIMEOUT;
+    while TcpStream::connect(server.addr).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "still listening");
+        thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(!slow.is_finished(), "refused only once the request ended");
     assert!(
         read_to_close(idle_reader.get_mut()).is_empty(),
         "the idle connection closes"

@@ -433,6 +433,14 @@ impl Io {
     /// Writes all of `parts` in order, with as few syscalls as the kernel allows.
     pub fn write_all_vectored(&mut self, parts: &[&[u8]]) -> io::Result<()> {
         if let Some((tls, wire)) = self.session() {
+            // Before the handshake ends there is no one to answer: a 408 for a handshake
+            // that timed out would only wait in the session.
+            if tls.session.is_handshaking() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "the TLS handshake is not done",
+                ));
+            }
             for part in parts {
                 let mut rest = *part;
                 while !rest.is_empty() {
@@ -440,6 +448,9 @@ impl Io {
                     rest = &rest[taken..];
                     // The session holds as much as it will: send it on to make room.
                     if !rest.is_empty() {
+                        if taken == 0 && !tls.session.wants_write() {
+                            return Err(io::ErrorKind::WriteZero.into());
+                        }
                         tls.flush(wire)?;
                     }
                 }
@@ -472,11 +483,19 @@ impl Io {
     /// unread input makes the kernel send a reset, which can destroy the response before the
     /// client reads it; so the connection then discards input until the client closes too.
     pub fn shut_write(&mut self) -> io::Result<()> {
-        if let Some((tls, wire)) = self.session() {
+        self.close_notify();
+        self.wire.stream.shutdown(Shutdown::Write)
+    }
+
+    /// On TLS, tells the client the connection ends here (close_notify), so that it can tell
+    /// a response that ends with the connection from one cut short.
+    pub fn close_notify(&mut self) {
+        if let Some((tls, wire)) = self.session()
+            && !tls.session.is_handshaking()
+        {
             tls.session.send_close_notify();
             let _ = tls.flush(wire);
         }
-        self.wire.stream.shutdown(Shutdown::Write)
     }
 }
 
