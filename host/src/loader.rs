@@ -9,7 +9,7 @@ use crate::kv::{self, BackendUrl};
 use crate::metrics::metrics;
 use crate::pool::{CurrentPool, Pool};
 use crate::router::{Mount, Route, Router};
-use crate::runtime::WasmApp;
+use crate::runtime::{Engines, WasmApp};
 
 /// An app being served: what it was loaded from, and the pool that serves it.
 pub struct LoadedApp {
@@ -20,13 +20,14 @@ pub struct LoadedApp {
 /// Loads every app in `specs` and routes to them. Nothing serves until the caller installs
 /// the router, so a failure leaves whatever served before untouched.
 pub fn load(
+    engines: &Engines,
     specs: Vec<AppSpec>,
     cache: Option<&CodeCache>,
 ) -> anyhow::Result<(Vec<LoadedApp>, Router)> {
     let mut apps = Vec::with_capacity(specs.len());
     let mut mounts = Vec::with_capacity(specs.len());
     for spec in specs {
-        let pool = Arc::new(CurrentPool::new(load_pool(&spec, cache)?));
+        let pool = Arc::new(CurrentPool::new(load_pool(engines, &spec, cache)?));
         mounts.push(Mount {
             hosts: spec.hosts.clone(),
             prefix: spec.prefix.clone(),
@@ -42,8 +43,12 @@ pub fn load(
 }
 
 /// Compiles the app of `spec` and makes its instances.
-pub fn load_pool(spec: &AppSpec, cache: Option<&CodeCache>) -> anyhow::Result<Pool> {
-    let app = WasmApp::load(&spec.name, &spec.path, spec.policy.clone(), cache)?;
+pub fn load_pool(
+    engines: &Engines,
+    spec: &AppSpec,
+    cache: Option<&CodeCache>,
+) -> anyhow::Result<Pool> {
+    let app = WasmApp::load(engines, &spec.name, &spec.path, spec.policy.clone(), cache)?;
     if app.uses_keyvalue() {
         prepare_kv(&spec.policy.grants.kv)?;
     }

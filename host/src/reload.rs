@@ -15,6 +15,7 @@ use crate::config::{self, ServerSetting};
 use crate::kv;
 use crate::loader::{self, LoadedApp};
 use crate::router::CurrentRouter;
+use crate::runtime::Engines;
 use crate::systemd;
 use crate::tls::Tls;
 
@@ -25,6 +26,7 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 pub struct Reloader {
     pub args: Arc<ServeArgs>,
     pub backend: Arc<dyn kv::Backend>,
+    pub engines: Engines,
     pub cache: Option<CodeCache>,
     pub apps: Vec<LoadedApp>,
     pub router: Arc<CurrentRouter>,
@@ -110,7 +112,7 @@ impl Reloader {
         let loaded = self
             .args
             .app_specs(&self.backend)
-            .and_then(|specs| loader::load(specs, self.cache.as_ref()));
+            .and_then(|specs| loader::load(&self.engines, specs, self.cache.as_ref()));
         let (apps, router) = match loaded {
             Ok(loaded) => loaded,
             Err(error) => {
@@ -172,7 +174,7 @@ impl Reloader {
         for app in self.apps.iter().filter(|app| app.spec.path == path) {
             let name = &app.spec.name;
             tracing::info!(app = name.as_str(), "reloading {} ({why})", path.display());
-            match loader::load_pool(&app.spec, self.cache.as_ref()) {
+            match loader::load_pool(&self.engines, &app.spec, self.cache.as_ref()) {
                 Ok(pool) => {
                     app.pool.replace(pool);
                     loader::watch(app);

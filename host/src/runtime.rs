@@ -1,6 +1,7 @@
-//! Running a component: the Engine (one for every app that keeps its instances), the
-//! Component and linker set up once per app, and the workers, each a Store with its own
-//! limits and a long-lived instance.
+//! Running a component: the [`Engines`] (made at startup and passed down: one engine for
+//! every app that keeps its instances, one of its own for each app that makes an instance
+//! per request, and the clock that ticks them all), the Component and linker set up once
+//! per app, and the workers, each a Store with its own limits and a long-lived instance.
 
 use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
@@ -57,54 +58,97 @@ pub fn link(
     Ok(bindings::AppPre::new(pre)?)
 }
 
-/// The engine of every app that keeps its instances: one engine and one clock for them all,
-/// however many apps a server hosts.
-fn shared_engine() -> anyhow::Result<Engine> {
-    static SHARED: Mutex<Option<Engine>> = Mutex::new(None);
-    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(engine) = &*shared {
-        return Ok(engine.clone());
-    }
-    let engine = Engine::new(&base_config())?;
-    keep_time(&engine)?;
-    *shared = Some(engine.clone());
-    Ok(engine)
+/// The engines the apps run on, and the clock that ticks them for deadlines: made once at
+/// startup and passed down, as wasmtime's `serve` does; the clock stops when they are
+/// dropped.
+pub struct Engines {
+    /// The engine of every app that keeps its instances: one engine and one clock for them
+    /// all, however many apps a server hosts.
+    shared: Engine,
+    clock: Arc<Clock>,
 }
 
-/// Advances the epoch of `engine`, by which deadlines are measured, every [`EPOCH_TICK`]
-/// for as long as it lives. One thread ticks every engine.
-fn keep_time(engine: &Engine) -> std::io::Result<()> {
-    static ENGINES: Mutex<Vec<EngineWeak>> = Mutex::new(Vec::new());
-    static TICKING: AtomicBool = AtomicBool::new(false);
-    ENGINES
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(engine.weak());
-    if TICKING.swap(true, Ordering::AcqRel) {
-        return Ok(());
-    }
-    let ticker = thread::Builder::new()
-        .name("epoch-ticker".into())
-        .spawn(|| {
-            loop {
-                thread::sleep(EPOCH_TICK);
-                ENGINES
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .retain(|engine| match engine.upgrade() {
-                        Some(engine) => {
-                            engine.increment_epoch();
-                            true
-                        }
-                        None => false,
-                    });
-            }
+/// The engines whose epoch advances every [`EPOCH_TICK`], by one thread for them all.
+struct Clock {
+    engines: Mutex<Vec<EngineWeak>>,
+    stopped: AtomicBool,
+}
+
+impl Engines {
+    pub fn new() -> anyhow::Result<Engines> {
+        let shared = Engine::new(&base_config())?;
+        let clock = Arc::new(Clock {
+            engines: Mutex::new(vec![shared.weak()]),
+            stopped: AtomicBool::new(false),
         });
-    if let Err(error) = ticker {
-        TICKING.store(false, Ordering::Release);
-        return Err(error);
+        let ticking = clock.clone();
+        thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || ticking.run())
+            .context("cannot start the epoch ticker")?;
+        Ok(Engines { shared, clock })
     }
-    Ok(())
+
+    /// The engine for an app with `policy`: the shared one, or, for an app that makes an
+    /// instance per request, one of its own with a pooling allocator sized for it.
+    fn for_app(&self, policy: &InstancePolicy) -> anyhow::Result<Engine> {
+        if policy.isolation == Isolation::Worker {
+            return Ok(self.shared.clone());
+        }
+        // An instance per request: the pooling allocator reuses memory slots instead of
+        // mapping fresh memory each time. Each worker holds one instance, and a second while
+        // it replaces the first. The pool is this app's, and so is the engine.
+        let slots = u32::try_from(policy.workers * 2 + 2).unwrap_or(u32::MAX);
+        let mut pooling = PoolingAllocationConfig::new();
+        pooling
+            .total_component_instances(slots)
+            .total_core_instances(slots.saturating_mul(MAX_INSTANCE_PARTS))
+            .total_memories(slots.saturating_mul(4))
+            .total_tables(slots.saturating_mul(4))
+            .total_stacks(slots)
+            .max_memory_size(policy.max_memory)
+            // A slot's first pages are reset for its next instance by writing them, not by
+            // giving them back with madvise, which makes every core flush its TLB: that cost
+            // twice the rest of the request. Writing every kept byte, touched or not, also
+            // resets pages the kernel swapped out; wasmtime's PAGEMAP_SCAN shortcut would
+            // leave those with the last request's data.
+            .linear_memory_keep_resident(SLOT_MEMORY_KEPT)
+            .table_keep_resident(SLOT_TABLE_KEPT);
+        let mut config = base_config();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        let engine = Engine::new(&config)?;
+        self.clock
+            .engines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(engine.weak());
+        Ok(engine)
+    }
+}
+
+impl Drop for Engines {
+    fn drop(&mut self) {
+        self.clock.stopped.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Clock {
+    /// Ticks every engine still alive until the engines are dropped.
+    fn run(&self) {
+        while !self.stopped.load(Ordering::Relaxed) {
+            thread::sleep(EPOCH_TICK);
+            self.engines
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|engine| match engine.upgrade() {
+                    Some(engine) => {
+                        engine.increment_epoch();
+                        true
+                    }
+                    None => false,
+                });
+        }
+    }
 }
 
 /// Epoch ticks in `duration`, at least one.
@@ -159,41 +203,13 @@ impl WasmApp {
     /// unfit to serve.
     /// `name` labels the app in logs and metrics.
     pub fn load(
+        engines: &Engines,
         name: &str,
         path: &Path,
         policy: InstancePolicy,
         cache: Option<&CodeCache>,
     ) -> anyhow::Result<Arc<WasmApp>> {
-        let engine = match policy.isolation {
-            Isolation::Worker => shared_engine()?,
-            Isolation::Request => {
-                // An instance per request: the pooling allocator reuses memory slots instead
-                // of mapping fresh memory each time. Each worker holds one instance, and a
-                // second while it replaces the first. The pool is this app's, and so is the
-                // engine.
-                let slots = u32::try_from(policy.workers * 2 + 2).unwrap_or(u32::MAX);
-                let mut pooling = PoolingAllocationConfig::new();
-                pooling
-                    .total_component_instances(slots)
-                    .total_core_instances(slots.saturating_mul(MAX_INSTANCE_PARTS))
-                    .total_memories(slots.saturating_mul(4))
-                    .total_tables(slots.saturating_mul(4))
-                    .total_stacks(slots)
-                    .max_memory_size(policy.max_memory)
-                    // A slot's first pages are reset for its next instance by writing them,
-                    // not by giving them back with madvise, which makes every core flush its
-                    // TLB: that cost twice the rest of the request. Writing every kept byte,
-                    // touched or not, also resets pages the kernel swapped out; wasmtime's
-                    // PAGEMAP_SCAN shortcut would leave those with the last request's data.
-                    .linear_memory_keep_resident(SLOT_MEMORY_KEPT)
-                    .table_keep_resident(SLOT_TABLE_KEPT);
-                let mut config = base_config();
-                config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
-                let engine = Engine::new(&config)?;
-                keep_time(&engine)?;
-                engine
-            }
-        };
+        let engine = engines.for_app(&policy)?;
         let component = load_component(&engine, path, cache)?;
 
         let pre = link(&engine, &component)

@@ -18,6 +18,7 @@ use crate::listener::{self, Bind, Listener};
 use crate::privileges::Identity;
 use crate::reload::{Reload, ReloadRequest, Reloader};
 use crate::router::CurrentRouter;
+use crate::runtime::Engines;
 use crate::tls::Tls;
 use crate::{access_log, admin, config, loader};
 use crate::{server, systemd};
@@ -35,7 +36,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let args = Arc::new(args);
     let backend = args.kv_url().open()?;
     let cache = args.code_cache();
-    let (apps, router) = loader::load(args.app_specs(&backend)?, cache.as_ref())?;
+    let engines = Engines::new()?;
+    let (apps, router) = loader::load(&engines, args.app_specs(&backend)?, cache.as_ref())?;
     loader::announce(&apps);
     let router = Arc::new(CurrentRouter::new(router));
     let server_settings = match &args.config {
@@ -45,6 +47,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let reloader = Reloader {
         args: args.clone(),
         backend,
+        engines,
         cache,
         apps,
         router: router.clone(),
