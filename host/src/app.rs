@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::bindings::wasm_gw::wsgi::request::Environ;
 use crate::environ::HeaderLines;
 use crate::http::Exchange;
+use crate::http::error::ErrorResponse;
 
 /// One worker of an app: serves one request at a time, and keeps its state between requests.
 pub trait App: Send {
@@ -60,13 +61,13 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// The status the client gets when nothing has been sent yet.
-    pub fn status(&self) -> (u16, &'static str) {
+    /// What the client gets when nothing has been sent yet.
+    pub fn response(&self) -> ErrorResponse {
         match self {
-            Failure::Timeout(_) | Failure::StreamTimeout(_) => (504, "Gateway Timeout"),
-            Failure::Unavailable(_) => (503, "Service Unavailable"),
+            Failure::Timeout(_) | Failure::StreamTimeout(_) => ErrorResponse::AppTimeout,
+            Failure::Unavailable(_) => ErrorResponse::AppUnavailable,
             Failure::Application(_) | Failure::Trap(_) | Failure::MemoryCap(_) => {
-                (500, "Internal Server Error")
+                ErrorResponse::AppFailed
             }
         }
     }

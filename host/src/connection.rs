@@ -19,11 +19,12 @@ use crate::environ::{self, ConnectionInfo, HeaderLines, Proxies, RequestStrings}
 use crate::http::Exchange;
 use crate::http::Limits;
 use crate::http::body::{BodyDecoder, BodyError};
+use crate::http::error::ErrorResponse;
 use crate::http::error::RequestError;
 use crate::http::io::{Io, Pace, PlainHttpOnTlsPort};
 use crate::http::proxy;
 use crate::http::request::{self, BodyKind, Framing};
-use crate::http::response::{write_server_response, write_server_response_with};
+use crate::http::response::write_error;
 use crate::lifecycle::{IDLE_GRACE, Lifecycle, Registration};
 use crate::listener::Peer;
 use crate::metrics::metrics;
@@ -41,10 +42,6 @@ const MAX_DRAIN: u64 = 256 * 1024;
 /// still sends.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
-
-/// Seconds a client turned away by a busy app is told to wait before it tries again: a
-/// queue that was full a moment ago may well have room a second later.
-const RETRY_AFTER: &str = "1";
 
 /// Ids for requests, unique within the process, for tagging log lines.
 static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
@@ -333,7 +330,7 @@ impl Connection {
         }
         if let Phase::Body(_) = &self.state.phase {
             return self.end_buffering(
-                Some((408, "Request Timeout")),
+                Some(ErrorResponse::Timeout),
                 "the body did not arrive in time",
             );
         }
@@ -342,14 +339,7 @@ impl Connection {
         }
         tracing::debug!(peer = %self.state.peer, "request head not received in time");
         self.io.start_response();
-        let _ = write_server_response(
-            &mut self.io,
-            408,
-            "Request Timeout",
-            "Request Timeout\n",
-            None,
-            false,
-        );
+        let _ = write_error(&mut self.io, &ErrorResponse::Timeout, None);
         self.close()
     }
 
@@ -382,10 +372,9 @@ impl Connection {
                 HeadRead::Pending => return Connection { io, state }.wait(),
                 HeadRead::Closed => return Next::Closed,
                 HeadRead::Invalid(error) => {
-                    let (code, reason) = error.status();
+                    let (code, _) = error.status();
                     tracing::warn!(%peer, "rejected request with {code}: {error}");
-                    let _ =
-                        write_server_response(&mut io, code, reason, &error.body(), None, false);
+                    let _ = write_error(&mut io, &ErrorResponse::Request(error), None);
                     return Connection { io, state }.close();
                 }
                 HeadRead::Failed(error) => {
@@ -394,27 +383,17 @@ impl Connection {
                 }
             };
             if !state.registration.begin_request() {
-                let body = "Service Unavailable: the server is stopping\n";
-                let sent = write_server_response(
-                    &mut io,
-                    503,
-                    "Service Unavailable",
-                    body,
-                    Some(framing),
-                    false,
-                );
-                access_log::record(&environ, sent.is_ok().then_some(503), 0, Duration::ZERO);
+                let answer = ErrorResponse::Stopping;
+                let sent = write_error(&mut io, &answer, Some(framing));
+                let code = sent.is_ok().then_some(answer.status().0);
+                access_log::record(&environ, code, 0, Duration::ZERO);
                 return Connection { io, state }.close();
             }
             let router = router.get();
             let Some((mount, route)) = router.route(&environ.server_name, &environ.path_info)
             else {
-                let refusal = (
-                    404,
-                    "Not Found",
-                    "Not Found: no app is mounted at this path\n",
-                );
-                return turn_away(Connection { io, state }, &environ, framing, refusal);
+                let refusal = ErrorResponse::NoApp;
+                return turn_away(Connection { io, state }, &environ, framing, &refusal);
             };
             // The app's own limit, known only now that the route is; chunked bodies are held
             // to it as they arrive.
@@ -423,8 +402,8 @@ impl Connection {
             {
                 let limit = route.max_body.unwrap_or_default();
                 tracing::warn!(%peer, "rejected request with 413: a body of {length} bytes is over the limit of {limit} bytes for this app (its max-body-size, or --max-body-size)");
-                let refusal = (413, "Content Too Large", "Content Too Large\n");
-                return turn_away(Connection { io, state }, &environ, framing, refusal);
+                let refusal = ErrorResponse::Request(RequestError::BodyTooLarge);
+                return turn_away(Connection { io, state }, &environ, framing, &refusal);
             }
             // WSGI's split: the mount prefix is SCRIPT_NAME, the rest PATH_INFO. At the root,
             // the usual case, there is nothing to split and nothing to allocate.
@@ -547,7 +526,7 @@ impl Connection {
 
     /// Ends a request whose body did not arrive whole: answers `status`, if there is one,
     /// and closes.
-    fn end_buffering(mut self, status: Option<(u16, &'static str)>, why: &str) -> Next {
+    fn end_buffering(mut self, status: Option<ErrorResponse>, why: &str) -> Next {
         let phase = std::mem::replace(
             &mut self.state.phase,
             Phase::Head(HeadProgress::idle_for(Duration::ZERO)),
@@ -557,19 +536,12 @@ impl Connection {
         };
         let request = buffering.request;
         tracing::info!(app = %request.route.metrics.app().0, request = request.id, "request body not received: {why}");
-        let Some((code, reason)) = status else {
+        let Some(answer) = status else {
             return self.abandon(&request);
         };
         self.io.start_response();
-        let sent = write_server_response(
-            &mut self.io,
-            code,
-            reason,
-            &format!("{reason}\n"),
-            Some(request.framing),
-            false,
-        );
-        finish_refused(&request, sent.is_ok().then_some(code));
+        let sent = write_error(&mut self.io, &answer, Some(request.framing));
+        finish_refused(&request, sent.is_ok().then_some(answer.status().0));
         self.state.registration.end_request();
         self.close()
     }
@@ -654,16 +626,9 @@ impl Connection {
         let app = &request.route.metrics.app().0;
         tracing::warn!(%app, request = request.id, "turned a request away with 503: {why}");
         self.io.start_response();
-        let sent = write_server_response_with(
-            &mut self.io,
-            503,
-            "Service Unavailable",
-            "Service Unavailable: the app is busy\n",
-            Some(request.framing),
-            false,
-            &[("Retry-After", RETRY_AFTER)],
-        );
-        finish_refused(&request, sent.is_ok().then_some(503));
+        let answer = ErrorResponse::Busy;
+        let sent = write_error(&mut self.io, &answer, Some(request.framing));
+        finish_refused(&request, sent.is_ok().then_some(answer.status().0));
         self.state.registration.end_request();
         // A request without a body was read whole: the connection closes at once unless more
         // came, rather than lingering for a client that may not read its 503 for a while,
@@ -771,16 +736,16 @@ enum After {
     Close,
 }
 
-/// Answers a request that no app sees with `(code, reason, body)`, and closes: its body,
-/// unread, rules out keeping the connection.
+/// Answers a request that no app sees with `refusal`, and closes: its body, unread, rules
+/// out keeping the connection.
 fn turn_away(
     mut connection: Connection,
     environ: &Environ,
     framing: Framing,
-    (code, reason, body): (u16, &str, &str),
+    refusal: &ErrorResponse,
 ) -> Next {
-    access_log::record(environ, Some(code), 0, Duration::ZERO);
-    let _ = write_server_response(&mut connection.io, code, reason, body, Some(framing), false);
+    access_log::record(environ, Some(refusal.status().0), 0, Duration::ZERO);
+    let _ = write_error(&mut connection.io, refusal, Some(framing));
     connection.state.registration.end_request();
     connection.close()
 }
@@ -985,12 +950,10 @@ fn handle(
         ran_for: started.elapsed(),
     };
     let error_status = error_response(&request, &exchange, result);
-    let code = match error_status {
-        Some((code, reason)) if !exchange.response.head_sent() => {
-            let body = format!("{reason}\n");
-            let sent =
-                write_server_response(&mut exchange.io, code, reason, &body, Some(framing), false);
-            sent.is_ok().then_some(code)
+    let code = match &error_status {
+        Some(answer) if !exchange.response.head_sent() => {
+            let sent = write_error(&mut exchange.io, answer, Some(framing));
+            sent.is_ok().then_some(answer.status().0)
         }
         _ => exchange.response.code(),
     };
@@ -1049,11 +1012,11 @@ fn error_response(
     request: &RequestLog,
     exchange: &Exchange,
     result: Result<(), Failure>,
-) -> Option<(u16, &'static str)> {
+) -> Option<ErrorResponse> {
     let RequestLog { app, id, ran_for } = *request;
     if let Some(BodyError::Invalid(error)) = &exchange.body_failed {
         tracing::warn!(app, request = id, "bad request body: {error}");
-        return Some(error.status());
+        return Some(ErrorResponse::Request(error.clone()));
     }
     let failure = result.err();
     if let Some(
@@ -1065,7 +1028,7 @@ fn error_response(
     ) = &failure
     {
         tracing::error!(app, request = id, ?ran_for, "app {failure}");
-        return Some(failure.status());
+        return Some(failure.response());
     }
     if let Some(violation) = &exchange.violation {
         tracing::error!(
@@ -1073,28 +1036,28 @@ fn error_response(
             request = id,
             "app broke the WSGI contract: {violation}"
         );
-        return Some((500, "Internal Server Error"));
+        return Some(ErrorResponse::AppFailed);
     }
     if let Some(error) = &exchange.body_failed {
         // The app's own error, if any, only followed from the missing body.
         tracing::info!(app, request = id, "request body not received: {error}");
         return match error {
-            BodyError::Io(error) if is_timeout(error) => Some((408, "Request Timeout")),
+            BodyError::Io(error) if is_timeout(error) => Some(ErrorResponse::Timeout),
             // The client closed its side mid-body: it is gone, and gets nothing (the access
             // line's status is `-`).
             BodyError::Truncated => None,
-            _ => Some((400, "Bad Request")),
+            _ => Some(ErrorResponse::BadBody),
         };
     }
     if let Some(failure) = &failure {
         tracing::error!(app, request = id, "app {failure}");
-        return Some(failure.status());
+        return Some(failure.response());
     }
     if !exchange.response.head_sent() {
         // The app returned without any response; the guest bindings prevent this, but a
         // native app might not.
         tracing::error!(app, request = id, "app returned without a response");
-        return Some((500, "Internal Server Error"));
+        return Some(ErrorResponse::AppFailed);
     }
     None
 }
