@@ -21,6 +21,7 @@ use crate::http::Limits;
 use crate::http::body::{BodyDecoder, BodyError};
 use crate::http::error::ErrorResponse;
 use crate::http::error::RequestError;
+use crate::http::exchange::Outcome;
 use crate::http::io::{Io, Pace, PlainHttpOnTlsPort};
 use crate::http::proxy;
 use crate::http::request::{self, BodyKind, Framing};
@@ -33,10 +34,6 @@ use crate::router::{CurrentRouter, Route};
 
 /// Header slots kept on the stack; a larger `--limit-request-fields` uses the heap.
 const INLINE_HEADER_SLOTS: usize = 128;
-
-/// Unread body bytes the server reads and discards to keep a connection alive; past this it
-/// closes the connection instead.
-const MAX_DRAIN: u64 = 256 * 1024;
 
 /// How long, and for how many bytes, a closing connection keeps reading what the client
 /// still sends.
@@ -562,9 +559,9 @@ impl Connection {
             // A stopping server keeps the connection too: the client may have sent its next
             // request already, which then gets 503 and `Connection: close` rather than a
             // close that loses it. An idle one is closed after the grace.
-            After::KeepAlive => state.registration.end_request(),
-            After::Ended => return Ran::Ended(Connection { io, state }.close_ended()),
-            After::Close => return Ran::Ended(Connection { io, state }.close()),
+            Outcome::KeepAlive => state.registration.end_request(),
+            Outcome::Ended => return Ran::Ended(Connection { io, state }.close_ended()),
+            Outcome::Close => return Ran::Ended(Connection { io, state }.close()),
         }
         state.spare = Some(strings);
         state.phase = Phase::Head(HeadProgress::idle_for(config.timeouts.keep_alive));
@@ -724,16 +721,6 @@ impl HeadProgress {
 enum Ran {
     KeepAlive(Connection),
     Ended(Next),
-}
-
-/// How a connection goes on after a request.
-enum After {
-    /// Another request may follow.
-    KeepAlive,
-    /// The client asked to close and sent its whole request.
-    Ended,
-    /// Closing, though the client may still be sending.
-    Close,
 }
 
 /// Answers a request that no app sees with `refusal`, and closes: its body, unread, rules
@@ -908,7 +895,7 @@ fn handle(
     request: Routed,
     lease: Lease,
     config: &ConnectionConfig,
-) -> (Io, After, RequestStrings) {
+) -> (Io, Outcome, RequestStrings) {
     let Routed {
         id: request_id,
         started,
@@ -939,52 +926,29 @@ fn handle(
     let Request {
         environ,
         headers,
-        mut exchange,
+        exchange,
         ..
     } = request;
-    exchange.finish_whole_body();
-
     let request = RequestLog {
         app: &app,
         id: request_id,
         ran_for: started.elapsed(),
     };
-    let error_status = error_response(&request, &exchange, result);
-    let code = match &error_status {
-        Some(answer) if !exchange.response.head_sent() => {
-            let sent = write_error(&mut exchange.io, answer, Some(framing));
-            sent.is_ok().then_some(answer.status().0)
-        }
-        _ => exchange.response.code(),
-    };
+    let ended = exchange.end(|exchange| error_response(&request, exchange, result));
     access_log::record(
         &environ,
-        code,
-        exchange.response.body_bytes(),
+        ended.status,
+        ended.body_bytes_sent,
         started.elapsed(),
     );
-
-    let clean = error_status.is_none() && exchange.body_failed.is_none() && !exchange.body_unsent();
-    let after = if !clean {
-        After::Close
-    } else if exchange.response.allows_keep_alive() {
-        match exchange.body.skip(&mut exchange.io, MAX_DRAIN) {
-            Ok(true) => After::KeepAlive,
-            _ => After::Close,
-        }
-    } else if exchange.response.is_complete_for_closing_client() && exchange.body.is_done() {
-        After::Ended
-    } else {
-        After::Close
-    };
     route.metrics.request_finished(
         &environ.request_method,
-        code.unwrap_or(0),
+        ended.status.unwrap_or(0),
         started.elapsed(),
-        exchange.body.consumed(),
-        exchange.response.body_bytes(),
+        ended.body_bytes_read,
+        ended.body_bytes_sent,
     );
-    (exchange.io, after, (environ, headers))
+    (ended.io, ended.outcome, (environ, headers))
 }
 
 /// Logs and counts a request that got no worker: `code` is what it was answered, if
@@ -1014,7 +978,7 @@ fn error_response(
     result: Result<(), Failure>,
 ) -> Option<ErrorResponse> {
     let RequestLog { app, id, ran_for } = *request;
-    if let Some(BodyError::Invalid(error)) = &exchange.body_failed {
+    if let Some(BodyError::Invalid(error)) = exchange.body_failed() {
         tracing::warn!(app, request = id, "bad request body: {error}");
         return Some(ErrorResponse::Request(error.clone()));
     }
@@ -1030,7 +994,7 @@ fn error_response(
         tracing::error!(app, request = id, ?ran_for, "app {failure}");
         return Some(failure.response());
     }
-    if let Some(violation) = &exchange.violation {
+    if let Some(violation) = exchange.violation() {
         tracing::error!(
             app,
             request = id,
@@ -1038,7 +1002,7 @@ fn error_response(
         );
         return Some(ErrorResponse::AppFailed);
     }
-    if let Some(error) = &exchange.body_failed {
+    if let Some(error) = exchange.body_failed() {
         // The app's own error, if any, only followed from the missing body.
         tracing::info!(app, request = id, "request body not received: {error}");
         return match error {
@@ -1053,7 +1017,7 @@ fn error_response(
         tracing::error!(app, request = id, "app {failure}");
         return Some(failure.response());
     }
-    if !exchange.response.head_sent() {
+    if !exchange.head_sent() {
         // The app returned without any response; the guest bindings prevent this, but a
         // native app might not.
         tracing::error!(app, request = id, "app returned without a response");

@@ -410,14 +410,13 @@ impl WasmWorker {
                 return Err(Failure::StreamTimeout(limit));
             }
             let exchange = self.store.data_mut().exchange();
-            if exchange.violation.is_some() {
+            if exchange.violation().is_some() {
                 return Ok(());
             }
-            if !exchange.response.wants_body() {
+            if !exchange.wants_body() {
                 // HEAD, 204 or 304: nothing of the stream would be sent, so don't produce it.
-                if let Err(error) = exchange.response.finish(&mut exchange.io) {
-                    exchange.violated(error);
-                }
+                // A failure is the exchange's to record.
+                let _ = exchange.finish();
                 return Ok(());
             }
             let next = self.guest_call(|store, instance| {
@@ -427,15 +426,12 @@ impl WasmWorker {
                     .call_next(store, stream)
             })?;
             let exchange = self.store.data_mut().exchange();
-            let (written, ended) = match next {
-                Some(chunk) => (exchange.response.write(&mut exchange.io, &chunk), false),
-                None => (exchange.response.finish(&mut exchange.io), true),
+            let ended = match next {
+                Some(chunk) => exchange.write(&chunk).map(|()| false),
+                None => exchange.finish().map(|()| true),
             };
-            if let Err(error) = written {
-                exchange.violated(error);
-                return Ok(());
-            }
-            if ended {
+            // A failed write is the exchange's to record, and ends the stream.
+            if ended != Ok(false) {
                 return Ok(());
             }
         }

@@ -280,7 +280,7 @@ impl GuestState {
         let Some(exchange) = &mut self.exchange else {
             return Err(WitResponseError::NotStarted);
         };
-        act(exchange).map_err(|error| to_wit(exchange.violated(error)))
+        act(exchange).map_err(to_wit)
     }
 }
 
@@ -418,17 +418,11 @@ impl response::Host for GuestState {
             let exc_info = excerpt(exc_info);
             tracing::warn!(request, "app error, replacing its response: {exc_info}");
         }
-        self.response(|exchange| {
-            exchange
-                .response
-                .start(&status, &headers, exc_info.is_some())
-        })
+        self.response(|exchange| exchange.start(&status, &headers, exc_info.is_some()))
     }
 
     fn write(&mut self, data: Vec<u8>) -> Result<(), WitResponseError> {
-        self.off_the_clock(|state| {
-            state.response(|exchange| exchange.response.write(&mut exchange.io, &data))
-        })
+        self.off_the_clock(|state| state.response(|exchange| exchange.write(&data)))
     }
 }
 
