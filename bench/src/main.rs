@@ -192,6 +192,39 @@ impl Harness {
             .collect())
     }
 
+    /// Starts each of `variants` (a row's name, the server, its flags, wrk's extra
+    /// arguments), runs them side by side with [`Harness::wrk`] on `path`, and adds a row
+    /// each. Returns the results in the same order.
+    fn side_by_side(
+        &self,
+        variants: &[(&str, Target, &[&str], &[&str])],
+        path: &str,
+        rows: &mut Vec<Row>,
+    ) -> anyhow::Result<Vec<(WrkRun, f64)>> {
+        let servers = variants
+            .iter()
+            .map(|(_, target, args, _)| self.start(*target, args))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let loads: Vec<Load> = servers
+            .iter()
+            .zip(variants)
+            .map(|(server, (_, _, _, extra))| Load { server, extra })
+            .collect();
+        let results = self.wrk(&loads, path, 64)?;
+        for ((name, ..), (run, cpu)) in variants.iter().zip(&results) {
+            eprintln!("{name}: {:.0} req/s", run.requests_per_sec);
+            rows.push(Row {
+                scenario: (*name).to_owned(),
+                requests_per_sec: Some(run.requests_per_sec),
+                p50_ms: Some(run.p50_ms),
+                p99_ms: Some(run.p99_ms),
+                mb_per_sec: None,
+                notes: format!("{cpu:.1} µs server CPU per request"),
+            });
+        }
+        Ok(results)
+    }
+
     /// [`Harness::wrk`] for one server.
     fn wrk_one(
         &self,
@@ -473,29 +506,7 @@ fn main() -> anyhow::Result<()> {
             &BROWSER_HEADERS,
         ),
     ];
-    let servers = variants
-        .iter()
-        .map(|(_, target, args, _)| harness.start(*target, args))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let loads: Vec<Load> = servers
-        .iter()
-        .zip(&variants)
-        .map(|(server, (_, _, _, extra))| Load { server, extra })
-        .collect();
-    let results = harness.wrk(&loads, hello_path, 64)?;
-    drop(loads);
-    drop(servers);
-    for ((name, ..), (run, cpu)) in variants.iter().zip(&results) {
-        eprintln!("{name}: {:.0} req/s", run.requests_per_sec);
-        rows.push(Row {
-            scenario: (*name).to_owned(),
-            requests_per_sec: Some(run.requests_per_sec),
-            p50_ms: Some(run.p50_ms),
-            p99_ms: Some(run.p99_ms),
-            mb_per_sec: None,
-            notes: format!("{cpu:.1} µs server CPU per request"),
-        });
-    }
+    let results = harness.side_by_side(&variants, hello_path, &mut rows)?;
     let [wasm, native, quiet, per_request] = [0, 1, 2, 3].map(|index| results[index].0);
     ratios.push((
         "Wasm / native hello throughput".into(),
@@ -517,38 +528,23 @@ fn main() -> anyhow::Result<()> {
     // a handshake (TLS 1.3, X25519MLKEM768 where wrk's OpenSSL offers it) on each connection.
     let (cert, key) = tls_files(&harness)?;
     let tls_args = ["--certfile", cert.as_str(), "--keyfile", key.as_str()];
-    let tls_variants: [(&str, &[&str], &[&str]); 3] = [
-        ("hello, keep-alive, plain HTTP (beside TLS)", &[], &[]),
-        ("hello, keep-alive, TLS", &tls_args, &[]),
+    let hello = Target::Wasm("hello");
+    let tls_variants: [(&str, Target, &[&str], &[&str]); 3] = [
+        (
+            "hello, keep-alive, plain HTTP (beside TLS)",
+            hello,
+            &[],
+            &[],
+        ),
+        ("hello, keep-alive, TLS", hello, &tls_args, &[]),
         (
             "hello, TLS, Connection: close (a handshake a request)",
+            hello,
             &tls_args,
             &["-H", "Connection: close"],
         ),
     ];
-    let servers = tls_variants
-        .iter()
-        .map(|(_, args, _)| harness.start(Target::Wasm("hello"), args))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let loads: Vec<Load> = servers
-        .iter()
-        .zip(&tls_variants)
-        .map(|(server, (_, _, extra))| Load { server, extra })
-        .collect();
-    let results = harness.wrk(&loads, hello_path, 64)?;
-    drop(loads);
-    drop(servers);
-    for ((name, ..), (run, cpu)) in tls_variants.iter().zip(&results) {
-        eprintln!("{name}: {:.0} req/s", run.requests_per_sec);
-        rows.push(Row {
-            scenario: (*name).to_owned(),
-            requests_per_sec: Some(run.requests_per_sec),
-            p50_ms: Some(run.p50_ms),
-            p99_ms: Some(run.p99_ms),
-            mb_per_sec: None,
-            notes: format!("{cpu:.1} µs server CPU per request"),
-        });
-    }
+    let results = harness.side_by_side(&tls_variants, hello_path, &mut rows)?;
     ratios.push((
         "TLS / plain HTTP hello throughput, keep-alive".into(),
         results[1].0.requests_per_sec / results[0].0.requests_per_sec,

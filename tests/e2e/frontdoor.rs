@@ -155,6 +155,13 @@ impl Pki {
         (cert_path, key_path)
     }
 
+    /// Serves guest `app` over TLS with a certificate for `name`, and `extra` flags.
+    fn serve(&self, app: &str, name: &str, extra: &[&str]) -> Server {
+        let (cert, key) = self.server(name);
+        let args = ["--certfile", cert.as_str(), "--keyfile", key.as_str()];
+        Server::start(app, &[&args[..], extra].concat())
+    }
+
     /// A client certificate for `CN=name,O=Example`, and its key.
     fn client(&self, name: &str) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -213,6 +220,14 @@ fn tls_connect(server: &Server, config: &Arc<rustls::ClientConfig>) -> std::io::
     Ok(stream)
 }
 
+/// Connects, asks, and reads the first byte of the answer: an error where the server
+/// refuses the client during or right after the handshake.
+fn first_byte(server: &Server, config: &Arc<rustls::ClientConfig>) -> std::io::Result<usize> {
+    let mut stream = tls_connect(server, config)?;
+    stream.write_all(ECHO_ENVIRON)?;
+    std::io::Read::read(&mut stream, &mut [0])
+}
+
 /// The common name of the certificate the server showed on `stream`.
 fn server_common_name(stream: &TlsStream) -> String {
     let certificate = &stream.conn.peer_certificates().unwrap()[0];
@@ -224,8 +239,7 @@ fn server_common_name(stream: &TlsStream) -> String {
 #[test]
 fn https_with_a_ca_of_the_tests_own() {
     let pki = Pki::new();
-    let (cert, key) = pki.server("gw-1");
-    let server = Server::start("echo", &["--certfile", &cert, "--keyfile", &key]);
+    let server = pki.serve("echo", "gw-1", &[]);
     server.wait_for_log(&[&format!("listening on https://{}", server.addr)]);
     let client = pki.client_config(None);
     let mut stream = tls_connect(&server, &client).unwrap();
@@ -282,18 +296,7 @@ fn https_with_a_ca_of_the_tests_own() {
 #[test]
 fn a_silent_or_stalled_tls_handshake_is_cut_at_the_header_timeout() {
     let pki = Pki::new();
-    let (cert, key) = pki.server("gw");
-    let server = Server::start(
-        "hello",
-        &[
-            "--certfile",
-            &cert,
-            "--keyfile",
-            &key,
-            "--header-timeout",
-            "1",
-        ],
-    );
+    let server = pki.serve("hello", "gw", &["--header-timeout", "1"]);
     let silent = server.connect();
     // Half a ClientHello's record header, then nothing.
     let mut stalled = server.connect();
@@ -412,29 +415,16 @@ fn sighup_swaps_the_certificate_with_no_failed_handshake_and_a_bad_pair_is_refus
 #[test]
 fn client_certificates_required_or_optional() {
     let pki = Pki::new();
-    let (cert, key) = pki.server("gw");
     let ca = pki.path("ca.pem");
-    let required = Server::start(
+    let required = pki.serve(
         "echo",
-        &[
-            "--certfile",
-            &cert,
-            "--keyfile",
-            &key,
-            "--ca-certs",
-            &ca,
-            "--cert-reqs",
-            "required",
-        ],
+        "gw",
+        &["--ca-certs", &ca, "--cert-reqs", "required"],
     );
     // Without a certificate, the handshake (or the first read after it, in TLS 1.3, where
     // the server's refusal comes after the client's Finished) fails.
     let anonymous = pki.client_config(None);
-    let refused = tls_connect(&required, &anonymous).and_then(|mut stream| {
-        stream.write_all(ECHO_ENVIRON)?;
-        let mut byte = [0];
-        std::io::Read::read(&mut stream, &mut byte)
-    });
+    let refused = first_byte(&required, &anonymous);
     assert!(refused.is_err(), "{refused:?}");
 
     let alice = pki.client_config(Some(pki.client("alice")));
@@ -446,25 +436,13 @@ fn client_certificates_required_or_optional() {
     // A certificate from another CA is refused too.
     let stranger = Pki::new();
     let forged = pki.client_config(Some(stranger.client("mallory")));
-    let refused = tls_connect(&required, &forged).and_then(|mut stream| {
-        stream.write_all(ECHO_ENVIRON)?;
-        let mut byte = [0];
-        std::io::Read::read(&mut stream, &mut byte)
-    });
+    let refused = first_byte(&required, &forged);
     assert!(refused.is_err(), "{refused:?}");
 
-    let optional = Server::start(
+    let optional = pki.serve(
         "echo",
-        &[
-            "--certfile",
-            &cert,
-            "--keyfile",
-            &key,
-            "--ca-certs",
-            &ca,
-            "--cert-reqs",
-            "optional",
-        ],
+        "gw",
+        &["--ca-certs", &ca, "--cert-reqs", "optional"],
     );
     let mut stream = tls_connect(&optional, &anonymous).unwrap();
     let environ = meta(&exchange(&mut stream, ECHO_ENVIRON));
@@ -571,18 +549,7 @@ fn proxy_protocol_headers_from_a_peer_not_allowed_are_refused() {
 #[test]
 fn a_proxy_protocol_header_comes_before_the_tls_handshake() {
     let pki = Pki::new();
-    let (cert, key) = pki.server("gw");
-    let server = Server::start(
-        "echo",
-        &[
-            "--certfile",
-            &cert,
-            "--keyfile",
-            &key,
-            "--proxy-protocol",
-            "v1",
-        ],
-    );
+    let server = pki.serve("echo", "gw", &["--proxy-protocol", "v1"]);
     // The header alone first; then the header and the ClientHello in one write, so that
     // the handshake's first bytes arrive with the header.
     for together in [false, true] {

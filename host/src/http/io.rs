@@ -537,13 +537,7 @@ impl Wire {
             match waiting_on_peer(|| (&self.stream).read(into)) {
                 Ok(read) => return Ok(Some(read)),
                 // The timeout may be a little shorter than the deadline; look again.
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
+                Err(error) if is_retry(&error) => {}
                 Err(error) => return Err(error),
             }
         }
@@ -577,13 +571,7 @@ impl Wire {
                     return Ok(written);
                 }
                 // The timeout may be a little shorter than the deadline; look again.
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
+                Err(error) if is_retry(&error) => {}
                 Err(error) => return Err(error),
             }
         }
@@ -667,6 +655,15 @@ fn unacknowledged(stream: &Socket) -> u64 {
         )
     };
     queued.map_or(0, |queued| u64::try_from(queued).unwrap_or(0))
+}
+
+/// Whether a socket call that waited with a timeout should just be made again: it timed
+/// out a little before the deadline, or a signal interrupted it.
+fn is_retry(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }
 
 /// One write that doesn't wait, whatever the socket's mode; `None` if the socket's buffer
