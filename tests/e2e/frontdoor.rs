@@ -40,7 +40,7 @@ fn unix_client(path: &std::path::Path) -> UnixStream {
 
 #[test]
 fn every_bind_form_serves_the_same_apps() {
-    let dir = Scratch::new("bind");
+    let dir = Scratch::short("bind");
     let socket = dir.path().join("gw.sock");
     let unix = format!("unix:{}", socket.display());
     // Bound by the test, as a supervisor would, and inherited as descriptor 3.
@@ -85,7 +85,7 @@ fn every_bind_form_serves_the_same_apps() {
 
 #[test]
 fn a_socket_file_left_by_a_killed_server_is_replaced() {
-    let dir = Scratch::new("stale");
+    let dir = Scratch::short("stale");
     let socket = dir.path().join("gw.sock");
     let unix = format!("unix:{}", socket.display());
     let args = ["--bind", "127.0.0.1:0", "--bind", &unix];
@@ -597,11 +597,14 @@ fn user_and_group_are_taken_after_binding_and_only_root_can() {
         assert_one_error_line(&refused, &["only a server started as root"]);
         return;
     }
-    let dir = Scratch::new("user");
+    // Where the server, once it is nobody, can still read its app.
+    let dir = Scratch::short("user");
+    let app = dir.path().join("hello.wasm");
+    std::fs::copy(guest("hello"), &app).unwrap();
     let socket = dir.path().join("gw.sock");
     let unix = format!("unix:{}", socket.display());
-    let server = Server::start(
-        "hello",
+    let server = Server::start_path(
+        &app,
         &[
             "--bind",
             "127.0.0.1:0",

@@ -181,7 +181,7 @@ fn the_pid_file_names_the_server_while_it_serves() {
 #[test]
 fn systemd_hears_ready_reloading_and_stopping() {
     use std::os::unix::net::UnixDatagram;
-    let dir = crate::support::Scratch::new("notify");
+    let dir = crate::support::Scratch::short("notify");
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket

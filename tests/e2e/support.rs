@@ -173,6 +173,20 @@ impl Scratch {
         Scratch(path)
     }
 
+    /// One under the system's temporary directory, which any user can reach: short enough
+    /// for a Unix socket's path (108 bytes at most, which a deep checkout can pass), and
+    /// readable by a server that has given up root.
+    pub fn short(name: &str) -> Scratch {
+        use std::os::unix::fs::PermissionsExt;
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let unique = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("wgw-{name}-{}-{unique}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Scratch(path)
+    }
+
     pub fn path(&self) -> &Path {
         &self.0
     }
