@@ -12,9 +12,9 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::bindings::wasm_gw::wsgi::request::Environ;
 use crate::cli::LogFormat;
 use crate::decimal::Decimal;
+use crate::environ::RequestHead;
 
 /// How long a line may wait in the buffer.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -66,7 +66,7 @@ pub fn flush() {
 
 /// Logs `host - - [time] "request line" status bytes seconds`, where `-` stands for a
 /// status that never reached the client; or the same as a JSON object.
-pub fn record(environ: &Environ, code: Option<u16>, body_bytes: u64, elapsed: Duration) {
+pub fn record(request: &RequestHead, code: Option<u16>, body_bytes: u64, elapsed: Duration) {
     let Some(log) = LOG.get() else {
         return;
     };
@@ -78,15 +78,15 @@ pub fn record(environ: &Environ, code: Option<u16>, body_bytes: u64, elapsed: Du
         let seconds = (micros / 1_000_000, micros % 1_000_000);
         match log.format {
             LogFormat::Text => {
-                line.push_str(&environ.remote_addr);
+                line.push_str(&request.remote_addr);
                 line.push_str(" - - [");
                 line.push_str(time);
                 line.push_str("] \"");
-                line.push_str(&environ.request_method);
+                line.push_str(&request.method);
                 line.push(' ');
-                push_escaped(line, &environ.raw_uri);
+                push_escaped(line, &request.target);
                 line.push(' ');
-                line.push_str(&environ.server_protocol);
+                line.push_str(&request.protocol);
                 line.push_str("\" ");
                 match code {
                     Some(code) => line.push_str(Decimal::new(code.into(), 1).as_str()),
@@ -102,16 +102,16 @@ pub fn record(environ: &Environ, code: Option<u16>, body_bytes: u64, elapsed: Du
             }
             LogFormat::Json => {
                 // The address, the method (a token) and the protocol need no escaping.
-                let uri = serde_json::to_string(&environ.raw_uri).unwrap_or_default();
+                let uri = serde_json::to_string(&request.target).unwrap_or_default();
                 let status = code.map_or_else(|| "null".to_owned(), |code| code.to_string());
                 let _ = writeln!(
                     line,
                     "{{\"timestamp\":\"{time}\",\"level\":\"INFO\",\"target\":\"access\",\"remote_addr\":\"{}\",\
                      \"method\":\"{}\",\"uri\":{uri},\"protocol\":\"{}\",\"status\":{status},\
                      \"bytes\":{body_bytes},\"seconds\":{}.{:06}}}",
-                    environ.remote_addr,
-                    environ.request_method,
-                    environ.server_protocol,
+                    request.remote_addr,
+                    request.method,
+                    request.protocol,
                     seconds.0,
                     seconds.1
                 );

@@ -6,8 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::bindings::wasm_gw::wsgi::request::Environ;
-use crate::environ::HeaderLines;
+use crate::environ::RequestHead;
 use crate::http::Exchange;
 use crate::http::error::ErrorResponse;
 
@@ -26,9 +25,8 @@ pub trait App: Send {
 pub struct Request {
     /// Unique within the process, for tagging log lines.
     pub id: u64,
-    /// Every variable but the headers, which stay in `headers` until an app asks.
-    pub environ: Environ,
-    pub headers: HeaderLines,
+    /// What the connection read: the app's world builds what the app sees from it.
+    pub head: RequestHead,
     pub exchange: Exchange,
 }
 

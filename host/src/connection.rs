@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::access_log;
 use crate::app::{Failure, Request};
-use crate::bindings::wasm_gw::wsgi::request::Environ;
-use crate::environ::{self, ConnectionInfo, HeaderLines, Proxies, RequestStrings};
+use crate::environ::{self, ConnectionInfo, Proxies, RequestHead};
 use crate::http::Exchange;
 use crate::http::Limits;
 use crate::http::body::{BodyDecoder, BodyError};
@@ -83,7 +82,7 @@ struct State {
     registration: Registration,
     phase: Phase,
     /// The last request's strings, for the next request to refill.
-    spare: Option<RequestStrings>,
+    spare: Option<RequestHead>,
     /// A PROXY protocol header may come before the first request.
     preamble: bool,
 }
@@ -156,8 +155,7 @@ struct Queued {
 struct Routed {
     id: u64,
     started: Instant,
-    environ: Environ,
-    headers: HeaderLines,
+    head: RequestHead,
     framing: Framing,
     route: Route,
 }
@@ -364,7 +362,7 @@ impl Connection {
                 }
                 Preamble::Head(read) => read,
             };
-            let (mut environ, headers, framing) = match read {
+            let (mut head, framing) = match read {
                 HeadRead::Complete(request) => request,
                 HeadRead::Pending => return Connection { io, state }.wait(),
                 HeadRead::Closed => return Next::Closed,
@@ -383,14 +381,13 @@ impl Connection {
                 let answer = ErrorResponse::Stopping;
                 let sent = write_error(&mut io, &answer, Some(framing));
                 let code = sent.is_ok().then_some(answer.status().0);
-                access_log::record(&environ, code, 0, Duration::ZERO);
+                access_log::record(&head, code, 0, Duration::ZERO);
                 return Connection { io, state }.close();
             }
             let router = router.get();
-            let Some((mount, route)) = router.route(&environ.server_name, &environ.path_info)
-            else {
+            let Some((mount, route)) = router.route(&head.server_name, &head.path) else {
                 let refusal = ErrorResponse::NoApp;
-                return turn_away(Connection { io, state }, &environ, framing, &refusal);
+                return turn_away(Connection { io, state }, &head, framing, &refusal);
             };
             // The app's own limit, known only now that the route is; chunked bodies are held
             // to it as they arrive.
@@ -400,20 +397,13 @@ impl Connection {
                 let limit = route.max_body.unwrap_or_default();
                 tracing::warn!(%peer, "rejected request with 413: a body of {length} bytes is over the limit of {limit} bytes for this app (its max-body-size, or --max-body-size)");
                 let refusal = ErrorResponse::Request(RequestError::BodyTooLarge);
-                return turn_away(Connection { io, state }, &environ, framing, &refusal);
+                return turn_away(Connection { io, state }, &head, framing, &refusal);
             }
-            // WSGI's split: the mount prefix is SCRIPT_NAME, the rest PATH_INFO. At the root,
-            // the usual case, there is nothing to split and nothing to allocate.
-            if mount > 0 {
-                environ.script_name.clear();
-                environ.script_name.push_str(&environ.path_info[..mount]);
-                environ.path_info.drain(..mount);
-            }
+            head.mount = mount;
             let request = Routed {
                 id: NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed),
                 started: Instant::now(),
-                environ,
-                headers,
+                head,
                 framing,
                 route: route.clone(),
             };
@@ -727,11 +717,11 @@ enum Ran {
 /// out keeping the connection.
 fn turn_away(
     mut connection: Connection,
-    environ: &Environ,
+    head: &RequestHead,
     framing: Framing,
     refusal: &ErrorResponse,
 ) -> Next {
-    access_log::record(environ, Some(refusal.status().0), 0, Duration::ZERO);
+    access_log::record(head, Some(refusal.status().0), 0, Duration::ZERO);
     let _ = write_error(&mut connection.io, refusal, Some(framing));
     connection.state.registration.end_request();
     connection.close()
@@ -804,7 +794,7 @@ fn read_preamble(
     reason = "returned once per request; boxing would allocate each time"
 )]
 enum HeadRead {
-    Complete((Environ, HeaderLines, Framing)),
+    Complete((RequestHead, Framing)),
     /// The head has not (all) arrived yet.
     Pending,
     /// The client closed between requests.
@@ -819,7 +809,7 @@ fn read_head(
     progress: &mut HeadProgress,
     config: &ConnectionConfig,
     info: &ConnectionInfo,
-    spare: &mut Option<RequestStrings>,
+    spare: &mut Option<RequestHead>,
 ) -> HeadRead {
     loop {
         let arrived = io.buffered().len();
@@ -841,9 +831,8 @@ fn read_head(
                 match request::parse(buffered, slots, &config.limits) {
                     Err(error) => return HeadRead::Invalid(error),
                     Ok(Some((head, len))) => {
-                        let (environ, headers) =
-                            environ::build(&head, info, io.tls(), spare.take());
-                        let request = (environ, headers, head.framing);
+                        let request = environ::build(&head, info, io.tls(), spare.take());
+                        let request = (request, head.framing);
                         io.consume(len);
                         return HeadRead::Complete(request);
                     }
@@ -895,12 +884,11 @@ fn handle(
     request: Routed,
     lease: Lease,
     config: &ConnectionConfig,
-) -> (Io, Outcome, RequestStrings) {
+) -> (Io, Outcome, RequestHead) {
     let Routed {
         id: request_id,
         started,
-        environ,
-        headers,
+        head,
         framing,
         route,
     } = request;
@@ -913,8 +901,7 @@ fn handle(
     );
     let request = Request {
         id: request_id,
-        environ,
-        headers,
+        head,
         exchange: Exchange::new(io, framing, body),
     };
     // The worker goes back to the pool at the end of this statement, before the connection
@@ -923,12 +910,7 @@ fn handle(
         let mut worker = lease;
         (worker.name(), worker.call(request))
     };
-    let Request {
-        environ,
-        headers,
-        exchange,
-        ..
-    } = request;
+    let Request { head, exchange, .. } = request;
     let request = RequestLog {
         app: &app,
         id: request_id,
@@ -936,27 +918,27 @@ fn handle(
     };
     let ended = exchange.end(|exchange| error_response(&request, exchange, result));
     access_log::record(
-        &environ,
+        &head,
         ended.status,
         ended.body_bytes_sent,
         started.elapsed(),
     );
     route.metrics.request_finished(
-        &environ.request_method,
+        &head.method,
         ended.status.unwrap_or(0),
         started.elapsed(),
         ended.body_bytes_read,
         ended.body_bytes_sent,
     );
-    (ended.io, ended.outcome, (environ, headers))
+    (ended.io, ended.outcome, head)
 }
 
 /// Logs and counts a request that got no worker: `code` is what it was answered, if
 /// anything.
 fn finish_refused(request: &Routed, code: Option<u16>) {
-    access_log::record(&request.environ, code, 0, request.started.elapsed());
+    access_log::record(&request.head, code, 0, request.started.elapsed());
     request.route.metrics.request_finished(
-        &request.environ.request_method,
+        &request.head.method,
         code.unwrap_or(0),
         request.started.elapsed(),
         0,

@@ -273,20 +273,132 @@ impl HeaderLines {
     }
 }
 
-/// The environ and header lines of a request, which a connection keeps after the request
-/// so that its next one refills their strings instead of allocating its own.
-pub type RequestStrings = (Environ, HeaderLines);
+/// A request as the host keeps it, whatever world the app it goes to speaks: each world
+/// builds what its apps see from it (a WSGI environ, with [`RequestHead::into_environ`]).
+/// Every string is a native string in PEP 3333's sense: one char per byte, so latin-1
+/// bytes survive unchanged. A connection keeps it after a request, so that its next request
+/// refills its strings instead of allocating its own.
+#[derive(Debug, Default)]
+pub struct RequestHead {
+    pub method: String,
+    /// The path, percent-decoded to bytes and read as latin-1.
+    pub path: String,
+    /// How many bytes of `path` are the app's mount prefix (WSGI's SCRIPT_NAME).
+    pub mount: usize,
+    /// After `?`, still percent-encoded; empty if none.
+    pub query: String,
+    /// The request target exactly as received.
+    pub target: String,
+    /// `HTTP/1.0` or `HTTP/1.1`.
+    pub protocol: String,
+    /// `http` or `https`: the listener's, or a trusted proxy's.
+    pub scheme: String,
+    /// From the Host header, or the address the request arrived on.
+    pub server_name: String,
+    pub server_port: u16,
+    /// The client: the peer, or whom a trusted proxy names.
+    pub remote_addr: String,
+    pub remote_port: u16,
+    pub content_type: Option<String>,
+    /// Absent for a chunked body.
+    pub content_length: Option<u64>,
+    /// Whether other instances may serve the app's requests at the same time.
+    pub multithread: bool,
+    /// Variables of the server's own, as CGI names them: TLS's, on a TLS listener.
+    pub variables: Vec<(String, String)>,
+    pub headers: HeaderLines,
+}
 
-/// Builds the environ for `head`, all but its headers, which [`HeaderLines::fill`] adds,
-/// into `reused`, if a request left it. Every string is a PEP 3333 native string: one char
-/// per byte, so latin-1 header bytes survive unchanged.
+impl RequestHead {
+    /// The WSGI environ of this request, and its header lines, which
+    /// [`HeaderLines::fill`] adds to it when an app asks; the strings move, and
+    /// [`RequestHead::from_environ`] takes them back.
+    pub fn into_environ(self) -> (Environ, HeaderLines) {
+        let mut path_info = self.path;
+        // The split: the mount prefix is SCRIPT_NAME, the rest PATH_INFO. At the root, the
+        // usual case, there is nothing to split and nothing to allocate.
+        let script_name = match self.mount {
+            0 => String::new(),
+            mount => {
+                let prefix = path_info[..mount].to_owned();
+                path_info.drain(..mount);
+                prefix
+            }
+        };
+        let environ = Environ {
+            request_method: self.method,
+            script_name,
+            path_info,
+            query_string: self.query,
+            content_type: self.content_type,
+            content_length: self.content_length,
+            server_name: self.server_name,
+            server_port: self.server_port,
+            server_protocol: self.protocol,
+            remote_addr: self.remote_addr,
+            remote_port: self.remote_port,
+            raw_uri: self.target,
+            url_scheme: self.scheme,
+            multithread: self.multithread,
+            multiprocess: false,
+            run_once: false,
+            cgi_headers: self.variables,
+            headers: Vec::new(),
+        };
+        (environ, self.headers)
+    }
+
+    /// The request an environ was made from, with its strings.
+    pub fn from_environ(environ: Environ, headers: HeaderLines) -> RequestHead {
+        let Environ {
+            request_method,
+            mut script_name,
+            path_info,
+            query_string,
+            content_type,
+            content_length,
+            server_name,
+            server_port,
+            server_protocol,
+            remote_addr,
+            remote_port,
+            raw_uri,
+            url_scheme,
+            multithread,
+            cgi_headers,
+            ..
+        } = environ;
+        let mount = script_name.len();
+        script_name.push_str(&path_info);
+        RequestHead {
+            method: request_method,
+            path: script_name,
+            mount,
+            query: query_string,
+            target: raw_uri,
+            protocol: server_protocol,
+            scheme: url_scheme,
+            server_name,
+            server_port,
+            remote_addr,
+            remote_port,
+            content_type,
+            content_length,
+            multithread,
+            variables: cgi_headers,
+            headers,
+        }
+    }
+}
+
+/// Builds the host's request for `head`, into `reused`, if a request left one.
 pub fn build(
     head: &Head,
     connection: &ConnectionInfo,
     tls: Option<&TlsFacts>,
-    reused: Option<RequestStrings>,
-) -> RequestStrings {
-    let (mut environ, mut lines) = reused.unwrap_or_else(|| (empty(), HeaderLines::default()));
+    reused: Option<RequestHead>,
+) -> RequestHead {
+    let mut request = reused.unwrap_or_default();
     let (authority, path, query) = split_target(head.target);
     let mut content_type = None;
     let mut content_length = None;
@@ -328,22 +440,22 @@ pub fn build(
     } else {
         "HTTP/1.1"
     };
-    refill(&mut environ.request_method, head.method);
-    environ.script_name.clear();
-    environ.path_info.clear();
-    push_path_info(&mut environ.path_info, path);
-    environ.query_string.clear();
-    push_latin1(&mut environ.query_string, query.as_bytes());
-    environ.content_type = content_type.map(|value| {
-        let mut text = environ.content_type.take().unwrap_or_default();
+    refill(&mut request.method, head.method);
+    request.path.clear();
+    request.mount = 0;
+    push_path_info(&mut request.path, path);
+    request.query.clear();
+    push_latin1(&mut request.query, query.as_bytes());
+    request.content_type = content_type.map(|value| {
+        let mut text = request.content_type.take().unwrap_or_default();
         text.clear();
         push_latin1(&mut text, value);
         text
     });
-    environ.content_length = content_length;
-    refill(&mut environ.server_name, server_name);
-    environ.server_port = server_port;
-    refill(&mut environ.server_protocol, protocol);
+    request.content_length = content_length;
+    refill(&mut request.server_name, server_name);
+    request.server_port = server_port;
+    refill(&mut request.protocol, protocol);
     let (client, scheme) = match &connection.proxies {
         Some(proxies)
             if !forwarded_for.is_empty()
@@ -355,49 +467,22 @@ pub fn build(
         _ => (None, None),
     };
     match client {
-        Some(client) => refill(&mut environ.remote_addr, &client.to_canonical().to_string()),
-        None => refill(&mut environ.remote_addr, &connection.peer_ip),
+        Some(client) => refill(&mut request.remote_addr, &client.to_canonical().to_string()),
+        None => refill(&mut request.remote_addr, &connection.peer_ip),
     }
-    environ.remote_port = connection.peer_port;
-    environ.raw_uri.clear();
-    push_latin1(&mut environ.raw_uri, head.target.as_bytes());
-    refill(&mut environ.url_scheme, scheme.unwrap_or(connection.scheme));
-    environ.multithread = connection.multithread;
-    environ.cgi_headers.clear();
+    request.remote_port = connection.peer_port;
+    request.target.clear();
+    push_latin1(&mut request.target, head.target.as_bytes());
+    refill(&mut request.scheme, scheme.unwrap_or(connection.scheme));
+    request.multithread = connection.multithread;
+    request.variables.clear();
     // mod_ssl's variables, beside the headers' (whose names all start `HTTP_`, so no client
     // can pose as them).
     for (name, value) in tls.into_iter().flat_map(TlsFacts::variables) {
-        environ
-            .cgi_headers
-            .push((name.to_owned(), value.to_owned()));
+        request.variables.push((name.to_owned(), value.to_owned()));
     }
-    environ.headers.clear();
-    lines.refill(head);
-    (environ, lines)
-}
-
-/// An environ with every string empty, to be filled.
-fn empty() -> Environ {
-    Environ {
-        request_method: String::new(),
-        script_name: String::new(),
-        path_info: String::new(),
-        query_string: String::new(),
-        content_type: None,
-        content_length: None,
-        server_name: String::new(),
-        server_port: 0,
-        server_protocol: String::new(),
-        remote_addr: String::new(),
-        remote_port: 0,
-        raw_uri: String::new(),
-        url_scheme: String::new(),
-        multithread: false,
-        multiprocess: false,
-        run_once: false,
-        cgi_headers: Vec::new(),
-        headers: Vec::new(),
-    }
+    request.headers.refill(head);
+    request
 }
 
 /// Makes `field` hold `text`, in the memory it has.
@@ -522,7 +607,7 @@ mod tests {
     use crate::http::request::parse;
 
     /// Parses the head in `raw` and builds its environ, from 127.0.0.2:5000 to 127.0.0.1:8000.
-    fn build_from(raw: &[u8], reused: Option<RequestStrings>) -> RequestStrings {
+    fn build_from(raw: &[u8], reused: Option<RequestHead>) -> (Environ, HeaderLines) {
         let mut slots = [httparse::EMPTY_HEADER; 8];
         let limits = Limits {
             request_line: 64,
@@ -540,6 +625,7 @@ mod tests {
             None,
             reused,
         )
+        .into_environ()
     }
 
     #[test]
@@ -590,9 +676,27 @@ mod tests {
         first.script_name.push_str("/mount");
         lines.fill(&mut first);
         let second = b"GET /c HTTP/1.0\r\n\r\n";
-        let reused = build_from(second, Some((first, lines)));
+        let reused = build_from(second, Some(RequestHead::from_environ(first, lines)));
         let fresh = build_from(second, None);
         assert_eq!(format!("{reused:?}"), format!("{fresh:?}"));
+    }
+
+    #[test]
+    fn the_mount_prefix_is_script_name_and_comes_back() {
+        let mut request = RequestHead {
+            path: "/api/tasks/1".into(),
+            mount: 4,
+            method: "GET".into(),
+            ..RequestHead::default()
+        };
+        let (environ, headers) = request.into_environ();
+        assert_eq!(
+            (environ.script_name.as_str(), environ.path_info.as_str()),
+            ("/api", "/tasks/1")
+        );
+        request = RequestHead::from_environ(environ, headers);
+        assert_eq!((request.path.as_str(), request.mount), ("/api/tasks/1", 4));
+        assert_eq!(request.method, "GET");
     }
 
     #[test]

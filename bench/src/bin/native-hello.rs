@@ -23,8 +23,8 @@ impl App for NativeHello {
 
     fn call(&mut self, mut request: Request) -> (Request, Result<(), Failure>) {
         let name = request
-            .environ
-            .query_string
+            .head
+            .query
             .split('&')
             .find_map(|pair| pair.strip_prefix("name="))
             .filter(|name| !name.is_empty())

@@ -24,7 +24,7 @@ use self::wait::Waits;
 use crate::app::Request;
 use crate::bindings::wasm_gw::wsgi::request::{self, Environ, InputError, InputStream};
 use crate::bindings::wasm_gw::wsgi::response::{self, ResponseError as WitResponseError};
-use crate::environ::HeaderLines;
+use crate::environ::{HeaderLines, RequestHead};
 use crate::http::Exchange;
 use crate::http::response::{ResponseError, excerpt};
 use crate::kv::guest::{KeyValue, Session};
@@ -187,8 +187,9 @@ impl GuestState {
         self.request_id.store(request.id, Ordering::Relaxed);
         self.request_seq = self.request_seq.wrapping_add(1);
         self.exchange = Some(request.exchange);
-        self.environ = Some(request.environ);
-        self.headers = request.headers;
+        let (environ, headers) = request.head.into_environ();
+        self.environ = Some(environ);
+        self.headers = headers;
         // A new request starts with a full budget; the first guest call starts its clock.
         self.clock.finished = Duration::ZERO;
         Resource::new_own(self.request_seq)
@@ -231,10 +232,10 @@ impl GuestState {
     pub fn end(&mut self) -> Request {
         self.logs.iter().for_each(GuestLog::flush_partial);
         self.request_seq = self.request_seq.wrapping_add(1);
+        let environ = self.environ.take().expect("a request is being served");
         Request {
             id: self.request_id.load(Ordering::Relaxed),
-            environ: self.environ.take().expect("a request is being served"),
-            headers: std::mem::take(&mut self.headers),
+            head: RequestHead::from_environ(environ, std::mem::take(&mut self.headers)),
             exchange: self.exchange.take().expect("a request is being served"),
         }
     }
