@@ -24,8 +24,7 @@ const PROVIDED: [&str; 11] = [
     "wasm-gw:wsgi/response@0.2.",
 ];
 
-/// The export wasm-gw calls.
-const HANDLER: &str = "wasm-gw:wsgi/handler@0.2.";
+use crate::world::{WSGI_HANDLER as HANDLER, World};
 
 /// Checks the component at `path`. Returns the report, and whether the component fits.
 pub fn check(path: &Path) -> anyhow::Result<(String, bool)> {
@@ -33,6 +32,15 @@ pub fn check(path: &Path) -> anyhow::Result<(String, bool)> {
     let component = load_component(&engine, path, None)?;
     let kind = component.component_type();
     let mut report = String::new();
+    let world = World::of(&engine, &component);
+    match &world {
+        Some(World::Wsgi) => writeln!(report, "world: {}", World::Wsgi)?,
+        Some(world) => writeln!(
+            report,
+            "world: {world}; wasm-gw does not serve wasi:http components yet"
+        )?,
+        None => writeln!(report, "world: none that wasm-gw knows (no handler export)")?,
+    }
 
     writeln!(report, "imports (what the app needs):")?;
     for (name, _) in kind.imports(&engine) {
@@ -57,7 +65,7 @@ pub fn check(path: &Path) -> anyhow::Result<(String, bool)> {
         };
         writeln!(report, "  {name:<48} {note}")?;
     }
-    if !has_handler {
+    if !has_handler && world.is_none() {
         writeln!(
             report,
             "  (missing) {HANDLER}0 — export it, for example with the SDK's export_app!"

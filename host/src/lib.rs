@@ -39,3 +39,4 @@ pub mod serve;
 pub mod server;
 pub mod systemd;
 pub mod tls;
+pub mod world;

@@ -28,6 +28,7 @@ use crate::guest::{self, Grants, GuestState, MAX_INSTANCE_PARTS, OutputLimit, Ou
 use crate::http::response::excerpt;
 use crate::kv::{self, Connection};
 use crate::metrics::metrics;
+use crate::world::World;
 
 /// How often the deadline clock ticks; deadlines are accurate to about this much.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -211,6 +212,15 @@ impl WasmApp {
     ) -> anyhow::Result<Arc<WasmApp>> {
         let engine = engines.for_app(&policy)?;
         let component = load_component(&engine, path, cache)?;
+        if let Some(world @ (World::WasiHttp02(_) | World::WasiHttp03(_))) =
+            World::of(&engine, &component)
+        {
+            anyhow::bail!(
+                "{} is a component of {world}: wasm-gw does not serve wasi:http components \
+                 yet, only those of its WSGI world (`wasm-gw check` shows what it found)",
+                path.display()
+            );
+        }
 
         let pre = link(&engine, &component)
             .with_context(|| format!("{} does not fit the wasm-gw app world", path.display()))?;

@@ -113,6 +113,36 @@ fn a_port_already_in_use() {
 }
 
 #[test]
+fn a_standard_wasi_http_component_is_named_as_such() {
+    // Built with the standard wasip2 crate, as for wasmtime serve.
+    let http = guest("http_hello");
+    let checked = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
+        .arg("check")
+        .arg(&http)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&checked.stdout);
+    assert!(!checked.status.success(), "{report}");
+    assert!(
+        report
+            .contains("world: standard wasi:http 0.2 (it exports wasi:http/incoming-handler@0.2."),
+        "{report}"
+    );
+    assert!(
+        !report.contains("(missing) wasm-gw:wsgi/handler"),
+        "{report}"
+    );
+    let served = serve_exits(&http, &["--port", "0"]);
+    assert_one_error_line(
+        &served,
+        &[
+            "is a component of standard wasi:http 0.2",
+            "does not serve wasi:http components yet",
+        ],
+    );
+}
+
+#[test]
 fn check_describes_a_good_and_a_bad_component() {
     let run = |app: &Path| {
         Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
@@ -125,6 +155,7 @@ fn check_describes_a_good_and_a_bad_component() {
     let report = String::from_utf8_lossy(&good.stdout);
     assert!(good.status.success(), "{report}");
     for expected in [
+        "world: the wasm-gw WSGI world",
         "wasm-gw:wsgi/request@0.2.0",
         "provided",
         "wasm-gw:wsgi/handler@0.2.0",
@@ -138,6 +169,7 @@ fn check_describes_a_good_and_a_bad_component() {
     let report = String::from_utf8_lossy(&bad.stdout);
     assert!(!bad.status.success(), "{report}");
     for expected in [
+        "world: none that wasm-gw knows",
         "test:mismatch/clock-tower",
         "NOT PROVIDED",
         "(missing) wasm-gw:wsgi/handler",

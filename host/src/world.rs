@@ -1,0 +1,54 @@
+//! Which world a component is built for, told by the handler it exports: wasm-gw's WSGI
+//! world, or the standard `wasi:http` one that components for `wasmtime serve`, Spin and
+//! wasmCloud export.
+
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// The export wasm-gw calls in a WSGI-world app.
+pub const WSGI_HANDLER: &str = "wasm-gw:wsgi/handler@0.2.";
+/// WASI 0.2's HTTP handler (`wasi:http/proxy`'s export).
+const HTTP_HANDLER_0_2: &str = "wasi:http/incoming-handler@0.2.";
+/// WASI 0.3's HTTP handler, release candidates included.
+const HTTP_HANDLER_0_3: &str = "wasi:http/handler@0.3.";
+
+/// A component's world.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum World {
+    /// wasm-gw's own: `application(environ)` through `wasm-gw:wsgi/handler`.
+    Wsgi,
+    /// Standard `wasi:http` of WASI 0.2; the export's full name.
+    WasiHttp02(String),
+    /// Standard `wasi:http` of WASI 0.3; the export's full name.
+    WasiHttp03(String),
+}
+
+impl World {
+    /// The world whose handler `component` exports, if any.
+    pub fn of(engine: &Engine, component: &Component) -> Option<World> {
+        component
+            .component_type()
+            .exports(engine)
+            .find_map(|(name, _)| {
+                if name.starts_with(WSGI_HANDLER) {
+                    Some(World::Wsgi)
+                } else if name.starts_with(HTTP_HANDLER_0_2) {
+                    Some(World::WasiHttp02(name.to_owned()))
+                } else if name.starts_with(HTTP_HANDLER_0_3) {
+                    Some(World::WasiHttp03(name.to_owned()))
+                } else {
+                    None
+                }
+            })
+    }
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            World::Wsgi => f.write_str("the wasm-gw WSGI world"),
+            World::WasiHttp02(export) => write!(f, "standard wasi:http 0.2 (it exports {export})"),
+            World::WasiHttp03(export) => write!(f, "standard wasi:http 0.3 (it exports {export})"),
+        }
+    }
+}
