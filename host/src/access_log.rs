@@ -12,9 +12,15 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::cli::LogFormat;
 use crate::decimal::Decimal;
 use crate::environ::RequestHead;
+
+/// How log lines are written: for people, or one JSON object per line for collectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// How long a line may wait in the buffer.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);

@@ -8,10 +8,12 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use crate::access_log::LogFormat;
 use crate::compile::CodeCache;
 use crate::config;
 use crate::guest::{DirGrant, Grants, OutputRate};
 use crate::kv::{self, BackendUrl};
+use crate::loader::AppSpec;
 use crate::pool::QueuePolicy;
 use crate::runtime::{InstancePolicy, Isolation};
 
@@ -93,22 +95,6 @@ pub struct CompileArgs {
     /// Where to write the compiled code [default: the app's path with `.cwasm`].
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-}
-
-/// One app to serve: where it is mounted, its file, and its limits and grants; its
-/// `policy.workers` instances are its share of the server.
-pub struct AppSpec {
-    /// The app's id in logs and metrics: its config name, or its file stem.
-    pub name: String,
-    /// Virtual hosts, lowercase; empty for every host no other app names.
-    pub hosts: Vec<String>,
-    pub prefix: String,
-    pub path: PathBuf,
-    pub policy: InstancePolicy,
-    /// How many requests may wait for an instance, and how long.
-    pub queue: QueuePolicy,
-    /// The largest request body the app takes; `None` for any.
-    pub max_body: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -397,12 +383,6 @@ pub struct ServeArgs {
     /// log collectors; access lines too.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// Flags that `[server]` cannot set: apps come from `[[app]]` tables, which hold their own

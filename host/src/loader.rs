@@ -1,15 +1,31 @@
 //! Loading the apps to serve: every app compiled and instantiated, and the router over
 //! them, or an error and nothing at all. Startup and each reload go through here.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::cli::AppSpec;
 use crate::compile::CodeCache;
 use crate::kv::{self, BackendUrl};
 use crate::metrics::metrics;
-use crate::pool::{CurrentPool, Pool};
+use crate::pool::{CurrentPool, Pool, QueuePolicy};
 use crate::router::{Mount, Route, Router};
-use crate::runtime::{Engines, WasmApp};
+use crate::runtime::{Engines, InstancePolicy, WasmApp};
+
+/// One app to serve: where it is mounted, its file, and its limits and grants; its
+/// `policy.workers` instances are its share of the server.
+pub struct AppSpec {
+    /// The app's id in logs and metrics: its config name, or its file stem.
+    pub name: String,
+    /// Virtual hosts, lowercase; empty for every host no other app names.
+    pub hosts: Vec<String>,
+    pub prefix: String,
+    pub path: PathBuf,
+    pub policy: InstancePolicy,
+    /// How many requests may wait for an instance, and how long.
+    pub queue: QueuePolicy,
+    /// The largest request body the app takes; `None` for any.
+    pub max_body: Option<u64>,
+}
 
 /// An app being served: what it was loaded from, and the pool that serves it.
 pub struct LoadedApp {

@@ -9,11 +9,10 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::thread;
 use std::time::{Duration, SystemTime};
 
-use crate::cli::ServeArgs;
 use crate::compile::CodeCache;
 use crate::config::{self, ServerSetting};
 use crate::kv;
-use crate::loader::{self, LoadedApp};
+use crate::loader::{self, AppSpec, LoadedApp};
 use crate::router::CurrentRouter;
 use crate::runtime::Engines;
 use crate::systemd;
@@ -24,7 +23,11 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The apps served now, and everything needed to load them again.
 pub struct Reloader {
-    pub args: Arc<ServeArgs>,
+    /// The apps to serve, as the command line and the config file say now: read again at
+    /// each reload.
+    pub specs: AppSpecs,
+    /// The config file, watched under `--reload`.
+    pub config: Option<PathBuf>,
     pub backend: Arc<dyn kv::Backend>,
     pub engines: Engines,
     pub cache: Option<CodeCache>,
@@ -35,6 +38,9 @@ pub struct Reloader {
     /// The listeners' TLS certificate, reloaded with everything else.
     pub tls: Option<Arc<Tls>>,
 }
+
+/// Reads the apps to serve, with key-value stores on the backend given.
+pub type AppSpecs = Box<dyn Fn(&Arc<dyn kv::Backend>) -> anyhow::Result<Vec<AppSpec>> + Send>;
 
 /// A request to reload something, and why.
 pub struct ReloadRequest {
@@ -63,7 +69,7 @@ impl Reloader {
     ) -> std::io::Result<()> {
         let mut watched = HashMap::new();
         if let Some(watch) = &watch {
-            if let Some(config) = &self.args.config {
+            if let Some(config) = &self.config {
                 watch_file(config.clone(), Reload::All, watch.clone(), Arc::default())?;
             }
             for file in self.tls.iter().flat_map(|tls| tls.files()) {
@@ -109,9 +115,7 @@ impl Reloader {
     fn reload_every_app(&mut self, why: &str) {
         tracing::info!("reloading every app ({why})");
         self.warn_of_server_changes();
-        let loaded = self
-            .args
-            .app_specs(&self.backend)
+        let loaded = (self.specs)(&self.backend)
             .and_then(|specs| loader::load(&self.engines, specs, self.cache.as_ref()));
         let (apps, router) = match loaded {
             Ok(loaded) => loaded,
@@ -146,7 +150,7 @@ impl Reloader {
     /// The listener, the workers and the other `[server]` settings stay as they started:
     /// says so if the file now says otherwise.
     fn warn_of_server_changes(&self) {
-        let Some(file) = &self.args.config else {
+        let Some(file) = &self.config else {
             return;
         };
         let Ok(now) = config::server_settings(file) else {

@@ -10,7 +10,8 @@ use anyhow::Context;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::cli::{LogFormat, ServeArgs};
+use crate::access_log::LogFormat;
+use crate::cli::ServeArgs;
 use crate::connection::{ConnectionConfig, Timeouts};
 use crate::http::io::Pace;
 use crate::lifecycle::Lifecycle;
@@ -44,8 +45,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(file) => config::server_settings(file)?,
         None => Vec::new(),
     };
+    let specs_of = args.clone();
     let reloader = Reloader {
-        args: args.clone(),
+        specs: Box::new(move |backend| specs_of.app_specs(backend)),
+        config: args.config.clone(),
         backend,
         engines,
         cache,
