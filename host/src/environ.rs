@@ -307,6 +307,8 @@ pub struct RequestHead {
     /// Variables of the server's own, as CGI names them: TLS's, on a TLS listener.
     pub variables: Vec<(String, String)>,
     pub headers: HeaderLines,
+    /// SCRIPT_NAME's buffer, between requests.
+    spare_prefix: String,
 }
 
 impl RequestHead {
@@ -317,14 +319,12 @@ impl RequestHead {
         let mut path_info = self.path;
         // The split: the mount prefix is SCRIPT_NAME, the rest PATH_INFO. At the root, the
         // usual case, there is nothing to split and nothing to allocate.
-        let script_name = match self.mount {
-            0 => String::new(),
-            mount => {
-                let prefix = path_info[..mount].to_owned();
-                path_info.drain(..mount);
-                prefix
-            }
-        };
+        let mut script_name = self.spare_prefix;
+        script_name.clear();
+        if self.mount > 0 {
+            script_name.push_str(&path_info[..self.mount]);
+            path_info.drain(..self.mount);
+        }
         let environ = Environ {
             request_method: self.method,
             script_name,
@@ -352,7 +352,7 @@ impl RequestHead {
     pub fn from_environ(environ: Environ, headers: HeaderLines) -> RequestHead {
         let Environ {
             request_method,
-            mut script_name,
+            script_name,
             path_info,
             query_string,
             content_type,
@@ -368,11 +368,14 @@ impl RequestHead {
             cgi_headers,
             ..
         } = environ;
+        // PATH_INFO's buffer becomes the path again, and SCRIPT_NAME's is kept for the next
+        // request's split.
         let mount = script_name.len();
-        script_name.push_str(&path_info);
+        let mut path = path_info;
+        path.insert_str(0, &script_name);
         RequestHead {
             method: request_method,
-            path: script_name,
+            path,
             mount,
             query: query_string,
             target: raw_uri,
@@ -387,6 +390,7 @@ impl RequestHead {
             multithread,
             variables: cgi_headers,
             headers,
+            spare_prefix: script_name,
         }
     }
 }
@@ -697,6 +701,17 @@ mod tests {
         request = RequestHead::from_environ(environ, headers);
         assert_eq!((request.path.as_str(), request.mount), ("/api/tasks/1", 4));
         assert_eq!(request.method, "GET");
+        // Round trips after the first move the same buffers, at the root or under a mount.
+        for mount in [0, 4] {
+            request.mount = mount;
+            let (environ, headers) = request.into_environ();
+            request = RequestHead::from_environ(environ, headers);
+            let buffers = (request.path.as_ptr(), request.method.as_ptr());
+            let (environ, headers) = request.into_environ();
+            request = RequestHead::from_environ(environ, headers);
+            assert_eq!((request.path.as_ptr(), request.method.as_ptr()), buffers);
+            assert_eq!(request.path, "/api/tasks/1");
+        }
     }
 
     #[test]

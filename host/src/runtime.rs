@@ -5,7 +5,6 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -60,8 +59,8 @@ pub fn link(
 }
 
 /// The engines the apps run on, and the clock that ticks them for deadlines: made once at
-/// startup and passed down, as wasmtime's `serve` does; the clock stops when they are
-/// dropped.
+/// startup and passed down, as wasmtime's `serve` does. The clock ticks for as long as any
+/// engine lives, whoever holds it: an app's, after the reloader that made it is gone.
 pub struct Engines {
     /// The engine of every app that keeps its instances: one engine and one clock for them
     /// all, however many apps a server hosts.
@@ -72,7 +71,6 @@ pub struct Engines {
 /// The engines whose epoch advances every [`EPOCH_TICK`], by one thread for them all.
 struct Clock {
     engines: Mutex<Vec<EngineWeak>>,
-    stopped: AtomicBool,
 }
 
 impl Engines {
@@ -80,7 +78,6 @@ impl Engines {
         let shared = Engine::new(&base_config())?;
         let clock = Arc::new(Clock {
             engines: Mutex::new(vec![shared.weak()]),
-            stopped: AtomicBool::new(false),
         });
         let ticking = clock.clone();
         thread::Builder::new()
@@ -127,27 +124,22 @@ impl Engines {
     }
 }
 
-impl Drop for Engines {
-    fn drop(&mut self) {
-        self.clock.stopped.store(true, Ordering::Relaxed);
-    }
-}
-
 impl Clock {
-    /// Ticks every engine still alive until the engines are dropped.
+    /// Ticks every engine still alive, until none is.
     fn run(&self) {
-        while !self.stopped.load(Ordering::Relaxed) {
+        loop {
             thread::sleep(EPOCH_TICK);
-            self.engines
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .retain(|engine| match engine.upgrade() {
-                    Some(engine) => {
-                        engine.increment_epoch();
-                        true
-                    }
-                    None => false,
-                });
+            let mut engines = self.engines.lock().unwrap_or_else(PoisonError::into_inner);
+            engines.retain(|engine| match engine.upgrade() {
+                Some(engine) => {
+                    engine.increment_epoch();
+                    true
+                }
+                None => false,
+            });
+            if engines.is_empty() {
+                return;
+            }
         }
     }
 }

@@ -24,22 +24,26 @@ pub enum World {
 }
 
 impl World {
-    /// The world whose handler `component` exports, if any.
+    /// The world whose handler `component` exports, if any; the WSGI world's, if it
+    /// exports more than one.
     pub fn of(engine: &Engine, component: &Component) -> Option<World> {
-        component
-            .component_type()
-            .exports(engine)
-            .find_map(|(name, _)| {
-                if name.starts_with(WSGI_HANDLER) {
-                    Some(World::Wsgi)
-                } else if name.starts_with(HTTP_HANDLER_0_2) {
-                    Some(World::WasiHttp02(name.to_owned()))
-                } else if name.starts_with(HTTP_HANDLER_0_3) {
-                    Some(World::WasiHttp03(name.to_owned()))
-                } else {
-                    None
-                }
-            })
+        let kind = component.component_type();
+        let exports: Vec<_> = kind.exports(engine).collect();
+        if exports
+            .iter()
+            .any(|(name, _)| name.starts_with(WSGI_HANDLER))
+        {
+            return Some(World::Wsgi);
+        }
+        exports.iter().find_map(|(name, _)| {
+            if name.starts_with(HTTP_HANDLER_0_2) {
+                Some(World::WasiHttp02((*name).to_owned()))
+            } else if name.starts_with(HTTP_HANDLER_0_3) {
+                Some(World::WasiHttp03((*name).to_owned()))
+            } else {
+                None
+            }
+        })
     }
 }
 
