@@ -53,6 +53,7 @@ pub fn run(
 
     let open = Arc::new(ConnectionSlots::new(max_connections));
     let mut next = 0;
+    let mut failed_accepts = FailedAccepts::default();
     loop {
         // At the limit, a new client waiting to be accepted gets room: the connections
         // that cost least to lose are closed. If none can be, it waits in the backlog until
@@ -89,7 +90,7 @@ pub fn run(
             // Another process sharing the socket took it, or the client left already.
             Ok(None) => continue,
             Err(error) => {
-                tracing::warn!("accept failed: {error}");
+                failed_accepts.note(&error, listener);
                 // Out of file descriptors, most likely: give connections time to close.
                 drop(slot);
                 thread::sleep(Duration::from_millis(10));
@@ -105,6 +106,33 @@ pub fn run(
         {
             tracing::warn!("cannot wait for a new connection's request: {error}");
         }
+    }
+}
+
+/// Failed accepts, reported at most once a second: a listener that fails every time (out of
+/// file descriptors for long, or a socket that died) must not flood the log.
+#[derive(Default)]
+struct FailedAccepts {
+    reported: Option<Instant>,
+    since: u64,
+}
+
+impl FailedAccepts {
+    fn note(&mut self, error: &std::io::Error, listener: &Listener) {
+        self.since += 1;
+        if self
+            .reported
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        tracing::warn!(
+            "accept failed on {}: {error} ({} failures since the last report)",
+            listener.describe("tcp"),
+            self.since
+        );
+        self.reported = Some(Instant::now());
+        self.since = 0;
     }
 }
 
