@@ -323,6 +323,34 @@ mod tests {
             "redis://127.0.0.1:6379/0"
         );
         assert_eq!(at("host", "localhost"), "localhost");
+        assert_eq!(at("certfile", "tls/cert.pem"), "/etc/gw/tls/cert.pem");
+        assert_eq!(at("ca-certs", "/srv/ca.pem"), "/srv/ca.pem");
+        assert_eq!(at("bind", "unix:gw.sock"), "unix:/etc/gw/gw.sock");
+        assert_eq!(at("bind", "unix:/run/gw.sock"), "unix:/run/gw.sock");
+        assert_eq!(at("bind", "0.0.0.0:443"), "0.0.0.0:443");
+    }
+
+    #[test]
+    fn a_list_is_the_flag_once_for_each() {
+        let dir = std::env::temp_dir().join(format!("wasm-gw-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("gw.toml");
+        std::fs::write(
+            &file,
+            "[server]\nbind = [\"127.0.0.1:0\", \"unix:gw.sock\"]\nproxy-protocol = true\n",
+        )
+        .unwrap();
+        let settings = server_settings(&file).unwrap();
+        let unix = format!("unix:{}", dir.join("gw.sock").display());
+        assert_eq!(
+            settings[0].args,
+            ["--bind", "127.0.0.1:0", "--bind", unix.as_str()]
+        );
+        assert_eq!(settings[1].args, ["--proxy-protocol"]);
+        std::fs::write(&file, "[server]\nbind = [1, 2]\n").unwrap();
+        let error = server_settings(&file).err().unwrap().to_string();
+        assert!(error.contains("use a list of strings"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
