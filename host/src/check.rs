@@ -6,11 +6,11 @@ use std::path::Path;
 use wasmtime::Engine;
 
 use crate::compile::{base_config, load_component};
-use crate::runtime::link;
+use crate::runtime::{link, link_http};
 
 /// Interfaces wasm-gw gives every app, by name prefix: WASI 0.2, key-value and the wsgi
 /// imports.
-const PROVIDED: [&str; 11] = [
+const PROVIDED: [&str; 12] = [
     "wasi:io/",
     "wasi:clocks/",
     "wasi:random/",
@@ -22,6 +22,8 @@ const PROVIDED: [&str; 11] = [
     "wasi:keyvalue/batch@0.2.0-draft2",
     "wasm-gw:wsgi/request@0.2.",
     "wasm-gw:wsgi/response@0.2.",
+    // For wasi:http apps; an outgoing request is denied.
+    "wasi:http/",
 ];
 
 use crate::world::{WSGI_HANDLER as HANDLER, World};
@@ -35,9 +37,10 @@ pub fn check(path: &Path) -> anyhow::Result<(String, bool)> {
     let world = World::of(&engine, &component);
     match &world {
         Some(World::Wsgi) => writeln!(report, "world: {}", World::Wsgi)?,
+        Some(world @ World::WasiHttp02(_)) => writeln!(report, "world: {world}")?,
         Some(world) => writeln!(
             report,
-            "world: {world}; wasm-gw does not serve wasi:http components yet"
+            "world: {world}; wasm-gw does not serve wasi:http 0.3 components yet"
         )?,
         None => writeln!(report, "world: none that wasm-gw knows (no handler export)")?,
     }
@@ -57,12 +60,13 @@ pub fn check(path: &Path) -> anyhow::Result<(String, bool)> {
     writeln!(report, "exports (what the app offers):")?;
     let mut has_handler = false;
     for (name, _) in kind.exports(&engine) {
-        let note = if name.starts_with(HANDLER) {
-            has_handler = true;
-            "the app's entry point"
-        } else {
-            "not used by wasm-gw"
-        };
+        let note =
+            if name.starts_with(HANDLER) || name.starts_with("wasi:http/incoming-handler@0.2.") {
+                has_handler = true;
+                "the app's entry point"
+            } else {
+                "not used by wasm-gw"
+            };
         writeln!(report, "  {name:<48} {note}")?;
     }
     if !has_handler && world.is_none() {
@@ -72,8 +76,15 @@ pub fn check(path: &Path) -> anyhow::Result<(String, bool)> {
         )?;
     }
 
-    let fits = match link(&engine, &component) {
-        Ok(_) => {
+    let linked = match &world {
+        Some(World::WasiHttp02(_)) => link_http(&engine, &component).map(drop),
+        Some(World::WasiHttp03(_)) => Err(anyhow::anyhow!(
+            "wasm-gw does not serve wasi:http 0.3 components yet"
+        )),
+        _ => link(&engine, &component).map(drop),
+    };
+    let fits = match linked {
+        Ok(()) => {
             writeln!(report, "{}: fits the wasm-gw app world", path.display())?;
             true
         }

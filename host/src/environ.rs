@@ -244,7 +244,7 @@ impl HeaderLines {
     }
 
     /// Every line as (name, value), in order, repeats included.
-    fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
         let starts = std::iter::once((0, 0)).chain(self.ends.iter().copied());
         starts
             .zip(&self.ends)

@@ -28,6 +28,12 @@ use crate::http::response::excerpt;
 use crate::kv::{self, Connection};
 use crate::metrics::metrics;
 use crate::world::World;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::{
+    ErrorCode as HttpErrorCode, Scheme as HttpScheme,
+};
+use wasmtime_wasi_http::p2::bindings::sync::{Proxy as HttpProxy, ProxyPre as HttpProxyPre};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 /// How often the deadline clock ticks; deadlines are accurate to about this much.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -56,6 +62,22 @@ pub fn link(
     guest::files::add_to_linker(&mut linker, GuestState::output)?;
     let pre = linker.instantiate_pre(component)?;
     Ok(bindings::AppPre::new(pre)?)
+}
+
+/// Links a standard `wasi:http` 0.2 component against WASI 0.2 and `wasi:http`, with the
+/// same sandbox as a WSGI app: waits bounded by the deadline, no files unless granted, no
+/// outbound requests.
+pub fn link_http(
+    engine: &Engine,
+    component: &Component,
+) -> anyhow::Result<HttpProxyPre<GuestState>> {
+    let mut linker = Linker::<GuestState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
+    guest::wait::add_to_linker(&mut linker, GuestState::waits)?;
+    guest::files::add_to_linker(&mut linker, GuestState::output)?;
+    let pre = linker.instantiate_pre(component)?;
+    Ok(HttpProxyPre::new(pre)?)
 }
 
 /// The engines the apps run on, and the clock that ticks them for deadlines: made once at
@@ -179,12 +201,25 @@ pub struct InstancePolicy {
     pub output: OutputRate,
 }
 
+/// What an app's instances are made from: a component linked for its world.
+enum Pre {
+    Wsgi(bindings::AppPre<GuestState>),
+    /// A standard `wasi:http` 0.2 component (`wasi:http/proxy`).
+    Http(HttpProxyPre<GuestState>),
+}
+
+/// An instance of an app, in its world.
+enum Instance {
+    Wsgi(bindings::App),
+    Http(HttpProxy),
+}
+
 /// A component compiled and linked, ready to instantiate.
 pub struct WasmApp {
     /// The app's name, for logs and metrics.
     name: Arc<str>,
     engine: Engine,
-    pre: bindings::AppPre<GuestState>,
+    pre: Pre,
     policy: InstancePolicy,
     uses_keyvalue: bool,
     /// The output budget all the app's instances share.
@@ -204,18 +239,21 @@ impl WasmApp {
     ) -> anyhow::Result<Arc<WasmApp>> {
         let engine = engines.for_app(&policy)?;
         let component = load_component(&engine, path, cache)?;
-        if let Some(world @ (World::WasiHttp02(_) | World::WasiHttp03(_))) =
-            World::of(&engine, &component)
-        {
-            anyhow::bail!(
-                "{} is a component of {world}: wasm-gw does not serve wasi:http components \
-                 yet, only those of its WSGI world (`wasm-gw check` shows what it found)",
+        let pre = match World::of(&engine, &component) {
+            Some(world @ World::WasiHttp03(_)) => anyhow::bail!(
+                "{} is a component of {world}: wasm-gw serves wasi:http 0.2 components and \
+                 those of its WSGI world, not 0.3 ones yet (`wasm-gw check` shows what it found)",
                 path.display()
-            );
-        }
-
-        let pre = link(&engine, &component)
-            .with_context(|| format!("{} does not fit the wasm-gw app world", path.display()))?;
+            ),
+            Some(world @ World::WasiHttp02(_)) => {
+                Pre::Http(link_http(&engine, &component).with_context(|| {
+                    format!("{} is a component of {world}, but", path.display())
+                })?)
+            }
+            _ => Pre::Wsgi(link(&engine, &component).with_context(|| {
+                format!("{} does not fit the wasm-gw app world", path.display())
+            })?),
+        };
         let uses_keyvalue = component
             .component_type()
             .imports(&engine)
@@ -252,7 +290,7 @@ impl WasmApp {
     fn instantiate(
         &self,
         kv_connection: Option<Box<dyn Connection>>,
-    ) -> anyhow::Result<(Store<GuestState>, bindings::App)> {
+    ) -> anyhow::Result<(Store<GuestState>, Instance)> {
         let state = GuestState::new(
             self.policy.max_memory,
             self.policy.timeout,
@@ -279,9 +317,11 @@ impl WasmApp {
         });
         // Instantiation runs guest start code, which gets the same deadline as a request.
         store.set_epoch_deadline(ticks(timeout));
-        let instance = self
-            .pre
-            .instantiate(&mut store)
+        let instance = match &self.pre {
+            Pre::Wsgi(pre) => pre.instantiate(&mut store).map(Instance::Wsgi),
+            Pre::Http(pre) => pre.instantiate(&mut store).map(Instance::Http),
+        };
+        let instance = instance
             .map_err(anyhow::Error::from)
             .context("cannot instantiate the app")?;
         Ok((store, instance))
@@ -322,7 +362,7 @@ impl WasmApp {
 struct WasmWorker {
     app: Arc<WasmApp>,
     store: Store<GuestState>,
-    instance: bindings::App,
+    instance: Instance,
     /// Requests this instance has served.
     served: u64,
     retire_after: Option<u64>,
@@ -346,9 +386,18 @@ impl App for WasmWorker {
         {
             return (request, Err(Failure::Unavailable(error)));
         }
-        let input = self.store.data_mut().begin(request);
-        let result = self.run(input);
-        let request = self.store.data_mut().end();
+        let (request, result) = match &self.instance {
+            Instance::Wsgi(_) => {
+                let input = self.store.data_mut().begin(request);
+                let result = self.run(input);
+                (self.store.data_mut().end(), result)
+            }
+            Instance::Http(_) => {
+                let mut request = request;
+                let result = self.serve_http(&mut request);
+                (request, result)
+            }
+        };
         self.served += 1;
         self.retiring = match &result {
             Err(Failure::Trap(_)) => Some("trap"),
@@ -444,30 +493,19 @@ impl WasmWorker {
         &mut self,
         call: impl FnOnce(&mut Store<GuestState>, &bindings::App) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
+        let Instance::Wsgi(instance) = &self.instance else {
+            unreachable!("only a WSGI app is called through its handler");
+        };
         let used = self.store.data_mut().enter_guest();
         let left = self.app.policy.timeout.saturating_sub(used);
         self.store.set_epoch_deadline(ticks(left));
-        let result = call(&mut self.store, &self.instance);
+        let result = call(&mut self.store, instance);
         self.store.data_mut().leave_guest();
         result.map_err(|error| self.failure(error))
     }
 
     fn failure(&self, error: wasmtime::Error) -> Failure {
-        if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
-            return Failure::Timeout(self.app.policy.timeout);
-        }
-        if error.is::<DeadlinePassed>() {
-            tracing::debug!("{error:?}");
-            return Failure::Timeout(self.app.policy.timeout);
-        }
-        // The root cause names the trap in one line; the wasm backtrace is for debugging.
-        tracing::debug!("guest trap: {error:?}");
-        let why = error.root_cause().to_string();
-        if self.store.data().limits.memory_cap_hit {
-            Failure::MemoryCap(why)
-        } else {
-            Failure::Trap(why)
-        }
+        call_failure(&self.app, &self.store, error)
     }
 
     /// Replaces the instance. On failure the old one stays marked as spent: it never serves
@@ -488,5 +526,221 @@ impl WasmWorker {
             tracing::info!(app = %self.app.name, request = request_id, reason, "instance replaced");
         }
         Ok(())
+    }
+}
+
+/// What the connection's side of a `wasi:http` request hears from the guest's side.
+enum FromGuest {
+    /// The response the guest set, or the error it set instead.
+    Response(Result<http::Response<HyperOutgoingBody>, HttpErrorCode>),
+    /// The guest's handler returned, or failed.
+    Done(Result<(), Failure>),
+}
+
+/// The largest request body handed whole to a `wasi:http` app: what its memory could hold.
+fn whole_body(request: &mut Request, limit: usize) -> Result<Option<Vec<u8>>, Failure> {
+    let mut body = Vec::new();
+    loop {
+        let chunk = match request.exchange.read_body(64 * 1024) {
+            Ok(chunk) => chunk,
+            // The exchange records why; the connection answers it (400, 408) or not.
+            Err(_) => return Ok(None),
+        };
+        if chunk.is_empty() {
+            return Ok(Some(body));
+        }
+        if body.len() + chunk.len() > limit {
+            return Err(Failure::MemoryCap(format!(
+                "a request body over {limit} bytes does not fit the app's memory"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+}
+
+impl WasmWorker {
+    /// Serves `request` to a `wasi:http` 0.2 instance. The guest runs on a thread of its own
+    /// while this one, the connection's, writes what it responds through the exchange: the
+    /// guest writes its body into a bounded channel, which must be drained as it goes.
+    fn serve_http(&mut self, request: &mut Request) -> Result<(), Failure> {
+        let Instance::Http(proxy) = &self.instance else {
+            unreachable!("only a wasi:http app is served so");
+        };
+        self.store.data_mut().begin_http(request.id);
+        let Some(body) = whole_body(request, self.app.policy.max_memory)? else {
+            return Ok(());
+        };
+        let head = &request.head;
+        let authority = head
+            .headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("host"))
+            .map_or_else(
+                || format!("{}:{}", head.server_name, head.server_port),
+                |(_, value)| String::from_utf8_lossy(value).into_owned(),
+            );
+        let target = if head.target.starts_with('/') {
+            head.target.as_str()
+        } else {
+            // An absolute-form or `*` target: the path is what the component asks for.
+            "/"
+        };
+        let mut builder = http::Request::builder()
+            .method(head.method.as_str())
+            .uri(format!("{}://{authority}{target}", head.scheme));
+        for (name, value) in head.headers.iter() {
+            builder = builder.header(name, value);
+        }
+        let body = http_body_util::BodyExt::map_err(
+            http_body_util::Full::new(bytes::Bytes::from(body)),
+            |never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} },
+        );
+        let hyper_request = builder.body(body).map_err(|error| {
+            Failure::Application(format!("cannot pass the request on: {error}"))
+        })?;
+        let scheme = match head.scheme.as_str() {
+            "https" => HttpScheme::Https,
+            _ => HttpScheme::Http,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let data = self.store.data_mut();
+        let incoming = data
+            .http()
+            .new_incoming_request(scheme, hyper_request)
+            .map_err(|error| Failure::Application(format!("{error:#}")))?;
+        let answer = tx.clone();
+        let outparam = data
+            .http()
+            .new_response_outparam_from_callback(move |response| {
+                let _ = answer.send(FromGuest::Response(response));
+            })
+            .map_err(|error| Failure::Application(format!("{error:#}")))?;
+
+        let timeout = self.app.policy.timeout;
+        let stream_limit = self.app.policy.stream_timeout;
+        let app = self.app.clone();
+        let store = &mut self.store;
+        std::thread::scope(|scope| {
+            let guest = scope.spawn(move || {
+                let used = store.data_mut().enter_guest();
+                store.set_epoch_deadline(ticks(timeout.saturating_sub(used)));
+                let result =
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut *store, incoming, outparam);
+                store.data_mut().leave_guest();
+                store.data_mut().flush_logs();
+                let result = result.map_err(|error| call_failure(&app, store, error));
+                if result.is_err() {
+                    // Ends any body the guest left open, for the writer to see the end.
+                    store.data_mut().drop_resources();
+                }
+                let _ = tx.send(FromGuest::Done(result));
+            });
+            let outcome = respond(&mut request.exchange, &rx, stream_limit);
+            let _ = guest.join();
+            outcome
+        })
+    }
+}
+
+/// Writes the response the guest sets, as `rx` brings it, through `exchange`; returns the
+/// guest's outcome.
+fn respond(
+    exchange: &mut crate::http::Exchange,
+    rx: &std::sync::mpsc::Receiver<FromGuest>,
+    stream_limit: Duration,
+) -> Result<(), Failure> {
+    use http_body_util::BodyExt;
+    let until = Instant::now() + stream_limit;
+    let response = match rx.recv() {
+        Ok(FromGuest::Response(Ok(response))) => response,
+        Ok(FromGuest::Response(Err(code))) => {
+            return Err(Failure::Application(format!(
+                "the app answered with an error: {code:?}"
+            )));
+        }
+        Ok(FromGuest::Done(Ok(()))) => {
+            return Err(Failure::Application(
+                "the app returned without setting a response".into(),
+            ));
+        }
+        Ok(FromGuest::Done(Err(failure))) => return Err(failure),
+        Err(_) => return Err(Failure::Application("the app's handler went away".into())),
+    };
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let status_line = format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                crate::environ::latin1(value.as_bytes()),
+            )
+        })
+        .collect();
+    if exchange.start(&status_line, &headers, false).is_err() {
+        return finish_guest(rx);
+    }
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        // Made inside the runtime: a timer needs its clock.
+        let frame = wasmtime_wasi::runtime::in_tokio(async {
+            tokio::time::timeout(left, body.frame()).await
+        });
+        match frame {
+            Err(_) => return Err(Failure::StreamTimeout(stream_limit)),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return finish_guest(rx).and(Err(Failure::Application(
+                    "the app's response body failed".into(),
+                )));
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data()
+                    && exchange.write(&data).is_err()
+                {
+                    return finish_guest(rx);
+                }
+            }
+        }
+    }
+    let _ = exchange.finish();
+    finish_guest(rx)
+}
+
+/// Waits for the guest's handler to return, and gives its outcome.
+fn finish_guest(rx: &std::sync::mpsc::Receiver<FromGuest>) -> Result<(), Failure> {
+    loop {
+        match rx.recv() {
+            Ok(FromGuest::Done(result)) => return result,
+            Ok(FromGuest::Response(_)) => {}
+            Err(_) => return Ok(()),
+        }
+    }
+}
+
+/// What a failed call into a guest of `app` means.
+fn call_failure(app: &WasmApp, store: &Store<GuestState>, error: wasmtime::Error) -> Failure {
+    if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+        return Failure::Timeout(app.policy.timeout);
+    }
+    if error.is::<DeadlinePassed>() {
+        tracing::debug!("{error:?}");
+        return Failure::Timeout(app.policy.timeout);
+    }
+    // The root cause names the trap in one line; the wasm backtrace is for debugging.
+    tracing::debug!("guest trap: {error:?}");
+    let why = error.root_cause().to_string();
+    if store.data().limits.memory_cap_hit {
+        Failure::MemoryCap(why)
+    } else {
+        Failure::Trap(why)
     }
 }

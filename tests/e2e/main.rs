@@ -23,4 +23,5 @@ mod sandbox;
 mod startup;
 mod streaming;
 mod support;
+mod wasi_http;
 mod workers;

@@ -68,6 +68,9 @@ pub struct GuestState {
     /// The app time one request may use.
     timeout: Duration,
     kv: Session,
+    /// `wasi:http`'s context, for apps of that world.
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    http_hooks: DenyOutbound,
 }
 
 /// Measures how long the app itself runs during a request, leaving out the time its host
@@ -132,6 +135,8 @@ impl GuestState {
         }
         let wasi = wasi.build();
         Ok(GuestState {
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_hooks: DenyOutbound,
             wasi,
             table: ResourceTable::new(),
             limits: Sandbox {
@@ -193,6 +198,25 @@ impl GuestState {
         // A new request starts with a full budget; the first guest call starts its clock.
         self.clock.finished = Duration::ZERO;
         Resource::new_own(self.request_seq)
+    }
+
+    /// Readies the state for a `wasi:http` request, which the guest reads through its own
+    /// resources: its log lines are tagged with `request_id`, and its clock starts anew.
+    pub fn begin_http(&mut self, request_id: u64) {
+        self.request_id.store(request_id, Ordering::Relaxed);
+        self.clock.finished = Duration::ZERO;
+    }
+
+    /// Drops every resource the guest holds, its request's and response's bodies among
+    /// them, so that a reader waiting on a body it left open sees the end: for an instance
+    /// that failed and will not serve again.
+    pub fn drop_resources(&mut self) {
+        self.table = ResourceTable::new();
+    }
+
+    /// Flushes the guest's partial log lines, at the end of a request.
+    pub fn flush_logs(&mut self) {
+        self.logs.iter().for_each(GuestLog::flush_partial);
     }
 
     pub fn clock(&self) -> &GuestClock {
@@ -349,6 +373,39 @@ impl WasiView for GuestState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for GuestState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
+        }
+    }
+}
+
+/// Outbound HTTP from a `wasi:http` app: denied, as all network access is unless granted.
+/// The guest gets the standard `HTTP-request-denied` error.
+struct DenyOutbound;
+
+impl wasmtime_wasi_http::WasiHttpHooks for DenyOutbound {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _done: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                )>,
+            > + Send,
+    > {
+        tracing::warn!(uri = %request.uri(), "denied an outbound HTTP request: outbound HTTP is not granted");
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 

@@ -1,0 +1,67 @@
+//! A standard `wasi:http` 0.2 component that misbehaves on request, one route per fault:
+//! `/loop` spins forever, `/alloc` allocates without bound, `/panic` panics, `/no-response`
+//! returns without setting a response, `/outbound` tries to reach the network and reports
+//! what it got, and `/ok` answers.
+
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
+    Scheme,
+};
+
+struct HttpFaulty;
+
+impl wasip2::exports::http::incoming_handler::Guest for HttpFaulty {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let path = request.path_with_query().unwrap_or_default();
+        match path.as_str() {
+            "/loop" => {
+                let mut spins: u64 = 0;
+                loop {
+                    spins = std::hint::black_box(spins.wrapping_add(1));
+                }
+            }
+            "/alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1; 1 << 20]);
+                }
+            }
+            "/panic" => panic!("the app panicked on purpose"),
+            "/no-response" => drop(response_out),
+            "/outbound" => {
+                let outgoing = OutgoingRequest::new(Fields::new());
+                let _ = outgoing.set_scheme(Some(&Scheme::Https));
+                let _ = outgoing.set_authority(Some("example.com"));
+                let _ = outgoing.set_path_with_query(Some("/"));
+                let outcome = match outgoing_handler::handle(outgoing, None) {
+                    Ok(future) => {
+                        future.subscribe().block();
+                        match future.get() {
+                            Some(Ok(Ok(_))) => "sent".to_owned(),
+                            Some(Ok(Err(code))) => format!("{code:?}"),
+                            other => format!("{other:?}"),
+                        }
+                    }
+                    Err(code) => format!("{code:?}"),
+                };
+                answer(response_out, &outcome);
+            }
+            _ => answer(response_out, "ok"),
+        }
+    }
+}
+
+fn answer(response_out: ResponseOutparam, text: &str) {
+    let response = OutgoingResponse::new(Fields::new());
+    let Ok(body) = response.body() else {
+        return;
+    };
+    ResponseOutparam::set(response_out, Ok(response));
+    if let Ok(stream) = body.write() {
+        let _ = stream.blocking_write_and_flush(text.as_bytes());
+    }
+    let _ = OutgoingBody::finish(body, None);
+}
+
+wasip2::http::proxy::export!(HttpFaulty);
