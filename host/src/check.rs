@@ -10,7 +10,7 @@ use crate::runtime::{link, link_http};
 
 /// Interfaces wasm-gw gives every app, by name prefix: WASI 0.2, key-value and the wsgi
 /// imports.
-const PROVIDED: [&str; 12] = [
+const PROVIDED: [&str; 11] = [
     "wasi:io/",
     "wasi:clocks/",
     "wasi:random/",
@@ -22,9 +22,11 @@ const PROVIDED: [&str; 12] = [
     "wasi:keyvalue/batch@0.2.0-draft2",
     "wasm-gw:wsgi/request@0.2.",
     "wasm-gw:wsgi/response@0.2.",
-    // For wasi:http apps; an outgoing request is denied.
-    "wasi:http/",
 ];
+
+/// What wasm-gw gives a `wasi:http` 0.2 app beside WASI: the HTTP types, and an outgoing
+/// handler that denies every request.
+const PROVIDED_TO_HTTP_APPS: &str = "wasi:http/";
 
 use crate::world::{WSGI_HANDLER as HANDLER, World};
 
@@ -47,9 +49,10 @@ pub fn check(path: &Path) -> anyhow::Result<(String, bool)> {
 
     writeln!(report, "imports (what the app needs):")?;
     for (name, _) in kind.imports(&engine) {
-        let provided = PROVIDED
-            .iter()
-            .any(|prefix| name.starts_with(prefix) && is_v0_2_or_wsgi(name));
+        let http_app = matches!(world, Some(World::WasiHttp02(_)));
+        let provided = (PROVIDED.iter().any(|prefix| name.starts_with(prefix))
+            || (http_app && name.starts_with(PROVIDED_TO_HTTP_APPS)))
+            && is_v0_2_or_wsgi(name);
         let note = if provided {
             "provided"
         } else {
