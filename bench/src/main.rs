@@ -468,7 +468,7 @@ fn main() -> anyhow::Result<()> {
 
     // The hello variants run side by side and take turns under load, so that their ratios
     // compare like with like on a noisy machine.
-    let variants: [(&str, Target, &[&str], &[&str]); 6] = [
+    let variants: [(&str, Target, &[&str], &[&str]); 8] = [
         (
             "hello, keep-alive, 64 connections (Wasm)",
             Target::Wasm("hello"),
@@ -505,9 +505,26 @@ fn main() -> anyhow::Result<()> {
             &[],
             &BROWSER_HEADERS,
         ),
+        (
+            "hello, keep-alive, wasi:http 0.2 component (http_hello)",
+            Target::Wasm("http_hello"),
+            &[],
+            &[],
+        ),
+        (
+            "hello, keep-alive, wasi:http 0.2, --isolation request",
+            Target::Wasm("http_hello"),
+            &["--isolation", "request"],
+            &[],
+        ),
     ];
     let results = harness.side_by_side(&variants, hello_path, &mut rows)?;
     let [wasm, native, quiet, per_request] = [0, 1, 2, 3].map(|index| results[index].0);
+    ratios.push((
+        "wasi:http 0.2 / WSGI hello throughput".into(),
+        results[6].0.requests_per_sec / wasm.requests_per_sec,
+        "reported".into(),
+    ));
     ratios.push((
         "Wasm / native hello throughput".into(),
         wasm.requests_per_sec / native.requests_per_sec,
