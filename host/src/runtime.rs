@@ -334,14 +334,19 @@ impl AppFactory for Arc<WasmApp> {
         // serving, if any, keeps serving: the app's health is unchanged.
         let (store, instance) = self.instantiate(None)?;
         metrics().instantiated(&self.name, true);
-        Ok(Box::new(WasmWorker {
+        let http = matches!(instance, Instance::Http(_));
+        let worker = WasmWorker {
             app: self.clone(),
             store,
             instance,
             served: 0,
             retire_after: self.retire_after(),
             retiring: None,
-        }))
+        };
+        if http {
+            return Ok(Box::new(HttpWorker::start(worker)?));
+        }
+        Ok(Box::new(worker))
     }
 }
 
@@ -386,20 +391,23 @@ impl App for WasmWorker {
         {
             return (request, Err(Failure::Unavailable(error)));
         }
-        let (request, result) = match &self.instance {
-            Instance::Wsgi(_) => {
-                let input = self.store.data_mut().begin(request);
-                let result = self.run(input);
-                (self.store.data_mut().end(), result)
-            }
-            Instance::Http(_) => {
-                let mut request = request;
-                let result = self.serve_http(&mut request);
-                (request, result)
-            }
-        };
+        let input = self.store.data_mut().begin(request);
+        let result = self.run(input);
+        let request = self.store.data_mut().end();
+        self.after_request(&result);
+        (request, result)
+    }
+
+    fn name(&self) -> Arc<str> {
+        self.app.name.clone()
+    }
+}
+
+impl WasmWorker {
+    /// Counts a request served, and marks the instance for replacement if it must be.
+    fn after_request(&mut self, result: &Result<(), Failure>) {
         self.served += 1;
-        self.retiring = match &result {
+        self.retiring = match result {
             Err(Failure::Trap(_)) => Some("trap"),
             Err(Failure::Timeout(_) | Failure::StreamTimeout(_)) => Some("timeout"),
             Err(Failure::MemoryCap(_)) => Some("memory"),
@@ -409,11 +417,6 @@ impl App for WasmWorker {
             }
             _ => None,
         };
-        (request, result)
-    }
-
-    fn name(&self) -> Arc<str> {
-        self.app.name.clone()
     }
 }
 
@@ -558,15 +561,48 @@ fn whole_body(request: &mut Request, limit: usize) -> Result<Option<Vec<u8>>, Fa
     }
 }
 
-impl WasmWorker {
-    /// Serves `request` to a `wasi:http` 0.2 instance. The guest runs on a thread of its own
-    /// while this one, the connection's, writes what it responds through the exchange: the
-    /// guest writes its body into a bounded channel, which must be drained as it goes.
-    fn serve_http(&mut self, request: &mut Request) -> Result<(), Failure> {
-        let Instance::Http(proxy) = &self.instance else {
-            unreachable!("only a wasi:http app is served so");
-        };
-        self.store.data_mut().begin_http(request.id);
+/// A `wasi:http` 0.2 worker, as the pool sees it. Its instance and store live on a thread
+/// of their own, where the guest runs while the connection's thread writes the response:
+/// the guest writes its body into a bounded channel, which must be drained as it goes.
+struct HttpWorker {
+    app: Arc<WasmApp>,
+    jobs: std::sync::mpsc::Sender<HttpJob>,
+}
+
+/// A request for a `wasi:http` worker's thread, and where its answers go.
+struct HttpJob {
+    id: u64,
+    scheme: HttpScheme,
+    request: http::Request<HttpRequestBody>,
+    replies: std::sync::mpsc::Sender<FromGuest>,
+}
+
+/// A request body handed to the guest whole.
+type HttpRequestBody = http_body_util::combinators::MapErr<
+    http_body_util::Full<bytes::Bytes>,
+    fn(std::convert::Infallible) -> wasmtime_wasi_http::Error,
+>;
+
+impl HttpWorker {
+    /// Starts the thread that owns `worker` and serves its requests, until the pool drops
+    /// this handle.
+    fn start(worker: WasmWorker) -> anyhow::Result<HttpWorker> {
+        let app = worker.app.clone();
+        let (jobs, queue) = std::sync::mpsc::channel::<HttpJob>();
+        thread::Builder::new()
+            .name("wasi-http-guest".into())
+            .spawn(move || {
+                let mut worker = worker;
+                for job in queue {
+                    worker.handle_http(job);
+                }
+            })
+            .context("cannot start a wasi:http worker's thread")?;
+        Ok(HttpWorker { app, jobs })
+    }
+
+    /// Passes `request` to the guest and writes what it answers.
+    fn serve(&mut self, request: &mut Request) -> Result<(), Failure> {
         let Some(body) = whole_body(request, self.app.policy.max_memory)? else {
             return Ok(());
         };
@@ -591,56 +627,106 @@ impl WasmWorker {
         for (name, value) in head.headers.iter() {
             builder = builder.header(name, value);
         }
+        let never: fn(std::convert::Infallible) -> wasmtime_wasi_http::Error =
+            |never| match never {};
         let body = http_body_util::BodyExt::map_err(
             http_body_util::Full::new(bytes::Bytes::from(body)),
-            |never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} },
+            never,
         );
-        let hyper_request = builder.body(body).map_err(|error| {
+        let http_request = builder.body(body).map_err(|error| {
             Failure::Application(format!("cannot pass the request on: {error}"))
         })?;
         let scheme = match head.scheme.as_str() {
             "https" => HttpScheme::Https,
             _ => HttpScheme::Http,
         };
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (replies, answers) = std::sync::mpsc::channel();
+        let job = HttpJob {
+            id: request.id,
+            scheme,
+            request: http_request,
+            replies,
+        };
+        if self.jobs.send(job).is_err() {
+            return Err(Failure::Unavailable("the worker's thread has ended".into()));
+        }
+        respond(
+            &mut request.exchange,
+            &answers,
+            self.app.policy.stream_timeout,
+        )
+    }
+}
+
+impl App for HttpWorker {
+    fn call(&mut self, mut request: Request) -> (Request, Result<(), Failure>) {
+        let result = self.serve(&mut request);
+        (request, result)
+    }
+
+    fn name(&self) -> Arc<str> {
+        self.app.name.clone()
+    }
+}
+
+impl WasmWorker {
+    /// Runs `job` on this worker's `wasi:http` instance, on the worker's own thread, and
+    /// tells the connection what happened through the job's channel.
+    fn handle_http(&mut self, job: HttpJob) {
+        let HttpJob {
+            id,
+            scheme,
+            request,
+            replies,
+        } = job;
+        let result = self.call_http(id, scheme, request, &replies);
+        self.after_request(&result);
+        let _ = replies.send(FromGuest::Done(result));
+    }
+
+    fn call_http(
+        &mut self,
+        id: u64,
+        scheme: HttpScheme,
+        request: http::Request<HttpRequestBody>,
+        replies: &std::sync::mpsc::Sender<FromGuest>,
+    ) -> Result<(), Failure> {
+        // A spent instance is replaced when next needed, as for a WSGI worker.
+        if let Some(reason) = self.retiring {
+            self.replace_instance(id, reason)
+                .map_err(Failure::Unavailable)?;
+        }
+        let Instance::Http(proxy) = &self.instance else {
+            unreachable!("only a wasi:http instance is served so");
+        };
         let data = self.store.data_mut();
+        data.begin_http(id);
         let incoming = data
             .http()
-            .new_incoming_request(scheme, hyper_request)
+            .new_incoming_request(scheme, request)
             .map_err(|error| Failure::Application(format!("{error:#}")))?;
-        let answer = tx.clone();
+        let answer = replies.clone();
         let outparam = data
             .http()
             .new_response_outparam_from_callback(move |response| {
                 let _ = answer.send(FromGuest::Response(response));
             })
             .map_err(|error| Failure::Application(format!("{error:#}")))?;
-
-        let timeout = self.app.policy.timeout;
-        let stream_limit = self.app.policy.stream_timeout;
-        let app = self.app.clone();
-        let store = &mut self.store;
-        std::thread::scope(|scope| {
-            let guest = scope.spawn(move || {
-                let used = store.data_mut().enter_guest();
-                store.set_epoch_deadline(ticks(timeout.saturating_sub(used)));
-                let result =
-                    proxy
-                        .wasi_http_incoming_handler()
-                        .call_handle(&mut *store, incoming, outparam);
-                store.data_mut().leave_guest();
-                store.data_mut().flush_logs();
-                let result = result.map_err(|error| call_failure(&app, store, error));
-                if result.is_err() {
-                    // Ends any body the guest left open, for the writer to see the end.
-                    store.data_mut().drop_resources();
-                }
-                let _ = tx.send(FromGuest::Done(result));
-            });
-            let outcome = respond(&mut request.exchange, &rx, stream_limit);
-            let _ = guest.join();
-            outcome
-        })
+        let used = self.store.data_mut().enter_guest();
+        let left = self.app.policy.timeout.saturating_sub(used);
+        self.store.set_epoch_deadline(ticks(left));
+        let called =
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut self.store, incoming, outparam);
+        self.store.data_mut().leave_guest();
+        self.store.data_mut().flush_logs();
+        let result = called.map_err(|error| self.failure(error));
+        if result.is_err() {
+            // Ends any body the guest left open, for the writer to see the end.
+            self.store.data_mut().drop_resources();
+        }
+        result
     }
 }
 
