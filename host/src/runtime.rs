@@ -567,6 +567,9 @@ fn whole_body(request: &mut Request, limit: usize) -> Result<Option<Vec<u8>>, Fa
 struct HttpWorker {
     app: Arc<WasmApp>,
     jobs: std::sync::mpsc::Sender<HttpJob>,
+    /// Set when the connection gave up on a response the guest was still writing (its
+    /// wall time ran out): the instance is replaced before it serves again.
+    spent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A request for a `wasi:http` worker's thread, and where its answers go.
@@ -589,16 +592,21 @@ impl HttpWorker {
     fn start(worker: WasmWorker) -> anyhow::Result<HttpWorker> {
         let app = worker.app.clone();
         let (jobs, queue) = std::sync::mpsc::channel::<HttpJob>();
+        let spent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = spent.clone();
         thread::Builder::new()
             .name("wasi-http-guest".into())
             .spawn(move || {
                 let mut worker = worker;
                 for job in queue {
+                    if stopped.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                        worker.retiring = Some("timeout");
+                    }
                     worker.handle_http(job);
                 }
             })
             .context("cannot start a wasi:http worker's thread")?;
-        Ok(HttpWorker { app, jobs })
+        Ok(HttpWorker { app, jobs, spent })
     }
 
     /// Passes `request` to the guest and writes what it answers.
@@ -650,11 +658,15 @@ impl HttpWorker {
         if self.jobs.send(job).is_err() {
             return Err(Failure::Unavailable("the worker's thread has ended".into()));
         }
-        respond(
+        let result = respond(
             &mut request.exchange,
             &answers,
             self.app.policy.stream_timeout,
-        )
+        );
+        if let Err(Failure::StreamTimeout(_)) = result {
+            self.spent.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
     }
 }
 

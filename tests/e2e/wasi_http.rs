@@ -76,6 +76,34 @@ fn a_wasi_http_component_is_held_to_its_limits_like_any_app() {
 }
 
 #[test]
+fn an_endless_stream_is_cut_at_the_stream_timeout_and_its_instance_replaced() {
+    let server = Server::start(
+        "http_faulty",
+        &["--workers", "1", "--timeout", "30", "--stream-timeout", "1"],
+    );
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    // The head and some lines come, then the connection is cut.
+    let received = crate::support::read_to_close(&mut stream);
+    assert!(
+        received.starts_with(b"HTTP/1.1 200 "),
+        "{:?}",
+        &received[..received.len().min(64)]
+    );
+    // Cut, not ended: no last chunk.
+    assert!(received.len() > 1000 && !received.ends_with(b"0\r\n\r\n"));
+    server.wait_for_log(&["stream stopped after running for 1s"]);
+    // The one worker serves on, with a fresh instance.
+    assert_eq!(
+        server.raw(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n").text(),
+        "ok"
+    );
+    server.wait_for_log(&["instance replaced", "timeout"]);
+}
+
+#[test]
 fn outbound_requests_are_denied_with_the_standard_error() {
     let server = Server::start("http_faulty", &[]);
     let response = server.raw(b"GET /outbound HTTP/1.1\r\nHost: a\r\n\r\n");

@@ -1,5 +1,6 @@
 //! A standard `wasi:http` 0.2 component that misbehaves on request, one route per fault:
-//! `/loop` spins forever, `/alloc` allocates without bound, `/panic` panics, `/no-response`
+//! `/loop` spins forever, `/alloc` allocates without bound, `/panic` panics, `/stream`
+//! writes lines for as long as they are taken, `/no-response`
 //! returns without setting a response, `/outbound` tries to reach the network and reports
 //! what it got, and `/ok` answers.
 
@@ -28,6 +29,17 @@ impl wasip2::exports::http::incoming_handler::Guest for HttpFaulty {
                 }
             }
             "/panic" => panic!("the app panicked on purpose"),
+            "/stream" => {
+                // Lines for as long as the server takes them.
+                let response = OutgoingResponse::new(Fields::new());
+                let Ok(body) = response.body() else {
+                    return;
+                };
+                ResponseOutparam::set(response_out, Ok(response));
+                if let Ok(stream) = body.write() {
+                    while stream.blocking_write_and_flush(b"line\n").is_ok() {}
+                }
+            }
             "/no-response" => drop(response_out),
             "/outbound" => {
                 let outgoing = OutgoingRequest::new(Fields::new());
