@@ -50,9 +50,17 @@ pub fn check(path: &Path) -> anyhow::Result<(String, bool)> {
     writeln!(report, "imports (what the app needs):")?;
     for (name, _) in kind.imports(&engine) {
         let http_app = matches!(world, Some(World::WasiHttp02(_)));
-        let provided = (PROVIDED.iter().any(|prefix| name.starts_with(prefix))
-            || (http_app && name.starts_with(PROVIDED_TO_HTTP_APPS)))
-            && is_v0_2_or_wsgi(name);
+        // A wasi:http app gets WASI and wasi:http; a WSGI app WASI, key-value and the
+        // wsgi interfaces.
+        let provided = if http_app {
+            (name.starts_with("wasi:") && !name.starts_with("wasi:keyvalue/"))
+                && PROVIDED
+                    .iter()
+                    .chain([&PROVIDED_TO_HTTP_APPS])
+                    .any(|prefix| name.starts_with(prefix))
+        } else {
+            PROVIDED.iter().any(|prefix| name.starts_with(prefix))
+        } && is_v0_2_or_wsgi(name);
         let note = if provided {
             "provided"
         } else {

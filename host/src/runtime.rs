@@ -615,20 +615,32 @@ impl HttpWorker {
             return Ok(());
         };
         let head = &request.head;
+        // The Host the client sent, if it is a valid authority; else the address the request
+        // arrived on (an HTTP/1.0 request may have none).
         let authority = head
             .headers
             .iter()
             .find(|(name, _)| name.eq_ignore_ascii_case("host"))
+            .and_then(|(_, value)| http::uri::Authority::try_from(value).ok())
             .map_or_else(
-                || format!("{}:{}", head.server_name, head.server_port),
-                |(_, value)| String::from_utf8_lossy(value).into_owned(),
+                || match head.server_name.contains(':') {
+                    true => format!("[{}]:{}", head.server_name, head.server_port),
+                    false => format!("{}:{}", head.server_name, head.server_port),
+                },
+                |authority| authority.as_str().to_owned(),
             );
-        let target = if head.target.starts_with('/') {
-            head.target.as_str()
-        } else {
-            // An absolute-form or `*` target: the path is what the component asks for.
-            "/"
+        // The target's path and query as the client sent them; an absolute-form target's,
+        // after its scheme and authority; `*` as `/`.
+        let target = match head.target.find("://") {
+            Some(at) if !head.target.starts_with('/') => {
+                let rest = &head.target[at + 3..];
+                rest.find('/').map_or("/", |slash| &rest[slash..])
+            }
+            _ if head.target.starts_with('/') => head.target.as_str(),
+            _ => "/",
         };
+        // A fragment is no part of a target (RFC 9112 §3.2); one sent anyway is dropped.
+        let target = target.split('#').next().unwrap_or("/");
         let mut builder = http::Request::builder()
             .method(head.method.as_str())
             .uri(format!("{}://{authority}{target}", head.scheme));
@@ -655,18 +667,57 @@ impl HttpWorker {
             request: http_request,
             replies,
         };
-        if self.jobs.send(job).is_err() {
-            return Err(Failure::Unavailable("the worker's thread has ended".into()));
+        if let Err(unsent) = self.jobs.send(job) {
+            // The thread is gone (it panicked): a new one, with a new instance.
+            self.restart("thread ended")?;
+            if self.jobs.send(unsent.0).is_err() {
+                return Err(Failure::Unavailable("the worker's thread has ended".into()));
+            }
         }
-        let result = respond(
+        let patience = self.app.policy.timeout + GUEST_GRACE;
+        let gave = respond(
             &mut request.exchange,
             &answers,
+            patience,
             self.app.policy.stream_timeout,
         );
-        if let Err(Failure::StreamTimeout(_)) = result {
-            self.spent.store(true, std::sync::atomic::Ordering::Relaxed);
+        match gave {
+            Gave::Outcome(result) => {
+                if let Err(Failure::StreamTimeout(_)) = result {
+                    self.spent.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                result
+            }
+            Gave::Stuck => {
+                tracing::error!(
+                    app = %self.app.name,
+                    request = request.id,
+                    "the app is stuck in a host call past its deadline; its instance and thread are given up"
+                );
+                let _ = self.restart("stuck");
+                Err(Failure::Timeout(self.app.policy.timeout))
+            }
         }
-        result
+    }
+
+    /// Replaces the worker's thread and instance, leaving the old thread to end on its own
+    /// if it ever does.
+    fn restart(&mut self, reason: &'static str) -> Result<(), Failure> {
+        let unavailable = |error: anyhow::Error| Failure::Unavailable(format!("{error:#}"));
+        let made = self.app.instantiate(None);
+        metrics().instantiated(&self.app.name, made.is_ok());
+        let (store, instance) = made.map_err(unavailable)?;
+        metrics().retired(&self.app.name, reason);
+        let worker = WasmWorker {
+            app: self.app.clone(),
+            store,
+            instance,
+            served: 0,
+            retire_after: self.app.retire_after(),
+            retiring: None,
+        };
+        *self = HttpWorker::start(worker).map_err(unavailable)?;
+        Ok(())
     }
 }
 
@@ -742,29 +793,55 @@ impl WasmWorker {
     }
 }
 
-/// Writes the response the guest sets, as `rx` brings it, through `exchange`; returns the
-/// guest's outcome.
+/// How long past its app time a guest may keep the connection waiting for its response or
+/// its end: the epoch deadline stops a guest that runs, but not one blocked in a host call.
+const GUEST_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the connection's side stopped waiting on a `wasi:http` guest.
+enum Gave {
+    /// The guest's outcome.
+    Outcome(Result<(), Failure>),
+    /// It neither answered nor ended in time: it is stuck, and its thread is given up.
+    Stuck,
+}
+
+impl Gave {
+    /// This outcome, or `failure` where the guest itself did not fail.
+    fn and(self, failure: Failure) -> Gave {
+        match self {
+            Gave::Outcome(Ok(())) => Gave::Outcome(Err(failure)),
+            other => other,
+        }
+    }
+}
+
+/// Writes the response the guest sets, as `rx` brings it, through `exchange`, waiting for
+/// it `patience` at most; then waits for the guest's handler to end.
 fn respond(
     exchange: &mut crate::http::Exchange,
     rx: &std::sync::mpsc::Receiver<FromGuest>,
+    patience: Duration,
     stream_limit: Duration,
-) -> Result<(), Failure> {
+) -> Gave {
     use http_body_util::BodyExt;
+    use std::sync::mpsc::RecvTimeoutError;
     let until = Instant::now() + stream_limit;
-    let response = match rx.recv() {
+    let response = match rx.recv_timeout(patience) {
         Ok(FromGuest::Response(Ok(response))) => response,
         Ok(FromGuest::Response(Err(code))) => {
-            return Err(Failure::Application(format!(
-                "the app answered with an error: {code:?}"
-            )));
+            let failure = Failure::Application(format!("the app answered with an error: {code:?}"));
+            return finish_guest(rx, patience).and(failure);
         }
         Ok(FromGuest::Done(Ok(()))) => {
-            return Err(Failure::Application(
+            return Gave::Outcome(Err(Failure::Application(
                 "the app returned without setting a response".into(),
-            ));
+            )));
         }
-        Ok(FromGuest::Done(Err(failure))) => return Err(failure),
-        Err(_) => return Err(Failure::Application("the app's handler went away".into())),
+        Ok(FromGuest::Done(Err(failure))) => return Gave::Outcome(Err(failure)),
+        Err(RecvTimeoutError::Timeout) => return Gave::Stuck,
+        Err(RecvTimeoutError::Disconnected) => {
+            return Gave::Outcome(Err(Failure::Trap("the app's thread ended".into())));
+        }
     };
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
@@ -783,43 +860,64 @@ fn respond(
             )
         })
         .collect();
+    // A head the exchange refuses is recorded as a violation (500); the body is let go, so
+    // that a guest still writing it sees the end rather than wait on a full channel.
     if exchange.start(&status_line, &headers, false).is_err() {
-        return finish_guest(rx);
+        drop(body);
+        return finish_guest(rx, patience);
     }
-    loop {
+    // HEAD, 204, 304: no body goes out, whatever the guest writes or declares.
+    while exchange.wants_body() {
         let left = until.saturating_duration_since(Instant::now());
         // Made inside the runtime: a timer needs its clock.
         let frame = wasmtime_wasi::runtime::in_tokio(async {
             tokio::time::timeout(left, body.frame()).await
         });
         match frame {
-            Err(_) => return Err(Failure::StreamTimeout(stream_limit)),
+            Err(_) => {
+                drop(body);
+                return Gave::Outcome(Err(Failure::StreamTimeout(stream_limit)));
+            }
             Ok(None) => break,
             Ok(Some(Err(_))) => {
-                return finish_guest(rx).and(Err(Failure::Application(
-                    "the app's response body failed".into(),
-                )));
+                drop(body);
+                let failure = Failure::Application("the app's response body failed".into());
+                return finish_guest(rx, patience).and(failure);
             }
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data()
                     && exchange.write(&data).is_err()
                 {
-                    return finish_guest(rx);
+                    drop(body);
+                    return finish_guest(rx, patience);
                 }
             }
         }
     }
-    let _ = exchange.finish();
-    finish_guest(rx)
+    drop(body);
+    // The body ended; it is complete only if the handler did not fail: a guest that
+    // trapped after setting its response has its body cut off, not ended.
+    match finish_guest(rx, patience) {
+        Gave::Outcome(Ok(())) => {
+            let _ = exchange.finish();
+            Gave::Outcome(Ok(()))
+        }
+        other => other,
+    }
 }
 
-/// Waits for the guest's handler to return, and gives its outcome.
-fn finish_guest(rx: &std::sync::mpsc::Receiver<FromGuest>) -> Result<(), Failure> {
+/// Waits, `patience` at most, for the guest's handler to return, and gives its outcome.
+fn finish_guest(rx: &std::sync::mpsc::Receiver<FromGuest>, patience: Duration) -> Gave {
+    use std::sync::mpsc::RecvTimeoutError;
+    let until = Instant::now() + patience;
     loop {
-        match rx.recv() {
-            Ok(FromGuest::Done(result)) => return result,
+        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(FromGuest::Done(result)) => return Gave::Outcome(result),
             Ok(FromGuest::Response(_)) => {}
-            Err(_) => return Ok(()),
+            Err(RecvTimeoutError::Timeout) => return Gave::Stuck,
+            Err(RecvTimeoutError::Disconnected) => {
+                return Gave::Outcome(Err(Failure::Trap("the app's thread ended".into())));
+            }
         }
     }
 }

@@ -104,6 +104,35 @@ fn an_endless_stream_is_cut_at_the_stream_timeout_and_its_instance_replaced() {
 }
 
 #[test]
+fn a_guest_that_fails_mid_response_never_looks_complete() {
+    let server = Server::start("http_faulty", &["--workers", "1", "--timeout", "1"]);
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET /late-panic HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let received = crate::support::read_to_close(&mut stream);
+    // Either the 500 in its place, or a head and a body cut off without its last chunk.
+    let failed = received.starts_with(b"HTTP/1.1 500 ");
+    let cut = received.starts_with(b"HTTP/1.1 200 ") && !received.ends_with(b"0\r\n\r\n");
+    assert!(failed || cut, "{}", String::from_utf8_lossy(&received));
+    server.wait_for_log(&["panicked after starting its response"]);
+
+    // A guest blocked in a host call, out of the deadline's reach, is given up: 504, and
+    // the worker serves on with a new instance and thread.
+    assert_eq!(
+        server
+            .raw(b"GET /write-before-set HTTP/1.1\r\nHost: a\r\n\r\n")
+            .status,
+        504
+    );
+    server.wait_for_log(&["stuck in a host call past its deadline"]);
+    assert_eq!(
+        server.raw(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n").text(),
+        "ok"
+    );
+}
+
+#[test]
 fn outbound_requests_are_denied_with_the_standard_error() {
     let server = Server::start("http_faulty", &[]);
     let response = server.raw(b"GET /outbound HTTP/1.1\r\nHost: a\r\n\r\n");

@@ -1,6 +1,7 @@
 //! A standard `wasi:http` 0.2 component that misbehaves on request, one route per fault:
 //! `/loop` spins forever, `/alloc` allocates without bound, `/panic` panics, `/stream`
-//! writes lines for as long as they are taken, `/no-response`
+//! writes lines for as long as they are taken, `/late-panic` panics after starting its
+//! response, `/write-before-set` writes its body before setting the response, `/no-response`
 //! returns without setting a response, `/outbound` tries to reach the network and reports
 //! what it got, and `/ok` answers.
 
@@ -41,6 +42,32 @@ impl wasip2::exports::http::incoming_handler::Guest for HttpFaulty {
                 }
             }
             "/no-response" => drop(response_out),
+            "/late-panic" => {
+                // The response set and some of its body written, then a panic.
+                let response = OutgoingResponse::new(Fields::new());
+                let Ok(body) = response.body() else {
+                    return;
+                };
+                ResponseOutparam::set(response_out, Ok(response));
+                if let Ok(stream) = body.write() {
+                    let _ = stream.blocking_write_and_flush(b"partial");
+                }
+                panic!("the app panicked after starting its response");
+            }
+            "/write-before-set" => {
+                // The body written before the response is set: nobody can take it yet, and
+                // the guest blocks in the host, where no deadline reaches it.
+                let response = OutgoingResponse::new(Fields::new());
+                let Ok(body) = response.body() else {
+                    return;
+                };
+                if let Ok(stream) = body.write() {
+                    for _ in 0..64 {
+                        let _ = stream.blocking_write_and_flush(&[b'x'; 4096]);
+                    }
+                }
+                ResponseOutparam::set(response_out, Ok(response));
+            }
             "/outbound" => {
                 let outgoing = OutgoingRequest::new(Fields::new());
                 let _ = outgoing.set_scheme(Some(&Scheme::Https));
