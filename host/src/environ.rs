@@ -479,11 +479,16 @@ pub fn build(
     push_latin1(&mut request.target, head.target.as_bytes());
     refill(&mut request.scheme, scheme.unwrap_or(connection.scheme));
     request.multithread = connection.multithread;
-    request.variables.clear();
     // mod_ssl's variables, beside the headers' (whose names all start `HTTP_`, so no client
-    // can pose as them).
-    for (name, value) in tls.into_iter().flat_map(TlsFacts::variables) {
-        request.variables.push((name.to_owned(), value.to_owned()));
+    // can pose as them). A connection's TLS does not change, and `reused` is the same
+    // connection's last request: its variables stand.
+    match tls {
+        Some(tls) if request.variables.is_empty() => request.variables.extend(
+            tls.variables()
+                .map(|(name, value)| (name.to_owned(), value.to_owned())),
+        ),
+        Some(_) => {}
+        None => request.variables.clear(),
     }
     request.headers.refill(head);
     request

@@ -51,6 +51,7 @@ pub fn run(
         .spawn(move || watched.watch())
         .context("cannot start the watchdog thread")?;
 
+    anyhow::ensure!(!listeners.is_empty(), "no socket to listen on");
     let open = Arc::new(ConnectionSlots::new(max_connections));
     let mut next = 0;
     let mut failed_accepts = FailedAccepts::default();
@@ -77,15 +78,29 @@ pub fn run(
             return Ok(());
         }
         let slot = SlotGuard(open.clone());
-        let ready = listener::wait_for_any(&listeners, lifecycle.stop_signal(), next)
-            .context("cannot wait for new connections")?;
-        let Some(index) = ready else {
+        if lifecycle.is_stopping() {
             return Ok(());
+        }
+        // Under load a connection is usually waiting already: an accept that doesn't wait,
+        // on each listener in turn, saves the poll; only when it finds none does the loop
+        // wait on every listener at once.
+        let turn = next % listeners.len();
+        let tried = listeners[turn].accept();
+        let (index, accepted) = match tried {
+            Ok(None) => {
+                let ready = listener::wait_for_any(&listeners, lifecycle.stop_signal(), next)
+                    .context("cannot wait for new connections")?;
+                let Some(index) = ready else {
+                    return Ok(());
+                };
+                (index, listeners[index].accept())
+            }
+            tried => (turn, tried),
         };
-        // The next wait looks at the other listeners first.
+        // The next look starts at the other listeners.
         next = index + 1;
         let listener = &listeners[index];
-        let (socket, peer) = match listener.accept() {
+        let (socket, peer) = match accepted {
             Ok(Some(accepted)) => accepted,
             // Another process sharing the socket took it, or the client left already.
             Ok(None) => continue,

@@ -31,6 +31,13 @@ fn a_component_built_for_wasmtime_serve_answers_unchanged() {
     let head = RawResponse::read(&mut reader, true);
     assert_eq!(head.status, 200);
     server.wait_for_log(&["\"GET /?name=again HTTP/1.1\" 200"]);
+    // An absolute-form target reaches the component as its path and query; an HTTP/1.0
+    // request with no Host still gets an authority (the listen address).
+    let absolute =
+        server.raw(b"GET http://gw.test/?name=absolute HTTP/1.1\r\nHost: gw.test\r\n\r\n");
+    assert_eq!(absolute.text(), "Hello, absolute!\n");
+    let hostless = server.raw(b"GET /?name=old HTTP/1.0\r\n\r\n");
+    assert_eq!(hostless.text(), "Hello, old!\n");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use wasip2::http::types::{
     Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
     Scheme,
 };
+use wasip2::io::streams::OutputStream;
 
 struct HttpFaulty;
 
@@ -32,24 +33,14 @@ impl wasip2::exports::http::incoming_handler::Guest for HttpFaulty {
             "/panic" => panic!("the app panicked on purpose"),
             "/stream" => {
                 // Lines for as long as the server takes them.
-                let response = OutgoingResponse::new(Fields::new());
-                let Ok(body) = response.body() else {
-                    return;
-                };
-                ResponseOutparam::set(response_out, Ok(response));
-                if let Ok(stream) = body.write() {
+                if let Some((_body, stream)) = start(response_out) {
                     while stream.blocking_write_and_flush(b"line\n").is_ok() {}
                 }
             }
             "/no-response" => drop(response_out),
             "/late-panic" => {
                 // The response set and some of its body written, then a panic.
-                let response = OutgoingResponse::new(Fields::new());
-                let Ok(body) = response.body() else {
-                    return;
-                };
-                ResponseOutparam::set(response_out, Ok(response));
-                if let Ok(stream) = body.write() {
+                if let Some((_body, stream)) = start(response_out) {
                     let _ = stream.blocking_write_and_flush(b"partial");
                 }
                 panic!("the app panicked after starting its response");
@@ -91,16 +82,22 @@ impl wasip2::exports::http::incoming_handler::Guest for HttpFaulty {
     }
 }
 
-fn answer(response_out: ResponseOutparam, text: &str) {
+/// Sets a 200 response with no headers, and returns its body and the body's stream.
+fn start(response_out: ResponseOutparam) -> Option<(OutgoingBody, OutputStream)> {
     let response = OutgoingResponse::new(Fields::new());
-    let Ok(body) = response.body() else {
-        return;
-    };
+    let body = response.body().ok()?;
     ResponseOutparam::set(response_out, Ok(response));
-    if let Ok(stream) = body.write() {
+    let stream = body.write().ok()?;
+    Some((body, stream))
+}
+
+fn answer(response_out: ResponseOutparam, text: &str) {
+    if let Some((body, stream)) = start(response_out) {
         let _ = stream.blocking_write_and_flush(text.as_bytes());
+        // The stream goes before its body is finished.
+        drop(stream);
+        let _ = OutgoingBody::finish(body, None);
     }
-    let _ = OutgoingBody::finish(body, None);
 }
 
 wasip2::http::proxy::export!(HttpFaulty);
