@@ -26,7 +26,15 @@ struct Args {
     /// Where to write the report.
     #[arg(long, default_value = "bench/RESULTS.md")]
     out: PathBuf,
+    /// Also serve the `wasi:http` hello with `wasmtime serve` (installed once into
+    /// target/bench-peers/), side by side with wasm-gw serving the same file.
+    #[arg(long)]
+    peers: bool,
 }
+
+/// The `wasmtime` whose `serve` the bench compares with: the release whose wasmtime-wasi-http
+/// wasm-gw embeds.
+const WASMTIME_VERSION: &str = "48.0.8";
 
 /// Which server a scenario runs.
 #[derive(Clone, Copy)]
@@ -39,6 +47,8 @@ enum Target {
     Gunicorn(&'static str, &'static str),
     /// `wasm-gw serve --config` with the config file of this name in [`Harness::configs`].
     Config(&'static str),
+    /// `wasmtime serve` on this guest's component.
+    WasmtimeServe(&'static str),
 }
 
 /// The Python examples the bench serves both ways: (example, callable, requirements).
@@ -105,6 +115,15 @@ impl Harness {
                 command
             }
             Target::NativeHello => Command::new(self.binary("native-hello")),
+            Target::WasmtimeServe(_) => {
+                let mut command = Command::new(self.wasmtime());
+                // `-S cli=y`: a component built with Rust's std imports wasi:cli beyond the
+                // proxy world, which `serve` links only on request.
+                command
+                    .args(["serve", "-S", "cli=y"])
+                    .args(["--addr", &format!("127.0.0.1:{port}")]);
+                command
+            }
             Target::Gunicorn(app, callable) => {
                 // As many processes as cores, each with threads: Gunicorn's advice for I/O.
                 let mut command = Command::new(self.venv().join("bin/gunicorn"));
@@ -117,11 +136,18 @@ impl Harness {
                 command
             }
         };
-        if !matches!(target, Target::Gunicorn(..)) {
-            command.args(["--host", "127.0.0.1", "--port", &port.to_string()]);
+        match target {
+            Target::Gunicorn(..) | Target::WasmtimeServe(_) => {}
+            _ => {
+                command.args(["--host", "127.0.0.1", "--port", &port.to_string()]);
+            }
+        }
+        command.args(args);
+        // wasmtime serve takes its options before the component.
+        if let Target::WasmtimeServe(app) = target {
+            command.arg(self.guest(app));
         }
         let child = command
-            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -257,6 +283,46 @@ impl Harness {
             .context("run wrk (bench/run.sh installs it)")?;
         let text = String::from_utf8_lossy(&output.stdout);
         parse_wrk(&text).with_context(|| format!("unreadable wrk output:\n{text}"))
+    }
+
+    /// The `wasmtime` binary of [`WASMTIME_VERSION`], in a cache directory of the bench's.
+    fn wasmtime(&self) -> PathBuf {
+        self.root.join(format!(
+            "target/bench-peers/wasmtime-{WASMTIME_VERSION}/bin/wasmtime"
+        ))
+    }
+
+    /// Installs `wasmtime` with what `serve` needs, once: a build of some minutes.
+    fn prepare_wasmtime(&self) -> anyhow::Result<()> {
+        let binary = self.wasmtime();
+        if binary.exists() {
+            return Ok(());
+        }
+        let root = binary
+            .parent()
+            .and_then(|bin| bin.parent())
+            .context("the wasmtime cache directory")?;
+        eprintln!(
+            "installing wasmtime {WASMTIME_VERSION} into {}",
+            root.display()
+        );
+        run_checked(
+            Command::new("cargo")
+                .args([
+                    "install",
+                    "wasmtime-cli",
+                    "--locked",
+                    "--no-default-features",
+                ])
+                .args(["--version", &format!("={WASMTIME_VERSION}")])
+                .args([
+                    "--features",
+                    "run,serve,cranelift,pooling-allocator,parallel-compilation,\
+                     component-model,component-model-async,cache",
+                ])
+                .arg("--root")
+                .arg(root),
+        )
     }
 
     /// Where the bench writes the config files it serves.
@@ -541,6 +607,10 @@ fn main() -> anyhow::Result<()> {
         "reported".into(),
     ));
 
+    if args.peers {
+        peers(&harness, hello_path, &mut rows, &mut ratios)?;
+    }
+
     // TLS against plain HTTP, side by side: the cost of the session on each request, and of
     // a handshake (TLS 1.3, X25519MLKEM768 where wrk's OpenSSL offers it) on each connection.
     let (cert, key) = tls_files(&harness)?;
@@ -750,6 +820,75 @@ fn main() -> anyhow::Result<()> {
     let report = render(&machine, &rows, &ratios);
     print!("{report}");
     std::fs::write(root.join(&args.out), report)?;
+    Ok(())
+}
+
+/// The same `wasi:http` hello component on wasm-gw and on `wasmtime serve`, each with
+/// instance reuse and with a fresh instance per request, taking turns under load.
+fn peers(
+    harness: &Harness,
+    hello_path: &str,
+    rows: &mut Vec<Row>,
+    ratios: &mut Vec<(String, f64, String)>,
+) -> anyhow::Result<()> {
+    harness.prepare_wasmtime()?;
+    let http_hello = Target::Wasm("http_hello");
+    let wasmtime = Target::WasmtimeServe("http_hello");
+    let variants: [(&str, Target, &[&str], &[&str]); 5] = [
+        (
+            "peers: wasi:http hello, wasm-gw, instances reused",
+            http_hello,
+            &[],
+            &[],
+        ),
+        (
+            "peers: wasi:http hello, wasm-gw, --isolation request",
+            http_hello,
+            &["--isolation", "request"],
+            &[],
+        ),
+        (
+            "peers: wasi:http hello, wasmtime serve, pooling, reuse 128",
+            wasmtime,
+            &[
+                "-O",
+                "pooling-allocator=y",
+                "--max-instance-reuse-count",
+                "128",
+            ],
+            &[],
+        ),
+        (
+            "peers: wasi:http hello, wasmtime serve, default (an instance a request)",
+            wasmtime,
+            &[],
+            &[],
+        ),
+        (
+            "peers: WSGI hello, wasm-gw",
+            Target::Wasm("hello"),
+            &[],
+            &[],
+        ),
+    ];
+    let results = harness.side_by_side(&variants, hello_path, rows)?;
+    let [reused, per_request, wasmtime_reused, wasmtime_default, wsgi] =
+        [0, 1, 2, 3, 4].map(|index| results[index].0.requests_per_sec);
+    ratios.push((
+        "wasi:http hello, reuse: wasm-gw / wasmtime serve (pooling, reuse 128)".into(),
+        reused / wasmtime_reused,
+        "≥ 1.5".into(),
+    ));
+    ratios.push((
+        "wasi:http hello, an instance a request: wasm-gw / wasmtime serve default".into(),
+        per_request / wasmtime_default,
+        "≥ 2".into(),
+    ));
+    ratios.push((
+        "WSGI hello on wasm-gw / wasi:http hello on wasmtime serve (pooling, reuse 128)".into(),
+        wsgi / wasmtime_reused,
+        "reported".into(),
+    ));
     Ok(())
 }
 

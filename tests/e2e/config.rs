@@ -106,6 +106,55 @@ app-log-rate = "1KiB"
     }
 }
 
+#[test]
+fn a_wsgi_app_and_a_wasi_http_component_each_keep_their_own_caps() {
+    let dir = Scratch::new("config-worlds");
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+[[app]]
+name = "site"
+component = "{faulty}"
+route = "/"
+instances = 1
+max-memory = "256MiB"
+timeout = 3
+
+[[app]]
+name = "api"
+component = "{http_faulty}"
+route = "/api"
+instances = 1
+max-memory = "32MiB"
+timeout = 1
+"#,
+            faulty = guest("faulty").display(),
+            http_faulty = guest("http_faulty").display(),
+        ),
+    );
+    let server = Server::start_mounts(&["--config", &config, "--timeout", "30"]);
+    let get = |path: &str| server.raw(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+    // 48 MiB fits the WSGI app's 256 MiB, not the component's 32 MiB; 8 MiB fits both.
+    let site = get("/alloc?mb=48");
+    assert_eq!(
+        (site.status, site.text()),
+        (200, "held 48 MiB\n".to_owned())
+    );
+    assert_eq!(get("/api/alloc?mb=48").status, 500);
+    server.wait_for_log(&["api", "ran out of memory"]);
+    let api = get("/api/alloc?mb=8");
+    assert_eq!((api.status, api.text()), (200, "held 8 MiB\n".to_owned()));
+    // Each app's own deadline, not the server's 30 s.
+    assert_eq!(get("/api/loop").status, 504);
+    server.wait_for_log(&["api", "stopped after exceeding the 1s deadline"]);
+    assert_eq!(get("/loop").status, 504);
+    server.wait_for_log(&["site", "stopped after exceeding the 3s deadline"]);
+    // Both replaced their failed instances and serve on.
+    assert_eq!(get("/api/ok").text(), "ok");
+    assert_eq!(get("/ok").text(), "ok");
+}
+
 /// Serves `config_text` as the config file, and returns the error the server stops with.
 pub fn refused(config_text: &str) -> String {
     let dir = Scratch::new("bad-config");

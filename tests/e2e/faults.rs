@@ -127,7 +127,18 @@ fn a_streamed_body_never_breaks_its_content_length() {
 
 #[test]
 fn a_slow_client_does_not_spend_the_apps_deadline() {
-    let server = Server::start("stream", &["--workers", "1", "--timeout", "1"]);
+    // Every body streams to the app as it arrives, none is read whole first.
+    let server = Server::start(
+        "stream",
+        &[
+            "--workers",
+            "1",
+            "--timeout",
+            "1",
+            "--client-body-buffer-size",
+            "0",
+        ],
+    );
     let mut stream = server.connect();
     stream
         .write_all(b"POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n12345")

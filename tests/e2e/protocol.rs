@@ -4,43 +4,49 @@
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 
-use crate::support::{RawResponse, Server, echo_apps, read_to_close};
+use crate::support::{RawResponse, Server, echo_apps, hello_apps, read_to_close};
 
 #[test]
 fn keep_alive_serves_three_requests_on_one_socket() {
-    let server = Server::start("hello", &[]);
-    let stream = server.connect();
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
-    for name in ["one", "two", "three"] {
-        write!(writer, "GET /?name={name} HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
-        let response = RawResponse::read(&mut reader, false);
-        assert_eq!(response.status, 200);
-        assert_eq!(
-            response.header("connection"),
-            None,
-            "1.1 keeps alive without saying so"
-        );
-        assert_eq!(response.text(), format!("Hello, {name}!\n"));
+    for hello in hello_apps() {
+        eprintln!("hello app: {}", hello.display());
+        let server = Server::start_path(&hello, &[]);
+        let stream = server.connect();
+        let mut writer = stream.try_clone().unwrap();
+        let mut reader = BufReader::new(stream);
+        for name in ["one", "two", "three"] {
+            write!(writer, "GET /?name={name} HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+            let response = RawResponse::read(&mut reader, false);
+            assert_eq!(response.status, 200);
+            assert_eq!(
+                response.header("connection"),
+                None,
+                "1.1 keeps alive without saying so"
+            );
+            assert_eq!(response.text(), format!("Hello, {name}!\n"));
+        }
     }
 }
 
 #[test]
 fn http10_keeps_alive_only_on_request() {
-    let server = Server::start("hello", &[]);
-    let stream = server.connect();
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
-    writer
-        .write_all(b"GET /?name=a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-        .unwrap();
-    let response = RawResponse::read(&mut reader, false);
-    assert_eq!(response.header("connection"), Some("keep-alive"));
-    writer.write_all(b"GET /?name=b HTTP/1.0\r\n\r\n").unwrap();
-    let response = RawResponse::read(&mut reader, false);
-    assert_eq!(response.text(), "Hello, b!\n");
-    assert_eq!(response.header("connection"), Some("close"));
-    assert!(read_to_close(reader.get_mut()).is_empty());
+    for hello in hello_apps() {
+        eprintln!("hello app: {}", hello.display());
+        let server = Server::start_path(&hello, &[]);
+        let stream = server.connect();
+        let mut writer = stream.try_clone().unwrap();
+        let mut reader = BufReader::new(stream);
+        writer
+            .write_all(b"GET /?name=a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap();
+        let response = RawResponse::read(&mut reader, false);
+        assert_eq!(response.header("connection"), Some("keep-alive"));
+        writer.write_all(b"GET /?name=b HTTP/1.0\r\n\r\n").unwrap();
+        let response = RawResponse::read(&mut reader, false);
+        assert_eq!(response.text(), "Hello, b!\n");
+        assert_eq!(response.header("connection"), Some("close"));
+        assert!(read_to_close(reader.get_mut()).is_empty());
+    }
 }
 
 #[test]
@@ -77,17 +83,20 @@ fn pipelined_requests_are_answered_in_order() {
 
 #[test]
 fn a_refused_connection_closes_without_a_reset() {
-    let server = Server::start("hello", &[]);
-    let stream = server.connect();
-    // A malformed head, then more than the server reads before it answers. Closing with
-    // input unread would make the kernel reset the connection, which can destroy the
-    // answer on its way; the server reads on until the client closes instead.
-    let mut request = b"GET / HTTP/1.1\r\nHost: a\r\nNo colon here\r\n\r\n".to_vec();
-    request.resize(request.len() + 64 * 1024, b'x');
-    (&stream).write_all(&request).unwrap();
-    let mut reader = BufReader::new(stream);
-    assert_eq!(RawResponse::read(&mut reader, false).status, 400);
-    assert_ends_without_a_reset(reader.get_mut());
+    for hello in hello_apps() {
+        eprintln!("hello app: {}", hello.display());
+        let server = Server::start_path(&hello, &[]);
+        let stream = server.connect();
+        // A malformed head, then more than the server reads before it answers. Closing with
+        // input unread would make the kernel reset the connection, which can destroy the
+        // answer on its way; the server reads on until the client closes instead.
+        let mut request = b"GET / HTTP/1.1\r\nHost: a\r\nNo colon here\r\n\r\n".to_vec();
+        request.resize(request.len() + 64 * 1024, b'x');
+        (&stream).write_all(&request).unwrap();
+        let mut reader = BufReader::new(stream);
+        assert_eq!(RawResponse::read(&mut reader, false).status, 400);
+        assert_ends_without_a_reset(reader.get_mut());
+    }
 }
 
 /// Asserts that the server's output has ended, and that the client can still send and then
@@ -105,18 +114,22 @@ fn assert_ends_without_a_reset(stream: &mut TcpStream) {
 
 #[test]
 fn input_after_a_close_the_client_asked_for_is_drained_without_a_reset() {
-    let server = Server::start("hello", &[]);
-    let stream = server.connect();
-    // The server closes at once after a request that asked for the close, unless input
-    // followed it all the same: closing on unread input would be a reset.
-    let mut request = b"GET /?name=close HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_vec();
-    request.resize(request.len() + 64 * 1024, b'x');
-    (&stream).write_all(&request).unwrap();
-    let mut reader = BufReader::new(stream);
-    let response = RawResponse::read(&mut reader, false);
-    assert_eq!(response.status, 200);
-    assert_eq!(response.text(), "Hello, close!\n");
-    assert_ends_without_a_reset(reader.get_mut());
+    for hello in hello_apps() {
+        eprintln!("hello app: {}", hello.display());
+        let server = Server::start_path(&hello, &[]);
+        let stream = server.connect();
+        // The server closes at once after a request that asked for the close, unless input
+        // followed it all the same: closing on unread input would be a reset.
+        let mut request =
+            b"GET /?name=close HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_vec();
+        request.resize(request.len() + 64 * 1024, b'x');
+        (&stream).write_all(&request).unwrap();
+        let mut reader = BufReader::new(stream);
+        let response = RawResponse::read(&mut reader, false);
+        assert_eq!(response.status, 200);
+        assert_eq!(response.text(), "Hello, close!\n");
+        assert_ends_without_a_reset(reader.get_mut());
+    }
 }
 
 #[test]
@@ -226,22 +239,25 @@ fn streamed_response_is_close_delimited_for_http10() {
 
 #[test]
 fn head_gets_headers_and_no_body() {
-    let server = Server::start("hello", &[]);
-    let stream = server.connect();
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
-    writer
-        .write_all(b"HEAD /?name=WSGI HTTP/1.1\r\nHost: a\r\n\r\n")
-        .unwrap();
-    let head = RawResponse::read(&mut reader, true);
-    assert_eq!(head.status, 200);
-    assert_eq!(head.header("content-length"), Some("13"));
-    // Had the body been sent, this response would be read from its bytes instead.
-    writer
-        .write_all(b"GET /?name=after HTTP/1.1\r\nHost: a\r\n\r\n")
-        .unwrap();
-    let next = RawResponse::read(&mut reader, false);
-    assert_eq!(next.text(), "Hello, after!\n");
+    for hello in hello_apps() {
+        eprintln!("hello app: {}", hello.display());
+        let server = Server::start_path(&hello, &[]);
+        let stream = server.connect();
+        let mut writer = stream.try_clone().unwrap();
+        let mut reader = BufReader::new(stream);
+        writer
+            .write_all(b"HEAD /?name=WSGI HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        let head = RawResponse::read(&mut reader, true);
+        assert_eq!(head.status, 200);
+        assert_eq!(head.header("content-length"), Some("13"));
+        // Had the body been sent, this response would be read from its bytes instead.
+        writer
+            .write_all(b"GET /?name=after HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        let next = RawResponse::read(&mut reader, false);
+        assert_eq!(next.text(), "Hello, after!\n");
+    }
 }
 
 #[test]
@@ -288,48 +304,54 @@ fn expect_100_continue_is_answered_before_the_body_is_sent() {
 
 #[test]
 fn garbage_gets_400_and_the_connection_closes() {
-    let server = Server::start("hello", &[]);
-    for garbage in [
-        &b"GARBAGE\r\n\r\n"[..],
-        b"GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1x\r\n\r\n",
-        b"GET / HTTP/1.1\r\n\r\n",
-    ] {
-        let mut stream = server.connect();
-        stream.write_all(garbage).unwrap();
-        // A request pipelined after the bad one must never be served.
-        stream
-            .write_all(b"GET /?name=smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
-            .unwrap();
-        let mut reader = BufReader::new(stream);
-        let response = RawResponse::read(&mut reader, false);
-        assert_eq!(response.status, 400, "{}", String::from_utf8_lossy(garbage));
-        assert_eq!(response.header("connection"), Some("close"));
-        assert!(read_to_close(reader.get_mut()).is_empty());
+    for hello in hello_apps() {
+        eprintln!("hello app: {}", hello.display());
+        let server = Server::start_path(&hello, &[]);
+        for garbage in [
+            &b"GARBAGE\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1x\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+        ] {
+            let mut stream = server.connect();
+            stream.write_all(garbage).unwrap();
+            // A request pipelined after the bad one must never be served.
+            stream
+                .write_all(b"GET /?name=smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
+                .unwrap();
+            let mut reader = BufReader::new(stream);
+            let response = RawResponse::read(&mut reader, false);
+            assert_eq!(response.status, 400, "{}", String::from_utf8_lossy(garbage));
+            assert_eq!(response.header("connection"), Some("close"));
+            assert!(read_to_close(reader.get_mut()).is_empty());
+        }
+        server.wait_for_log(&["rejected request with 400"]);
     }
-    server.wait_for_log(&["rejected request with 400"]);
 }
 
 #[test]
 fn unsupported_versions_and_codings_get_their_status() {
-    let server = Server::start("hello", &[]);
-    let cases: [(&[u8], u16); 3] = [
-        (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
-        (
-            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: br, chunked\r\n\r\n",
-            501,
-        ),
-        (
-            b"POST / HTTP/1.1\r\nHost: a\r\nExpect: something\r\n\r\n",
-            417,
-        ),
-    ];
-    for (request, status) in cases {
-        assert_eq!(
-            server.raw(request).status,
-            status,
-            "{}",
-            String::from_utf8_lossy(request)
-        );
+    for hello in hello_apps() {
+        eprintln!("hello app: {}", hello.display());
+        let server = Server::start_path(&hello, &[]);
+        let cases: [(&[u8], u16); 3] = [
+            (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: br, chunked\r\n\r\n",
+                501,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nExpect: something\r\n\r\n",
+                417,
+            ),
+        ];
+        for (request, status) in cases {
+            assert_eq!(
+                server.raw(request).status,
+                status,
+                "{}",
+                String::from_utf8_lossy(request)
+            );
+        }
     }
 }

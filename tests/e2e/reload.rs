@@ -42,6 +42,52 @@ fn a_reload_under_load_loses_no_request() {
 }
 
 #[test]
+fn a_reload_swaps_a_wsgi_app_and_a_wasi_http_component_under_load() {
+    let site = app_copy("worlds-site", "hello");
+    let api = site.with_file_name("api.wasm");
+    std::fs::copy(guest("http_hello"), &api).unwrap();
+    let config = site.with_file_name("wasm-gw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[app]]\nname = \"site\"\ncomponent = \"{}\"\nroute = \"/\"\n\n\
+             [[app]]\nname = \"api\"\ncomponent = \"{}\"\nroute = \"/api\"\n",
+            site.display(),
+            api.display()
+        ),
+    )
+    .unwrap();
+    let server = Arc::new(Server::start_mounts(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--workers",
+        "2",
+    ]));
+    let load = Load::start(
+        &server,
+        &[
+            "/?name=load",
+            "/api/?name=load",
+            "/?name=load",
+            "/api/?name=load",
+        ],
+    );
+    replace(&site, "echo");
+    replace(&api, "http_echo");
+    server.signal("HUP");
+    server.wait_for_log(&["instances replaced: new requests get the new apps"]);
+    load.run_past_the_swap_to_echo();
+    let (served, failed) = load.stop();
+    assert_eq!(failed, 0, "requests failed during the reload");
+    assert!(served > 100);
+    // Both apps now run their new code.
+    for path in ["/x", "/api/x"] {
+        let response = client().get(server.url(path)).call().unwrap();
+        assert!(response.headers().contains_key("x-echo-meta"), "{path}");
+    }
+}
+
+#[test]
 fn a_failed_reload_keeps_the_old_version_serving() {
     let app = app_copy("broken", "hello");
     let server = Server::start_path(&app, &[]);

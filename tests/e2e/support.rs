@@ -127,8 +127,28 @@ fn newest_modification(path: &Path) -> Option<std::time::SystemTime> {
         .max()
 }
 
-/// The echo contract's two implementations: the Rust guest and the Python one.
-pub fn echo_apps() -> [PathBuf; 2] {
+/// The echo contract's implementations: the Rust and Python WSGI guests, and the `wasi:http` one.
+pub fn echo_apps() -> [PathBuf; 3] {
+    [guest("echo"), python_guest("echo"), guest("http_echo")]
+}
+
+/// What an echo app's `X-Echo-Meta` header says of the request it saw.
+pub fn meta(response: &RawResponse) -> serde_json::Value {
+    use base64::Engine;
+    let encoded = response.header("x-echo-meta").expect("X-Echo-Meta header");
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap();
+    serde_json::from_slice(&json).unwrap()
+}
+
+/// The hello app of each world: `GET /?name=X` answers `Hello, X!`.
+pub fn hello_apps() -> [PathBuf; 2] {
+    [guest("hello"), guest("http_hello")]
+}
+
+/// The echo apps of the WSGI world, which also show the environ on `X-Echo-Environ: 1`.
+pub fn wsgi_echo_apps() -> [PathBuf; 2] {
     [guest("echo"), python_guest("echo")]
 }
 

@@ -2,7 +2,7 @@
 
 use std::io::{BufReader, Write};
 
-use crate::support::{RawResponse, Server, guest};
+use crate::support::{RawResponse, Server, guest, meta};
 
 #[test]
 fn a_component_built_for_wasmtime_serve_answers_unchanged() {
@@ -55,6 +55,81 @@ fn a_wasi_http_component_and_a_wsgi_app_share_a_port() {
     assert_eq!(api.text(), "Hello, component!\n");
     let root = server.raw(b"GET /?name=wsgi HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(root.text(), "Hello, wsgi!\n");
+}
+
+#[test]
+fn a_component_learns_its_mount_and_client_from_headers_no_client_can_forge() {
+    let echo = guest("http_echo");
+    let server = Server::start_mounts(&[
+        "--mount",
+        &format!("/={}", echo.display()),
+        "--mount",
+        &format!("/api/v1={}", echo.display()),
+    ]);
+    let ours = |meta: &serde_json::Value, name: &str| -> Vec<String> {
+        meta["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|pair| pair[0].as_str().unwrap().eq_ignore_ascii_case(name))
+            .map(|pair| pair[1].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mounted = meta(&server.raw(
+        b"GET /api/v1/items?page=2 HTTP/1.1\r\nHost: a\r\n\
+          Wasm-GW-Script-Name: /forged\r\nwasm-gw-remote-addr: 203.0.113.9\r\n\r\n",
+    ));
+    assert_eq!(
+        mounted["path"], "/api/v1/items",
+        "the full path, prefix included"
+    );
+    assert_eq!(mounted["query"], "page=2");
+    assert_eq!(ours(&mounted, "wasm-gw-script-name"), ["/api/v1"]);
+    assert_eq!(ours(&mounted, "wasm-gw-remote-addr"), ["127.0.0.1"]);
+    let root = meta(&server.raw(b"GET /other HTTP/1.1\r\nHost: a\r\n\r\n"));
+    assert_eq!(root["path"], "/other");
+    assert_eq!(ours(&root, "wasm-gw-script-name"), [""]);
+}
+
+#[test]
+fn a_component_reads_its_request_body_as_the_client_sends_it() {
+    let server = Server::start(
+        "http_echo",
+        &[
+            "--workers",
+            "1",
+            "--timeout",
+            "1",
+            "--max-body-size",
+            "1KiB",
+            // Every body streams to the app as it arrives, none is read whole first.
+            "--client-body-buffer-size",
+            "0",
+        ],
+    );
+    let mut stream = server.connect();
+    stream
+        .write_all(b"POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n12345")
+        .unwrap();
+    // The slow client under test: the component waits on it longer than its whole
+    // deadline, which only counts its own time.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    stream.write_all(b"67890").unwrap();
+    let mut reader = BufReader::new(stream);
+    let response = RawResponse::read(&mut reader, false);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "1234567890");
+    // A body over --max-body-size is refused as it arrives, with 413.
+    let mut request = b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 2048\r\n\r\n".to_vec();
+    request.resize(request.len() + 2048, b'x');
+    assert_eq!(server.raw(&request).status, 413);
+    // A chunked one too, which declares no length to refuse it by.
+    let chunk = "x".repeat(600);
+    let chunked = format!(
+        "POST /big HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+         258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    assert_eq!(server.raw(chunked.as_bytes()).status, 413);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Routes that each do one wrong thing, for the host's fault tests: `/trap`, `/panic`,
 //! `/no-start`, `/double-start`, `/bad-header`, `/hop-header`, `/wrong-length`,
-//! `/short-write`, `/long-write`, `/big-header`, `/loop` and `/alloc`; anything else answers
+//! `/short-write`, `/long-write`, `/big-header`, `/loop` and `/alloc` (`?mb=N`: N MiB, then
+//! answers); anything else answers
 //! 200 `ok`. `/sleep?ms=N` is healthy but slow. `/wait-forever` and `/block-forever` wait on
 //! a pollable that never becomes ready, through `wasi:io/poll`'s `poll` and `block`.
 //! `/store/fill` and `/store/delete` write and delete keys by the thousand, or (`whole=1`)
@@ -322,11 +323,15 @@ impl Guest for Faulty {
                 }
             }
             "/alloc" => {
+                let megabytes = query_value(&environ.query_string, "mb")
+                    .and_then(|mb| mb.parse::<usize>().ok());
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
-                loop {
+                while megabytes.is_none_or(|mb| hoard.len() < mb) {
                     hoard.push(vec![1; 1 << 20]);
                     std::hint::black_box(&hoard);
                 }
+                start_response("200 OK", &plain, None).map_err(|e| format!("{e:?}"))?;
+                ok_body(&format!("held {} MiB\n", hoard.len()))
             }
             _ => {
                 start_response("200 OK", &plain, None).map_err(|e| format!("{e:?}"))?;

@@ -1,9 +1,11 @@
 //! A standard `wasi:http` 0.2 component that misbehaves on request, one route per fault:
-//! `/loop` spins forever, `/alloc` allocates without bound, `/panic` panics, `/stream`
+//! `/loop` spins forever, `/alloc` allocates without bound (`?mb=N`: N MiB, then answers),
+//! `/panic` panics, `/stream`
 //! writes lines for as long as they are taken, `/late-panic` panics after starting its
 //! response, `/write-before-set` writes its body before setting the response, `/no-response`
 //! returns without setting a response, `/outbound` tries to reach the network and reports
-//! what it got, and `/ok` answers.
+//! what it got, and `/ok` answers. Mounted under a prefix, it routes on the path after the
+//! prefix that the `wasm-gw-script-name` header names.
 
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
@@ -16,8 +18,22 @@ struct HttpFaulty;
 
 impl wasip2::exports::http::incoming_handler::Guest for HttpFaulty {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
-        let path = request.path_with_query().unwrap_or_default();
-        match path.as_str() {
+        let target = request.path_with_query().unwrap_or_default();
+        // Mounted under a prefix, it routes on what follows it, as wasm-gw's header says.
+        let prefix = request
+            .headers()
+            .get("wasm-gw-script-name")
+            .into_iter()
+            .next()
+            .and_then(|value| String::from_utf8(value).ok())
+            .unwrap_or_default();
+        let target = target.strip_prefix(&prefix).unwrap_or(&target);
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let megabytes = query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("mb="))
+            .and_then(|mb| mb.parse::<usize>().ok());
+        match path {
             "/loop" => {
                 let mut spins: u64 = 0;
                 loop {
@@ -26,9 +42,11 @@ impl wasip2::exports::http::incoming_handler::Guest for HttpFaulty {
             }
             "/alloc" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
-                loop {
+                while megabytes.is_none_or(|mb| hoard.len() < mb) {
                     hoard.push(vec![1; 1 << 20]);
                 }
+                let held = std::hint::black_box(&hoard).len();
+                answer(response_out, &format!("held {held} MiB\n"));
             }
             "/panic" => panic!("the app panicked on purpose"),
             "/stream" => {

@@ -19,7 +19,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use self::log::GuestLog;
 pub use self::log::{OutputLimit, OutputRate};
-use self::wait::Waits;
+use self::wait::{ClientTime, Waits};
 
 use crate::app::Request;
 use crate::bindings::wasm_gw::wsgi::request::{self, Environ, InputError, InputStream};
@@ -75,7 +75,7 @@ pub struct GuestState {
 
 /// Measures how long the app itself runs during a request, leaving out the time its host
 /// calls wait on the client, so a slow client never costs the app its deadline.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct GuestClock {
     /// App time of the guest calls already finished.
     finished: Duration,
@@ -83,6 +83,11 @@ pub struct GuestClock {
     call_started: Instant,
     /// Time the current guest call spent waiting on the client.
     waiting: Duration,
+    /// Another thread's time on the client for this request, which the guest may have
+    /// waited on: a `wasi:http` request's body reads and response writes.
+    client: Arc<ClientTime>,
+    /// What `client` had spent when the current guest call began.
+    client_before: Duration,
 }
 
 impl GuestClock {
@@ -91,12 +96,19 @@ impl GuestClock {
             finished: Duration::ZERO,
             call_started: Instant::now(),
             waiting: Duration::ZERO,
+            client: Arc::default(),
+            client_before: Duration::ZERO,
         }
     }
 
     /// App time used so far in this request.
     pub fn used(&self) -> Duration {
-        self.finished + self.call_started.elapsed().saturating_sub(self.waiting)
+        self.finished + self.call_started.elapsed().saturating_sub(self.waited())
+    }
+
+    /// Time the current guest call spent waiting on the client, on this thread or another.
+    fn waited(&self) -> Duration {
+        self.waiting + self.client.spent().saturating_sub(self.client_before)
     }
 }
 
@@ -174,6 +186,7 @@ impl GuestState {
         Waits {
             table: &mut self.table,
             left: self.timeout.saturating_sub(self.clock.used()),
+            client: &self.clock.client,
         }
     }
 
@@ -202,9 +215,12 @@ impl GuestState {
 
     /// Readies the state for a `wasi:http` request, which the guest reads through its own
     /// resources: its log lines are tagged with `request_id`, and its clock starts anew.
-    pub fn begin_http(&mut self, request_id: u64) {
+    /// `client_time` is where the connection's thread counts the time it spends on the
+    /// client for this request, which the app's clock leaves out.
+    pub fn begin_http(&mut self, request_id: u64, client_time: Arc<ClientTime>) {
         self.request_id.store(request_id, Ordering::Relaxed);
         self.clock.finished = Duration::ZERO;
+        self.clock.client = client_time;
     }
 
     /// Drops every resource the guest holds, its request's and response's bodies among
@@ -228,6 +244,7 @@ impl GuestState {
     pub fn enter_guest(&mut self) -> Duration {
         self.clock.call_started = Instant::now();
         self.clock.waiting = Duration::ZERO;
+        self.clock.client_before = self.clock.client.spent();
         self.clock.finished
     }
 
@@ -235,8 +252,9 @@ impl GuestState {
     pub fn leave_guest(&mut self) {
         let now = Instant::now();
         let call = now.saturating_duration_since(self.clock.call_started);
-        self.clock.finished += call.saturating_sub(self.clock.waiting);
+        self.clock.finished += call.saturating_sub(self.clock.waited());
         self.clock.waiting = Duration::ZERO;
+        self.clock.client_before = self.clock.client.spent();
         self.clock.call_started = now;
     }
 

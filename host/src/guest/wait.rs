@@ -12,7 +12,8 @@
 //! disk. wasm-gw's own calls that wait on the client run off the app's clock and are held to
 //! the body pace instead; key-value calls hold their own deadline (see [`crate::kv`]).
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::DynPollable;
@@ -30,7 +31,42 @@ pub struct Waits<'a> {
     pub table: &'a mut ResourceTable,
     /// The app time the request has left.
     pub left: Duration,
+    /// Another thread's time on the client for this request: a wait gets longer by what
+    /// that grows while it lasts, since the guest may have waited on it.
+    pub client: &'a ClientTime,
 }
+
+/// The time another thread spends on the client for a guest's request (a `wasi:http`
+/// request's body reads and response writes), which the guest may be waiting on: its clock,
+/// and its waits, leave it out.
+#[derive(Debug, Default)]
+pub struct ClientTime {
+    /// Nanoseconds spent so far.
+    spent: AtomicU64,
+    /// Whether the other thread is on the client now.
+    busy: AtomicBool,
+}
+
+impl ClientTime {
+    /// Runs `io`, which waits on the client, and counts its time.
+    pub fn on_client<R>(&self, io: impl FnOnce() -> R) -> R {
+        self.busy.store(true, Ordering::Relaxed);
+        let started = Instant::now();
+        let result = io();
+        let spent = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.spent.fetch_add(spent, Ordering::Relaxed);
+        self.busy.store(false, Ordering::Relaxed);
+        result
+    }
+
+    /// The time spent so far.
+    pub fn spent(&self) -> Duration {
+        Duration::from_nanos(self.spent.load(Ordering::Relaxed))
+    }
+}
+
+/// How often a wait past its budget looks again while the client is being waited on.
+const CLIENT_RECHECK: Duration = Duration::from_millis(50);
 
 struct WaitsData;
 
@@ -50,16 +86,33 @@ pub fn add_to_linker<T: Send + 'static>(
     added
 }
 
-/// Runs `wait` for at most `left`.
+/// Runs `wait` for at most `left`, and for as long again as `client` spends on the client
+/// meanwhile.
 fn bounded<R>(
     left: Duration,
+    client: &ClientTime,
     wait: impl Future<Output = wasmtime::Result<R>>,
 ) -> wasmtime::Result<R> {
     // The timer is made inside the runtime that `in_tokio` enters: it needs its clock.
     in_tokio(async move {
-        match tokio::time::timeout(left, wait).await {
-            Ok(result) => result,
-            Err(_) => Err(wasmtime::Error::new(DeadlinePassed)),
+        let mut wait = std::pin::pin!(wait);
+        let mut budget = left;
+        let mut counted = client.spent();
+        loop {
+            match tokio::time::timeout(budget, wait.as_mut()).await {
+                Ok(result) => return result,
+                Err(_) => {
+                    let spent = client.spent();
+                    budget = if spent > counted {
+                        spent - counted
+                    } else if client.busy.load(Ordering::Relaxed) {
+                        CLIENT_RECHECK
+                    } else {
+                        return Err(wasmtime::Error::new(DeadlinePassed));
+                    };
+                    counted = spent;
+                }
+            }
         }
     })
 }
@@ -68,6 +121,7 @@ impl sync_poll::Host for Waits<'_> {
     fn poll(&mut self, pollables: Vec<Resource<DynPollable>>) -> wasmtime::Result<Vec<u32>> {
         bounded(
             self.left,
+            self.client,
             async_poll::Host::poll(&mut *self.table, pollables),
         )
     }
@@ -82,6 +136,7 @@ impl sync_poll::HostPollable for Waits<'_> {
     fn block(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
         bounded(
             self.left,
+            self.client,
             async_poll::HostPollable::block(&mut *self.table, pollable),
         )
     }
