@@ -32,7 +32,6 @@ use wasmtime_wasi_http::p2::bindings::sync::{Proxy as HttpProxy, ProxyPre as Htt
 
 mod http;
 
-use self::http::HttpWorker;
 pub use self::http::link_http;
 
 /// How often the deadline clock ticks; deadlines are accurate to about this much.
@@ -318,7 +317,6 @@ impl AppFactory for Arc<WasmApp> {
         // serving, if any, keeps serving: the app's health is unchanged.
         let (store, instance) = self.instantiate(None)?;
         metrics().instantiated(&self.name, true);
-        let http = matches!(instance, Instance::Http(_));
         let worker = WasmWorker {
             app: self.clone(),
             store,
@@ -327,9 +325,6 @@ impl AppFactory for Arc<WasmApp> {
             retire_after: self.retire_after(),
             retiring: None,
         };
-        if http {
-            return Ok(Box::new(HttpWorker::start(worker)?));
-        }
         Ok(Box::new(worker))
     }
 }
@@ -368,6 +363,9 @@ impl Drop for WasmWorker {
 
 impl App for WasmWorker {
     fn call(&mut self, request: Request) -> (Request, Result<(), Failure>) {
+        if let Instance::Http(_) = self.instance {
+            return self.call_http(request);
+        }
         // A spent instance is replaced when next needed, not after its last response, so
         // that the response never waits for a new instance.
         if let Some(reason) = self.retiring

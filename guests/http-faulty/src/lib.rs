@@ -65,7 +65,8 @@ impl wasip2::exports::http::incoming_handler::Guest for HttpFaulty {
             }
             "/write-before-set" => {
                 // The body written before the response is set: nobody can take it yet, and
-                // the guest blocks in the host, where no deadline reaches it.
+                // the guest waits in the host, where only the server's bound on the wait
+                // reaches it.
                 let response = OutgoingResponse::new(Fields::new());
                 let Ok(body) = response.body() else {
                     return;

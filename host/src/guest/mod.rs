@@ -4,6 +4,7 @@
 //! grants.
 
 pub mod files;
+pub mod http;
 mod log;
 pub mod wait;
 
@@ -17,6 +18,7 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
+use self::http::SharedSide;
 use self::log::GuestLog;
 pub use self::log::{OutputLimit, OutputRate};
 use self::wait::{ClientTime, Waits};
@@ -71,6 +73,8 @@ pub struct GuestState {
     /// `wasi:http`'s context, for apps of that world.
     http: wasmtime_wasi_http::WasiHttpCtx,
     http_hooks: DenyOutbound,
+    /// The connection's side of the `wasi:http` request being served.
+    http_side: Option<SharedSide>,
 }
 
 /// Measures how long the app itself runs during a request, leaving out the time its host
@@ -83,8 +87,8 @@ pub struct GuestClock {
     call_started: Instant,
     /// Time the current guest call spent waiting on the client.
     waiting: Duration,
-    /// Another thread's time on the client for this request, which the guest may have
-    /// waited on: a `wasi:http` request's body reads and response writes.
+    /// Time on the client during the current call that is not counted in `waiting`: a
+    /// `wasi:http` request's body reads and response writes.
     client: Arc<ClientTime>,
     /// What `client` had spent when the current guest call began.
     client_before: Duration,
@@ -149,6 +153,7 @@ impl GuestState {
         Ok(GuestState {
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             http_hooks: DenyOutbound,
+            http_side: None,
             wasi,
             table: ResourceTable::new(),
             limits: Sandbox {
@@ -186,7 +191,7 @@ impl GuestState {
         Waits {
             table: &mut self.table,
             left: self.timeout.saturating_sub(self.clock.used()),
-            client: &self.clock.client,
+            side: self.http_side.as_deref(),
         }
     }
 
@@ -215,19 +220,21 @@ impl GuestState {
 
     /// Readies the state for a `wasi:http` request, which the guest reads through its own
     /// resources: its log lines are tagged with `request_id`, and its clock starts anew.
-    /// `client_time` is where the connection's thread counts the time it spends on the
-    /// client for this request, which the app's clock leaves out.
-    pub fn begin_http(&mut self, request_id: u64, client_time: Arc<ClientTime>) {
+    /// `side` is the connection's, which the guest's waits write the response out through.
+    pub fn begin_http(&mut self, request_id: u64, side: SharedSide) {
         self.request_id.store(request_id, Ordering::Relaxed);
         self.clock.finished = Duration::ZERO;
-        self.clock.client = client_time;
+        self.http_side = Some(side);
     }
 
-    /// Drops every resource the guest holds, its request's and response's bodies among
-    /// them, so that a reader waiting on a body it left open sees the end: for an instance
-    /// that failed and will not serve again.
-    pub fn drop_resources(&mut self) {
-        self.table = ResourceTable::new();
+    /// Lets go of the connection's side at the end of a `wasi:http` request.
+    pub fn end_http(&mut self) {
+        self.http_side = None;
+    }
+
+    /// Where the time this guest's requests spend on the client is counted, off its clock.
+    pub fn client_time(&self) -> Arc<ClientTime> {
+        self.clock.client.clone()
     }
 
     /// Flushes the guest's partial log lines, at the end of a request.
@@ -411,13 +418,13 @@ struct DenyOutbound;
 impl wasmtime_wasi_http::WasiHttpHooks for DenyOutbound {
     fn send_request(
         &mut self,
-        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        request: ::http::Request<wasmtime_wasi_http::WasiBody>,
         _options: Option<wasmtime_wasi_http::RequestOptions>,
         _done: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> Box<
         dyn Future<
                 Output = wasmtime_wasi_http::Result<(
-                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    ::http::Response<wasmtime_wasi_http::WasiBody>,
                     Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
                 )>,
             > + Send,

@@ -9,53 +9,65 @@
 //!
 //! The other blocking WASI calls, on streams, wait only on what the sandbox can reach: the
 //! host log, which is always ready, an empty stdin, and files, which are as fast as the
-//! disk. wasm-gw's own calls that wait on the client run off the app's clock and are held to
-//! the body pace instead; key-value calls hold their own deadline (see [`crate::kv`]).
+//! disk; and, for a `wasi:http` app, its response body, which [`Streams`] empties to the
+//! client before any wait and otherwise holds to the deadline too. wasm-gw's own calls that
+//! wait on the client run off the app's clock and are held to the body pace instead;
+//! key-value calls hold their own deadline (see [`crate::kv`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::p2::bindings::sync::io::poll as sync_poll;
+use wasmtime_wasi::p2::bindings::sync::io::streams as sync_streams;
 use wasmtime_wasi::runtime::in_tokio;
 use wasmtime_wasi_io::bindings::wasi::io::poll as async_poll;
+use wasmtime_wasi_io::bindings::wasi::io::streams as async_streams;
+use wasmtime_wasi_io::streams::{DynInputStream, DynOutputStream, StreamError, StreamResult};
+
+use super::http::{ConnectionSide, lock};
 
 /// A guest's wait outlasted the app time its request had left.
 #[derive(Debug, thiserror::Error)]
 #[error("the app waited in a host call past its deadline")]
 pub struct DeadlinePassed;
 
-/// What `wasi:io/poll` works on: the guest's resources, and how long it may still wait.
+/// What the guest's waits work on: its resources, how long it may still wait, and the
+/// response to write out before it waits, for a `wasi:http` request.
 pub struct Waits<'a> {
     pub table: &'a mut ResourceTable,
     /// The app time the request has left.
     pub left: Duration,
-    /// Another thread's time on the client for this request: a wait gets longer by what
-    /// that grows while it lasts, since the guest may have waited on it.
-    pub client: &'a ClientTime,
+    pub side: Option<&'a Mutex<ConnectionSide>>,
 }
 
-/// The time another thread spends on the client for a guest's request (a `wasi:http`
-/// request's body reads and response writes), which the guest may be waiting on: its clock,
-/// and its waits, leave it out.
+impl Waits<'_> {
+    /// Writes out what the guest has produced of its response, which may be what it is
+    /// about to wait for room after.
+    fn pump(&self) {
+        if let Some(side) = self.side {
+            lock(side).pump();
+        }
+    }
+}
+
+/// Time spent on the client during a guest's call (a `wasi:http` request's body reads and
+/// response writes), which the guest's clock leaves out.
 #[derive(Debug, Default)]
 pub struct ClientTime {
     /// Nanoseconds spent so far.
     spent: AtomicU64,
-    /// Whether the other thread is on the client now.
-    busy: AtomicBool,
 }
 
 impl ClientTime {
     /// Runs `io`, which waits on the client, and counts its time.
     pub fn on_client<R>(&self, io: impl FnOnce() -> R) -> R {
-        self.busy.store(true, Ordering::Relaxed);
         let started = Instant::now();
         let result = io();
         let spent = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.spent.fetch_add(spent, Ordering::Relaxed);
-        self.busy.store(false, Ordering::Relaxed);
         result
     }
 
@@ -64,9 +76,6 @@ impl ClientTime {
         Duration::from_nanos(self.spent.load(Ordering::Relaxed))
     }
 }
-
-/// How often a wait past its budget looks again while the client is being waited on.
-const CLIENT_RECHECK: Duration = Duration::from_millis(50);
 
 struct WaitsData;
 
@@ -86,42 +95,50 @@ pub fn add_to_linker<T: Send + 'static>(
     added
 }
 
-/// Runs `wait` for at most `left`, and for as long again as `client` spends on the client
-/// meanwhile.
+/// Replaces wasmtime-wasi's `wasi:io/streams` in `linker` (which must hold it already) with
+/// one whose blocking writes first write out the response, and end at the deadline.
+pub fn add_streams_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> Waits<'_>,
+) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let added = sync_streams::add_to_linker::<T, WaitsData>(linker, view);
+    linker.allow_shadowing(false);
+    added
+}
+
+/// Runs `wait` for at most `left`.
 fn bounded<R>(
     left: Duration,
-    client: &ClientTime,
     wait: impl Future<Output = wasmtime::Result<R>>,
 ) -> wasmtime::Result<R> {
     // The timer is made inside the runtime that `in_tokio` enters: it needs its clock.
     in_tokio(async move {
-        let mut wait = std::pin::pin!(wait);
-        let mut budget = left;
-        let mut counted = client.spent();
-        loop {
-            match tokio::time::timeout(budget, wait.as_mut()).await {
-                Ok(result) => return result,
-                Err(_) => {
-                    let spent = client.spent();
-                    budget = if spent > counted {
-                        spent - counted
-                    } else if client.busy.load(Ordering::Relaxed) {
-                        CLIENT_RECHECK
-                    } else {
-                        return Err(wasmtime::Error::new(DeadlinePassed));
-                    };
-                    counted = spent;
-                }
-            }
+        match tokio::time::timeout(left, wait).await {
+            Ok(result) => result,
+            Err(_) => Err(wasmtime::Error::new(DeadlinePassed)),
+        }
+    })
+}
+
+/// Runs a blocking stream operation for at most `left`.
+fn bounded_stream<R>(
+    left: Duration,
+    wait: impl Future<Output = StreamResult<R>>,
+) -> StreamResult<R> {
+    in_tokio(async move {
+        match tokio::time::timeout(left, wait).await {
+            Ok(result) => result,
+            Err(_) => Err(StreamError::Trap(wasmtime::Error::new(DeadlinePassed))),
         }
     })
 }
 
 impl sync_poll::Host for Waits<'_> {
     fn poll(&mut self, pollables: Vec<Resource<DynPollable>>) -> wasmtime::Result<Vec<u32>> {
+        self.pump();
         bounded(
             self.left,
-            self.client,
             async_poll::Host::poll(&mut *self.table, pollables),
         )
     }
@@ -134,14 +151,155 @@ impl sync_poll::HostPollable for Waits<'_> {
     }
 
     fn block(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
+        self.pump();
         bounded(
             self.left,
-            self.client,
             async_poll::HostPollable::block(&mut *self.table, pollable),
         )
     }
 
     fn drop(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
         async_poll::HostPollable::drop(&mut *self.table, pollable)
+    }
+}
+
+impl sync_streams::Host for Waits<'_> {
+    fn convert_stream_error(
+        &mut self,
+        error: StreamError,
+    ) -> wasmtime::Result<sync_streams::StreamError> {
+        sync_streams::Host::convert_stream_error(&mut *self.table, error)
+    }
+}
+
+impl sync_streams::HostOutputStream for Waits<'_> {
+    fn drop(&mut self, stream: Resource<DynOutputStream>) -> wasmtime::Result<()> {
+        sync_streams::HostOutputStream::drop(&mut *self.table, stream)
+    }
+
+    fn check_write(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<u64> {
+        sync_streams::HostOutputStream::check_write(&mut *self.table, stream)
+    }
+
+    fn write(&mut self, stream: Resource<DynOutputStream>, bytes: Vec<u8>) -> StreamResult<()> {
+        sync_streams::HostOutputStream::write(&mut *self.table, stream, bytes)
+    }
+
+    fn blocking_write_and_flush(
+        &mut self,
+        stream: Resource<DynOutputStream>,
+        bytes: Vec<u8>,
+    ) -> StreamResult<()> {
+        self.pump();
+        bounded_stream(
+            self.left,
+            async_streams::HostOutputStream::blocking_write_and_flush(
+                &mut *self.table,
+                stream,
+                bytes,
+            ),
+        )
+    }
+
+    fn blocking_write_zeroes_and_flush(
+        &mut self,
+        stream: Resource<DynOutputStream>,
+        len: u64,
+    ) -> StreamResult<()> {
+        self.pump();
+        bounded_stream(
+            self.left,
+            async_streams::HostOutputStream::blocking_write_zeroes_and_flush(
+                &mut *self.table,
+                stream,
+                len,
+            ),
+        )
+    }
+
+    fn subscribe(
+        &mut self,
+        stream: Resource<DynOutputStream>,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        sync_streams::HostOutputStream::subscribe(&mut *self.table, stream)
+    }
+
+    fn write_zeroes(&mut self, stream: Resource<DynOutputStream>, len: u64) -> StreamResult<()> {
+        sync_streams::HostOutputStream::write_zeroes(&mut *self.table, stream, len)
+    }
+
+    fn flush(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<()> {
+        sync_streams::HostOutputStream::flush(&mut *self.table, stream)
+    }
+
+    fn blocking_flush(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<()> {
+        self.pump();
+        bounded_stream(
+            self.left,
+            async_streams::HostOutputStream::blocking_flush(&mut *self.table, stream),
+        )
+    }
+
+    fn splice(
+        &mut self,
+        dst: Resource<DynOutputStream>,
+        src: Resource<DynInputStream>,
+        len: u64,
+    ) -> StreamResult<u64> {
+        sync_streams::HostOutputStream::splice(&mut *self.table, dst, src, len)
+    }
+
+    fn blocking_splice(
+        &mut self,
+        dst: Resource<DynOutputStream>,
+        src: Resource<DynInputStream>,
+        len: u64,
+    ) -> StreamResult<u64> {
+        self.pump();
+        bounded_stream(
+            self.left,
+            async_streams::HostOutputStream::blocking_splice(&mut *self.table, dst, src, len),
+        )
+    }
+}
+
+impl sync_streams::HostInputStream for Waits<'_> {
+    fn drop(&mut self, stream: Resource<DynInputStream>) -> wasmtime::Result<()> {
+        sync_streams::HostInputStream::drop(&mut *self.table, stream)
+    }
+
+    fn read(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<Vec<u8>> {
+        sync_streams::HostInputStream::read(&mut *self.table, stream, len)
+    }
+
+    fn blocking_read(
+        &mut self,
+        stream: Resource<DynInputStream>,
+        len: u64,
+    ) -> StreamResult<Vec<u8>> {
+        self.pump();
+        bounded_stream(
+            self.left,
+            async_streams::HostInputStream::blocking_read(&mut *self.table, stream, len),
+        )
+    }
+
+    fn skip(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<u64> {
+        sync_streams::HostInputStream::skip(&mut *self.table, stream, len)
+    }
+
+    fn blocking_skip(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<u64> {
+        self.pump();
+        bounded_stream(
+            self.left,
+            async_streams::HostInputStream::blocking_skip(&mut *self.table, stream, len),
+        )
+    }
+
+    fn subscribe(
+        &mut self,
+        stream: Resource<DynInputStream>,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        sync_streams::HostInputStream::subscribe(&mut *self.table, stream)
     }
 }
