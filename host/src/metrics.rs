@@ -475,7 +475,6 @@ impl AppMetrics {
         bytes_out: u64,
     ) {
         let metrics = self.metrics;
-        metrics.in_flight.dec();
         let (method, status) = (method_class(method), status_class(status));
         self.requests[method][status]
             .get_or_init(|| {
@@ -501,6 +500,8 @@ impl AppMetrics {
         self.bytes_out
             .get_or_init(|| metrics.bytes_out.get_or_create(&labels()).clone())
             .inc_by(bytes_out);
+        // Last: a scrape that sees no request in flight sees every finished one counted.
+        metrics.in_flight.dec();
     }
 }
 
