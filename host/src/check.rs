@@ -6,7 +6,7 @@ use std::path::Path;
 use wasmtime::Engine;
 
 use crate::compile::{base_config, load_component};
-use crate::runtime::{link, link_http};
+use crate::runtime::{link, link_http, link_http3};
 
 /// Interfaces wasm-gw gives every app, by name prefix: WASI 0.2, key-value and the wsgi
 /// imports.
@@ -39,17 +39,16 @@ pub fn check(path: &Path) -> anyhow::Result<(String, bool)> {
     let world = World::of(&engine, &component);
     match &world {
         Some(World::Wsgi) => writeln!(report, "world: {}", World::Wsgi)?,
-        Some(world @ World::WasiHttp02(_)) => writeln!(report, "world: {world}")?,
-        Some(world) => writeln!(
-            report,
-            "world: {world}; wasm-gw does not serve wasi:http 0.3 components yet"
-        )?,
+        Some(world) => writeln!(report, "world: {world}")?,
         None => writeln!(report, "world: none that wasm-gw knows (no handler export)")?,
     }
 
     writeln!(report, "imports (what the app needs):")?;
     for (name, _) in kind.imports(&engine) {
-        let http_app = matches!(world, Some(World::WasiHttp02(_)));
+        let http_app = matches!(world, Some(World::WasiHttp02(_) | World::WasiHttp03(_)));
+        // A 0.3 component gets WASI 0.3 beside the 0.2 that Rust's std imports.
+        let version_served = is_v0_2_or_wsgi(name)
+            || (matches!(world, Some(World::WasiHttp03(_))) && name.contains("@0.3."));
         // A wasi:http app gets WASI and wasi:http; a WSGI app WASI, key-value and the
         // wsgi interfaces.
         let provided = if http_app {
@@ -60,7 +59,7 @@ pub fn check(path: &Path) -> anyhow::Result<(String, bool)> {
                     .any(|prefix| name.starts_with(prefix))
         } else {
             PROVIDED.iter().any(|prefix| name.starts_with(prefix))
-        } && is_v0_2_or_wsgi(name);
+        } && version_served;
         let note = if provided {
             "provided"
         } else {
@@ -71,13 +70,15 @@ pub fn check(path: &Path) -> anyhow::Result<(String, bool)> {
     writeln!(report, "exports (what the app offers):")?;
     let mut has_handler = false;
     for (name, _) in kind.exports(&engine) {
-        let note =
-            if name.starts_with(HANDLER) || name.starts_with("wasi:http/incoming-handler@0.2.") {
-                has_handler = true;
-                "the app's entry point"
-            } else {
-                "not used by wasm-gw"
-            };
+        let note = if name.starts_with(HANDLER)
+            || name.starts_with("wasi:http/incoming-handler@0.2.")
+            || name.starts_with("wasi:http/handler@0.3.")
+        {
+            has_handler = true;
+            "the app's entry point"
+        } else {
+            "not used by wasm-gw"
+        };
         writeln!(report, "  {name:<48} {note}")?;
     }
     if !has_handler && world.is_none() {
@@ -89,9 +90,7 @@ pub fn check(path: &Path) -> anyhow::Result<(String, bool)> {
 
     let linked = match &world {
         Some(World::WasiHttp02(_)) => link_http(&engine, &component).map(drop),
-        Some(World::WasiHttp03(_)) => Err(anyhow::anyhow!(
-            "wasm-gw does not serve wasi:http 0.3 components yet"
-        )),
+        Some(World::WasiHttp03(_)) => link_http3(&engine, &component).map(drop),
         _ => link(&engine, &component).map(drop),
     };
     let fits = match linked {

@@ -16,6 +16,8 @@ use wasmtime::{Config, Engine, Precompiled};
 pub fn base_config() -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
+    // wasi:http 0.3 components: async functions, streams and futures of the component model.
+    config.wasm_component_model_async(true);
     config
 }
 

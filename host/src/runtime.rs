@@ -32,7 +32,7 @@ use wasmtime_wasi_http::p2::bindings::sync::{Proxy as HttpProxy, ProxyPre as Htt
 
 mod http;
 
-pub use self::http::link_http;
+pub use self::http::{link_http, link_http3};
 
 /// How often the deadline clock ticks; deadlines are accurate to about this much.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -189,12 +189,15 @@ enum Pre {
     Wsgi(bindings::AppPre<GuestState>),
     /// A standard `wasi:http` 0.2 component (`wasi:http/proxy`).
     Http(HttpProxyPre<GuestState>),
+    /// A standard `wasi:http` 0.3 component (`wasi:http/service`).
+    Http3(wasmtime_wasi_http::p3::bindings::ServicePre<GuestState>),
 }
 
 /// An instance of an app, in its world.
 enum Instance {
     Wsgi(bindings::App),
     Http(HttpProxy),
+    Http3(wasmtime_wasi_http::p3::bindings::Service),
 }
 
 /// A component compiled and linked, ready to instantiate.
@@ -223,11 +226,11 @@ impl WasmApp {
         let engine = engines.for_app(&policy)?;
         let component = load_component(&engine, path, cache)?;
         let pre = match World::of(&engine, &component) {
-            Some(world @ World::WasiHttp03(_)) => anyhow::bail!(
-                "{} is a component of {world}: wasm-gw serves wasi:http 0.2 components and \
-                 those of its WSGI world, not 0.3 ones yet (`wasm-gw check` shows what it found)",
-                path.display()
-            ),
+            Some(world @ World::WasiHttp03(_)) => {
+                Pre::Http3(link_http3(&engine, &component).with_context(|| {
+                    format!("{} is a component of {world}, but", path.display())
+                })?)
+            }
             Some(world @ World::WasiHttp02(_)) => {
                 Pre::Http(link_http(&engine, &component).with_context(|| {
                     format!("{} is a component of {world}, but", path.display())
@@ -303,6 +306,9 @@ impl WasmApp {
         let instance = match &self.pre {
             Pre::Wsgi(pre) => pre.instantiate(&mut store).map(Instance::Wsgi),
             Pre::Http(pre) => pre.instantiate(&mut store).map(Instance::Http),
+            // Its host functions are async: instantiation runs on wasmtime-wasi's runtime.
+            Pre::Http3(pre) => wasmtime_wasi::runtime::in_tokio(pre.instantiate_async(&mut store))
+                .map(Instance::Http3),
         };
         let instance = instance
             .map_err(anyhow::Error::from)
@@ -363,8 +369,10 @@ impl Drop for WasmWorker {
 
 impl App for WasmWorker {
     fn call(&mut self, request: Request) -> (Request, Result<(), Failure>) {
-        if let Instance::Http(_) = self.instance {
-            return self.call_http(request);
+        match self.instance {
+            Instance::Http(_) => return self.call_http(request),
+            Instance::Http3(_) => return self.call_http3(request),
+            Instance::Wsgi(_) => {}
         }
         // A spent instance is replaced when next needed, not after its last response, so
         // that the response never waits for a new instance.

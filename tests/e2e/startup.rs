@@ -114,26 +114,37 @@ fn a_port_already_in_use() {
 
 #[test]
 fn a_standard_wasi_http_component_is_named_as_such() {
-    // Built with the standard wasip2 crate, as for wasmtime serve.
-    let checked = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
-        .arg("check")
-        .arg(guest("http_hello"))
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&checked.stdout);
-    assert!(checked.status.success(), "{report}");
-    for expected in [
-        "world: standard wasi:http 0.2 (it exports wasi:http/incoming-handler@0.2.",
-        "wasi:http/types@0.2.",
-        "fits the wasm-gw app world",
-    ] {
-        assert!(report.contains(expected), "{expected:?} not in:\n{report}");
+    // Built with the standard wasip2 crate, as for wasmtime serve; and a 0.3 one with
+    // wit-bindgen's async support.
+    let cases = [
+        (
+            "http_hello",
+            "world: standard wasi:http 0.2 (it exports wasi:http/incoming-handler@0.2.",
+            "wasi:http/types@0.2.",
+        ),
+        (
+            "http_hello_p3",
+            "world: standard wasi:http 0.3 (it exports wasi:http/handler@0.3.0",
+            "wasi:http/types@0.3.0",
+        ),
+    ];
+    for (app, world, types) in cases {
+        let checked = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
+            .arg("check")
+            .arg(guest(app))
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&checked.stdout);
+        assert!(checked.status.success(), "{report}");
+        for expected in [world, types, "fits the wasm-gw app world"] {
+            assert!(report.contains(expected), "{expected:?} not in:\n{report}");
+        }
+        assert!(
+            !report.contains("(missing) wasm-gw:wsgi/handler"),
+            "{report}"
+        );
+        assert!(!report.contains("NOT PROVIDED"), "{report}");
     }
-    assert!(
-        !report.contains("(missing) wasm-gw:wsgi/handler"),
-        "{report}"
-    );
-    assert!(!report.contains("NOT PROVIDED"), "{report}");
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! `/panic` panics, `/stream`
 //! writes lines for as long as they are taken, `/late-panic` panics after starting its
 //! response, `/write-before-set` writes its body before setting the response, `/no-response`
-//! returns without setting a response, `/outbound` tries to reach the network and reports
+//! returns without setting a response, `/respond-then-read` sets its response before it
+//! reads the request body, `/outbound` tries to reach the network and reports
 //! what it got, and `/ok` answers. Mounted under a prefix, it routes on the path after the
 //! prefix that the `wasm-gw-script-name` header names.
 
@@ -77,6 +78,35 @@ impl wasip2::exports::http::incoming_handler::Guest for HttpFaulty {
                     }
                 }
                 ResponseOutparam::set(response_out, Ok(response));
+            }
+            "/respond-then-read" => {
+                // The response set first, then the request body read, then the answer.
+                let Some((body, stream)) = start(response_out) else {
+                    return;
+                };
+                let mut read = 0;
+                let mut failed = None;
+                if let Ok(incoming) = request.consume()
+                    && let Ok(input) = incoming.stream()
+                {
+                    loop {
+                        match input.blocking_read(64 * 1024) {
+                            Ok(bytes) => read += bytes.len(),
+                            Err(wasip2::io::streams::StreamError::Closed) => break,
+                            Err(error) => {
+                                failed = Some(format!("{error:?}"));
+                                break;
+                            }
+                        }
+                    }
+                }
+                let text = match failed {
+                    Some(error) => format!("the body failed: {error}\n"),
+                    None => format!("read {read} bytes\n"),
+                };
+                let _ = stream.blocking_write_and_flush(text.as_bytes());
+                drop(stream);
+                let _ = OutgoingBody::finish(body, None);
             }
             "/outbound" => {
                 let outgoing = OutgoingRequest::new(Fields::new());

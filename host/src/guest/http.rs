@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
-use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::WasiBody;
 
 use super::wait::ClientTime;
 use crate::app::Failure;
@@ -39,12 +38,12 @@ pub fn lock(side: &Mutex<ConnectionSide>) -> std::sync::MutexGuard<'_, Connectio
 pub struct ConnectionSide {
     /// The connection's exchange, until the request ends.
     exchange: Option<Exchange>,
-    /// The response the guest set, not yet started.
-    response: Option<Result<http::Response<HyperOutgoingBody>, ErrorCode>>,
+    /// The response the guest set, or the error it answered with, not yet started.
+    response: Option<Result<http::Response<WasiBody>, String>>,
     /// Whether the guest set a response at all.
     answered: bool,
     /// The body being written to the client.
-    body: Option<HyperOutgoingBody>,
+    body: Option<WasiBody>,
     /// The body is all out (or the response has none to send).
     complete: bool,
     /// The first failure of the response.
@@ -71,8 +70,8 @@ impl ConnectionSide {
         }))
     }
 
-    /// The response the guest set (`response-outparam.set`).
-    pub fn answer(&mut self, response: Result<http::Response<HyperOutgoingBody>, ErrorCode>) {
+    /// The response the guest set, or the error code it answered with, as text.
+    pub fn answer(&mut self, response: Result<http::Response<WasiBody>, String>) {
         if !self.answered {
             self.answered = true;
             self.response = Some(response);
@@ -107,23 +106,29 @@ impl ConnectionSide {
     /// Writes what the guest has produced of its response, without waiting for more: the
     /// head once it is set, then every body frame queued.
     pub fn pump(&mut self) {
+        let _ = self.poll_pump(&mut Context::from_waker(Waker::noop()));
+    }
+
+    /// [`ConnectionSide::pump`], ready once the body is all out or has failed, and pending,
+    /// with `cx` woken, while the guest is still to write more of it.
+    pub fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let Some(exchange) = self.exchange.as_mut() else {
-            return;
+            return Poll::Ready(());
         };
         if let Some(response) = self.response.take() {
             let response = match response {
                 Ok(response) => response,
                 Err(code) => {
                     self.fail(Failure::Application(format!(
-                        "the app answered with an error: {code:?}"
+                        "the app answered with an error: {code}"
                     )));
-                    return;
+                    return Poll::Ready(());
                 }
             };
             // The request body could not be read: the client gets the server's answer to
             // that (400, 408, 413, 431), not the guest's reaction to a failed read.
             if exchange.body_failed().is_some() {
-                return;
+                return Poll::Ready(());
             }
             let (parts, body) = response.into_parts();
             let status = parts.status;
@@ -145,41 +150,50 @@ impl ConnectionSide {
             // A head the exchange refuses is recorded as a violation (500); the body is let
             // go, and the guest's writes to it fail.
             if exchange.start(&status_line, &headers, false).is_err() {
-                return;
+                return Poll::Ready(());
             }
             self.body = Some(body);
             self.until = Some(Instant::now() + self.stream_limit);
         }
         let Some(body) = self.body.as_mut() else {
-            return;
+            // No response yet, or its body is all out.
+            return match self.answered {
+                true => Poll::Ready(()),
+                false => Poll::Pending,
+            };
         };
-        let mut cx = Context::from_waker(Waker::noop());
         loop {
+            if exchange.body_failed().is_some() {
+                // The request body failed after the head was set: the server's answer goes
+                // out in place of the head if it can, else the response is cut.
+                self.body = None;
+                return Poll::Ready(());
+            }
             if !exchange.wants_body() {
                 // HEAD, 204, 304: nothing of the body goes out, whatever the guest writes or
                 // declares; after a violation, nothing more at all.
                 self.complete = exchange.violation().is_none();
                 self.body = None;
-                return;
+                return Poll::Ready(());
             }
             if self.until.is_some_and(|until| Instant::now() >= until) {
                 self.body = None;
                 self.fail(Failure::StreamTimeout(self.stream_limit));
-                return;
+                return Poll::Ready(());
             }
-            match Pin::new(&mut *body).poll_frame(&mut cx) {
-                Poll::Pending => return,
+            match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
                     self.complete = true;
                     self.body = None;
-                    return;
+                    return Poll::Ready(());
                 }
                 Poll::Ready(Some(Err(_))) => {
                     self.body = None;
                     self.fail(Failure::Application(
                         "the app's response body failed".into(),
                     ));
-                    return;
+                    return Poll::Ready(());
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     let Ok(data) = frame.into_data() else {
@@ -190,7 +204,7 @@ impl ConnectionSide {
                     // to the body fails.
                     if self.client.on_client(|| exchange.write(&data)).is_err() {
                         self.body = None;
-                        return;
+                        return Poll::Ready(());
                     }
                 }
             }
@@ -227,7 +241,7 @@ impl ConnectionSide {
             .exchange
             .take()
             .expect("a request's exchange is taken back once");
-        if outcome.is_ok() && self.complete {
+        if outcome.is_ok() && self.complete && exchange.body_failed().is_none() {
             let _ = self.client.on_client(|| exchange.finish());
         }
         (exchange, outcome)

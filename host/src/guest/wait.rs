@@ -107,6 +107,31 @@ pub fn add_streams_to_linker<T: Send + 'static>(
     added
 }
 
+/// Runs `work` for at most `left`, and for as long again as `client` spends on the client
+/// meanwhile; `None` if it ran out of time.
+pub async fn within<R>(
+    left: Duration,
+    client: &ClientTime,
+    work: impl Future<Output = R>,
+) -> Option<R> {
+    let mut work = std::pin::pin!(work);
+    let mut budget = left;
+    let mut counted = client.spent();
+    loop {
+        match tokio::time::timeout(budget, work.as_mut()).await {
+            Ok(result) => return Some(result),
+            Err(_) => {
+                let spent = client.spent();
+                if spent <= counted {
+                    return None;
+                }
+                budget = spent - counted;
+                counted = spent;
+            }
+        }
+    }
+}
+
 /// Runs `wait` for at most `left`.
 fn bounded<R>(
     left: Duration,
@@ -146,7 +171,8 @@ impl sync_poll::Host for Waits<'_> {
 
 impl sync_poll::HostPollable for Waits<'_> {
     fn ready(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<bool> {
-        // Looks without waiting.
+        // Looks without waiting; a guest that looks in a loop sees its response leave.
+        self.pump();
         in_tokio(async_poll::HostPollable::ready(&mut *self.table, pollable))
     }
 
@@ -178,6 +204,15 @@ impl sync_streams::HostOutputStream for Waits<'_> {
     }
 
     fn check_write(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<u64> {
+        let room = sync_streams::HostOutputStream::check_write(
+            &mut *self.table,
+            Resource::new_borrow(stream.rep()),
+        )?;
+        if room > 0 {
+            return Ok(room);
+        }
+        // Full: what is queued leaves first, which may make room.
+        self.pump();
         sync_streams::HostOutputStream::check_write(&mut *self.table, stream)
     }
 
@@ -269,6 +304,8 @@ impl sync_streams::HostInputStream for Waits<'_> {
     }
 
     fn read(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<Vec<u8>> {
+        // A read of the request body may wait on the client, who may wait for the response.
+        self.pump();
         sync_streams::HostInputStream::read(&mut *self.table, stream, len)
     }
 
@@ -285,6 +322,7 @@ impl sync_streams::HostInputStream for Waits<'_> {
     }
 
     fn skip(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<u64> {
+        self.pump();
         sync_streams::HostInputStream::skip(&mut *self.table, stream, len)
     }
 
