@@ -306,9 +306,21 @@ impl WasmApp {
         let instance = match &self.pre {
             Pre::Wsgi(pre) => pre.instantiate(&mut store).map(Instance::Wsgi),
             Pre::Http(pre) => pre.instantiate(&mut store).map(Instance::Http),
-            // Its host functions are async: instantiation runs on wasmtime-wasi's runtime.
-            Pre::Http3(pre) => wasmtime_wasi::runtime::in_tokio(pre.instantiate_async(&mut store))
-                .map(Instance::Http3),
+            // Its host functions are async: instantiation runs on wasmtime-wasi's runtime,
+            // within the deadline a request gets (a start function waiting in an async host
+            // call is out of the epoch's reach).
+            Pre::Http3(pre) => {
+                let timeout = self.policy.timeout;
+                wasmtime_wasi::runtime::in_tokio(async {
+                    match tokio::time::timeout(timeout, pre.instantiate_async(&mut store)).await {
+                        Ok(instantiated) => instantiated,
+                        Err(_) => Err(wasmtime::format_err!(
+                            "its start ran past the app's {timeout:?} deadline"
+                        )),
+                    }
+                })
+                .map(Instance::Http3)
+            }
         };
         let instance = instance
             .map_err(anyhow::Error::from)
@@ -370,8 +382,7 @@ impl Drop for WasmWorker {
 impl App for WasmWorker {
     fn call(&mut self, request: Request) -> (Request, Result<(), Failure>) {
         match self.instance {
-            Instance::Http(_) => return self.call_http(request),
-            Instance::Http3(_) => return self.call_http3(request),
+            Instance::Http(_) | Instance::Http3(_) => return self.call_http(request),
             Instance::Wsgi(_) => {}
         }
         // A spent instance is replaced when next needed, not after its last response, so

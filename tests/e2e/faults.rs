@@ -139,14 +139,7 @@ fn a_slow_client_does_not_spend_the_apps_deadline() {
             "0",
         ],
     );
-    let mut stream = server.connect();
-    stream
-        .write_all(b"POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n12345")
-        .unwrap();
-    // The slow client under test: the app waits on it longer than its whole deadline.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    stream.write_all(b"67890").unwrap();
-    let response = RawResponse::read(&mut BufReader::new(stream), false);
+    let response = crate::support::post_slowly(&server);
     assert_eq!(response.status, 200);
     assert_eq!(response.text(), "10\n");
 }

@@ -142,6 +142,20 @@ pub fn meta(response: &RawResponse) -> serde_json::Value {
     serde_json::from_slice(&json).unwrap()
 }
 
+/// Sends `POST /sink` with a 10-byte body, half of it 1.5 s after the rest: longer than a
+/// `--timeout 1` app may run, so that an app's deadline is shown to leave out the time it
+/// waits on the client. Returns the response.
+pub fn post_slowly(server: &Server) -> RawResponse {
+    let mut stream = server.connect();
+    stream
+        .write_all(b"POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n12345")
+        .unwrap();
+    // The slow client under test.
+    thread::sleep(Duration::from_millis(1500));
+    stream.write_all(b"67890").unwrap();
+    RawResponse::read(&mut BufReader::new(stream), false)
+}
+
 /// The hello app of each world: `GET /?name=X` answers `Hello, X!`.
 pub fn hello_apps() -> [PathBuf; 2] {
     [guest("hello"), guest("http_hello")]

@@ -75,6 +75,15 @@ fn a_wasi_http_0_3_component_answers_and_streams_its_body() {
         "Hello, last!\n"
     );
 
+    // The request's own body as the response's: read from the client as it is written out.
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+                     4\r\nping\r\n5\r\n pong\r\n0\r\n\r\n",
+        )
+        .unwrap();
+    assert_eq!(RawResponse::read(&mut reader, false).text(), "ping pong");
+
     // Held to its deadline like any app: 504, and the worker goes on with a new instance.
     let limited = Server::start("http_hello_p3", &["--workers", "1", "--timeout", "1"]);
     assert_eq!(
@@ -166,16 +175,9 @@ fn a_component_reads_its_request_body_as_the_client_sends_it() {
             "0",
         ],
     );
-    let mut stream = server.connect();
-    stream
-        .write_all(b"POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n12345")
-        .unwrap();
-    // The slow client under test: the component waits on it longer than its whole
-    // deadline, which only counts its own time.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    stream.write_all(b"67890").unwrap();
-    let mut reader = BufReader::new(stream);
-    let response = RawResponse::read(&mut reader, false);
+    // The component waits on the client longer than its whole deadline, which only counts
+    // its own time.
+    let response = crate::support::post_slowly(&server);
     assert_eq!(response.status, 200);
     assert_eq!(response.text(), "1234567890");
     // A body declared over --max-body-size is refused before the component runs.
@@ -286,6 +288,20 @@ fn a_guest_that_fails_mid_response_never_looks_complete() {
         (read.status, read.text()),
         (200, "read 3 bytes\n".to_owned())
     );
+    // A body shorter than its Content-Length is cut off, and the log says why.
+    let mut short = server.connect();
+    short
+        .write_all(b"GET /wrong-length HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let received = crate::support::read_to_close(&mut short);
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.starts_with("HTTP/1.1 500 ")
+            || (text.to_ascii_lowercase().contains("content-length: 10")
+                && text.ends_with("short")),
+        "{text}"
+    );
+    server.wait_for_log(&["ERROR", "response body failed"]);
     let broken = server.raw(
         b"POST /respond-then-read HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
           3\r\nabc\r\nzz\r\n",

@@ -4,7 +4,7 @@
 //! writes lines for as long as they are taken, `/late-panic` panics after starting its
 //! response, `/write-before-set` writes its body before setting the response, `/no-response`
 //! returns without setting a response, `/respond-then-read` sets its response before it
-//! reads the request body, `/outbound` tries to reach the network and reports
+//! reads the request body, `/wrong-length` declares 10 bytes and writes 5, `/outbound` tries to reach the network and reports
 //! what it got, and `/ok` answers. Mounted under a prefix, it routes on the path after the
 //! prefix that the `wasm-gw-script-name` header names.
 
@@ -78,6 +78,20 @@ impl wasip2::exports::http::incoming_handler::Guest for HttpFaulty {
                     }
                 }
                 ResponseOutparam::set(response_out, Ok(response));
+            }
+            "/wrong-length" => {
+                // Declares 10 bytes and writes 5.
+                let headers = Fields::new();
+                let _ = headers.set("content-length", &[b"10".to_vec()]);
+                let response = OutgoingResponse::new(headers);
+                let Ok(body) = response.body() else {
+                    return;
+                };
+                ResponseOutparam::set(response_out, Ok(response));
+                if let Ok(stream) = body.write() {
+                    let _ = stream.blocking_write_and_flush(b"short");
+                }
+                let _ = OutgoingBody::finish(body, None);
             }
             "/respond-then-read" => {
                 // The response set first, then the request body read, then the answer.

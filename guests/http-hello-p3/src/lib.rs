@@ -1,7 +1,8 @@
 //! The hello app as a standard `wasi:http/service@0.3.0` component, which knows nothing of
 //! wasm-gw: `GET /?name=X` answers `Hello, X!` as the WSGI hello does, and `/stream?n=N`
 //! answers N lines, each written to the body stream on its own after the response is
-//! returned, as a 0.3 handler streams. `/loop` spins, for the deadline tests.
+//! returned, as a 0.3 handler streams. `/echo` answers with the request's own body, and
+//! `/loop` spins, for the deadline tests.
 
 wit_bindgen::generate!({
     path: "wit",
@@ -24,6 +25,13 @@ impl Guest for HttpHelloP3 {
                 .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
                 .filter(|value| !value.is_empty())
         };
+        if path == "/echo" {
+            // The request's own body, handed back as the response's.
+            let (_, processed) = wit_future::new(|| Ok(()));
+            let (body, trailers) = Request::consume_body(request, processed);
+            let (response, _sent) = Response::new(Fields::new(), Some(body), trailers);
+            return Ok(response);
+        }
         if path == "/loop" {
             // Spins, for the deadline's sake.
             let mut spins: u64 = 0;

@@ -46,6 +46,8 @@ pub struct ConnectionSide {
     body: Option<WasiBody>,
     /// The body is all out (or the response has none to send).
     complete: bool,
+    /// The response's end is written.
+    ended: bool,
     /// The first failure of the response.
     failure: Option<Failure>,
     /// When the response must have ended: `--stream-timeout` after its head.
@@ -63,6 +65,7 @@ impl ConnectionSide {
             answered: false,
             body: None,
             complete: false,
+            ended: false,
             failure: None,
             until: None,
             stream_limit,
@@ -103,18 +106,10 @@ impl ConnectionSide {
         }
     }
 
-    /// Writes what the guest has produced of its response, without waiting for more: the
-    /// head once it is set, then every body frame queued.
-    pub fn pump(&mut self) {
-        let _ = self.poll_pump(&mut Context::from_waker(Waker::noop()));
-    }
-
-    /// [`ConnectionSide::pump`], ready once the body is all out or has failed, and pending,
-    /// with `cx` woken, while the guest is still to write more of it.
-    pub fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(exchange) = self.exchange.as_mut() else {
-            return Poll::Ready(());
-        };
+    /// Starts the response the guest set, if it is not out yet, and takes its body out to
+    /// be polled, unless there is no more of it to write.
+    fn next_body(&mut self) -> Option<WasiBody> {
+        let exchange = self.exchange.as_mut()?;
         if let Some(response) = self.response.take() {
             let response = match response {
                 Ok(response) => response,
@@ -122,13 +117,13 @@ impl ConnectionSide {
                     self.fail(Failure::Application(format!(
                         "the app answered with an error: {code}"
                     )));
-                    return Poll::Ready(());
+                    return None;
                 }
             };
             // The request body could not be read: the client gets the server's answer to
             // that (400, 408, 413, 431), not the guest's reaction to a failed read.
             if exchange.body_failed().is_some() {
-                return Poll::Ready(());
+                return None;
             }
             let (parts, body) = response.into_parts();
             let status = parts.status;
@@ -150,63 +145,57 @@ impl ConnectionSide {
             // A head the exchange refuses is recorded as a violation (500); the body is let
             // go, and the guest's writes to it fail.
             if exchange.start(&status_line, &headers, false).is_err() {
-                return Poll::Ready(());
+                return None;
             }
             self.body = Some(body);
             self.until = Some(Instant::now() + self.stream_limit);
         }
-        let Some(body) = self.body.as_mut() else {
-            // No response yet, or its body is all out.
-            return match self.answered {
-                true => Poll::Ready(()),
-                false => Poll::Pending,
-            };
-        };
-        loop {
-            if exchange.body_failed().is_some() {
-                // The request body failed after the head was set: the server's answer goes
-                // out in place of the head if it can, else the response is cut.
-                self.body = None;
-                return Poll::Ready(());
-            }
-            if !exchange.wants_body() {
-                // HEAD, 204, 304: nothing of the body goes out, whatever the guest writes or
-                // declares; after a violation, nothing more at all.
-                self.complete = exchange.violation().is_none();
-                self.body = None;
-                return Poll::Ready(());
-            }
-            if self.until.is_some_and(|until| Instant::now() >= until) {
-                self.body = None;
-                self.fail(Failure::StreamTimeout(self.stream_limit));
-                return Poll::Ready(());
-            }
-            match Pin::new(&mut *body).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => {
-                    self.complete = true;
-                    self.body = None;
-                    return Poll::Ready(());
-                }
-                Poll::Ready(Some(Err(_))) => {
-                    self.body = None;
-                    self.fail(Failure::Application(
-                        "the app's response body failed".into(),
-                    ));
-                    return Poll::Ready(());
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else {
-                        // Trailers: HTTP/1.1 responses of wasm-gw carry none.
-                        continue;
-                    };
-                    // A failed write is the exchange's to record; the guest's next write
-                    // to the body fails.
+        self.body.as_ref()?;
+        if exchange.body_failed().is_some() {
+            // The request body failed after the head was set: the server's answer goes out
+            // in place of the head if it can, else the response is cut.
+            self.body = None;
+            return None;
+        }
+        if !exchange.wants_body() {
+            // HEAD, 204, 304: nothing of the body goes out, whatever the guest writes or
+            // declares; after a violation, nothing more at all.
+            self.complete = exchange.violation().is_none();
+            self.body = None;
+            return None;
+        }
+        if self.until.is_some_and(|until| Instant::now() >= until) {
+            self.body = None;
+            self.fail(Failure::StreamTimeout(self.stream_limit));
+            return None;
+        }
+        self.body.take()
+    }
+
+    /// What came of polling the body [`ConnectionSide::next_body`] took out.
+    fn polled(
+        &mut self,
+        body: WasiBody,
+        frame: Option<Result<Frame<Bytes>, wasmtime_wasi_http::Error>>,
+    ) {
+        match frame {
+            None => self.complete = true,
+            Some(Err(_)) => self.fail(Failure::Application(
+                "the app's response body failed".into(),
+            )),
+            Some(Ok(frame)) => {
+                let Some(exchange) = self.exchange.as_mut() else {
+                    return;
+                };
+                // Trailers: HTTP/1.1 responses of wasm-gw carry none.
+                if let Ok(data) = frame.into_data() {
+                    // A failed write is the exchange's to record; the body is let go, and
+                    // the guest's next write to it fails.
                     if self.client.on_client(|| exchange.write(&data)).is_err() {
-                        self.body = None;
-                        return Poll::Ready(());
+                        return;
                     }
                 }
+                self.body = Some(body);
             }
         }
     }
@@ -215,37 +204,84 @@ impl ConnectionSide {
         self.failure.get_or_insert(failure);
     }
 
-    /// Ends the request once the guest's handler returned `handled`: writes the rest of the
-    /// response, and gives back the exchange and the request's outcome.
-    pub fn finish(&mut self, handled: Result<(), Failure>) -> (Exchange, Result<(), Failure>) {
-        if handled.is_ok() {
-            self.pump();
-        }
-        let outcome = match handled {
-            // A guest that failed after starting its response has it cut off, not ended.
-            Err(failure) => Err(failure),
-            Ok(()) => match self.failure.take() {
-                Some(failure) => Err(failure),
-                None if !self.answered => Err(Failure::Application(
-                    "the app returned without setting a response".into(),
-                )),
-                // Nothing can write to the body once the handler has returned.
-                None if self.body.is_some() => Err(Failure::Application(
-                    "the app returned without finishing its response body".into(),
-                )),
-                None => Ok(()),
-            },
-        };
-        self.body = None;
-        let mut exchange = self
-            .exchange
-            .take()
-            .expect("a request's exchange is taken back once");
-        if outcome.is_ok() && self.complete && exchange.body_failed().is_none() {
+    /// Ends the response early, once it is all out, for a guest whose tasks go on.
+    fn end_response(&mut self) {
+        if self.complete
+            && !self.ended
+            && self.failure.is_none()
+            && let Some(exchange) = self.exchange.as_mut()
+            && exchange.body_failed().is_none()
+        {
+            self.ended = true;
             let _ = self.client.on_client(|| exchange.finish());
         }
-        (exchange, outcome)
     }
+}
+
+/// Writes what the guest has produced of its response, without waiting for more: the head
+/// once it is set, then every body frame queued.
+pub fn pump(side: &Mutex<ConnectionSide>) {
+    let _ = poll_pump(side, &mut Context::from_waker(Waker::noop()));
+}
+
+/// [`pump`], ready once the body is all out or has failed, and pending, with `cx` woken,
+/// while the guest is still to write more of it. The body is polled with `side` unlocked:
+/// a 0.3 guest may answer with its request's own body, which reads through `side`.
+pub fn poll_pump(side: &Mutex<ConnectionSide>, cx: &mut Context<'_>) -> Poll<()> {
+    loop {
+        let Some(mut body) = lock(side).next_body() else {
+            return Poll::Ready(());
+        };
+        match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Pending => {
+                lock(side).body = Some(body);
+                return Poll::Pending;
+            }
+            Poll::Ready(frame) => lock(side).polled(body, frame),
+        }
+    }
+}
+
+/// Ends the response once it is all out, before the guest's remaining tasks end, so the
+/// client does not wait on them.
+pub fn end_response(side: &Mutex<ConnectionSide>) {
+    lock(side).end_response();
+}
+
+/// Ends the request once the guest's handler returned `handled`: writes the rest of the
+/// response, and gives back the exchange and the request's outcome.
+pub fn finish(
+    side: &Mutex<ConnectionSide>,
+    handled: Result<(), Failure>,
+) -> (Exchange, Result<(), Failure>) {
+    if handled.is_ok() {
+        pump(side);
+    }
+    let mut side = lock(side);
+    let outcome = match handled {
+        // A guest that failed after starting its response has it cut off, not ended.
+        Err(failure) => Err(failure),
+        Ok(()) => match side.failure.take() {
+            Some(failure) => Err(failure),
+            None if !side.answered => Err(Failure::Application(
+                "the app returned without setting a response".into(),
+            )),
+            // Nothing can write to the body once the handler has returned.
+            None if side.body.is_some() => Err(Failure::Application(
+                "the app returned without finishing its response body".into(),
+            )),
+            None => Ok(()),
+        },
+    };
+    side.body = None;
+    if outcome.is_ok() {
+        side.end_response();
+    }
+    let exchange = side
+        .exchange
+        .take()
+        .expect("a request's exchange is taken back once");
+    (exchange, outcome)
 }
 
 /// The request body as the guest sees it: each frame is read from the client when the guest

@@ -27,7 +27,7 @@ use wasmtime_wasi_io::bindings::wasi::io::poll as async_poll;
 use wasmtime_wasi_io::bindings::wasi::io::streams as async_streams;
 use wasmtime_wasi_io::streams::{DynInputStream, DynOutputStream, StreamError, StreamResult};
 
-use super::http::{ConnectionSide, lock};
+use super::http::ConnectionSide;
 
 /// A guest's wait outlasted the app time its request had left.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +48,7 @@ impl Waits<'_> {
     /// about to wait for room after.
     fn pump(&self) {
         if let Some(side) = self.side {
-            lock(side).pump();
+            super::http::pump(side);
         }
     }
 }

@@ -67,7 +67,7 @@ fn is_ours(name: &str) -> bool {
 }
 
 impl WasmWorker {
-    /// Serves `request` with this worker's `wasi:http` instance.
+    /// Serves `request` with this worker's `wasi:http` instance, of 0.2 or 0.3.
     pub(super) fn call_http(&mut self, request: Request) -> (Request, Result<(), Failure>) {
         // A spent instance is replaced when next needed, as for a WSGI worker.
         if let Some(reason) = self.retiring
@@ -78,8 +78,11 @@ impl WasmWorker {
         let Request { id, head, exchange } = request;
         let client = self.store.data().client_time();
         let side = ConnectionSide::new(exchange, self.app.policy.stream_timeout, client);
-        let handled = self.handle(id, &head, &side);
-        let (exchange, result) = lock(&side).finish(handled);
+        let handled = match self.instance {
+            Instance::Http3(_) => self.handle3(id, &head, &side),
+            _ => self.handle(id, &head, &side),
+        };
+        let (exchange, result) = guest::http::finish(&side, handled);
         self.store.data_mut().end_http();
         self.after_request(&result);
         (Request { id, head, exchange }, result)
@@ -175,23 +178,6 @@ fn uri_safe(raw: &str, out: &mut String) {
 }
 
 impl WasmWorker {
-    /// Serves `request` with this worker's `wasi:http` 0.3 instance.
-    pub(super) fn call_http3(&mut self, request: Request) -> (Request, Result<(), Failure>) {
-        if let Some(reason) = self.retiring
-            && let Err(error) = self.replace_instance(request.id, reason)
-        {
-            return (request, Err(Failure::Unavailable(error)));
-        }
-        let Request { id, head, exchange } = request;
-        let client = self.store.data().client_time();
-        let side = ConnectionSide::new(exchange, self.app.policy.stream_timeout, client);
-        let handled = self.handle3(id, &head, &side);
-        let (exchange, result) = lock(&side).finish(handled);
-        self.store.data_mut().end_http();
-        self.after_request(&result);
-        (Request { id, head, exchange }, result)
-    }
-
     /// Calls the guest's 0.3 handler and writes its response through `side` as the guest's
     /// tasks produce it, all within the app's time.
     fn handle3(&mut self, id: u64, head: &RequestHead, side: &SharedSide) -> Result<(), Failure> {
@@ -232,7 +218,11 @@ impl WasmWorker {
                 };
                 lock(side).answer(Ok(response));
                 // The body, as the guest's tasks write it: they run while this waits.
-                std::future::poll_fn(|cx| lock(side).poll_pump(cx)).await;
+                std::future::poll_fn(|cx| guest::http::poll_pump(side, cx)).await;
+                guest::http::end_response(side);
+                // Tasks that go on after the response (the handler's own, after it returned,
+                // and any it spawned) end within this request's time, never in the next's.
+                std::future::poll_fn(|cx| accessor.poll_no_interesting_tasks(cx)).await;
                 Ok(())
             }),
         ));
