@@ -10,7 +10,7 @@ use crate::runtime::{link, link_http, link_http3};
 
 /// Interfaces wasm-gw gives every app, by name prefix: WASI 0.2, key-value and the wsgi
 /// imports.
-const PROVIDED: [&str; 11] = [
+const PROVIDED: [&str; 13] = [
     "wasi:io/",
     "wasi:clocks/",
     "wasi:random/",
@@ -20,6 +20,8 @@ const PROVIDED: [&str; 11] = [
     "wasi:keyvalue/store@0.2.0-draft2",
     "wasi:keyvalue/atomics@0.2.0-draft2",
     "wasi:keyvalue/batch@0.2.0-draft2",
+    "wasi:config/store@0.2.0-draft-2024-09-27",
+    "wasi:config/store@0.2.0-rc.1",
     "wasm-gw:wsgi/request@0.2.",
     "wasm-gw:wsgi/response@0.2.",
 ];

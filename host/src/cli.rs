@@ -11,6 +11,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use crate::access_log::LogFormat;
 use crate::compile::CodeCache;
 use crate::config;
+use crate::guest::config::ConfigValues;
 use crate::guest::{DirGrant, Grants, OutputRate};
 use crate::kv::{self, BackendUrl};
 use crate::loader::AppSpec;
@@ -248,6 +249,13 @@ pub struct ServeArgs {
     /// an empty environment.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
+
+    /// Give the app a configuration value, which it reads through wasi:config/store (the
+    /// SDK's config::get, the Python bridge's wasm_gw_config.get): KEY=VALUE. Repeatable.
+    /// Values are never logged; put secrets in an [app.config] table's { env = "NAME" }
+    /// rather than on the command line.
+    #[arg(long = "config-var", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub config_vars: Vec<(String, String)>,
 
     /// Where the app's key-value data lives (wasi:keyvalue): sqlite:PATH, shared by this
     /// process's workers and kept across restarts; redis://HOST:PORT/DB, shared by several
@@ -622,6 +630,9 @@ impl ServeArgs {
                 if let Some(env) = &app.env {
                     policy.grants.env = env.clone();
                 }
+                if let Some(config) = &app.config {
+                    policy.grants.config = config.clone();
+                }
                 let max_body = match &app.max_body_size {
                     Some(size) => parse_size_or_zero(size)
                         .map(|size| (size > 0).then_some(size as u64))
@@ -683,6 +694,7 @@ impl ServeArgs {
             grants: Grants {
                 dirs: self.dirs.clone(),
                 env: self.env.clone(),
+                config: ConfigValues::new(self.config_vars.iter().cloned()),
                 kv,
             },
             workers: self.workers(),

@@ -9,6 +9,7 @@ use anyhow::Context;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::guest::config::ConfigValues;
 use crate::router::{normalize_host, normalize_prefix};
 
 #[derive(Deserialize)]
@@ -63,6 +64,10 @@ struct AppTable {
     /// empty, it replaces the command line's grants.
     dirs: Option<Vec<String>>,
     env: Option<BTreeMap<String, String>>,
+    /// The app's `wasi:config` values: text, or `{ env = "NAME" }` for a variable of the
+    /// server's environment, so that secrets stay out of the file. Present, it replaces the
+    /// command line's `--config-var`s.
+    config: Option<BTreeMap<String, ConfigValue>>,
     kv_namespace: Option<String>,
     /// Bytes a second of the app's output that reach the log, as in `--app-log-rate`.
     app_log_rate: Option<Size>,
@@ -97,6 +102,21 @@ fn root() -> String {
 }
 
 /// One app to host, checked, with paths resolved against the config file's directory.
+/// A `wasi:config` value in the file.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ConfigValue {
+    Text(String),
+    FromEnv(FromEnv),
+}
+
+/// A `wasi:config` value taken from the server's environment.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FromEnv {
+    env: String,
+}
+
 #[derive(Debug)]
 pub struct AppConfig {
     pub name: String,
@@ -116,6 +136,7 @@ pub struct AppConfig {
     pub queue_timeout: Option<String>,
     pub dirs: Option<Vec<String>>,
     pub env: Option<Vec<(String, String)>>,
+    pub config: Option<ConfigValues>,
     pub kv_namespace: Option<String>,
     pub kv_quota_keys: Option<u64>,
     pub kv_quota_bytes: Option<String>,
@@ -239,7 +260,33 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<AppConfig>> {
                 format!("env: {key:?} is not a variable name"),
             ));
         }
+        let config = match table.config {
+            None => None,
+            Some(values) => {
+                let mut resolved = Vec::with_capacity(values.len());
+                for (key, value) in values {
+                    let value = match value {
+                        ConfigValue::Text(text) => text,
+                        // Looked up at each start and reload; the value is never shown.
+                        ConfigValue::FromEnv(FromEnv { env }) => {
+                            std::env::var(&env).map_err(|_| {
+                                invalid(
+                                    &table.name,
+                                    format!(
+                                        "config: {key:?} is to come from the environment \
+                                         variable {env}, which the server does not have"
+                                    ),
+                                )
+                            })?
+                        }
+                    };
+                    resolved.push((key, value));
+                }
+                Some(ConfigValues::new(resolved))
+            }
+        };
         apps.push(AppConfig {
+            config,
             component: base.join(&table.component),
             route,
             hosts,

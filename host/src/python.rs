@@ -14,7 +14,7 @@ const BUNDLED_PYTHON: &str = "3.14";
 const BYTECODE: &str = ".cpython-314.pyc";
 
 /// The contract and the bridge, built into the binary so that it needs no source tree.
-const WIT: [(&str, &str); 5] = [
+const WIT: [(&str, &str); 7] = [
     ("wsgi.wit", include_str!("../../wit/wsgi.wit")),
     (
         "deps/keyvalue/world.wit",
@@ -32,8 +32,16 @@ const WIT: [(&str, &str); 5] = [
         "deps/keyvalue/batch.wit",
         include_str!("../../wit/deps/keyvalue/batch.wit"),
     ),
+    (
+        "deps/config/world.wit",
+        include_str!("../../wit/deps/config/world.wit"),
+    ),
+    (
+        "deps/config/store.wit",
+        include_str!("../../wit/deps/config/store.wit"),
+    ),
 ];
-const BRIDGE: [(&str, &str); 3] = [
+const BRIDGE: [(&str, &str); 4] = [
     (
         "wasm_gw_bridge.py",
         include_str!("../../guests/python/bridge/wasm_gw_bridge.py"),
@@ -41,6 +49,10 @@ const BRIDGE: [(&str, &str); 3] = [
     (
         "wasm_gw_kv.py",
         include_str!("../../guests/python/bridge/wasm_gw_kv.py"),
+    ),
+    (
+        "wasm_gw_config.py",
+        include_str!("../../guests/python/bridge/wasm_gw_config.py"),
     ),
     (
         "wasm_gw_validate.py",

@@ -57,6 +57,7 @@ pub fn link(
     request::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
     response::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
     kv::guest::add_to_linker(&mut linker, GuestState::keyvalue)?;
+    guest::config::add_to_linker(&mut linker)?;
     guest::wait::add_to_linker(&mut linker, GuestState::waits)?;
     guest::files::add_to_linker(&mut linker, GuestState::output)?;
     let pre = linker.instantiate_pre(component)?;

@@ -155,6 +155,87 @@ timeout = 1
     assert_eq!(get("/ok").text(), "ok");
 }
 
+#[test]
+fn config_values_reach_apps_of_each_world_and_secrets_stay_out_of_the_log() {
+    let dir = Scratch::new("config-values");
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+[[app]]
+name = "site"
+component = "{faulty}"
+route = "/"
+config = {{ greeting = "hello site", secret = {{ env = "WASM_GW_E2E_SECRET" }} }}
+
+[[app]]
+name = "api"
+component = "{http_faulty}"
+route = "/api"
+
+[[app]]
+name = "plain"
+component = "{faulty}"
+route = "/plain"
+config = {{}}
+"#,
+            faulty = guest("faulty").display(),
+            http_faulty = guest("http_faulty").display(),
+        ),
+    );
+    let secret = "s3cret-4e1f-never-logged";
+    let server = Server::start_mounts_with_env(
+        &[
+            "--config",
+            &config,
+            "--log-level",
+            "debug",
+            // Every app's, unless its table says otherwise.
+            "--config-var",
+            "greeting=hello from the command line",
+        ],
+        &[("WASM_GW_E2E_SECRET", std::path::Path::new(secret))],
+    );
+    let get = |path: &str| {
+        server
+            .raw(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .text()
+    };
+    assert_eq!(get("/config?key=greeting"), "greeting=hello site\n");
+    assert_eq!(get("/config?key=secret"), format!("secret={secret}\n"));
+    // A standard wasi:http component gets the command line's values.
+    assert_eq!(
+        get("/api/config?key=greeting"),
+        "greeting=hello from the command line\n"
+    );
+    // An empty table: none at all.
+    assert_eq!(get("/plain/config?key=greeting"), "greeting unset\n");
+    server.wait_for_log(&["GET /plain/config?key=greeting"]);
+    let leaked: Vec<String> = server
+        .log_lines()
+        .into_iter()
+        .filter(|line| line.contains(secret))
+        .collect();
+    assert!(leaked.is_empty(), "the secret is in the log: {leaked:?}");
+}
+
+#[test]
+fn a_config_value_from_a_missing_variable_stops_the_start() {
+    let error = refused(&format!(
+        r#"
+[[app]]
+name = "site"
+component = "{}"
+config = {{ key = {{ env = "WASM_GW_E2E_NOT_SET_ANYWHERE" }} }}
+"#,
+        guest("faulty").display()
+    ));
+    assert!(
+        error.contains("[[app]] \"site\": config: \"key\" is to come from the environment variable WASM_GW_E2E_NOT_SET_ANYWHERE, which the server does not have"),
+        "{error}"
+    );
+}
+
 /// Serves `config_text` as the config file, and returns the error the server stops with.
 pub fn refused(config_text: &str) -> String {
     let dir = Scratch::new("bad-config");

@@ -122,6 +122,21 @@ fn unbounded_python_allocation_hits_the_memory_cap() {
 }
 
 #[test]
+fn a_python_app_reads_its_config_through_the_bridge() {
+    let server = Server::start_path(
+        &python_guest("faulty"),
+        &["--config-var", "greeting=hello from config"],
+    );
+    let get = |path: &str| {
+        server
+            .raw(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .text()
+    };
+    assert_eq!(get("/config?key=greeting"), "greeting=hello from config\n");
+    assert_eq!(get("/config?key=other"), "other unset\n");
+}
+
+#[test]
 fn system_exit_retires_the_instance() {
     let server = Server::start_path(&python_guest("faulty"), &["--workers", "1"]);
     let http = client();

@@ -289,6 +289,11 @@ impl Server {
         Server::launch(None, args, &[])
     }
 
+    /// [`Server::start_mounts`], with variables `env` in the server's environment.
+    pub fn start_mounts_with_env(args: &[&str], env: &[(&str, &Path)]) -> Server {
+        Server::launch(None, args, env)
+    }
+
     fn launch(app: Option<&Path>, args: &[&str], env: &[(&str, &Path)]) -> Server {
         Server::launch_with(app, args, env, None)
     }

@@ -4,6 +4,7 @@
 //! answers); anything else answers
 //! 200 `ok`. `/sleep?ms=N` is healthy but slow. `/wait-forever` and `/block-forever` wait on
 //! a pollable that never becomes ready, through `wasi:io/poll`'s `poll` and `block`.
+//! `/config?key=K` answers the wasi:config value the operator set for K.
 //! `/store/fill` and `/store/delete` write and delete keys by the thousand, or (`whole=1`)
 //! in one call past the batch limit. `/flood?mb=N` writes N MiB to stdout, and `/forge` a
 //! line with control characters; `/alias?n=N&mb=M` returns N chunks that all point at one
@@ -195,6 +196,17 @@ impl Guest for Faulty {
                 let path = query_value(&environ.query_string, "path").unwrap_or("/data/link");
                 let target = query_value(&environ.query_string, "target").unwrap_or("/etc/passwd");
                 probe(symlink(path, target))
+            }
+            "/config" => {
+                // The value the operator set for `key`, through wasi:config.
+                let key = query_value(&environ.query_string, "key").unwrap_or("");
+                let text = match wasm_gw_sdk::config::get(key) {
+                    Ok(Some(value)) => format!("{key}={value}\n"),
+                    Ok(None) => format!("{key} unset\n"),
+                    Err(error) => format!("{error}\n"),
+                };
+                start_response("200 OK", &plain, None).map_err(|e| format!("{e:?}"))?;
+                ok_body(&text)
             }
             "/escape/env" => {
                 let vars: Vec<String> = std::env::vars()

@@ -4,7 +4,8 @@
 //! writes lines for as long as they are taken, `/late-panic` panics after starting its
 //! response, `/write-before-set` writes its body before setting the response, `/no-response`
 //! returns without setting a response, `/respond-then-read` sets its response before it
-//! reads the request body, `/wrong-length` declares 10 bytes and writes 5, `/outbound` tries to reach the network and reports
+//! reads the request body, `/wrong-length` declares 10 bytes and writes 5,
+//! `/config?key=K` answers the wasi:config value the operator set for K, `/outbound` tries to reach the network and reports
 //! what it got, and `/ok` answers. Mounted under a prefix, it routes on the path after the
 //! prefix that the `wasm-gw-script-name` header names.
 
@@ -14,6 +15,11 @@ use wasip2::http::types::{
     Scheme,
 };
 use wasip2::io::streams::OutputStream;
+
+wit_bindgen::generate!({
+    path: "../../wit/deps/config",
+    world: "imports",
+});
 
 struct HttpFaulty;
 
@@ -78,6 +84,19 @@ impl wasip2::exports::http::incoming_handler::Guest for HttpFaulty {
                     }
                 }
                 ResponseOutparam::set(response_out, Ok(response));
+            }
+            "/config" => {
+                // The value the operator set for `key`, through wasi:config.
+                let key = query
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix("key="))
+                    .unwrap_or("");
+                let text = match wasi::config::store::get(key) {
+                    Ok(Some(value)) => format!("{key}={value}\n"),
+                    Ok(None) => format!("{key} unset\n"),
+                    Err(error) => format!("{error:?}\n"),
+                };
+                answer(response_out, &text);
             }
             "/wrong-length" => {
                 // Declares 10 bytes and writes 5.

@@ -11,7 +11,9 @@ worker and kept across restarts, in the app's own namespace.
 import json
 
 from componentize_py_types import Err
-from wit_world.imports import atomics, batch, store
+from wit_world.imports import atomics, batch
+# Named by package: the world imports wasi:config's `store` too.
+from wit_world.imports import wasi_keyvalue_store as store
 
 # How wasm-gw begins the message of an error that is the backend's, not the caller's.
 _BACKEND_FAILED = "the key-value backend failed"

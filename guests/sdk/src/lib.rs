@@ -28,6 +28,7 @@ use std::borrow::Cow;
 use std::cell::{OnceCell, RefCell};
 use std::io;
 
+pub mod config;
 pub mod kv;
 
 #[cfg(any(test, all(target_family = "wasm", not(target_feature = "atomics"))))]

@@ -3,6 +3,7 @@
 //! its stdio, [`wait`] holds its waits to the deadline, and [`files`] its symlinks to its
 //! grants.
 
+pub mod config;
 pub mod files;
 pub mod http;
 mod log;
@@ -18,6 +19,7 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
+use self::config::ConfigValues;
 use self::http::SharedSide;
 use self::log::GuestLog;
 pub use self::log::{OutputLimit, OutputRate};
@@ -37,6 +39,8 @@ use crate::kv::{self, Connection};
 pub struct Grants {
     pub dirs: Vec<DirGrant>,
     pub env: Vec<(String, String)>,
+    /// The app's configuration and secrets (`wasi:config`).
+    pub config: ConfigValues,
     /// The app's key-value namespace, on the backend every worker shares.
     pub kv: Arc<kv::Store>,
 }
@@ -75,6 +79,9 @@ pub struct GuestState {
     http_hooks: DenyOutbound,
     /// The connection's side of the `wasi:http` request being served.
     http_side: Option<SharedSide>,
+    /// The app's configuration, for `wasi:config`, in each version's form.
+    config: ConfigValues,
+    config_for_wasmtime: wasmtime_wasi_config::WasiConfigVariables,
 }
 
 /// Measures how long the app itself runs during a request, leaving out the time its host
@@ -154,6 +161,8 @@ impl GuestState {
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             http_hooks: DenyOutbound,
             http_side: None,
+            config: grants.config.clone(),
+            config_for_wasmtime: grants.config.for_wasmtime(),
             wasi,
             table: ResourceTable::new(),
             limits: Sandbox {

@@ -34,6 +34,7 @@ pub fn link_http(
     guest::wait::add_to_linker(&mut linker, GuestState::waits)?;
     guest::wait::add_streams_to_linker(&mut linker, GuestState::waits)?;
     guest::files::add_to_linker(&mut linker, GuestState::output)?;
+    guest::config::add_to_linker(&mut linker)?;
     let pre = linker.instantiate_pre(component)?;
     Ok(HttpProxyPre::new(pre)?)
 }
@@ -49,6 +50,7 @@ pub fn link_http3(
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi::p3::add_to_linker(&mut linker)?;
     wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+    guest::config::add_to_linker(&mut linker)?;
     let pre = linker.instantiate_pre(component)?;
     Ok(wasmtime_wasi_http::p3::bindings::ServicePre::new(pre)?)
 }

@@ -2,10 +2,13 @@
 `/alloc`, `/passwd` (tries to read /etc/passwd), `/exit` (SystemExit), `/tuple-headers` (a
 PEP 3333 violation), `/stream-raise` (fails halfway through a streamed body), `/bytes-body`
 (bytes, not a list of them), `/int-header` (a header value that is not a str) and
-`/closing-list` (a list with close()). Anything else answers 200 with how many requests
+`/closing-list` (a list with close()); `/config?key=K` answers the wasi:config value set for
+K. Anything else answers 200 with how many requests
 this instance has served."""
 
 import sys
+
+import wasm_gw_config
 
 served = 0
 
@@ -25,6 +28,12 @@ def application(environ, start_response):
             hoard.append(bytearray(1 << 20))
     if path == "/exit":
         raise SystemExit(3)
+    if path == "/config":
+        key = environ["QUERY_STRING"].partition("key=")[2]
+        value = wasm_gw_config.get(key)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        answer = f"{key}={value}\n" if value is not None else f"{key} unset\n"
+        return [answer.encode()]
     if path == "/passwd":
         try:
             with open("/etc/passwd") as file:
