@@ -1,6 +1,7 @@
 //! The command line: `wasm-gw serve APP.wasm [options]`.
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use crate::guest::config::ConfigValues;
 use crate::guest::{DirGrant, Grants, OutputRate};
 use crate::kv::{self, BackendUrl};
 use crate::loader::AppSpec;
+use crate::outbound::policy::{Pattern, Policy};
 use crate::pool::QueuePolicy;
 use crate::runtime::{InstancePolicy, Isolation};
 
@@ -256,6 +258,13 @@ pub struct ServeArgs {
     /// rather than on the command line.
     #[arg(long = "config-var", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub config_vars: Vec<(String, String)>,
+
+    /// Let the app send HTTP requests to PATTERN: scheme://host[:port], with *.domain for
+    /// the domain's subdomains and :* for any port; the host may be an IP address or a CIDR
+    /// network. Repeatable; without one, every outbound request is refused. Loopback,
+    /// private, link-local and this server's own addresses need a pattern that names them.
+    #[arg(long = "allow-outbound", value_name = "PATTERN")]
+    pub allow_outbound: Vec<Pattern>,
 
     /// Where the app's key-value data lives (wasi:keyvalue): sqlite:PATH, shared by this
     /// process's workers and kept across restarts; redis://HOST:PORT/DB, shared by several
@@ -533,7 +542,13 @@ impl ServeArgs {
     }
 
     /// Every app to serve, from the config file or the command line, with its settings.
-    pub fn app_specs(&self, backend: &Arc<dyn kv::Backend>) -> anyhow::Result<Vec<AppSpec>> {
+    /// The apps to serve; `own` are the addresses this server listens on, which outbound
+    /// requests may not reach unless a pattern names them.
+    pub fn app_specs(
+        &self,
+        backend: &Arc<dyn kv::Backend>,
+        own: &[SocketAddr],
+    ) -> anyhow::Result<Vec<AppSpec>> {
         let Some(file) = &self.config else {
             let apps = self.apps()?;
             let queue = self.queue_policy(apps.len());
@@ -549,7 +564,7 @@ impl ServeArgs {
                         hosts: Vec::new(),
                         prefix,
                         path,
-                        policy: self.instance_policy(kv),
+                        policy: self.instance_policy(kv, own),
                         queue,
                         max_body: self.max_body(),
                     })
@@ -574,7 +589,7 @@ impl ServeArgs {
                         as u64;
                 }
                 let kv = Arc::new(kv);
-                let mut policy = self.instance_policy(kv);
+                let mut policy = self.instance_policy(kv, own);
                 if let Some(timeout) = &app.timeout {
                     policy.timeout =
                         parse_seconds(timeout).map_err(|why| invalid(format!("timeout: {why}")))?;
@@ -633,6 +648,14 @@ impl ServeArgs {
                 if let Some(config) = &app.config {
                     policy.grants.config = config.clone();
                 }
+                if let Some(patterns) = &app.allow_outbound {
+                    let patterns = patterns
+                        .iter()
+                        .map(|pattern| pattern.parse())
+                        .collect::<Result<_, String>>()
+                        .map_err(|why| invalid(format!("allow-outbound: {why}")))?;
+                    policy.grants.outbound = Arc::new(Policy::new(patterns, own.to_vec()));
+                }
                 let max_body = match &app.max_body_size {
                     Some(size) => parse_size_or_zero(size)
                         .map(|size| (size > 0).then_some(size as u64))
@@ -684,7 +707,7 @@ impl ServeArgs {
             .unwrap_or_else(|| BackendUrl::in_state_dir(&self.state_dir))
     }
 
-    pub fn instance_policy(&self, kv: Arc<kv::Store>) -> InstancePolicy {
+    pub fn instance_policy(&self, kv: Arc<kv::Store>, own: &[SocketAddr]) -> InstancePolicy {
         InstancePolicy {
             max_memory: self.max_memory,
             timeout: self.timeout,
@@ -695,6 +718,7 @@ impl ServeArgs {
                 dirs: self.dirs.clone(),
                 env: self.env.clone(),
                 config: ConfigValues::new(self.config_vars.iter().cloned()),
+                outbound: Arc::new(Policy::new(self.allow_outbound.clone(), own.to_vec())),
                 kv,
             },
             workers: self.workers(),

@@ -68,6 +68,9 @@ struct AppTable {
     /// server's environment, so that secrets stay out of the file. Present, it replaces the
     /// command line's `--config-var`s.
     config: Option<BTreeMap<String, ConfigValue>>,
+    /// Where the app's outbound HTTP may go, as in `--allow-outbound`. Present, even empty,
+    /// it replaces the command line's.
+    allow_outbound: Option<Vec<String>>,
     kv_namespace: Option<String>,
     /// Bytes a second of the app's output that reach the log, as in `--app-log-rate`.
     app_log_rate: Option<Size>,
@@ -137,6 +140,7 @@ pub struct AppConfig {
     pub dirs: Option<Vec<String>>,
     pub env: Option<Vec<(String, String)>>,
     pub config: Option<ConfigValues>,
+    pub allow_outbound: Option<Vec<String>>,
     pub kv_namespace: Option<String>,
     pub kv_quota_keys: Option<u64>,
     pub kv_quota_bytes: Option<String>,
@@ -287,6 +291,7 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<AppConfig>> {
         };
         apps.push(AppConfig {
             config,
+            allow_outbound: table.allow_outbound,
             component: base.join(&table.component),
             route,
             hosts,

@@ -28,6 +28,7 @@ pub mod lifecycle;
 pub mod listener;
 pub mod loader;
 pub mod metrics;
+pub mod outbound;
 pub mod pool;
 pub mod privileges;
 pub mod python;

@@ -38,7 +38,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let backend = args.kv_url().open()?;
     let cache = args.code_cache();
     let engines = Engines::new()?;
-    let (apps, router) = loader::load(&engines, args.app_specs(&backend)?, cache.as_ref())?;
+    let own = front_door.tcp_addresses();
+    let (apps, router) = loader::load(&engines, args.app_specs(&backend, &own)?, cache.as_ref())?;
     loader::announce(&apps);
     let router = Arc::new(CurrentRouter::new(router));
     let server_settings = match &args.config {
@@ -47,7 +48,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let specs_of = args.clone();
     let reloader = Reloader {
-        specs: Box::new(move |backend| specs_of.app_specs(backend)),
+        specs: Box::new(move |backend| specs_of.app_specs(backend, &own)),
         config: args.config.clone(),
         backend,
         engines,
@@ -68,6 +69,19 @@ pub struct FrontDoor {
 }
 
 impl FrontDoor {
+    /// The TCP addresses this server listens on, the admin endpoint's included.
+    pub fn tcp_addresses(&self) -> Vec<std::net::SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(Listener::tcp_address)
+            .chain(
+                self.admin
+                    .iter()
+                    .filter_map(|admin| admin.local_addr().ok()),
+            )
+            .collect()
+    }
+
     /// Reads the TLS files and binds the listeners; then, for `--user`/`--group`, hands
     /// the socket files over and gives up root.
     pub fn open(args: &ServeArgs) -> anyhow::Result<FrontDoor> {

@@ -15,6 +15,7 @@ mod isolation;
 mod kv;
 mod lifecycle;
 mod mounts;
+mod outbound;
 mod properties;
 mod protocol;
 mod python;

@@ -5,8 +5,8 @@
 //! response, `/write-before-set` writes its body before setting the response, `/no-response`
 //! returns without setting a response, `/respond-then-read` sets its response before it
 //! reads the request body, `/wrong-length` declares 10 bytes and writes 5,
-//! `/config?key=K` answers the wasi:config value the operator set for K, `/outbound` tries to reach the network and reports
-//! what it got, and `/ok` answers. Mounted under a prefix, it routes on the path after the
+//! `/config?key=K` answers the wasi:config value the operator set for K, `/outbound?url=U` sends a GET to U (default
+//! https://example.com/) and reports what it got, and `/ok` answers. Mounted under a prefix, it routes on the path after the
 //! prefix that the `wasm-gw-script-name` header names.
 
 use wasip2::http::outgoing_handler;
@@ -142,15 +142,30 @@ impl wasip2::exports::http::incoming_handler::Guest for HttpFaulty {
                 let _ = OutgoingBody::finish(body, None);
             }
             "/outbound" => {
+                // ?url=scheme://authority/path (default https://example.com/): what a GET
+                // there got, as `STATUS BODY`, or the error code.
+                let url = query
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix("url="))
+                    .unwrap_or("https://example.com/");
+                let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
+                let (authority, path) = match rest.find('/') {
+                    Some(slash) => (&rest[..slash], &rest[slash..]),
+                    None => (rest, "/"),
+                };
                 let outgoing = OutgoingRequest::new(Fields::new());
-                let _ = outgoing.set_scheme(Some(&Scheme::Https));
-                let _ = outgoing.set_authority(Some("example.com"));
-                let _ = outgoing.set_path_with_query(Some("/"));
+                let scheme = match scheme {
+                    "http" => Scheme::Http,
+                    _ => Scheme::Https,
+                };
+                let _ = outgoing.set_scheme(Some(&scheme));
+                let _ = outgoing.set_authority(Some(authority));
+                let _ = outgoing.set_path_with_query(Some(path));
                 let outcome = match outgoing_handler::handle(outgoing, None) {
                     Ok(future) => {
                         future.subscribe().block();
                         match future.get() {
-                            Some(Ok(Ok(_))) => "sent".to_owned(),
+                            Some(Ok(Ok(response))) => read_response(response),
                             Some(Ok(Err(code))) => format!("{code:?}"),
                             other => format!("{other:?}"),
                         }
@@ -162,6 +177,20 @@ impl wasip2::exports::http::incoming_handler::Guest for HttpFaulty {
             _ => answer(response_out, "ok"),
         }
     }
+}
+
+/// `STATUS BODY` of an upstream's response.
+fn read_response(response: wasip2::http::types::IncomingResponse) -> String {
+    let status = response.status();
+    let mut body = Vec::new();
+    if let Ok(incoming) = response.consume()
+        && let Ok(stream) = incoming.stream()
+    {
+        while let Ok(bytes) = stream.blocking_read(64 * 1024) {
+            body.extend_from_slice(&bytes);
+        }
+    }
+    format!("{status} {}", String::from_utf8_lossy(&body))
 }
 
 /// Sets a 200 response with no headers, and returns its body and the body's stream.

@@ -64,6 +64,11 @@ const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 impl OutputLimit {
     /// `dropped_total` counts the bytes dropped.
+    /// The app whose output this is.
+    pub fn app(&self) -> &Arc<str> {
+        &self.app
+    }
+
     pub fn new(app: Arc<str>, rate: OutputRate, dropped_total: Counter) -> OutputLimit {
         // A line is logged whole or not at all: a burst smaller than the longest line would
         // drop every long one.

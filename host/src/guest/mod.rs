@@ -41,6 +41,8 @@ pub struct Grants {
     pub env: Vec<(String, String)>,
     /// The app's configuration and secrets (`wasi:config`).
     pub config: ConfigValues,
+    /// Where the app's outbound HTTP may go.
+    pub outbound: Arc<crate::outbound::policy::Policy>,
     /// The app's key-value namespace, on the backend every worker shares.
     pub kv: Arc<kv::Store>,
 }
@@ -76,7 +78,7 @@ pub struct GuestState {
     kv: Session,
     /// `wasi:http`'s context, for apps of that world.
     http: wasmtime_wasi_http::WasiHttpCtx,
-    http_hooks: DenyOutbound,
+    http_hooks: crate::outbound::Outbound,
     /// The connection's side of the `wasi:http` request being served.
     http_side: Option<SharedSide>,
     /// The app's configuration, for `wasi:config`, in each version's form.
@@ -159,7 +161,10 @@ impl GuestState {
         let wasi = wasi.build();
         Ok(GuestState {
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
-            http_hooks: DenyOutbound,
+            http_hooks: crate::outbound::Outbound {
+                app: output.app().clone(),
+                policy: grants.outbound.clone(),
+            },
             http_side: None,
             config: grants.config.clone(),
             config_for_wasmtime: grants.config.for_wasmtime(),
@@ -417,29 +422,6 @@ impl wasmtime_wasi_http::WasiHttpView for GuestState {
             table: &mut self.table,
             hooks: &mut self.http_hooks,
         }
-    }
-}
-
-/// Outbound HTTP from a `wasi:http` app: denied, as all network access is unless granted.
-/// The guest gets the standard `HTTP-request-denied` error.
-struct DenyOutbound;
-
-impl wasmtime_wasi_http::WasiHttpHooks for DenyOutbound {
-    fn send_request(
-        &mut self,
-        request: ::http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _done: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = wasmtime_wasi_http::Result<(
-                    ::http::Response<wasmtime_wasi_http::WasiBody>,
-                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-                )>,
-            > + Send,
-    > {
-        tracing::warn!(uri = %request.uri(), "denied an outbound HTTP request: outbound HTTP is not granted");
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 

@@ -1,0 +1,141 @@
+//! Outbound HTTP for guests: the requests an app sends through `wasi:http`, each checked
+//! against the app's allow-list where it connects ([`policy`]), and sent by wasm-gw's own
+//! client, to exactly the authority that was checked.
+
+pub mod policy;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
+
+use self::policy::{Denied, Policy, Scheme};
+
+/// How long a connection may take, and the response's head, unless the guest asks for less.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one app's outbound requests go through.
+pub struct Outbound {
+    pub app: Arc<str>,
+    pub policy: Arc<Policy>,
+}
+
+type Sent = Box<dyn Future<Output = Result<(), Error>> + Send>;
+
+impl wasmtime_wasi_http::WasiHttpHooks for Outbound {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _done: Sent,
+    ) -> Box<dyn Future<Output = wasmtime_wasi_http::Result<(http::Response<WasiBody>, Sent)>> + Send>
+    {
+        let app = self.app.clone();
+        let policy = self.policy.clone();
+        Box::new(async move { send(&app, &policy, request, options).await })
+    }
+}
+
+/// Sends `request` if `policy` allows it, to the authority its URI names and no other.
+async fn send(
+    app: &str,
+    policy: &Policy,
+    mut request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+) -> wasmtime_wasi_http::Result<(http::Response<WasiBody>, Sent)> {
+    let uri = request.uri().clone();
+    let denied = |why: &dyn std::fmt::Display| {
+        tracing::warn!(app, uri = %uri, "denied an outbound HTTP request: {why}");
+        Error::HttpRequestDenied
+    };
+    let scheme = match uri.scheme_str() {
+        Some("http") => Scheme::Http,
+        Some("https") => Scheme::Https,
+        _ => return Err(denied(&"the scheme is not http or https")),
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| denied(&"the request names no host"))?
+        .clone();
+    let port = authority.port_u16().unwrap_or(scheme.default_port());
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let allowed = policy
+        .check(scheme, authority.host(), port)
+        .map_err(|why| denied(&why))?;
+    if scheme == Scheme::Https {
+        return Err(denied(&"outbound TLS is not served yet"));
+    }
+    let options = options.unwrap_or_default();
+    let connect = options.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
+    let first_byte = options.first_byte_timeout.unwrap_or(FIRST_BYTE_TIMEOUT);
+
+    let resolved = tokio::time::timeout(connect, tokio::net::lookup_host((host, port)))
+        .await
+        .map_err(|_| Error::DnsTimeout)?
+        .map_err(|error| Error::DnsError {
+            rcode: Some(error.to_string()),
+            info_code: None,
+        })?;
+    let mut refusal: Option<Denied> = None;
+    let mut address = None;
+    for candidate in resolved {
+        match allowed.address(candidate) {
+            Ok(()) => {
+                address = Some(candidate);
+                break;
+            }
+            Err(why) => {
+                refusal.get_or_insert(why);
+            }
+        }
+    }
+    let Some(address) = address else {
+        return Err(match refusal {
+            Some(why) => denied(&why),
+            None => Error::DestinationNotFound,
+        });
+    };
+    let stream = tokio::time::timeout(connect, tokio::net::TcpStream::connect(address))
+        .await
+        .map_err(|_| Error::ConnectionTimeout)?
+        .map_err(|_| Error::ConnectionRefused)?;
+    let (mut sender, connection) = tokio::time::timeout(
+        connect,
+        hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream)),
+    )
+    .await
+    .map_err(|_| Error::ConnectionTimeout)?
+    .map_err(Error::Hyper)?;
+    let driven = tokio::spawn(connection);
+
+    // Origin form, and a Host that is the authority checked: nothing in the request can
+    // send it elsewhere.
+    let path = uri
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |path| path.as_str().to_owned());
+    *request.uri_mut() = path.parse().map_err(|_| Error::HttpRequestUriInvalid)?;
+    let host_header = http::HeaderValue::from_str(authority.as_str())
+        .map_err(|_| Error::HttpRequestUriInvalid)?;
+    request
+        .headers_mut()
+        .insert(http::header::HOST, host_header);
+
+    let response = tokio::time::timeout(first_byte, sender.send_request(request))
+        .await
+        .map_err(|_| Error::ConnectionReadTimeout)?
+        .map_err(Error::Hyper)?;
+    let response = response.map(|body| body.map_err(Error::Hyper).boxed_unsync());
+    let sent: Sent = Box::new(async move {
+        match driven.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(Error::Hyper(error)),
+            Err(_) => Err(Error::ConnectionTerminated),
+        }
+    });
+    Ok((response, sent))
+}

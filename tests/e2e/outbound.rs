@@ -1,0 +1,119 @@
+//! Outbound HTTP from guests: allowed per app by pattern, checked where the server connects.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use crate::support::Server;
+
+/// An HTTP server on loopback that answers every request `200 upstream says hi` and keeps
+/// each request's head.
+struct Upstream {
+    port: u16,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Upstream {
+    fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let kept = heads.clone();
+        // Lives as long as the test process: it only ever waits in accept.
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                kept.lock().unwrap().push(head);
+                let body = "upstream says hi";
+                let _ = write!(
+                    reader.get_mut(),
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Upstream { port, heads }
+    }
+}
+
+fn outbound(server: &Server, url: &str) -> String {
+    server
+        .raw(format!("GET /outbound?url={url} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+        .text()
+}
+
+#[test]
+fn an_allowed_destination_answers_and_gets_exactly_the_checked_authority() {
+    let upstream = Upstream::start();
+    let allowed = format!("http://127.0.0.1:{}", upstream.port);
+    let server = Server::start("http_faulty", &["--allow-outbound", &allowed]);
+    assert_eq!(
+        outbound(&server, &format!("{allowed}/greeting?x=1")),
+        "200 upstream says hi"
+    );
+    let heads = upstream.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(
+        heads[0].starts_with("GET /greeting?x=1 HTTP/1.1\r\n"),
+        "{heads:?}"
+    );
+    assert!(
+        heads[0]
+            .to_ascii_lowercase()
+            .contains(&format!("host: 127.0.0.1:{}\r\n", upstream.port)),
+        "{heads:?}"
+    );
+}
+
+#[test]
+fn destinations_no_pattern_names_are_refused_logged_and_never_reached() {
+    let upstream = Upstream::start();
+    let port = upstream.port;
+    let cases: [(&[&str], String, &str); 3] = [
+        // Nothing is allowed by default.
+        (
+            &[],
+            format!("http://127.0.0.1:{port}/"),
+            "no --allow-outbound pattern allows",
+        ),
+        // Another port of the same host.
+        (
+            &["--allow-outbound", "http://127.0.0.1:1"],
+            format!("http://127.0.0.1:{port}/"),
+            "no --allow-outbound pattern allows",
+        ),
+        // A name the list allows, which resolves to loopback: the pattern does not name
+        // that address.
+        (
+            &["--allow-outbound", "http://localhost:*"],
+            format!("http://localhost:{port}/"),
+            "which is loopback, and no pattern names it",
+        ),
+    ];
+    for (args, url, why) in cases {
+        let server = Server::start("http_faulty", args);
+        assert_eq!(
+            outbound(&server, &url),
+            "ErrorCode::HttpRequestDenied",
+            "{url}"
+        );
+        server.wait_for_log(&[
+            "WARN",
+            "app=\"http_faulty\"",
+            "denied an outbound HTTP request",
+            why,
+        ]);
+    }
+    assert!(
+        upstream.heads.lock().unwrap().is_empty(),
+        "the upstream was reached"
+    );
+}
