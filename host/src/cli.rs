@@ -266,6 +266,11 @@ pub struct ServeArgs {
     #[arg(long = "allow-outbound", value_name = "PATTERN")]
     pub allow_outbound: Vec<Pattern>,
 
+    /// Trust the CA certificates in FILE (PEM) for apps' https requests, beside the Mozilla
+    /// roots. Certificates are always verified.
+    #[arg(long = "outbound-ca", value_name = "FILE")]
+    pub outbound_ca: Option<PathBuf>,
+
     /// Where the app's key-value data lives (wasi:keyvalue): sqlite:PATH, shared by this
     /// process's workers and kept across restarts; redis://HOST:PORT/DB, shared by several
     /// wasm-gw processes; or memory, gone at exit [default: sqlite:STATE_DIR/kv.sqlite].
@@ -549,6 +554,7 @@ impl ServeArgs {
         backend: &Arc<dyn kv::Backend>,
         own: &[SocketAddr],
     ) -> anyhow::Result<Vec<AppSpec>> {
+        let tls = crate::outbound::tls_client(self.outbound_ca.as_deref())?;
         let Some(file) = &self.config else {
             let apps = self.apps()?;
             let queue = self.queue_policy(apps.len());
@@ -564,7 +570,7 @@ impl ServeArgs {
                         hosts: Vec::new(),
                         prefix,
                         path,
-                        policy: self.instance_policy(kv, own),
+                        policy: self.instance_policy(kv, own, &tls),
                         queue,
                         max_body: self.max_body(),
                     })
@@ -589,7 +595,7 @@ impl ServeArgs {
                         as u64;
                 }
                 let kv = Arc::new(kv);
-                let mut policy = self.instance_policy(kv, own);
+                let mut policy = self.instance_policy(kv, own, &tls);
                 if let Some(timeout) = &app.timeout {
                     policy.timeout =
                         parse_seconds(timeout).map_err(|why| invalid(format!("timeout: {why}")))?;
@@ -707,7 +713,12 @@ impl ServeArgs {
             .unwrap_or_else(|| BackendUrl::in_state_dir(&self.state_dir))
     }
 
-    pub fn instance_policy(&self, kv: Arc<kv::Store>, own: &[SocketAddr]) -> InstancePolicy {
+    pub fn instance_policy(
+        &self,
+        kv: Arc<kv::Store>,
+        own: &[SocketAddr],
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> InstancePolicy {
         InstancePolicy {
             max_memory: self.max_memory,
             timeout: self.timeout,
@@ -719,6 +730,7 @@ impl ServeArgs {
                 env: self.env.clone(),
                 config: ConfigValues::new(self.config_vars.iter().cloned()),
                 outbound: Arc::new(Policy::new(self.allow_outbound.clone(), own.to_vec())),
+                outbound_tls: tls.clone(),
                 kv,
             },
             workers: self.workers(),

@@ -109,13 +109,13 @@ fn a_socket_file_left_by_a_killed_server_is_replaced() {
 }
 
 /// A certificate authority of the test's own, and the files a server and its clients use.
-struct Pki {
+pub(crate) struct Pki {
     dir: Scratch,
     ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params
@@ -132,7 +132,7 @@ impl Pki {
         Pki { dir, ca }
     }
 
-    fn path(&self, name: &str) -> String {
+    pub(crate) fn path(&self, name: &str) -> String {
         self.dir.path().join(name).to_str().unwrap().to_owned()
     }
 
@@ -156,7 +156,7 @@ impl Pki {
     }
 
     /// Serves guest `app` over TLS with a certificate for `name`, and `extra` flags.
-    fn serve(&self, app: &str, name: &str, extra: &[&str]) -> Server {
+    pub(crate) fn serve(&self, app: &str, name: &str, extra: &[&str]) -> Server {
         let (cert, key) = self.server(name);
         let args = ["--certfile", cert.as_str(), "--keyfile", key.as_str()];
         Server::start(app, &[&args[..], extra].concat())

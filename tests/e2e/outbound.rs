@@ -117,3 +117,24 @@ fn destinations_no_pattern_names_are_refused_logged_and_never_reached() {
         "the upstream was reached"
     );
 }
+
+#[test]
+fn https_upstreams_are_verified_and_outbound_ca_adds_a_root() {
+    let pki = crate::frontdoor::Pki::new();
+    // wasm-gw itself, over TLS with a certificate of the test's CA, is the upstream.
+    let upstream = pki.serve("hello", "upstream", &[]);
+    let allow = format!("https://127.0.0.1:{}", upstream.addr.port());
+    let url = format!("{allow}/?name=tls");
+    let untrusting = Server::start("http_faulty", &["--allow-outbound", &allow]);
+    assert_eq!(
+        outbound(&untrusting, &url),
+        "ErrorCode::TlsCertificateError"
+    );
+    untrusting.wait_for_log(&["outbound TLS failed"]);
+    let ca = pki.path("ca.pem");
+    let trusting = Server::start(
+        "http_faulty",
+        &["--allow-outbound", &allow, "--outbound-ca", &ca],
+    );
+    assert_eq!(outbound(&trusting, &url), "200 Hello, tls!\n");
+}

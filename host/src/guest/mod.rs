@@ -43,6 +43,8 @@ pub struct Grants {
     pub config: ConfigValues,
     /// Where the app's outbound HTTP may go.
     pub outbound: Arc<crate::outbound::policy::Policy>,
+    /// Whom its `https` requests trust.
+    pub outbound_tls: Arc<rustls::ClientConfig>,
     /// The app's key-value namespace, on the backend every worker shares.
     pub kv: Arc<kv::Store>,
 }
@@ -164,6 +166,7 @@ impl GuestState {
             http_hooks: crate::outbound::Outbound {
                 app: output.app().clone(),
                 policy: grants.outbound.clone(),
+                tls: grants.outbound_tls.clone(),
             },
             http_side: None,
             config: grants.config.clone(),

@@ -20,6 +20,45 @@ const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Outbound {
     pub app: Arc<str>,
     pub policy: Arc<Policy>,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+/// The TLS client every app's `https` requests use: the Mozilla roots (`webpki-roots`), and
+/// the certificates in `extra_ca` (PEM), if given, beside them. Certificates are always
+/// verified.
+pub fn tls_client(extra_ca: Option<&std::path::Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use anyhow::Context;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_ca {
+        let mut added = 0;
+        for certificate in rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("--outbound-ca {}: cannot read it", path.display()))?
+        {
+            let certificate = certificate.with_context(|| {
+                format!("--outbound-ca {}: not PEM certificates", path.display())
+            })?;
+            roots.add(certificate).with_context(|| {
+                format!(
+                    "--outbound-ca {}: a certificate is unusable",
+                    path.display()
+                )
+            })?;
+            added += 1;
+        }
+        if added == 0 {
+            anyhow::bail!("--outbound-ca {}: holds no certificate", path.display());
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 type Sent = Box<dyn Future<Output = Result<(), Error>> + Send>;
@@ -34,7 +73,8 @@ impl wasmtime_wasi_http::WasiHttpHooks for Outbound {
     {
         let app = self.app.clone();
         let policy = self.policy.clone();
-        Box::new(async move { send(&app, &policy, request, options).await })
+        let tls = self.tls.clone();
+        Box::new(async move { send(&app, &policy, &tls, request, options).await })
     }
 }
 
@@ -42,6 +82,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for Outbound {
 async fn send(
     app: &str,
     policy: &Policy,
+    tls: &Arc<rustls::ClientConfig>,
     mut request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
 ) -> wasmtime_wasi_http::Result<(http::Response<WasiBody>, Sent)> {
@@ -67,9 +108,6 @@ async fn send(
     let allowed = policy
         .check(scheme, authority.host(), port)
         .map_err(|why| denied(&why))?;
-    if scheme == Scheme::Https {
-        return Err(denied(&"outbound TLS is not served yet"));
-    }
     let options = options.unwrap_or_default();
     let connect = options.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
     let first_byte = options.first_byte_timeout.unwrap_or(FIRST_BYTE_TIMEOUT);
@@ -104,14 +142,23 @@ async fn send(
         .await
         .map_err(|_| Error::ConnectionTimeout)?
         .map_err(|_| Error::ConnectionRefused)?;
-    let (mut sender, connection) = tokio::time::timeout(
-        connect,
-        hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream)),
-    )
-    .await
-    .map_err(|_| Error::ConnectionTimeout)?
-    .map_err(Error::Hyper)?;
-    let driven = tokio::spawn(connection);
+    let driven = match scheme {
+        Scheme::Http => handshake(stream, connect).await?,
+        Scheme::Https => {
+            let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|_| Error::HttpRequestUriInvalid)?;
+            let connector = tokio_rustls::TlsConnector::from(tls.clone());
+            let stream = tokio::time::timeout(connect, connector.connect(name, stream))
+                .await
+                .map_err(|_| Error::ConnectionTimeout)?
+                .map_err(|error| {
+                    tracing::warn!(app, uri = %uri, "outbound TLS failed: {error}");
+                    Error::TlsCertificateError
+                })?;
+            handshake(stream, connect).await?
+        }
+    };
+    let (mut sender, driven) = driven;
 
     // Origin form, and a Host that is the authority checked: nothing in the request can
     // send it elsewhere.
@@ -138,4 +185,25 @@ async fn send(
         }
     });
     Ok((response, sent))
+}
+
+/// An HTTP/1.1 client connection over `stream`, and the task that drives it.
+async fn handshake<S>(
+    stream: S,
+    limit: Duration,
+) -> wasmtime_wasi_http::Result<(
+    hyper::client::conn::http1::SendRequest<WasiBody>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) = tokio::time::timeout(
+        limit,
+        hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream)),
+    )
+    .await
+    .map_err(|_| Error::ConnectionTimeout)?
+    .map_err(Error::Hyper)?;
+    Ok((sender, tokio::spawn(connection)))
 }
