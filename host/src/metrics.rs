@@ -54,6 +54,15 @@ struct KvLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutboundLabels {
+    app: AppName,
+    /// `host:port`; `-` for a destination no pattern allows, so that a guest cannot make
+    /// the label take any value it likes.
+    host: String,
+    outcome: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.25 ms to about 8 s.
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
@@ -74,6 +83,8 @@ pub struct Metrics {
     queue_wait: Family<AppLabels, Histogram, fn() -> Histogram>,
     queue_refused: Family<RefusedLabels, Counter>,
     app_log_dropped: Family<AppLabels, Counter>,
+    outbound_requests: Family<OutboundLabels, Counter>,
+    outbound_duration: Family<AppLabels, Histogram, fn() -> Histogram>,
     /// Whether each app's last attempt to make an instance worked.
     instantiable: Mutex<BTreeMap<Arc<str>, bool>>,
     /// The load of each app's current pool.
@@ -105,6 +116,9 @@ impl Metrics {
             Family::new_with_constructor(latency_histogram);
         let queue_refused = Family::<RefusedLabels, Counter>::default();
         let app_log_dropped = Family::<AppLabels, Counter>::default();
+        let outbound_requests = Family::<OutboundLabels, Counter>::default();
+        let outbound_duration: Family<AppLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
 
         let mut registry = Registry::with_prefix("wasm_gw");
         registry.register(
@@ -175,8 +189,21 @@ impl Metrics {
             "Bytes of an app's stdout and stderr dropped past its --app-log-rate, by app",
             app_log_dropped.clone(),
         );
+        registry.register(
+            "outbound_requests",
+            "Outbound HTTP requests of apps, by app, destination (host:port, - for one no \
+             pattern allows) and outcome: ok (the response's head came), denied or failed",
+            outbound_requests.clone(),
+        );
+        registry.register(
+            "outbound_request_duration_seconds",
+            "Time from an app's outbound request to its response's head, or its failure",
+            outbound_duration.clone(),
+        );
         Metrics {
             registry,
+            outbound_requests,
+            outbound_duration,
             requests,
             latency,
             in_flight,
@@ -238,6 +265,22 @@ impl Metrics {
             })
             .inc();
         self.instances_live.get_or_create(&AppLabels { app }).dec();
+    }
+
+    /// An outbound request of `app` to `host` (`-` if no pattern allowed it) ended in
+    /// `outcome` (`ok`, `denied` or `failed`) after `took`.
+    pub fn outbound(&self, app: &Arc<str>, host: String, outcome: &'static str, took: Duration) {
+        let app = AppName(app.clone());
+        self.outbound_requests
+            .get_or_create(&OutboundLabels {
+                app: app.clone(),
+                host,
+                outcome,
+            })
+            .inc();
+        self.outbound_duration
+            .get_or_create(&AppLabels { app })
+            .observe(took.as_secs_f64());
     }
 
     /// A key-value operation of `namespace` ended: `ok`, `refused` or `failed`.

@@ -44,6 +44,18 @@ impl Upstream {
     }
 }
 
+/// A server on loopback that accepts connections and never answers.
+fn silent_upstream() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        // Held open, unanswered, for as long as the test process lives.
+        let kept: Vec<_> = listener.incoming().flatten().collect();
+        drop(kept);
+    });
+    port
+}
+
 fn outbound(server: &Server, url: &str) -> String {
     server
         .raw(format!("GET /outbound?url={url} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
@@ -54,11 +66,29 @@ fn outbound(server: &Server, url: &str) -> String {
 fn an_allowed_destination_answers_and_gets_exactly_the_checked_authority() {
     let upstream = Upstream::start();
     let allowed = format!("http://127.0.0.1:{}", upstream.port);
-    let server = Server::start("http_faulty", &["--allow-outbound", &allowed]);
+    let server = Server::start(
+        "http_faulty",
+        &["--allow-outbound", &allowed, "--admin", "127.0.0.1:0"],
+    );
     assert_eq!(
         outbound(&server, &format!("{allowed}/greeting?x=1")),
         "200 upstream says hi"
     );
+    assert_eq!(
+        outbound(&server, "http://elsewhere.test/"),
+        "ErrorCode::HttpRequestDenied"
+    );
+    let admin = crate::admin::admin_address(&server);
+    let destination = format!("127.0.0.1:{}", upstream.port);
+    let counted = |host: &str, outcome: &str| {
+        crate::admin::metric(
+            admin,
+            "wasm_gw_outbound_requests_total",
+            &[("app", "http_faulty"), ("host", host), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(counted(&destination, "ok"), 1.0);
+    assert_eq!(counted("-", "denied"), 1.0);
     let heads = upstream.heads.lock().unwrap().clone();
     assert_eq!(heads.len(), 1, "{heads:?}");
     assert!(
@@ -137,4 +167,31 @@ fn https_upstreams_are_verified_and_outbound_ca_adds_a_root() {
         &["--allow-outbound", &allow, "--outbound-ca", &ca],
     );
     assert_eq!(outbound(&trusting, &url), "200 Hello, tls!\n");
+}
+
+#[test]
+fn an_upstream_that_never_answers_times_out_in_the_guest_or_at_the_deadline() {
+    let port = silent_upstream();
+    let allowed = format!("http://127.0.0.1:{port}");
+    let server = Server::start(
+        "http_faulty",
+        &[
+            "--allow-outbound",
+            &allowed,
+            "--timeout",
+            "2",
+            "--workers",
+            "1",
+        ],
+    );
+    // The guest's own first-byte timeout: an error it can handle (the code wasmtime gives).
+    assert_eq!(
+        outbound(&server, &format!("{allowed}/&timeout_ms=300")),
+        "ErrorCode::ConnectionReadTimeout"
+    );
+    // No timeout of its own: the request's deadline ends the wait, with 504.
+    let response =
+        server.raw(format!("GET /outbound?url={allowed}/ HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+    assert_eq!(response.status, 504);
+    server.wait_for_log(&["stopped after exceeding the 2s deadline"]);
 }

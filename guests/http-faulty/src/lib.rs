@@ -6,7 +6,7 @@
 //! returns without setting a response, `/respond-then-read` sets its response before it
 //! reads the request body, `/wrong-length` declares 10 bytes and writes 5,
 //! `/config?key=K` answers the wasi:config value the operator set for K, `/outbound?url=U` sends a GET to U (default
-//! https://example.com/) and reports what it got, and `/ok` answers. Mounted under a prefix, it routes on the path after the
+//! https://example.com/; `&timeout_ms=N` for a first-byte timeout) and reports what it got, and `/ok` answers. Mounted under a prefix, it routes on the path after the
 //! prefix that the `wasm-gw-script-name` header names.
 
 use wasip2::http::outgoing_handler;
@@ -161,7 +161,17 @@ impl wasip2::exports::http::incoming_handler::Guest for HttpFaulty {
                 let _ = outgoing.set_scheme(Some(&scheme));
                 let _ = outgoing.set_authority(Some(authority));
                 let _ = outgoing.set_path_with_query(Some(path));
-                let outcome = match outgoing_handler::handle(outgoing, None) {
+                // &timeout_ms=N: the response's head must come within N ms.
+                let options = query
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix("timeout_ms="))
+                    .and_then(|ms| ms.parse::<u64>().ok())
+                    .map(|ms| {
+                        let options = wasip2::http::types::RequestOptions::new();
+                        let _ = options.set_first_byte_timeout(Some(ms * 1_000_000));
+                        options
+                    });
+                let outcome = match outgoing_handler::handle(outgoing, options) {
                     Ok(future) => {
                         future.subscribe().block();
                         match future.get() {

@@ -74,7 +74,18 @@ impl wasmtime_wasi_http::WasiHttpHooks for Outbound {
         let app = self.app.clone();
         let policy = self.policy.clone();
         let tls = self.tls.clone();
-        Box::new(async move { send(&app, &policy, &tls, request, options).await })
+        Box::new(async move {
+            let started = std::time::Instant::now();
+            let mut destination = "-".to_owned();
+            let sent = send(&app, &policy, &tls, request, options, &mut destination).await;
+            let outcome = match &sent {
+                Ok(_) => "ok",
+                Err(Error::HttpRequestDenied) => "denied",
+                Err(_) => "failed",
+            };
+            crate::metrics::metrics().outbound(&app, destination, outcome, started.elapsed());
+            sent
+        })
     }
 }
 
@@ -85,6 +96,7 @@ async fn send(
     tls: &Arc<rustls::ClientConfig>,
     mut request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
+    destination: &mut String,
 ) -> wasmtime_wasi_http::Result<(http::Response<WasiBody>, Sent)> {
     let uri = request.uri().clone();
     let denied = |why: &dyn std::fmt::Display| {
@@ -108,6 +120,7 @@ async fn send(
     let allowed = policy
         .check(scheme, authority.host(), port)
         .map_err(|why| denied(&why))?;
+    *destination = format!("{}:{port}", authority.host().to_ascii_lowercase());
     let options = options.unwrap_or_default();
     let connect = options.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
     let first_byte = options.first_byte_timeout.unwrap_or(FIRST_BYTE_TIMEOUT);
