@@ -10,7 +10,7 @@ use crate::runtime::{link, link_http, link_http3};
 
 /// Interfaces wasm-gw gives every app, by name prefix: WASI 0.2, key-value and the wsgi
 /// imports.
-const PROVIDED: [&str; 13] = [
+const PROVIDED: [&str; 15] = [
     "wasi:io/",
     "wasi:clocks/",
     "wasi:random/",
@@ -22,6 +22,8 @@ const PROVIDED: [&str; 13] = [
     "wasi:keyvalue/batch@0.2.0-draft2",
     "wasi:config/store@0.2.0-draft-2024-09-27",
     "wasi:config/store@0.2.0-rc.1",
+    "wasi:http/types@0.2.",
+    "wasi:http/outgoing-handler@0.2.",
     "wasm-gw:wsgi/request@0.2.",
     "wasm-gw:wsgi/response@0.2.",
 ];

@@ -58,6 +58,8 @@ pub fn link(
     response::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
     kv::guest::add_to_linker(&mut linker, GuestState::keyvalue)?;
     guest::config::add_to_linker(&mut linker)?;
+    // Outbound HTTP, as a wasi:http component gets it: the same allow-list and client.
+    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
     guest::wait::add_to_linker(&mut linker, GuestState::waits)?;
     guest::files::add_to_linker(&mut linker, GuestState::output)?;
     let pre = linker.instantiate_pre(component)?;

@@ -195,3 +195,30 @@ fn an_upstream_that_never_answers_times_out_in_the_guest_or_at_the_deadline() {
     assert_eq!(response.status, 504);
     server.wait_for_log(&["stopped after exceeding the 2s deadline"]);
 }
+
+#[test]
+fn a_wsgi_app_calls_out_through_the_sdk_under_the_same_rules() {
+    let upstream = Upstream::start();
+    let allowed = format!("http://127.0.0.1:{}", upstream.port);
+    let server = Server::start("faulty", &["--allow-outbound", &allowed]);
+    let fetch = |url: &str| {
+        server
+            .raw(format!("GET /fetch?url={url} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .text()
+    };
+    assert_eq!(
+        fetch(&format!("{allowed}/from-wsgi")),
+        "200 upstream says hi"
+    );
+    assert_eq!(
+        fetch("http://localhost:1/"),
+        "outbound request denied: its destination is not allowed"
+    );
+    server.wait_for_log(&["app=\"faulty\"", "denied an outbound HTTP request"]);
+    let heads = upstream.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(
+        heads[0].starts_with("GET /from-wsgi HTTP/1.1\r\n"),
+        "{heads:?}"
+    );
+}

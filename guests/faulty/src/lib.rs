@@ -4,7 +4,8 @@
 //! answers); anything else answers
 //! 200 `ok`. `/sleep?ms=N` is healthy but slow. `/wait-forever` and `/block-forever` wait on
 //! a pollable that never becomes ready, through `wasi:io/poll`'s `poll` and `block`.
-//! `/config?key=K` answers the wasi:config value the operator set for K.
+//! `/config?key=K` answers the wasi:config value the operator set for K; `/fetch?url=U`
+//! GETs U through the SDK's outbound client.
 //! `/store/fill` and `/store/delete` write and delete keys by the thousand, or (`whole=1`)
 //! in one call past the batch limit. `/flood?mb=N` writes N MiB to stdout, and `/forge` a
 //! line with control characters; `/alias?n=N&mb=M` returns N chunks that all point at one
@@ -196,6 +197,20 @@ impl Guest for Faulty {
                 let path = query_value(&environ.query_string, "path").unwrap_or("/data/link");
                 let target = query_value(&environ.query_string, "target").unwrap_or("/etc/passwd");
                 probe(symlink(path, target))
+            }
+            "/fetch" => {
+                // GET ?url=U through the SDK's client: `STATUS BODY`, or the error.
+                let url = query_value(&environ.query_string, "url").unwrap_or("");
+                let text = match wasm_gw_sdk::http::get(url) {
+                    Ok(response) => format!(
+                        "{} {}",
+                        response.status,
+                        String::from_utf8_lossy(response.bytes())
+                    ),
+                    Err(error) => error.to_string(),
+                };
+                start_response("200 OK", &plain, None).map_err(|e| format!("{e:?}"))?;
+                ok_body(&text)
             }
             "/config" => {
                 // The value the operator set for `key`, through wasi:config.

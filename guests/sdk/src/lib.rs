@@ -29,6 +29,7 @@ use std::cell::{OnceCell, RefCell};
 use std::io;
 
 pub mod config;
+pub mod http;
 pub mod kv;
 
 #[cfg(any(test, all(target_family = "wasm", not(target_feature = "atomics"))))]
