@@ -271,6 +271,28 @@ pub struct ServeArgs {
     #[arg(long = "outbound-ca", value_name = "FILE")]
     pub outbound_ca: Option<PathBuf>,
 
+    /// Seconds an app's outbound connection (DNS, TCP, TLS) may take.
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    pub outbound_connect_timeout: Duration,
+
+    /// Seconds from an outbound request to its response's head; a request's own options
+    /// may ask for less.
+    #[arg(long, default_value = "30", value_parser = parse_seconds)]
+    pub outbound_first_byte_timeout: Duration,
+
+    /// Seconds an outbound response's body may pause between bytes.
+    #[arg(long, default_value = "30", value_parser = parse_seconds)]
+    pub outbound_idle_timeout: Duration,
+
+    /// Most outbound requests one app may have open at once; more fail at once with
+    /// connection-limit-reached.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub outbound_max_concurrent: u32,
+
+    /// Largest outbound response body an app may receive: 64MiB by default.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pub outbound_max_response_size: usize,
+
     /// Where the app's key-value data lives (wasi:keyvalue): sqlite:PATH, shared by this
     /// process's workers and kept across restarts; redis://HOST:PORT/DB, shared by several
     /// wasm-gw processes; or memory, gone at exit [default: sqlite:STATE_DIR/kv.sqlite].
@@ -731,6 +753,15 @@ impl ServeArgs {
                 config: ConfigValues::new(self.config_vars.iter().cloned()),
                 outbound: Arc::new(Policy::new(self.allow_outbound.clone(), own.to_vec())),
                 outbound_tls: tls.clone(),
+                // A count of its own for each app: instance_policy is made once an app.
+                outbound_limits: crate::outbound::Limits {
+                    connect: self.outbound_connect_timeout,
+                    first_byte: self.outbound_first_byte_timeout,
+                    idle: self.outbound_idle_timeout,
+                    max_concurrent: self.outbound_max_concurrent as usize,
+                    max_response: self.outbound_max_response_size as u64,
+                    open: Arc::default(),
+                },
                 kv,
             },
             workers: self.workers(),

@@ -44,16 +44,22 @@ impl Upstream {
     }
 }
 
-/// A server on loopback that accepts connections and never answers.
-fn silent_upstream() -> u16 {
+/// A server on loopback that accepts connections and never answers; its port, and how
+/// many connections it has accepted.
+fn silent_upstream() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
     std::thread::spawn(move || {
         // Held open, unanswered, for as long as the test process lives.
-        let kept: Vec<_> = listener.incoming().flatten().collect();
-        drop(kept);
+        let mut kept = Vec::new();
+        for connection in listener.incoming().flatten() {
+            kept.push(connection);
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
     });
-    port
+    (port, accepted)
 }
 
 fn outbound(server: &Server, url: &str) -> String {
@@ -171,7 +177,7 @@ fn https_upstreams_are_verified_and_outbound_ca_adds_a_root() {
 
 #[test]
 fn an_upstream_that_never_answers_times_out_in_the_guest_or_at_the_deadline() {
-    let port = silent_upstream();
+    let (port, _) = silent_upstream();
     let allowed = format!("http://127.0.0.1:{port}");
     let server = Server::start(
         "http_faulty",
@@ -221,4 +227,60 @@ fn a_wsgi_app_calls_out_through_the_sdk_under_the_same_rules() {
         heads[0].starts_with("GET /from-wsgi HTTP/1.1\r\n"),
         "{heads:?}"
     );
+}
+
+#[test]
+fn outbound_limits_hold_per_app() {
+    // A response body over --outbound-max-response-size fails in the guest.
+    let upstream = Upstream::start();
+    let allowed = format!("http://127.0.0.1:{}", upstream.port);
+    let capped = Server::start(
+        "http_faulty",
+        &[
+            "--allow-outbound",
+            &allowed,
+            "--outbound-max-response-size",
+            "8",
+        ],
+    );
+    let answer = outbound(&capped, &format!("{allowed}/"));
+    assert!(
+        answer.starts_with("200 ")
+            && answer.contains("(then HTTP response body size exceeds limit"),
+        "{answer}"
+    );
+
+    // A request past --outbound-max-concurrent fails at once, while another is open.
+    let (port, accepted) = silent_upstream();
+    let silent = format!("http://127.0.0.1:{port}");
+    let server = Arc::new(Server::start(
+        "http_faulty",
+        &[
+            "--allow-outbound",
+            &silent,
+            "--outbound-max-concurrent",
+            "1",
+            "--workers",
+            "2",
+        ],
+    ));
+    let first = {
+        let server = server.clone();
+        let url = format!("{silent}/&timeout_ms=1500");
+        std::thread::spawn(move || outbound(&server, &url))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while accepted.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first request never connected"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        outbound(&server, &format!("{silent}/")),
+        "ErrorCode::ConnectionLimitReached"
+    );
+    server.wait_for_log(&["--outbound-max-concurrent"]);
+    assert_eq!(first.join().unwrap(), "ErrorCode::ConnectionReadTimeout");
 }

@@ -196,8 +196,26 @@ fn read_response(response: wasip2::http::types::IncomingResponse) -> String {
     if let Ok(incoming) = response.consume()
         && let Ok(stream) = incoming.stream()
     {
-        while let Ok(bytes) = stream.blocking_read(64 * 1024) {
-            body.extend_from_slice(&bytes);
+        loop {
+            match stream.blocking_read(64 * 1024) {
+                Ok(bytes) => body.extend_from_slice(&bytes),
+                Err(wasip2::io::streams::StreamError::Closed) => break,
+                Err(wasip2::io::streams::StreamError::LastOperationFailed(error)) => {
+                    // The first line: a host may add a backtrace.
+                    let why = wasip2::http::types::http_error_code(&error).map_or_else(
+                        || {
+                            error
+                                .to_debug_string()
+                                .lines()
+                                .next()
+                                .unwrap_or("")
+                                .to_owned()
+                        },
+                        |code| format!("{code:?}"),
+                    );
+                    return format!("{status} {} (then {why})", String::from_utf8_lossy(&body));
+                }
+            }
         }
     }
     format!("{status} {}", String::from_utf8_lossy(&body))
@@ -214,7 +232,10 @@ fn start(response_out: ResponseOutparam) -> Option<(OutgoingBody, OutputStream)>
 
 fn answer(response_out: ResponseOutparam, text: &str) {
     if let Some((body, stream)) = start(response_out) {
-        let _ = stream.blocking_write_and_flush(text.as_bytes());
+        // blocking-write-and-flush takes 4096 bytes at most a call.
+        for chunk in text.as_bytes().chunks(4096) {
+            let _ = stream.blocking_write_and_flush(chunk);
+        }
         // The stream goes before its body is finished.
         drop(stream);
         let _ = OutgoingBody::finish(body, None);

@@ -45,6 +45,8 @@ pub struct Grants {
     pub outbound: Arc<crate::outbound::policy::Policy>,
     /// Whom its `https` requests trust.
     pub outbound_tls: Arc<rustls::ClientConfig>,
+    /// What its outbound requests may take, and how many it has open.
+    pub outbound_limits: crate::outbound::Limits,
     /// The app's key-value namespace, on the backend every worker shares.
     pub kv: Arc<kv::Store>,
 }
@@ -167,6 +169,7 @@ impl GuestState {
                 app: output.app().clone(),
                 policy: grants.outbound.clone(),
                 tls: grants.outbound_tls.clone(),
+                limits: grants.outbound_limits.clone(),
             },
             http_side: None,
             config: grants.config.clone(),

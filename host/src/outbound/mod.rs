@@ -5,6 +5,7 @@
 pub mod policy;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -12,15 +13,96 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
 use self::policy::{Denied, Policy, Scheme};
 
-/// How long a connection may take, and the response's head, unless the guest asks for less.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
+/// What one app's outbound requests may take.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// DNS, TCP and TLS.
+    pub connect: Duration,
+    /// From the request to its response's head, unless the request asks for less.
+    pub first_byte: Duration,
+    /// Between bytes of the response's body.
+    pub idle: Duration,
+    pub max_concurrent: usize,
+    pub max_response: u64,
+    /// The app's requests open now, its instances' together.
+    pub open: Arc<AtomicUsize>,
+}
 
 /// What one app's outbound requests go through.
 pub struct Outbound {
     pub app: Arc<str>,
     pub policy: Arc<Policy>,
     pub tls: Arc<rustls::ClientConfig>,
+    pub limits: Limits,
+}
+
+/// One of an app's open outbound requests, counted until its response body ends.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn take(limits: &Limits) -> Option<Open> {
+        let taken = limits
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < limits.max_concurrent).then_some(open + 1)
+            })
+            .is_ok();
+        taken.then(|| Open(limits.open.clone()))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body held to the app's limits: `max` bytes in all, `idle` between frames.
+struct Limited {
+    inner: hyper::body::Incoming,
+    seen: u64,
+    max: u64,
+    idle: Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    _open: Open,
+}
+
+impl http_body::Body for Limited {
+    type Data = bytes::Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.max {
+                        return Poll::Ready(Some(Err(Error::HttpResponseBodySize(Some(
+                            this.seen,
+                        )))));
+                    }
+                }
+                let next = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(Error::Hyper(error)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Error::ConnectionReadTimeout))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
 }
 
 /// The TLS client every app's `https` requests use: the Mozilla roots (`webpki-roots`), and
@@ -74,10 +156,20 @@ impl wasmtime_wasi_http::WasiHttpHooks for Outbound {
         let app = self.app.clone();
         let policy = self.policy.clone();
         let tls = self.tls.clone();
+        let limits = self.limits.clone();
         Box::new(async move {
             let started = std::time::Instant::now();
             let mut destination = "-".to_owned();
-            let sent = send(&app, &policy, &tls, request, options, &mut destination).await;
+            let sent = send(
+                &app,
+                &policy,
+                &tls,
+                &limits,
+                request,
+                options,
+                &mut destination,
+            )
+            .await;
             let outcome = match &sent {
                 Ok(_) => "ok",
                 Err(Error::HttpRequestDenied) => "denied",
@@ -94,6 +186,7 @@ async fn send(
     app: &str,
     policy: &Policy,
     tls: &Arc<rustls::ClientConfig>,
+    limits: &Limits,
     mut request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
     destination: &mut String,
@@ -121,9 +214,25 @@ async fn send(
         .check(scheme, authority.host(), port)
         .map_err(|why| denied(&why))?;
     *destination = format!("{}:{port}", authority.host().to_ascii_lowercase());
+    let Some(open) = Open::take(limits) else {
+        tracing::warn!(
+            app,
+            uri = %uri,
+            "an outbound HTTP request failed: the app has {} open already (--outbound-max-concurrent)",
+            limits.max_concurrent
+        );
+        return Err(Error::ConnectionLimitReached);
+    };
     let options = options.unwrap_or_default();
-    let connect = options.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
-    let first_byte = options.first_byte_timeout.unwrap_or(FIRST_BYTE_TIMEOUT);
+    let connect = options
+        .connect_timeout
+        .map_or(limits.connect, |asked| asked.min(limits.connect));
+    let first_byte = options
+        .first_byte_timeout
+        .map_or(limits.first_byte, |asked| asked.min(limits.first_byte));
+    let idle = options
+        .between_bytes_timeout
+        .map_or(limits.idle, |asked| asked.min(limits.idle));
 
     let resolved = tokio::time::timeout(connect, tokio::net::lookup_host((host, port)))
         .await
@@ -189,7 +298,17 @@ async fn send(
         .await
         .map_err(|_| Error::ConnectionReadTimeout)?
         .map_err(Error::Hyper)?;
-    let response = response.map(|body| body.map_err(Error::Hyper).boxed_unsync());
+    let response = response.map(|inner| {
+        Limited {
+            inner,
+            seen: 0,
+            max: limits.max_response,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            _open: open,
+        }
+        .boxed_unsync()
+    });
     let sent: Sent = Box::new(async move {
         match driven.await {
             Ok(Ok(())) => Ok(()),
