@@ -15,6 +15,11 @@ struct Upstream {
 
 impl Upstream {
     fn start() -> Upstream {
+        Upstream::serving("upstream says hi")
+    }
+
+    /// An upstream that answers `body` to every request.
+    fn serving(body: &'static str) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let heads = Arc::new(Mutex::new(Vec::new()));
@@ -32,7 +37,6 @@ impl Upstream {
                     head.push_str(&line);
                 }
                 kept.lock().unwrap().push(head);
-                let body = "upstream says hi";
                 let _ = write!(
                     reader.get_mut(),
                     "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -283,4 +287,34 @@ fn outbound_limits_hold_per_app() {
     );
     server.wait_for_log(&["--outbound-max-concurrent"]);
     assert_eq!(first.join().unwrap(), "ErrorCode::ConnectionReadTimeout");
+}
+
+#[test]
+fn the_tasks_example_imports_a_list_from_an_allowed_service() {
+    let upstream = Upstream::serving(
+        r#"[{"title": "from upstream"}, {"title": "done already", "done": true}]"#,
+    );
+    let allowed = format!("http://127.0.0.1:{}", upstream.port);
+    let server = Server::start("tasks", &["--allow-outbound", &allowed, "--kv", "memory"]);
+    let import = |url: &str| {
+        let body = format!(r#"{{"url": "{url}"}}"#);
+        server.raw(
+            format!(
+                "POST /tasks/import HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    };
+    let imported = import(&format!("{allowed}/tasks.json"));
+    assert_eq!(imported.status, 201, "{}", imported.text());
+    let imported: serde_json::Value = serde_json::from_slice(&imported.body).unwrap();
+    assert_eq!(imported["imported"], 2);
+    let listed = server.raw(b"GET /tasks HTTP/1.1\r\nHost: a\r\n\r\n");
+    let listed: serde_json::Value = serde_json::from_slice(&listed.body).unwrap();
+    assert_eq!(listed[1]["title"], "done already");
+    assert_eq!(listed[1]["done"], true);
+    // Anywhere else: the server's refusal, which the app turns into its own 403.
+    assert_eq!(import("http://127.0.0.1:1/tasks.json").status, 403);
 }

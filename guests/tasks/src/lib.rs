@@ -1,4 +1,6 @@
-//! A JSON tasks API: create, list, read, update and delete tasks.
+//! A JSON tasks API: create, list, read, update and delete tasks, and import a list of
+//! them from another service (`POST /tasks/import` with `{"url": ...}`, which the operator
+//! must allow with `--allow-outbound`).
 //!
 //! Tasks live in the host's key-value store, so every worker sees the same list and it
 //! survives restarts. Ids come from an atomic counter; each task is one JSON value.
@@ -82,6 +84,12 @@ fn route(request: &mut Request) -> Result<Response, Failure> {
             _ => Ok(method_not_allowed("GET, HEAD, POST")),
         };
     }
+    if rest == "/import" {
+        return match method.as_str() {
+            "POST" => import(&tasks, request),
+            _ => Ok(method_not_allowed("POST")),
+        };
+    }
     let Some(id) = rest.strip_prefix('/').and_then(|id| id.parse::<u64>().ok()) else {
         return Ok(error(404, "not found"));
     };
@@ -130,21 +138,65 @@ fn create(tasks: &Bucket, request: &mut Request) -> Result<Response, Failure> {
         Some(Value::Bool(done)) => *done,
         Some(_) => return Ok(error(400, "\"done\" must be true or false")),
     };
+    let task = add(tasks, title.clone(), done)?;
+    // Under a mount, the task's URL starts with the mount's prefix.
+    let location = format!("{}/tasks/{}", request.environ().script_name, task.id);
+    Ok(json_response(201, &task).header("Location", location))
+}
+
+/// Stores a new task under the next id.
+fn add(tasks: &Bucket, title: String, done: bool) -> Result<Task, Failure> {
     let id = Bucket::open(COUNTERS)?.increment(TASKS, 1)?;
     let Ok(id) = u64::try_from(id) else {
         return Err(Failure::Other(
             format!("the task counter is negative: {id}").into(),
         ));
     };
-    let task = Task {
-        id,
-        title: title.clone(),
-        done,
-    };
+    let task = Task { id, title, done };
     tasks.set_json(&task_key(task.id), &task)?;
-    // Under a mount, the task's URL starts with the mount's prefix.
-    let location = format!("{}/tasks/{}", request.environ().script_name, task.id);
-    Ok(json_response(201, &task).header("Location", location))
+    Ok(task)
+}
+
+/// Fetches `{"url": ...}`, a JSON list of `{"title", "done"?}`, and adds each as a task.
+fn import(tasks: &Bucket, request: &mut Request) -> Result<Response, Failure> {
+    use wasm_gw_sdk::http;
+    let fields = match read_object(request)? {
+        Ok(fields) => fields,
+        Err(response) => return Ok(response),
+    };
+    let Some(Value::String(url)) = fields.get("url") else {
+        return Ok(error(400, "\"url\" must be a string"));
+    };
+    let fetched = match http::Request::new("GET", url)
+        .header("accept", "application/json")
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+    {
+        Ok(response) if response.status == 200 => response,
+        Ok(response) => {
+            return Ok(error(502, &format!("{url} answered {}", response.status)));
+        }
+        Err(http::Error::Denied) => {
+            return Ok(error(403, "this server may not fetch from that URL"));
+        }
+        Err(http::Error::Timeout) => return Ok(error(504, &format!("{url} took too long"))),
+        Err(why) => return Ok(error(502, &why.to_string())),
+    };
+    let Ok(Value::Array(items)) = fetched.json::<Value>() else {
+        return Ok(error(502, &format!("{url} did not answer a JSON list")));
+    };
+    let mut added = Vec::with_capacity(items.len());
+    for item in items {
+        let Some(Value::String(title)) = item.get("title") else {
+            return Ok(error(502, "an imported task has no \"title\" string"));
+        };
+        let done = item.get("done").and_then(Value::as_bool).unwrap_or(false);
+        added.push(add(tasks, title.clone(), done)?);
+    }
+    Ok(json_response(
+        201,
+        &json!({ "imported": added.len(), "tasks": added }),
+    ))
 }
 
 /// Applies the request's changes to the task at `key`; `None` if there is no such task.
