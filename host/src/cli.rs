@@ -655,6 +655,37 @@ impl ServeArgs {
                         .map_err(|why| invalid(format!("app-log-burst: {why}")))?
                         as u64;
                 }
+                let limits = &mut policy.grants.outbound_limits;
+                let seconds = |value: &Option<String>, key: &str| {
+                    value
+                        .as_deref()
+                        .map(|text| {
+                            parse_seconds(text).map_err(|why| invalid(format!("{key}: {why}")))
+                        })
+                        .transpose()
+                };
+                if let Some(connect) =
+                    seconds(&app.outbound_connect_timeout, "outbound-connect-timeout")?
+                {
+                    limits.connect = connect;
+                }
+                if let Some(first) = seconds(
+                    &app.outbound_first_byte_timeout,
+                    "outbound-first-byte-timeout",
+                )? {
+                    limits.first_byte = first;
+                }
+                if let Some(idle) = seconds(&app.outbound_idle_timeout, "outbound-idle-timeout")? {
+                    limits.idle = idle;
+                }
+                if let Some(most) = app.outbound_max_concurrent {
+                    limits.max_concurrent = most as usize;
+                }
+                if let Some(size) = &app.outbound_max_response_size {
+                    limits.max_response = parse_size(size)
+                        .map_err(|why| invalid(format!("outbound-max-response-size: {why}")))?
+                        as u64;
+                }
                 let mut queue = default_queue;
                 if let Some(limit) = app.queue_limit {
                     queue.limit = limit;

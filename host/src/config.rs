@@ -76,6 +76,12 @@ struct AppTable {
     app_log_rate: Option<Size>,
     /// Bytes of the app's output that may reach the log at once, as in `--app-log-burst`.
     app_log_burst: Option<Size>,
+    /// The app's outbound limits, as the `--outbound-*` flags of the same names.
+    outbound_connect_timeout: Option<f64>,
+    outbound_first_byte_timeout: Option<f64>,
+    outbound_idle_timeout: Option<f64>,
+    outbound_max_concurrent: Option<u32>,
+    outbound_max_response_size: Option<Size>,
     /// Most keys the app may store, as in `--kv-quota-keys`.
     kv_quota_keys: Option<u64>,
     /// Most bytes the app may store, as in `--kv-quota-bytes`: `64MiB`.
@@ -146,6 +152,11 @@ pub struct AppConfig {
     pub kv_quota_bytes: Option<String>,
     pub app_log_rate: Option<String>,
     pub app_log_burst: Option<String>,
+    pub outbound_connect_timeout: Option<String>,
+    pub outbound_first_byte_timeout: Option<String>,
+    pub outbound_idle_timeout: Option<String>,
+    pub outbound_max_concurrent: Option<u32>,
+    pub outbound_max_response_size: Option<String>,
 }
 
 /// Most instances one app may have, as for `--workers`.
@@ -247,6 +258,12 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<AppConfig>> {
                 "kv-quota-keys must be at least 1".into(),
             ));
         }
+        if table.outbound_max_concurrent == Some(0) {
+            return Err(invalid(
+                &table.name,
+                "outbound-max-concurrent must be at least 1".into(),
+            ));
+        }
         if table.queue_limit == Some(0) {
             return Err(invalid(
                 &table.name,
@@ -316,6 +333,11 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<AppConfig>> {
             kv_quota_bytes: table.kv_quota_bytes.map(Size::into_text),
             app_log_rate: table.app_log_rate.map(Size::into_text),
             app_log_burst: table.app_log_burst.map(Size::into_text),
+            outbound_connect_timeout: table.outbound_connect_timeout.map(|s| s.to_string()),
+            outbound_first_byte_timeout: table.outbound_first_byte_timeout.map(|s| s.to_string()),
+            outbound_idle_timeout: table.outbound_idle_timeout.map(|s| s.to_string()),
+            outbound_max_concurrent: table.outbound_max_concurrent,
+            outbound_max_response_size: table.outbound_max_response_size.map(Size::into_text),
             name: table.name,
         });
     }

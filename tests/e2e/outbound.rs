@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use crate::support::Server;
+use crate::support::{Scratch, Server, guest};
 
 /// An HTTP server on loopback that answers every request `200 upstream says hi` and keeps
 /// each request's head.
@@ -317,4 +317,52 @@ fn the_tasks_example_imports_a_list_from_an_allowed_service() {
     assert_eq!(listed[1]["done"], true);
     // Anywhere else: the server's refusal, which the app turns into its own 403.
     assert_eq!(import("http://127.0.0.1:1/tasks.json").status, 403);
+}
+
+#[test]
+fn each_app_has_its_own_allow_list_and_limits_in_the_config() {
+    let upstream = Upstream::start();
+    let allowed = format!("http://127.0.0.1:{}", upstream.port);
+    let dir = Scratch::new("outbound-config");
+    let config = dir.path().join("wasm-gw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[app]]
+name = "capped"
+component = "{faulty}"
+route = "/capped"
+allow-outbound = ["{allowed}"]
+outbound-max-response-size = 8
+
+[[app]]
+name = "open"
+component = "{faulty}"
+route = "/open"
+allow-outbound = ["{allowed}"]
+
+[[app]]
+name = "closed"
+component = "{faulty}"
+route = "/closed"
+"#,
+            faulty = guest("http_faulty").display(),
+        ),
+    )
+    .unwrap();
+    let server = Server::start_mounts(&["--config", config.to_str().unwrap()]);
+    let fetch = |app: &str| {
+        server
+            .raw(
+                format!("GET /{app}/outbound?url={allowed}/ HTTP/1.1\r\nHost: a\r\n\r\n")
+                    .as_bytes(),
+            )
+            .text()
+    };
+    assert_eq!(fetch("open"), "200 upstream says hi");
+    let capped = fetch("capped");
+    assert!(capped.contains("body size exceeds limit"), "{capped}");
+    assert_eq!(fetch("closed"), "ErrorCode::HttpRequestDenied");
+    server.wait_for_log(&["app=\"closed\"", "denied an outbound HTTP request"]);
 }
