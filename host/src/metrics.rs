@@ -57,8 +57,8 @@ struct KvLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutboundLabels {
     app: AppName,
-    /// `host:port`; `-` for a destination no pattern allows, so that a guest cannot make
-    /// the label take any value it likes.
+    /// The pattern that allowed the request, as the operator wrote it; `-` for a
+    /// destination no pattern allows: a guest cannot make the label take values of its own.
     host: String,
     outcome: &'static str,
 }
@@ -191,8 +191,9 @@ impl Metrics {
         );
         registry.register(
             "outbound_requests",
-            "Outbound HTTP requests of apps, by app, destination (host:port, - for one no \
-             pattern allows) and outcome: ok (the response's head came), denied or failed",
+            "Outbound HTTP requests of apps, by app, destination (the --allow-outbound \
+             pattern that allowed it, - for none) and outcome: ok (the response's head came), \
+             denied or failed",
             outbound_requests.clone(),
         );
         registry.register(
@@ -267,7 +268,7 @@ impl Metrics {
         self.instances_live.get_or_create(&AppLabels { app }).dec();
     }
 
-    /// An outbound request of `app` to `host` (`-` if no pattern allowed it) ended in
+    /// An outbound request of `app`, allowed by pattern `host` (`-` if none), ended in
     /// `outcome` (`ok`, `denied` or `failed`) after `took`.
     pub fn outbound(&self, app: &Arc<str>, host: String, outcome: &'static str, took: Duration) {
         let app = AppName(app.clone());

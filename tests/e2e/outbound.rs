@@ -89,7 +89,8 @@ fn an_allowed_destination_answers_and_gets_exactly_the_checked_authority() {
         "ErrorCode::HttpRequestDenied"
     );
     let admin = crate::admin::admin_address(&server);
-    let destination = format!("127.0.0.1:{}", upstream.port);
+    // The destination is told by the pattern that allowed it: a value the operator chose.
+    let destination = allowed.clone();
     let counted = |host: &str, outcome: &str| {
         crate::admin::metric(
             admin,
@@ -117,7 +118,7 @@ fn an_allowed_destination_answers_and_gets_exactly_the_checked_authority() {
 fn destinations_no_pattern_names_are_refused_logged_and_never_reached() {
     let upstream = Upstream::start();
     let port = upstream.port;
-    let cases: [(&[&str], String, &str); 3] = [
+    let cases: [(&[&str], String, &str); 4] = [
         // Nothing is allowed by default.
         (
             &[],
@@ -136,6 +137,12 @@ fn destinations_no_pattern_names_are_refused_logged_and_never_reached() {
             &["--allow-outbound", "http://localhost:*"],
             format!("http://localhost:{port}/"),
             "which is loopback, and no pattern names it",
+        ),
+        // A network pattern written as IPv4-mapped IPv6 allows that network alone.
+        (
+            &["--allow-outbound", "http://[::ffff:10.1.2.3]:*"],
+            format!("http://127.0.0.1:{port}/"),
+            "no --allow-outbound pattern allows",
         ),
     ];
     for (args, url, why) in cases {
@@ -270,7 +277,8 @@ fn outbound_limits_hold_per_app() {
     ));
     let first = {
         let server = server.clone();
-        let url = format!("{silent}/&timeout_ms=1500");
+        // Long enough that the second request surely comes while this one waits.
+        let url = format!("{silent}/&timeout_ms=5000");
         std::thread::spawn(move || outbound(&server, &url))
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -64,7 +64,17 @@ struct Limited {
     max: u64,
     idle: Duration,
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Whether the timer runs for the current wait: it starts when the guest asks for the
+    /// next frame, so a guest slow to read is no idle upstream.
+    waiting: bool,
     _open: Open,
+}
+
+/// `idle` from now, or as far as the clock goes.
+fn idle_deadline(idle: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(idle)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
 }
 
 impl http_body::Body for Limited {
@@ -77,8 +87,14 @@ impl http_body::Body for Limited {
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Error>>> {
         use std::task::Poll;
         let this = &mut *self;
+        if !this.waiting {
+            this.waiting = true;
+            let deadline = idle_deadline(this.idle);
+            this.timer.as_mut().reset(deadline);
+        }
         match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                this.waiting = false;
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.max {
@@ -87,8 +103,6 @@ impl http_body::Body for Limited {
                         )))));
                     }
                 }
-                let next = tokio::time::Instant::now() + this.idle;
-                this.timer.as_mut().reset(next);
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(Error::Hyper(error)))),
@@ -192,8 +206,16 @@ async fn send(
     destination: &mut String,
 ) -> wasmtime_wasi_http::Result<(http::Response<WasiBody>, Sent)> {
     let uri = request.uri().clone();
+    // Logged as scheme://host:port: a query or user may hold a secret.
+    let target = format!(
+        "{}://{}:{}",
+        uri.scheme_str().unwrap_or("?"),
+        uri.host().unwrap_or("?"),
+        uri.port_u16()
+            .map_or_else(|| "default".to_owned(), |port| port.to_string())
+    );
     let denied = |why: &dyn std::fmt::Display| {
-        tracing::warn!(app, uri = %uri, "denied an outbound HTTP request: {why}");
+        tracing::warn!(app, target = %target, "denied an outbound HTTP request: {why}");
         Error::HttpRequestDenied
     };
     let scheme = match uri.scheme_str() {
@@ -213,11 +235,11 @@ async fn send(
     let allowed = policy
         .check(scheme, authority.host(), port)
         .map_err(|why| denied(&why))?;
-    *destination = format!("{}:{port}", authority.host().to_ascii_lowercase());
+    *destination = allowed.label();
     let Some(open) = Open::take(limits) else {
         tracing::warn!(
             app,
-            uri = %uri,
+            target = %target,
             "an outbound HTTP request failed: the app has {} open already (--outbound-max-concurrent)",
             limits.max_concurrent
         );
@@ -234,13 +256,18 @@ async fn send(
         .between_bytes_timeout
         .map_or(limits.idle, |asked| asked.min(limits.idle));
 
-    let resolved = tokio::time::timeout(connect, tokio::net::lookup_host((host, port)))
-        .await
-        .map_err(|_| Error::DnsTimeout)?
-        .map_err(|error| Error::DnsError {
-            rcode: Some(error.to_string()),
-            info_code: None,
-        })?;
+    // An address is connected to as it is, never looked up (`10.0.0.1.` is no name).
+    let resolved: Vec<std::net::SocketAddr> = match allowed.literal() {
+        Some(address) => vec![std::net::SocketAddr::new(address, port)],
+        None => tokio::time::timeout(connect, tokio::net::lookup_host((host, port)))
+            .await
+            .map_err(|_| Error::DnsTimeout)?
+            .map_err(|error| Error::DnsError {
+                rcode: Some(error.to_string()),
+                info_code: None,
+            })?
+            .collect(),
+    };
     let mut refusal: Option<Denied> = None;
     let mut address = None;
     for candidate in resolved {
@@ -274,7 +301,7 @@ async fn send(
                 .await
                 .map_err(|_| Error::ConnectionTimeout)?
                 .map_err(|error| {
-                    tracing::warn!(app, uri = %uri, "outbound TLS failed: {error}");
+                    tracing::warn!(app, target = %target, "outbound TLS failed: {error}");
                     Error::TlsCertificateError
                 })?;
             handshake(stream, connect).await?
@@ -288,8 +315,13 @@ async fn send(
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |path| path.as_str().to_owned());
     *request.uri_mut() = path.parse().map_err(|_| Error::HttpRequestUriInvalid)?;
-    let host_header = http::HeaderValue::from_str(authority.as_str())
-        .map_err(|_| Error::HttpRequestUriInvalid)?;
+    // The host and port, never a user the URL may carry.
+    let host_header = match authority.port() {
+        Some(port) => format!("{}:{port}", authority.host()),
+        None => authority.host().to_owned(),
+    };
+    let host_header =
+        http::HeaderValue::from_str(&host_header).map_err(|_| Error::HttpRequestUriInvalid)?;
     request
         .headers_mut()
         .insert(http::header::HOST, host_header);
@@ -304,7 +336,8 @@ async fn send(
             seen: 0,
             max: limits.max_response,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: Box::pin(tokio::time::sleep_until(idle_deadline(idle))),
+            waiting: false,
             _open: open,
         }
         .boxed_unsync()

@@ -18,6 +18,8 @@ pub struct Pattern {
     host: Host,
     /// `None` for any port.
     port: Option<u16>,
+    /// As the operator wrote it: the metrics' label for what it allows.
+    text: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +68,9 @@ impl std::str::FromStr for Pattern {
             let (address, after) = inner
                 .split_once(']')
                 .ok_or_else(|| bad("an IPv6 address ends with ]"))?;
+            if !after.is_empty() && !after.starts_with(':') {
+                return Err(bad("only :port may follow ]; write a network as ::1/128"));
+            }
             (address, after.strip_prefix(':'))
         } else if rest.matches(':').count() > 1 {
             (rest, None)
@@ -86,7 +91,12 @@ impl std::str::FromStr for Pattern {
             ),
         };
         let host = parse_host(host).map_err(|why| bad(&why))?;
-        Ok(Pattern { scheme, host, port })
+        Ok(Pattern {
+            scheme,
+            host,
+            port,
+            text: text.to_owned(),
+        })
     }
 }
 
@@ -102,11 +112,11 @@ fn parse_host(host: &str) -> Result<Host, String> {
             .ok()
             .filter(|bits| *bits <= most)
             .ok_or_else(|| format!("the prefix length is at most {most}"))?;
-        return Ok(Host::Network(address, bits));
+        return network(address, bits);
     }
     if let Ok(address) = host.parse::<IpAddr>() {
         let bits = if address.is_ipv4() { 32 } else { 128 };
-        return Ok(Host::Network(address, bits));
+        return network(address, bits);
     }
     let (subdomains, name) = match host.strip_prefix("*.") {
         Some(name) => (true, name),
@@ -129,6 +139,19 @@ fn parse_host(host: &str) -> Result<Host, String> {
         true => Host::Subdomains(format!(".{name}")),
         false => Host::Name(name),
     })
+}
+
+/// A network of `bits` at `address`; an IPv4-mapped IPv6 one as the IPv4 network it is.
+fn network(address: IpAddr, bits: u8) -> Result<Host, String> {
+    if let IpAddr::V6(v6) = address
+        && let Some(v4) = v6.to_ipv4_mapped()
+    {
+        if bits < 96 {
+            return Err("an IPv4-mapped network's prefix length is at least 96".into());
+        }
+        return Ok(Host::Network(IpAddr::V4(v4), bits - 96));
+    }
+    Ok(Host::Network(address, bits))
 }
 
 /// Why a destination is refused, for the log line and the count.
@@ -207,6 +230,23 @@ pub struct Allowed<'a> {
 }
 
 impl Allowed<'_> {
+    /// The pattern that allowed the request, as the operator wrote it: a label whose
+    /// values the operator, not the guest, chooses.
+    pub fn label(&self) -> String {
+        self.matching
+            .first()
+            .map_or_else(String::new, |pattern| pattern.text.clone())
+    }
+
+    /// The host as an IP address, if it is one: connected to as it is, without DNS.
+    pub fn literal(&self) -> Option<IpAddr> {
+        self.host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok()
+    }
+
     /// Whether the request may connect to `address`, one of those its host resolved to.
     pub fn address(&self, address: SocketAddr) -> Result<(), Denied> {
         let ip = canonical(address.ip());
@@ -246,8 +286,10 @@ fn canonical(address: IpAddr) -> IpAddr {
     }
 }
 
+/// Whether `address` is in the network of `bits` at `network` (IPv4-mapped networks are
+/// IPv4 ones already, see [`network`]).
 fn in_network(address: IpAddr, network: IpAddr, bits: u8) -> bool {
-    match (canonical(address), canonical(network)) {
+    match (canonical(address), network) {
         (IpAddr::V4(address), IpAddr::V4(network)) => {
             let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
             u32::from(address) & mask == u32::from(network) & mask
@@ -269,10 +311,21 @@ fn refused_range(address: IpAddr) -> Option<&'static str> {
 }
 
 fn refused_v4(address: Ipv4Addr) -> Option<&'static str> {
+    let [first, second, third, _] = address.octets();
     if address.is_loopback() {
         Some("loopback")
     } else if address.is_private() {
         Some("private")
+    } else if first == 100 && second & 0xc0 == 64 {
+        // 100.64.0.0/10, shared address space (100.100.100.200 is a cloud's metadata).
+        Some("shared (carrier-grade NAT)")
+    } else if first == 192 && second == 0 && third == 0 {
+        // 192.0.0.0/24, IETF protocol assignments (192.0.0.192 is a cloud's metadata).
+        Some("reserved for protocols")
+    } else if first == 0 {
+        Some("unspecified")
+    } else if first >= 240 && !address.is_broadcast() {
+        Some("reserved")
     } else if address.is_link_local() {
         // 169.254.169.254, the cloud metadata service, among them.
         Some("link-local")
@@ -286,7 +339,26 @@ fn refused_v4(address: Ipv4Addr) -> Option<&'static str> {
 }
 
 fn refused_v6(address: Ipv6Addr) -> Option<&'static str> {
-    let first = address.segments()[0];
+    let segments = address.segments();
+    let first = segments[0];
+    // IPv6 forms that carry an IPv4 address, which is what is reached: NAT64
+    // (64:ff9b::/96, 64:ff9b:1::/48), 6to4 (2002::/16) and the deprecated IPv4-compatible
+    // ::a.b.c.d.
+    let embedded = |high: u16, low: u16| Ipv4Addr::from((u32::from(high) << 16) | u32::from(low));
+    let carried = if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+        || segments[..2] == [0x64, 0xff9b] && segments[2] == 1
+    {
+        Some(embedded(segments[6], segments[7]))
+    } else if first == 0x2002 {
+        Some(embedded(segments[1], segments[2]))
+    } else if segments[..6] == [0; 6] && !address.is_loopback() && !address.is_unspecified() {
+        Some(embedded(segments[6], segments[7]))
+    } else {
+        None
+    };
+    if let Some(v4) = carried {
+        return refused_v4(v4);
+    }
     if address.is_loopback() {
         Some("loopback")
     } else if address.is_unspecified() {
@@ -401,6 +473,12 @@ mod tests {
             ("[fe80::1]:80", "link-local"),
             ("0.0.0.0:80", "unspecified"),
             ("224.0.0.1:80", "multicast"),
+            ("100.100.100.200:80", "shared (carrier-grade NAT)"),
+            ("192.0.0.192:80", "reserved for protocols"),
+            ("0.1.2.3:80", "unspecified"),
+            ("[64:ff9b::a9fe:a9fe]:80", "link-local"),
+            ("[2002:7f00:1::1]:80", "loopback"),
+            ("[::10.0.0.1]:80", "private"),
         ] {
             match public.address(address.parse().unwrap()) {
                 Err(Denied::Address { range: got, .. }) => assert_eq!(got, range, "{address}"),
@@ -408,6 +486,17 @@ mod tests {
             }
         }
         assert!(public.address("93.184.216.34:80".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn an_ipv4_mapped_network_is_the_ipv4_network_it_stands_for() {
+        let policy = policy(&["http://[::ffff:10.1.2.3]:*"]);
+        let allowed = policy.check(Scheme::Http, "10.1.2.3", 80).unwrap();
+        assert!(allowed.address("10.1.2.3:80".parse().unwrap()).is_ok());
+        assert!(policy.check(Scheme::Http, "127.0.0.1", 80).is_err());
+        assert!(policy.check(Scheme::Http, "169.254.169.254", 80).is_err());
+        assert!("http://::ffff:10.0.0.0/95".parse::<Pattern>().is_err());
+        assert!("http://[::1]/64".parse::<Pattern>().is_err());
     }
 
     #[test]
