@@ -81,7 +81,8 @@ fn an_allowed_destination_answers_and_gets_exactly_the_checked_authority() {
         &["--allow-outbound", &allowed, "--admin", "127.0.0.1:0"],
     );
     assert_eq!(
-        outbound(&server, &format!("{allowed}/greeting?x=1")),
+        // A Host header of the guest's own, naming another host, changes nothing.
+        outbound(&server, &format!("{allowed}/greeting?x=1&host=evil.test")),
         "200 upstream says hi"
     );
     assert_eq!(
@@ -106,6 +107,7 @@ fn an_allowed_destination_answers_and_gets_exactly_the_checked_authority() {
         heads[0].starts_with("GET /greeting?x=1 HTTP/1.1\r\n"),
         "{heads:?}"
     );
+    assert!(!heads[0].contains("evil.test"), "{heads:?}");
     assert!(
         heads[0]
             .to_ascii_lowercase()
@@ -147,6 +149,8 @@ fn destinations_no_pattern_names_are_refused_logged_and_never_reached() {
     ];
     for (args, url, why) in cases {
         let server = Server::start("http_faulty", args);
+        // A query, which may hold a secret, is never logged.
+        let url = format!("{url}?token=never-logged-4f1c");
         assert_eq!(
             outbound(&server, &url),
             "ErrorCode::HttpRequestDenied",
@@ -158,6 +162,7 @@ fn destinations_no_pattern_names_are_refused_logged_and_never_reached() {
             "denied an outbound HTTP request",
             why,
         ]);
+        assert_eq!(server.log_lines_with("never-logged-4f1c"), 0);
     }
     assert!(
         upstream.heads.lock().unwrap().is_empty(),

@@ -153,7 +153,13 @@ impl wasip2::exports::http::incoming_handler::Guest for HttpFaulty {
                     Some(slash) => (&rest[..slash], &rest[slash..]),
                     None => (rest, "/"),
                 };
-                let outgoing = OutgoingRequest::new(Fields::new());
+                // &host=H: a Host header of the guest's own choosing, which must change
+                // nothing (wasi:http forbids it; wasm-gw sets Host from the authority).
+                let headers = Fields::new();
+                if let Some(host) = query.split('&').find_map(|pair| pair.strip_prefix("host=")) {
+                    let _ = headers.set("host", &[host.as_bytes().to_vec()]);
+                }
+                let outgoing = OutgoingRequest::new(headers);
                 let scheme = match scheme {
                     "http" => Scheme::Http,
                     _ => Scheme::Https,
