@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::support::{Scratch, Server, client, guest};
 
-fn write_config(dir: &Scratch, text: &str) -> String {
+pub(crate) fn write_config(dir: &Scratch, text: &str) -> String {
     let path = dir.path().join("wasm-gw.toml");
     std::fs::write(&path, text).unwrap();
     path.to_str().unwrap().to_owned()

@@ -337,10 +337,9 @@ fn each_app_has_its_own_allow_list_and_limits_in_the_config() {
     let upstream = Upstream::start();
     let allowed = format!("http://127.0.0.1:{}", upstream.port);
     let dir = Scratch::new("outbound-config");
-    let config = dir.path().join("wasm-gw.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = crate::config::write_config(
+        &dir,
+        &format!(
             r#"
 [[app]]
 name = "capped"
@@ -362,9 +361,8 @@ route = "/closed"
 "#,
             faulty = guest("http_faulty").display(),
         ),
-    )
-    .unwrap();
-    let server = Server::start_mounts(&["--config", config.to_str().unwrap()]);
+    );
+    let server = Server::start_mounts(&["--config", &config]);
     let fetch = |app: &str| {
         server
             .raw(
