@@ -14,7 +14,7 @@ const BUNDLED_PYTHON: &str = "3.14";
 const BYTECODE: &str = ".cpython-314.pyc";
 
 /// The contract and the bridge, built into the binary so that it needs no source tree.
-const WIT: [(&str, &str); 7] = [
+const WIT: [(&str, &str); 14] = [
     ("wsgi.wit", include_str!("../../wit/wsgi.wit")),
     (
         "deps/keyvalue/world.wit",
@@ -40,8 +40,21 @@ const WIT: [(&str, &str); 7] = [
         "deps/config/store.wit",
         include_str!("../../wit/deps/config/store.wit"),
     ),
+    ("deps/http.wit", include_str!("../../wit/deps/http.wit")),
+    ("deps/io.wit", include_str!("../../wit/deps/io.wit")),
+    ("deps/clocks.wit", include_str!("../../wit/deps/clocks.wit")),
+    ("deps/random.wit", include_str!("../../wit/deps/random.wit")),
+    ("deps/cli.wit", include_str!("../../wit/deps/cli.wit")),
+    (
+        "deps/filesystem.wit",
+        include_str!("../../wit/deps/filesystem.wit"),
+    ),
+    (
+        "deps/sockets.wit",
+        include_str!("../../wit/deps/sockets.wit"),
+    ),
 ];
-const BRIDGE: [(&str, &str); 4] = [
+const BRIDGE: [(&str, &str); 5] = [
     (
         "wasm_gw_bridge.py",
         include_str!("../../guests/python/bridge/wasm_gw_bridge.py"),
@@ -53,6 +66,10 @@ const BRIDGE: [(&str, &str); 4] = [
     (
         "wasm_gw_config.py",
         include_str!("../../guests/python/bridge/wasm_gw_config.py"),
+    ),
+    (
+        "wasm_gw_http.py",
+        include_str!("../../guests/python/bridge/wasm_gw_http.py"),
     ),
     (
         "wasm_gw_validate.py",

@@ -3,12 +3,13 @@
 PEP 3333 violation), `/stream-raise` (fails halfway through a streamed body), `/bytes-body`
 (bytes, not a list of them), `/int-header` (a header value that is not a str) and
 `/closing-list` (a list with close()); `/config?key=K` answers the wasi:config value set for
-K. Anything else answers 200 with how many requests
+K; `/fetch?url=U` GETs U through wasm_gw_http. Anything else answers 200 with how many requests
 this instance has served."""
 
 import sys
 
 import wasm_gw_config
+import wasm_gw_http
 
 served = 0
 
@@ -28,6 +29,15 @@ def application(environ, start_response):
             hoard.append(bytearray(1 << 20))
     if path == "/exit":
         raise SystemExit(3)
+    if path == "/fetch":
+        url = environ["QUERY_STRING"].partition("url=")[2]
+        try:
+            response = wasm_gw_http.request("GET", url, timeout=10)
+            answer = f"{response.status} {response.text()}"
+        except wasm_gw_http.HTTPError as error:
+            answer = f"{type(error).__name__}: {error}"
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [answer.encode()]
     if path == "/config":
         key = environ["QUERY_STRING"].partition("key=")[2]
         value = wasm_gw_config.get(key)
