@@ -20,6 +20,14 @@ impl Upstream {
 
     /// An upstream that answers `body` to every request.
     fn serving(body: &'static str) -> Upstream {
+        let length = body.len();
+        Upstream::answering(format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n{body}"
+        ))
+    }
+
+    /// An upstream that sends `answer`, head and body, to every request.
+    fn answering(answer: String) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let heads = Arc::new(Mutex::new(Vec::new()));
@@ -37,11 +45,7 @@ impl Upstream {
                     head.push_str(&line);
                 }
                 kept.lock().unwrap().push(head);
-                let _ = write!(
-                    reader.get_mut(),
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
+                let _ = reader.get_mut().write_all(answer.as_bytes());
             }
         });
         Upstream { port, heads }
@@ -376,4 +380,29 @@ route = "/closed"
     assert!(capped.contains("body size exceeds limit"), "{capped}");
     assert_eq!(fetch("closed"), "ErrorCode::HttpRequestDenied");
     server.wait_for_log(&["app=\"closed\"", "denied an outbound HTTP request"]);
+}
+
+#[test]
+fn a_chunked_upstream_body_streams_through_whole() {
+    let lines: String = (1..=200).map(|n| format!("line {n}\n")).collect();
+    let chunked: String = lines
+        .as_bytes()
+        .chunks(100)
+        .map(|chunk| {
+            format!(
+                "{:x}\r\n{}\r\n",
+                chunk.len(),
+                String::from_utf8_lossy(chunk)
+            )
+        })
+        .collect();
+    let upstream = Upstream::answering(format!(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunked}0\r\n\r\n"
+    ));
+    let allowed = format!("http://127.0.0.1:{}", upstream.port);
+    let server = Server::start("http_faulty", &["--allow-outbound", &allowed]);
+    assert_eq!(
+        outbound(&server, &format!("{allowed}/")),
+        format!("200 {lines}")
+    );
 }
