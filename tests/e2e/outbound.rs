@@ -406,3 +406,23 @@ fn a_chunked_upstream_body_streams_through_whole() {
         format!("200 {lines}")
     );
 }
+
+#[test]
+fn a_wasi_http_0_3_component_calls_out_through_its_client_under_the_same_rules() {
+    let upstream = Upstream::start();
+    let allowed = format!("http://127.0.0.1:{}", upstream.port);
+    let server = Server::start("http_hello_p3", &["--allow-outbound", &allowed]);
+    let fetch = |url: &str| {
+        server
+            .raw(format!("GET /fetch?url={url} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .text()
+    };
+    assert_eq!(fetch(&format!("{allowed}/from-p3")), "200 upstream says hi");
+    assert_eq!(fetch("http://localhost:1/"), "ErrorCode::HttpRequestDenied");
+    server.wait_for_log(&["app=\"http_hello_p3\"", "denied an outbound HTTP request"]);
+    let heads = upstream.heads.lock().unwrap().clone();
+    assert!(
+        heads[0].starts_with("GET /from-p3 HTTP/1.1\r\n"),
+        "{heads:?}"
+    );
+}
