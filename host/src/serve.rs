@@ -69,9 +69,12 @@ pub struct FrontDoor {
 }
 
 impl FrontDoor {
-    /// The TCP addresses this server listens on, the admin endpoint's included.
+    /// The TCP addresses this server is reached at, the admin endpoint's included: for a
+    /// listener on an unspecified address (0.0.0.0, ::), every address of this machine's
+    /// interfaces, with its port.
     pub fn tcp_addresses(&self) -> Vec<std::net::SocketAddr> {
-        self.listeners
+        let bound: Vec<std::net::SocketAddr> = self
+            .listeners
             .iter()
             .filter_map(Listener::tcp_address)
             .chain(
@@ -79,7 +82,23 @@ impl FrontDoor {
                     .iter()
                     .filter_map(|admin| admin.local_addr().ok()),
             )
-            .collect()
+            .collect();
+        let mut local: Option<Vec<std::net::IpAddr>> = None;
+        let mut own = Vec::new();
+        for address in bound {
+            if !address.ip().is_unspecified() {
+                own.push(address);
+                continue;
+            }
+            let interfaces = local.get_or_insert_with(interface_addresses);
+            own.extend(
+                interfaces
+                    .iter()
+                    .filter(|ip| ip.is_ipv4() == address.is_ipv4() || address.is_ipv6())
+                    .map(|ip| std::net::SocketAddr::new(*ip, address.port())),
+            );
+        }
+        own
     }
 
     /// Reads the TLS files and binds the listeners; then, for `--user`/`--group`, hands
@@ -109,6 +128,30 @@ impl FrontDoor {
 }
 
 /// Takes over SIGTERM, SIGINT and SIGHUP; they wait until [`run`] handles them.
+/// This machine's interface addresses; none if they cannot be read (the address ranges
+/// refused to outbound requests still cover loopback and private ones).
+fn interface_addresses() -> Vec<std::net::IpAddr> {
+    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else {
+        tracing::warn!(
+            "cannot list this machine's addresses: outbound requests to its public \
+             addresses on the server's ports are not refused"
+        );
+        return Vec::new();
+    };
+    interfaces
+        .filter_map(|interface| {
+            let address = interface.address?;
+            if let Some(v4) = address.as_sockaddr_in() {
+                Some(std::net::IpAddr::V4(v4.ip()))
+            } else {
+                address
+                    .as_sockaddr_in6()
+                    .map(|v6| std::net::IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect()
+}
+
 pub fn catch_signals() -> std::io::Result<Signals> {
     Signals::new([SIGTERM, SIGINT, SIGHUP])
 }
