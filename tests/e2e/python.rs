@@ -163,6 +163,17 @@ fn a_python_app_calls_out_through_the_bridge_under_the_same_rules() {
         fetch("http://localhost:1/"),
         "Denied: outbound request denied: its destination is not allowed"
     );
+    // urllib.request.urlopen, on top of it once the app installed it.
+    let urlopen = |url: &str| {
+        server
+            .raw(format!("GET /urlopen?url={url} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .text()
+    };
+    assert_eq!(urlopen(&format!("{allowed}/")), "200 hi python");
+    assert_eq!(
+        urlopen("http://localhost:1/"),
+        "URLError: <urlopen error outbound request denied: its destination is not allowed>"
+    );
 }
 
 #[test]

@@ -149,3 +149,55 @@ def request(method, url, headers=None, body=None, timeout=None):
                             break
                         raise HTTPError(f"reading the response failed: {error.value}") from None
     return Response(status, pairs, b"".join(chunks))
+
+
+def install_urllib():
+    """Makes `urllib.request.urlopen` (and openers built after this) send http and https
+    requests through the host: call it once, at import time, before the app uses urllib.
+    An error status raises `urllib.error.HTTPError` as urllib's own does; a refused or
+    failed request raises `urllib.error.URLError` holding the `HTTPError` of this module."""
+    import email.message
+    import http.client
+    import io
+    import urllib.error
+    import urllib.request
+    import urllib.response
+
+    class _Handler(urllib.request.BaseHandler):
+        # Before urllib's own HTTP handlers, which would open sockets.
+        handler_order = 100
+
+        def _open(self, req):
+            timeout = getattr(req, "timeout", None)
+            if not isinstance(timeout, (int, float)):
+                timeout = None
+            # urllib adds Host and Connection itself; the host sets those.
+            headers = [
+                (name, value)
+                for name, value in req.header_items()
+                if name.lower() not in ("host", "connection")
+            ]
+            try:
+                response = request(
+                    req.get_method(),
+                    req.full_url,
+                    headers=headers,
+                    body=req.data,
+                    timeout=timeout,
+                )
+            except HTTPError as error:
+                raise urllib.error.URLError(error) from None
+            message = email.message.Message()
+            for name, value in response.headers:
+                message[name] = value
+            result = urllib.response.addinfourl(
+                io.BytesIO(response.read()), message, req.full_url, response.status
+            )
+            # urllib's error processor reads the reason phrase, as http.client gives it.
+            result.msg = http.client.responses.get(response.status, "")
+            return result
+
+        http_open = _open
+        https_open = _open
+
+    urllib.request.install_opener(urllib.request.build_opener(_Handler()))

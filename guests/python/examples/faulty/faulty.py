@@ -3,13 +3,18 @@
 PEP 3333 violation), `/stream-raise` (fails halfway through a streamed body), `/bytes-body`
 (bytes, not a list of them), `/int-header` (a header value that is not a str) and
 `/closing-list` (a list with close()); `/config?key=K` answers the wasi:config value set for
-K; `/fetch?url=U` GETs U through wasm_gw_http. Anything else answers 200 with how many requests
+K; `/fetch?url=U` GETs U through wasm_gw_http, `/urlopen?url=U` through urllib.request on
+top of it. Anything else answers 200 with how many requests
 this instance has served."""
 
 import sys
 
 import wasm_gw_config
+import urllib.request
+
 import wasm_gw_http
+
+wasm_gw_http.install_urllib()
 
 served = 0
 
@@ -35,6 +40,15 @@ def application(environ, start_response):
             response = wasm_gw_http.request("GET", url, timeout=10)
             answer = f"{response.status} {response.text()}"
         except wasm_gw_http.HTTPError as error:
+            answer = f"{type(error).__name__}: {error}"
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [answer.encode()]
+    if path == "/urlopen":
+        url = environ["QUERY_STRING"].partition("url=")[2]
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                answer = f"{response.status} {response.read().decode()}"
+        except OSError as error:
             answer = f"{type(error).__name__}: {error}"
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [answer.encode()]
