@@ -57,6 +57,11 @@ pub mod bindings {
 
 use bindings::exports::wasm_gw::wsgi::handler::{self, BodyStream as WitBodyStream};
 pub use bindings::wasm_gw::wsgi::request::Environ;
+/// The JSON crates the `json` feature uses, for the app's own values: `serde_json::json!`,
+/// `Value`, and serde's derives (with `#[serde(crate = "wasm_gw_sdk::serde")]` when the app
+/// does not depend on serde itself).
+#[cfg(feature = "json")]
+pub use {serde, serde_json};
 use bindings::wasm_gw::wsgi::request::{self as wit_request, InputError, InputStream};
 use bindings::wasm_gw::wsgi::response as wit_response;
 pub use bindings::wasm_gw::wsgi::response::ResponseError;
@@ -335,6 +340,24 @@ impl Response {
         Response::new(status)
             .header("Content-Type", "text/plain; charset=utf-8")
             .body(text.into())
+    }
+
+    /// An `application/json` response of `value` (the `json` feature).
+    ///
+    /// ```no_run
+    /// # use wasm_gw_sdk::{Response, serde_json};
+    /// let response = Response::json(200, &serde_json::json!({"count": 3}));
+    /// ```
+    #[cfg(feature = "json")]
+    pub fn json(status: u16, value: &impl serde::Serialize) -> Response {
+        match serde_json::to_vec(value) {
+            Ok(body) => Response::new(status)
+                .header("Content-Type", "application/json")
+                .body(body),
+            // A value serde_json cannot write (a map with non-string keys, say) is the app's
+            // mistake: a 500 that says so, not a panic.
+            Err(why) => Response::text(500, format!("cannot write the response as JSON: {why}\n")),
+        }
     }
 
     /// Adds a header. Values are latin-1: chars above U+00FF are refused by the host.

@@ -242,10 +242,7 @@ fn read_object(
 }
 
 fn json_response(status: u16, value: &impl Serialize) -> Response {
-    let body = serde_json::to_vec(value).expect("tasks serialize");
-    Response::new(status)
-        .header("Content-Type", "application/json")
-        .body(body)
+    Response::json(status, value)
 }
 
 fn error(status: u16, message: &str) -> Response {
