@@ -196,16 +196,16 @@ pub struct ServeArgs {
 
     /// Deadline in seconds for one request; an app still running then is stopped and the
     /// client gets 504.
-    #[arg(long, default_value = "30", value_parser = parse_seconds)]
+    #[arg(long, default_value = "30", allow_negative_numbers = true, value_parser = parse_seconds)]
     pub timeout: Duration,
 
     /// Seconds of wall time a streamed response may take, writes to the client included;
     /// then it is cut off [default: 4 times --timeout].
-    #[arg(long, value_parser = parse_seconds)]
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_seconds)]
     pub stream_timeout: Option<Duration>,
 
     /// Linear memory cap per instance, for example 64MiB or 1GiB.
-    #[arg(long, default_value = "128MiB", value_parser = parse_size)]
+    #[arg(long, default_value = "128MiB", value_parser = parse_memory)]
     pub max_memory: usize,
 
     /// How long an instance lives: `worker` keeps one per worker across requests (module
@@ -230,7 +230,7 @@ pub struct ServeArgs {
 
     /// Seconds a request may wait for a free instance before it gets 503; a request whose
     /// client leaves meanwhile is dropped before it takes one.
-    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    #[arg(long, default_value = "10", allow_negative_numbers = true, value_parser = parse_seconds)]
     pub queue_timeout: Duration,
 
     /// Bytes a second of an app's stdout and stderr that go to the log, on average; lines
@@ -272,16 +272,16 @@ pub struct ServeArgs {
     pub outbound_ca: Option<PathBuf>,
 
     /// Seconds an app's outbound connection (DNS, TCP, TLS) may take.
-    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    #[arg(long, default_value = "10", allow_negative_numbers = true, value_parser = parse_seconds)]
     pub outbound_connect_timeout: Duration,
 
     /// Seconds from an outbound request to its response's head; a request's own options
     /// may ask for less.
-    #[arg(long, default_value = "30", value_parser = parse_seconds)]
+    #[arg(long, default_value = "30", allow_negative_numbers = true, value_parser = parse_seconds)]
     pub outbound_first_byte_timeout: Duration,
 
     /// Seconds an outbound response's body may pause between bytes.
-    #[arg(long, default_value = "30", value_parser = parse_seconds)]
+    #[arg(long, default_value = "30", allow_negative_numbers = true, value_parser = parse_seconds)]
     pub outbound_idle_timeout: Duration,
 
     /// Most outbound requests one app may have open at once; more fail at once with
@@ -327,7 +327,7 @@ pub struct ServeArgs {
     pub kv_quota_bytes: usize,
 
     /// Seconds an idle keep-alive connection waits for its next request.
-    #[arg(long, default_value = "5", value_parser = parse_seconds)]
+    #[arg(long, default_value = "5", allow_negative_numbers = true, value_parser = parse_seconds)]
     pub keep_alive: Duration,
 
     /// Open connections at most. At the limit, idle keep-alive connections and then those
@@ -343,12 +343,12 @@ pub struct ServeArgs {
 
     /// Seconds the whole request head may take, from its first byte, however slowly it
     /// trickles; also how long a new connection may stay silent. Past it: 408.
-    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    #[arg(long, default_value = "10", allow_negative_numbers = true, value_parser = parse_seconds)]
     pub header_timeout: Duration,
 
     /// Seconds a request body, or a response, may take before --body-min-rate applies
     /// (Apache's mod_reqtimeout `body=`, applied both ways).
-    #[arg(long, default_value = "20", value_parser = parse_seconds)]
+    #[arg(long, default_value = "20", allow_negative_numbers = true, value_parser = parse_seconds)]
     pub body_timeout: Duration,
 
     /// Bytes a second a request body must arrive, and a response drain, at the least: each
@@ -411,7 +411,7 @@ pub struct ServeArgs {
 
     /// Seconds that requests in flight get to finish after SIGTERM or SIGINT; a second
     /// signal exits at once.
-    #[arg(long, default_value = "30", value_parser = parse_seconds)]
+    #[arg(long, default_value = "30", allow_negative_numbers = true, value_parser = parse_seconds)]
     pub graceful_timeout: Duration,
 
     /// Serve /health and /metrics (Prometheus) on this address, apart from the apps; off
@@ -630,7 +630,7 @@ impl ServeArgs {
                         .map_err(|why| invalid(format!("stream-timeout: {why}")))?;
                 }
                 if let Some(max_memory) = &app.max_memory {
-                    policy.max_memory = parse_size(max_memory)
+                    policy.max_memory = parse_memory(max_memory)
                         .map_err(|why| invalid(format!("max-memory: {why}")))?;
                 }
                 if let Some(isolation) = &app.isolation {
@@ -941,23 +941,36 @@ fn parse_size_or_zero(text: &str) -> Result<usize, String> {
 /// Parses `1048576`, `512KiB`, `128MiB`, `2GiB` (also `K`, `M`, `G`, `KB`, `MB`, `GB`, all
 /// powers of 1024).
 fn parse_size(text: &str) -> Result<usize, String> {
+    let accepted = "a size such as 512KiB, 64MiB or 0.5GiB";
     let split = text
-        .find(|c: char| !c.is_ascii_digit())
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let multiplier: usize = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?}")),
+    let (number, unit) = text.split_at(split);
+    let multiplier: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}; write {accepted}")),
     };
-    digits
-        .parse::<usize>()
+    number
+        .parse::<f64>()
         .ok()
-        .and_then(|count| count.checked_mul(multiplier))
-        .filter(|&size| size > 0)
-        .ok_or_else(|| format!("{text:?} is not a positive size"))
+        .map(|count| (count * multiplier).round())
+        .filter(|size| *size >= 1.0 && *size <= usize::MAX as f64)
+        .map(|size| size as usize)
+        .ok_or_else(|| format!("{text:?} is not a positive size; write {accepted}"))
+}
+
+/// A memory cap: a size of at least 1 MiB, which the smallest app needs.
+fn parse_memory(text: &str) -> Result<usize, String> {
+    let size = parse_size(text)?;
+    if size < 1 << 20 {
+        return Err(format!(
+            "{text:?} is {size} bytes, and an app needs at least 1MiB: write a unit, as in 64MiB"
+        ));
+    }
+    Ok(size)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
 
-use crate::support::{IO_TIMEOUT, guest};
+use crate::support::{IO_TIMEOUT, Server, guest};
 
 /// Runs `wasm-gw serve APP ARGS...`, which must exit on its own.
 pub fn serve_exits(app: &Path, args: &[&str]) -> Output {
@@ -240,4 +240,52 @@ fn a_new_app_builds_and_serves_with_the_commands_it_prints() {
         .output()
         .unwrap();
     assert!(!again.status.success());
+}
+
+#[test]
+fn flag_values_are_refused_with_what_is_accepted() {
+    let refused = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
+            .arg("serve")
+            .arg(guest("hello"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    // A negative number reaches the flag's own check, not clap's "use -- -1" tip.
+    let negative = refused(&["--timeout", "-1"]);
+    assert!(
+        negative.contains("\"-1\" is not a positive number of seconds"),
+        "{negative}"
+    );
+    // A bare number of bytes far too small for any app says what to write instead.
+    let tiny = refused(&["--max-memory", "64"]);
+    assert!(
+        tiny.contains("is 64 bytes, and an app needs at least 1MiB: write a unit, as in 64MiB"),
+        "{tiny}"
+    );
+    let unit = refused(&["--max-body-size", "5 parsecs"]);
+    assert!(
+        unit.contains("write a size such as 512KiB, 64MiB or 0.5GiB"),
+        "{unit}"
+    );
+}
+
+#[test]
+fn fractional_sizes_are_sizes() {
+    let server = Server::start(
+        "hello",
+        &["--max-memory", "0.5GiB", "--max-body-size", "1.5KiB"],
+    );
+    assert_eq!(
+        server
+            .raw(b"GET /?name=half HTTP/1.1\r\nHost: a\r\n\r\n")
+            .text(),
+        "Hello, half!\n"
+    );
+    let mut request = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1537\r\n\r\n".to_vec();
+    request.resize(request.len() + 1537, b'x');
+    assert_eq!(server.raw(&request).status, 413, "1.5KiB is 1536 bytes");
 }

@@ -57,14 +57,14 @@ pub mod bindings {
 
 use bindings::exports::wasm_gw::wsgi::handler::{self, BodyStream as WitBodyStream};
 pub use bindings::wasm_gw::wsgi::request::Environ;
+use bindings::wasm_gw::wsgi::request::{self as wit_request, InputError, InputStream};
+use bindings::wasm_gw::wsgi::response as wit_response;
+pub use bindings::wasm_gw::wsgi::response::ResponseError;
 /// The JSON crates the `json` feature uses, for the app's own values: `serde_json::json!`,
 /// `Value`, and serde's derives (with `#[serde(crate = "wasm_gw_sdk::serde")]` when the app
 /// does not depend on serde itself).
 #[cfg(feature = "json")]
 pub use {serde, serde_json};
-use bindings::wasm_gw::wsgi::request::{self as wit_request, InputError, InputStream};
-use bindings::wasm_gw::wsgi::response as wit_response;
-pub use bindings::wasm_gw::wsgi::response::ResponseError;
 
 /// An error an app did not handle. The client gets a 500 and the message goes to the host's
 /// log; the instance keeps serving.
