@@ -485,6 +485,24 @@ impl ServeArgs {
                     && !NOT_SERVER_SETTINGS.contains(&arg.get_id().as_str())
             });
             let Some(arg) = arg else {
+                // Flags of serve's that a config file sets per app, or not at all.
+                let instead = match setting.key.as_str() {
+                    "dir" => Some("each [[app]] table's dirs = [\"HOST_PATH::GUEST_PATH\"]"),
+                    "env" => Some("each [[app]] table's env = { KEY = \"value\" }"),
+                    "kv-namespace" => Some("each [[app]] table's kv-namespace"),
+                    "mount" => Some("[[app]] tables, one an app"),
+                    "config" => Some("the command line: a config file names no other"),
+                    _ => None,
+                };
+                if let Some(instead) = instead {
+                    anyhow::bail!(
+                        "{}: [server] {}: --{} is a flag of serve's, but in a config file it \
+                         goes in {instead}",
+                        setting.place,
+                        setting.key,
+                        setting.key
+                    );
+                }
                 anyhow::bail!(
                     "{}: [server] {}: not a server setting; [server] takes serve's flags, \
                      such as port, workers or timeout, and [[app]] tables the apps",

@@ -380,7 +380,10 @@ fn a_bad_server_setting_is_refused_with_its_line() {
     );
     let per_app = refused(&format!("[server]\ndir = \"/tmp\"\n{app}"));
     assert!(
-        per_app.contains("wasm-gw.toml:2: [server] dir: not a server setting"),
+        per_app.contains(
+            "wasm-gw.toml:2: [server] dir: --dir is a flag of serve's, but in a config file it \
+             goes in each [[app]] table's dirs"
+        ),
         "{per_app}"
     );
     let unknown = refused(&format!("[server]\nthreads = 4\n{app}"));
