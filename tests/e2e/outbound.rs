@@ -1,56 +1,9 @@
 //! Outbound HTTP from guests: allowed per app by pattern, checked where the server connects.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use crate::support::{Scratch, Server, guest};
-
-/// An HTTP server on loopback that answers every request `200 upstream says hi` and keeps
-/// each request's head.
-struct Upstream {
-    port: u16,
-    heads: Arc<Mutex<Vec<String>>>,
-}
-
-impl Upstream {
-    fn start() -> Upstream {
-        Upstream::serving("upstream says hi")
-    }
-
-    /// An upstream that answers `body` to every request.
-    fn serving(body: &'static str) -> Upstream {
-        let length = body.len();
-        Upstream::answering(format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n{body}"
-        ))
-    }
-
-    /// An upstream that sends `answer`, head and body, to every request.
-    fn answering(answer: String) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let heads = Arc::new(Mutex::new(Vec::new()));
-        let kept = heads.clone();
-        // Lives as long as the test process: it only ever waits in accept.
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let mut reader = BufReader::new(stream);
-                let mut head = String::new();
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    head.push_str(&line);
-                }
-                kept.lock().unwrap().push(head);
-                let _ = reader.get_mut().write_all(answer.as_bytes());
-            }
-        });
-        Upstream { port, heads }
-    }
-}
+use crate::support::{Scratch, Server, Upstream, guest};
 
 /// A server on loopback that accepts connections and never answers; its port, and how
 /// many connections it has accepted.
@@ -71,9 +24,7 @@ fn silent_upstream() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
 }
 
 fn outbound(server: &Server, url: &str) -> String {
-    server
-        .raw(format!("GET /outbound?url={url} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
-        .text()
+    server.get_text(&format!("/outbound?url={url}"))
 }
 
 #[test]
@@ -227,11 +178,7 @@ fn a_wsgi_app_calls_out_through_the_sdk_under_the_same_rules() {
     let upstream = Upstream::start();
     let allowed = format!("http://127.0.0.1:{}", upstream.port);
     let server = Server::start("faulty", &["--allow-outbound", &allowed]);
-    let fetch = |url: &str| {
-        server
-            .raw(format!("GET /fetch?url={url} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
-            .text()
-    };
+    let fetch = |url: &str| server.get_text(&format!("/fetch?url={url}"));
     assert_eq!(
         fetch(&format!("{allowed}/from-wsgi")),
         "200 upstream says hi"
@@ -412,11 +359,7 @@ fn a_wasi_http_0_3_component_calls_out_through_its_client_under_the_same_rules()
     let upstream = Upstream::start();
     let allowed = format!("http://127.0.0.1:{}", upstream.port);
     let server = Server::start("http_hello_p3", &["--allow-outbound", &allowed]);
-    let fetch = |url: &str| {
-        server
-            .raw(format!("GET /fetch?url={url} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
-            .text()
-    };
+    let fetch = |url: &str| server.get_text(&format!("/fetch?url={url}"));
     assert_eq!(fetch(&format!("{allowed}/from-p3")), "200 upstream says hi");
     assert_eq!(fetch("http://localhost:1/"), "ErrorCode::HttpRequestDenied");
     server.wait_for_log(&["app=\"http_hello_p3\"", "denied an outbound HTTP request"]);

@@ -138,37 +138,18 @@ fn a_python_app_reads_its_config_through_the_bridge() {
 
 #[test]
 fn a_python_app_calls_out_through_the_bridge_under_the_same_rules() {
-    // An upstream on loopback, answering one fixed body.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let mut head = [0; 4096];
-            let _ = std::io::Read::read(&mut stream, &mut head);
-            let _ = std::io::Write::write_all(
-                &mut stream,
-                b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nhi python",
-            );
-        }
-    });
+    let upstream = crate::support::Upstream::serving("hi python");
+    let port = upstream.port;
     let allowed = format!("http://127.0.0.1:{port}");
     let server = Server::start_path(&python_guest("faulty"), &["--allow-outbound", &allowed]);
-    let fetch = |url: &str| {
-        server
-            .raw(format!("GET /fetch?url={url} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
-            .text()
-    };
+    let fetch = |url: &str| server.get_text(&format!("/fetch?url={url}"));
     assert_eq!(fetch(&format!("{allowed}/")), "200 hi python");
     assert_eq!(
         fetch("http://localhost:1/"),
         "Denied: outbound request denied: its destination is not allowed"
     );
     // urllib.request.urlopen, on top of it once the app installed it.
-    let urlopen = |url: &str| {
-        server
-            .raw(format!("GET /urlopen?url={url} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
-            .text()
-    };
+    let urlopen = |url: &str| server.get_text(&format!("/urlopen?url={url}"));
     assert_eq!(urlopen(&format!("{allowed}/")), "200 hi python");
     assert_eq!(
         urlopen("http://localhost:1/"),

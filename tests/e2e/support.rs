@@ -538,6 +538,12 @@ impl Server {
         RawResponse::read(&mut BufReader::new(stream), false)
     }
 
+    /// The body of `GET target` on a connection of its own, as text.
+    pub fn get_text(&self, target: &str) -> String {
+        self.raw(format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .text()
+    }
+
     /// The server's resident memory now and at its peak, in bytes.
     pub fn memory(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
@@ -850,5 +856,51 @@ impl Load {
             self.served.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// An HTTP server on loopback that answers every request `200 upstream says hi` and keeps
+/// each request's head.
+pub struct Upstream {
+    pub port: u16,
+    pub heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        Upstream::serving("upstream says hi")
+    }
+
+    /// An upstream that answers `body` to every request.
+    pub fn serving(body: &'static str) -> Upstream {
+        let length = body.len();
+        Upstream::answering(format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n{body}"
+        ))
+    }
+
+    /// An upstream that sends `answer`, head and body, to every request.
+    pub fn answering(answer: String) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let kept = heads.clone();
+        // Lives as long as the test process: it only ever waits in accept.
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                kept.lock().unwrap().push(head);
+                let _ = reader.get_mut().write_all(answer.as_bytes());
+            }
+        });
+        Upstream { port, heads }
     }
 }

@@ -181,11 +181,6 @@ impl Policy {
         Policy { patterns, own }
     }
 
-    /// Whether nothing at all is allowed.
-    pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty()
-    }
-
     /// The patterns that allow `scheme://host:port` before resolution, or why none does.
     pub fn check(&self, scheme: Scheme, host: &str, port: u16) -> Result<Allowed<'_>, Denied> {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
