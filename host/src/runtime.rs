@@ -60,7 +60,6 @@ pub fn link(
     guest::config::add_to_linker(&mut linker)?;
     // Outbound HTTP, as a wasi:http component gets it: the same allow-list and client.
     wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
-    guest::wait::add_streams_to_linker(&mut linker, GuestState::waits)?;
     guest::wait::add_to_linker(&mut linker, GuestState::waits)?;
     guest::files::add_to_linker(&mut linker, GuestState::output)?;
     let pre = linker.instantiate_pre(component)?;

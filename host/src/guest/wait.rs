@@ -83,26 +83,16 @@ impl HasData for WaitsData {
     type Data<'a> = Waits<'a>;
 }
 
-/// Replaces wasmtime-wasi's `wasi:io/poll` in `linker` (which must hold it already) with
-/// one whose waits end at the deadline.
+/// Replaces wasmtime-wasi's `wasi:io/poll` and `wasi:io/streams` in `linker` (which must
+/// hold them already) with ones whose waits end at the deadline, and whose blocking calls
+/// first write out a `wasi:http` guest's response.
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     view: fn(&mut T) -> Waits<'_>,
 ) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
-    let added = sync_poll::add_to_linker::<T, WaitsData>(linker, view);
-    linker.allow_shadowing(false);
-    added
-}
-
-/// Replaces wasmtime-wasi's `wasi:io/streams` in `linker` (which must hold it already) with
-/// one whose blocking writes first write out the response, and end at the deadline.
-pub fn add_streams_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    view: fn(&mut T) -> Waits<'_>,
-) -> wasmtime::Result<()> {
-    linker.allow_shadowing(true);
-    let added = sync_streams::add_to_linker::<T, WaitsData>(linker, view);
+    let added = sync_poll::add_to_linker::<T, WaitsData>(linker, view)
+        .and_then(|()| sync_streams::add_to_linker::<T, WaitsData>(linker, view));
     linker.allow_shadowing(false);
     added
 }

@@ -32,7 +32,6 @@ pub fn link_http(
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
     guest::wait::add_to_linker(&mut linker, GuestState::waits)?;
-    guest::wait::add_streams_to_linker(&mut linker, GuestState::waits)?;
     guest::files::add_to_linker(&mut linker, GuestState::output)?;
     guest::config::add_to_linker(&mut linker)?;
     let pre = linker.instantiate_pre(component)?;
