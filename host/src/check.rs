@@ -24,8 +24,8 @@ const PROVIDED: [&str; 15] = [
     "wasi:config/store@0.2.0-rc.1",
     "wasi:http/types@0.2.",
     "wasi:http/outgoing-handler@0.2.",
-    "wasm-gw:wsgi/request@0.2.",
-    "wasm-gw:wsgi/response@0.2.",
+    "wasm-gw:wsgi/request@0.3.",
+    "wasm-gw:wsgi/response@0.3.",
 ];
 
 /// What wasm-gw gives a `wasi:http` 0.2 app beside WASI: the HTTP types, and an outgoing
@@ -92,6 +92,10 @@ pub fn check(path: &Path) -> anyhow::Result<(String, bool)> {
         )?;
     }
 
+    if let Some(why) = world.as_ref().and_then(World::refusal) {
+        writeln!(report, "{}: cannot be served: {why}", path.display())?;
+        return Ok((report, false));
+    }
     let linked = match &world {
         Some(World::WasiHttp02(_)) => link_http(&engine, &component).map(drop),
         Some(World::WasiHttp03(_)) => link_http3(&engine, &component).map(drop),

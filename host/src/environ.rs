@@ -3,7 +3,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use std::borrow::Cow;
+
 use crate::bindings::wasm_gw::wsgi::request::Environ;
+pub use crate::bindings::wasm_gw::wsgi::request::HeaderLines;
 use crate::http::request::{BodyKind, Head};
 use crate::listener::Peer;
 use crate::tls::TlsFacts;
@@ -217,59 +220,64 @@ fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
     hop.strip_prefix('[')?.split_once(']')?.0.parse().ok()
 }
 
-/// The request's header lines as received, kept compact until an app asks for them. Made
-/// into strings, a browser's dozen headers were a third of a request's cost, and most apps
-/// read few of them or none.
-#[derive(Debug, Default)]
-pub struct HeaderLines {
-    /// Every name, back to back.
-    names: String,
-    /// Every value, back to back, as received.
-    values: Vec<u8>,
-    /// Where each line's name and value end, in order.
-    ends: Vec<(usize, usize)>,
+// The request's header lines, as the contract packs them: names back to back, values
+// back to back, and where each line ends. Made into a list of string pairs, a browser's
+// dozen lines were a third of a request's cost; packed, they are three copies.
+// bindgen makes the type, without a Default to derive.
+#[allow(clippy::derivable_impls)]
+impl Default for HeaderLines {
+    fn default() -> HeaderLines {
+        HeaderLines {
+            names: String::new(),
+            values: String::new(),
+            ends: Vec::new(),
+        }
+    }
 }
 
 impl HeaderLines {
-    /// Holds `head`'s lines in place of the ones held.
+    /// Holds `head`'s lines in place of the ones held, each value as a native string.
     fn refill(&mut self, head: &Head) {
         self.names.clear();
         self.values.clear();
         self.ends.clear();
         for header in head.headers {
             self.names.push_str(header.name);
-            self.values.extend_from_slice(header.value);
-            self.ends.push((self.names.len(), self.values.len()));
+            push_latin1(&mut self.values, header.value);
+            // A head is capped far below 4 GiB (`--limit-request-field_size` times
+            // `--limit-request-fields`), so its offsets fit.
+            self.ends
+                .push((self.names.len() as u32, self.values.len() as u32));
         }
     }
 
-    /// Every line as (name, value), in order, repeats included.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+    /// Every line as (name, value), in order, repeats included; the value as native
+    /// string.
+    pub fn lines(&self) -> impl Iterator<Item = (&str, &str)> {
         let starts = std::iter::once((0, 0)).chain(self.ends.iter().copied());
         starts
             .zip(&self.ends)
             .map(|((name_start, value_start), &(name_end, value_end))| {
                 (
-                    &self.names[name_start..name_end],
-                    &self.values[value_start..value_end],
+                    &self.names[name_start as usize..name_end as usize],
+                    &self.values[value_start as usize..value_end as usize],
                 )
             })
     }
 
-    /// Fills in the environ's `headers` and `cgi-headers`.
-    pub fn fill(&self, environ: &mut Environ) {
-        environ.headers.reserve(self.ends.len());
-        for (name, value) in self.iter() {
-            let value = latin1(value);
-            // Content-Type and Content-Length have keys of their own; see the WIT for `_`.
-            if !name.eq_ignore_ascii_case("content-type")
-                && !name.eq_ignore_ascii_case("content-length")
-                && !name.contains('_')
-            {
-                add_cgi_header(&mut environ.cgi_headers, name, &value);
-            }
-            environ.headers.push((name.to_owned(), value));
-        }
+    /// Every line as (name, value), the value as the bytes received.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Cow<'_, [u8]>)> {
+        self.lines()
+            .map(|(name, value)| (name, native_bytes(value)))
+    }
+}
+
+/// The bytes a native string stands for: each char is one byte.
+fn native_bytes(text: &str) -> Cow<'_, [u8]> {
+    match text.is_ascii() {
+        true => Cow::Borrowed(text.as_bytes()),
+        // Chars above U+00FF never get in: the host made the string from bytes.
+        false => Cow::Owned(text.chars().map(|c| c as u8).collect()),
     }
 }
 
@@ -312,10 +320,9 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
-    /// The WSGI environ of this request, and its header lines, which
-    /// [`HeaderLines::fill`] adds to it when an app asks; the strings move, and
+    /// The WSGI environ of this request; the strings move, and
     /// [`RequestHead::from_environ`] takes them back.
-    pub fn into_environ(self) -> (Environ, HeaderLines) {
+    pub fn into_environ(self) -> Environ {
         let mut path_info = self.path;
         // The split: the mount prefix is SCRIPT_NAME, the rest PATH_INFO. At the root, the
         // usual case, there is nothing to split and nothing to allocate.
@@ -325,7 +332,7 @@ impl RequestHead {
             script_name.push_str(&path_info[..self.mount]);
             path_info.drain(..self.mount);
         }
-        let environ = Environ {
+        Environ {
             request_method: self.method,
             script_name,
             path_info,
@@ -342,14 +349,13 @@ impl RequestHead {
             multithread: self.multithread,
             multiprocess: false,
             run_once: false,
-            cgi_headers: self.variables,
-            headers: Vec::new(),
-        };
-        (environ, self.headers)
+            server_variables: self.variables,
+            headers: self.headers,
+        }
     }
 
     /// The request an environ was made from, with its strings.
-    pub fn from_environ(environ: Environ, headers: HeaderLines) -> RequestHead {
+    pub fn from_environ(environ: Environ) -> RequestHead {
         let Environ {
             request_method,
             script_name,
@@ -365,7 +371,8 @@ impl RequestHead {
             raw_uri,
             url_scheme,
             multithread,
-            cgi_headers,
+            server_variables,
+            headers,
             ..
         } = environ;
         // PATH_INFO's buffer becomes the path again, and SCRIPT_NAME's is kept for the next
@@ -388,7 +395,7 @@ impl RequestHead {
             content_type,
             content_length,
             multithread,
-            variables: cgi_headers,
+            variables: server_variables,
             headers,
             spare_prefix: script_name,
         }
@@ -522,26 +529,6 @@ fn split_target(target: &str) -> (Option<&str>, &str, &str) {
     }
 }
 
-/// Adds `HTTP_NAME`, joining a repeated header's values with `,` as RFC 9110 §5.3 allows.
-fn add_cgi_header(cgi_headers: &mut Vec<(String, String)>, name: &str, value: &str) {
-    let mut key = String::with_capacity(5 + name.len());
-    key.push_str("HTTP_");
-    key.extend(name.chars().map(|c| match c {
-        '-' => '_',
-        c => c.to_ascii_uppercase(),
-    }));
-    match cgi_headers
-        .iter_mut()
-        .find(|(existing, _)| *existing == key)
-    {
-        Some((_, joined)) => {
-            joined.push(',');
-            joined.push_str(value);
-        }
-        None => cgi_headers.push((key, value.to_owned())),
-    }
-}
-
 /// Splits a Host value into name and port: `example.com:8080`, `[::1]:80`, `example.com`.
 fn split_host(host: &[u8]) -> Option<(&str, u16)> {
     let host = std::str::from_utf8(host).ok()?;
@@ -616,7 +603,7 @@ mod tests {
     use crate::http::request::parse;
 
     /// Parses the head in `raw` and builds its environ, from 127.0.0.2:5000 to 127.0.0.1:8000.
-    fn build_from(raw: &[u8], reused: Option<RequestHead>) -> (Environ, HeaderLines) {
+    fn build_from(raw: &[u8], reused: Option<RequestHead>) -> Environ {
         let mut slots = [httparse::EMPTY_HEADER; 8];
         let limits = Limits {
             request_line: 64,
@@ -638,11 +625,10 @@ mod tests {
     }
 
     #[test]
-    fn headers_come_when_asked_for() {
+    fn headers_come_once_packed_in_order() {
         let raw = b"POST /p HTTP/1.1\r\nHost: h:81\r\nX-A: 1\r\nContent-Type: text/plain\r\n\
             Content-Length: 2\r\nX_Sneaky: y\r\nx-a: \xe92\r\n\r\nhi";
-        let (mut environ, lines) = build_from(raw, None);
-        assert!(environ.headers.is_empty() && environ.cgi_headers.is_empty());
+        let environ = build_from(raw, None);
         assert_eq!(environ.content_type.as_deref(), Some("text/plain"));
         assert_eq!(environ.content_length, Some(2));
         assert_eq!(
@@ -650,42 +636,40 @@ mod tests {
             ("h", 81)
         );
         assert_eq!(environ.remote_addr, "127.0.0.2");
-
-        lines.fill(&mut environ);
-        let owned = |list: &[(&str, &str)]| -> Vec<(String, String)> {
-            list.iter()
-                .map(|(name, value)| (name.to_string(), value.to_string()))
-                .collect()
-        };
+        assert!(environ.server_variables.is_empty());
+        let lines: Vec<_> = environ.headers.lines().collect();
         assert_eq!(
-            environ.headers,
-            owned(&[
+            lines,
+            [
                 ("Host", "h:81"),
                 ("X-A", "1"),
                 ("Content-Type", "text/plain"),
                 ("Content-Length", "2"),
                 ("X_Sneaky", "y"),
                 ("x-a", "\u{e9}2"),
-            ])
+            ]
         );
         assert_eq!(
-            environ.cgi_headers,
-            owned(&[("HTTP_HOST", "h:81"), ("HTTP_X_A", "1,\u{e9}2")])
+            environ.headers.names,
+            "HostX-AContent-TypeContent-LengthX_Sneakyx-a"
         );
+        // The offsets count UTF-8 bytes: é is two of them.
+        assert_eq!(environ.headers.ends.last(), Some(&(44, 20)));
+        let (_, raw_value) = environ.headers.iter().last().unwrap();
+        assert_eq!(&*raw_value, b"\xe92", "the bytes as received come back");
     }
 
     #[test]
     fn a_reused_environ_keeps_nothing_of_the_last_request() {
-        let (mut first, lines) = build_from(
+        let mut first = build_from(
             b"POST /a%20b?x=1 HTTP/1.1\r\nHost: h:81\r\nContent-Type: text/plain\r\n\
               Content-Length: 0\r\nX-A: 1\r\n\r\n",
             None,
         );
         // What an app's run leaves in them.
         first.script_name.push_str("/mount");
-        lines.fill(&mut first);
         let second = b"GET /c HTTP/1.0\r\n\r\n";
-        let reused = build_from(second, Some(RequestHead::from_environ(first, lines)));
+        let reused = build_from(second, Some(RequestHead::from_environ(first)));
         let fresh = build_from(second, None);
         assert_eq!(format!("{reused:?}"), format!("{fresh:?}"));
     }
@@ -698,22 +682,20 @@ mod tests {
             method: "GET".into(),
             ..RequestHead::default()
         };
-        let (environ, headers) = request.into_environ();
+        let environ = request.into_environ();
         assert_eq!(
             (environ.script_name.as_str(), environ.path_info.as_str()),
             ("/api", "/tasks/1")
         );
-        request = RequestHead::from_environ(environ, headers);
+        request = RequestHead::from_environ(environ);
         assert_eq!((request.path.as_str(), request.mount), ("/api/tasks/1", 4));
         assert_eq!(request.method, "GET");
         // Round trips after the first move the same buffers, at the root or under a mount.
         for mount in [0, 4] {
             request.mount = mount;
-            let (environ, headers) = request.into_environ();
-            request = RequestHead::from_environ(environ, headers);
+            request = RequestHead::from_environ(request.into_environ());
             let buffers = (request.path.as_ptr(), request.method.as_ptr());
-            let (environ, headers) = request.into_environ();
-            request = RequestHead::from_environ(environ, headers);
+            request = RequestHead::from_environ(request.into_environ());
             assert_eq!((request.path.as_ptr(), request.method.as_ptr()), buffers);
             assert_eq!(request.path, "/api/tasks/1");
         }

@@ -229,6 +229,9 @@ impl WasmApp {
         let engine = engines.for_app(&policy)?;
         let component = load_component(&engine, path, cache)?;
         let pre = match World::of(&engine, &component) {
+            Some(world) if let Some(why) = world.refusal() => {
+                anyhow::bail!("{} cannot be served: {why}", path.display())
+            }
             Some(world @ World::WasiHttp03(_)) => {
                 Pre::Http3(link_http3(&engine, &component).with_context(|| {
                     format!("{} is a component of {world}, but", path.display())
@@ -395,9 +398,9 @@ impl App for WasmWorker {
         {
             return (request, Err(Failure::Unavailable(error)));
         }
-        let input = self.store.data_mut().begin(request);
-        let result = self.run(input);
-        let request = self.store.data_mut().end();
+        let (environ, input) = self.store.data_mut().begin(request);
+        let result = self.run(&environ, input);
+        let request = self.store.data_mut().end(environ);
         self.after_request(&result);
         (request, result)
     }
@@ -427,13 +430,14 @@ impl WasmWorker {
 impl WasmWorker {
     fn run(
         &mut self,
+        environ: &bindings::wasm_gw::wsgi::request::Environ,
         input: wasmtime::component::Resource<bindings::wasm_gw::wsgi::request::InputStream>,
     ) -> Result<(), Failure> {
         let body = self
             .guest_call(|store, instance| {
                 instance
                     .wasm_gw_wsgi_handler()
-                    .call_application(store, input)
+                    .call_application(store, environ, input)
             })?
             .map_err(|why| Failure::Application(excerpt(&why)))?;
         match body {

@@ -6,7 +6,11 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 /// The export wasm-gw calls in a WSGI-world app.
-pub const WSGI_HANDLER: &str = "wasm-gw:wsgi/handler@0.2.";
+pub const WSGI_HANDLER: &str = "wasm-gw:wsgi/handler@0.3.";
+/// The contract this wasm-gw serves, as an app's build names it.
+pub const WSGI_CONTRACT: &str = "wasm-gw:wsgi@0.3.0";
+/// Any version's WSGI handler: one of another version is named, and refused.
+const ANY_WSGI_HANDLER: &str = "wasm-gw:wsgi/handler@";
 /// WASI 0.2's HTTP handler (`wasi:http/proxy`'s export).
 const HTTP_HANDLER_0_2: &str = "wasi:http/incoming-handler@0.2.";
 /// WASI 0.3's HTTP handler, release candidates included.
@@ -17,6 +21,8 @@ const HTTP_HANDLER_0_3: &str = "wasi:http/handler@0.3.";
 pub enum World {
     /// wasm-gw's own: `application(environ)` through `wasm-gw:wsgi/handler`.
     Wsgi,
+    /// wasm-gw's own, of a version this wasm-gw does not serve; the version.
+    OtherWsgi(String),
     /// Standard `wasi:http` of WASI 0.2; the export's full name.
     WasiHttp02(String),
     /// Standard `wasi:http` of WASI 0.3; the export's full name.
@@ -36,7 +42,9 @@ impl World {
             return Some(World::Wsgi);
         }
         exports.iter().find_map(|(name, _)| {
-            if name.starts_with(HTTP_HANDLER_0_2) {
+            if let Some(version) = name.strip_prefix(ANY_WSGI_HANDLER) {
+                Some(World::OtherWsgi(version.to_owned()))
+            } else if name.starts_with(HTTP_HANDLER_0_2) {
                 Some(World::WasiHttp02((*name).to_owned()))
             } else if name.starts_with(HTTP_HANDLER_0_3) {
                 Some(World::WasiHttp03((*name).to_owned()))
@@ -51,8 +59,26 @@ impl std::fmt::Display for World {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             World::Wsgi => f.write_str("the wasm-gw WSGI world"),
+            World::OtherWsgi(version) => write!(f, "the wasm-gw WSGI world {version}"),
             World::WasiHttp02(export) => write!(f, "standard wasi:http 0.2 (it exports {export})"),
             World::WasiHttp03(export) => write!(f, "standard wasi:http 0.3 (it exports {export})"),
         }
+    }
+}
+
+impl World {
+    /// Why a component of this world cannot be served, if it cannot: an app built for
+    /// another version of wasm-gw's contract, with how to rebuild it.
+    pub fn refusal(&self) -> Option<String> {
+        let World::OtherWsgi(version) = self else {
+            return None;
+        };
+        Some(format!(
+            "it was built for wasm-gw:wsgi@{version}, and this wasm-gw serves {WSGI_CONTRACT}, \
+             where `application` takes the environ as its argument. Rebuild it against this \
+             wasm-gw: a Rust app with the wasm-gw-sdk of this release (`cargo update -p \
+             wasm-gw-sdk`, then `cargo build --release --target wasm32-wasip2`), a Python \
+             app with this wasm-gw's `build-python`"
+        ))
     }
 }

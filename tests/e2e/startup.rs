@@ -102,6 +102,32 @@ fn a_component_for_another_world_names_what_is_missing() {
 }
 
 #[test]
+fn an_app_built_for_the_last_contract_is_told_how_to_rebuild() {
+    let old = guest("old_contract");
+    let needles = [
+        "built for wasm-gw:wsgi@0.2.0",
+        "this wasm-gw serves wasm-gw:wsgi@0.3.0",
+        "cargo update -p wasm-gw-sdk",
+        "build-python",
+    ];
+    assert_one_error_line(&serve_exits(&old, &["--port", "0"]), &needles);
+    let checked = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
+        .arg("check")
+        .arg(&old)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&checked.stdout);
+    assert!(!checked.status.success(), "{report}");
+    assert!(
+        report.contains("world: the wasm-gw WSGI world 0.2.0"),
+        "{report}"
+    );
+    for needle in needles {
+        assert!(report.contains(needle), "{needle:?} not in:\n{report}");
+    }
+}
+
+#[test]
 fn a_port_already_in_use() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
@@ -161,9 +187,9 @@ fn check_describes_a_good_and_a_bad_component() {
     assert!(good.status.success(), "{report}");
     for expected in [
         "world: the wasm-gw WSGI world",
-        "wasm-gw:wsgi/request@0.2.0",
+        "wasm-gw:wsgi/request@0.3.0",
         "provided",
-        "wasm-gw:wsgi/handler@0.2.0",
+        "wasm-gw:wsgi/handler@0.3.0",
         "the app's entry point",
         "fits the wasm-gw app world",
     ] {

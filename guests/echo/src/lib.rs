@@ -25,7 +25,7 @@ impl App for Echo {
             "method": environ.request_method,
             "path": format!("{}{}", environ.script_name, environ.path_info),
             "query": environ.query_string,
-            "headers": environ.headers.iter().map(|(name, value)| [name, value]).collect::<Vec<_>>(),
+            "headers": request.headers().map(|(name, value)| [name, value]).collect::<Vec<_>>(),
             "body_len": body.len(),
             "raw_uri": environ.raw_uri,
             "version": environ.server_protocol,
@@ -80,8 +80,8 @@ fn environ_strings(environ: &Environ) -> Map<String, Value> {
         .into_iter()
         .map(|(key, value)| (key.to_owned(), Value::String(value)))
         .collect();
-    for (key, value) in &environ.cgi_headers {
-        map.insert(key.clone(), Value::String(value.clone()));
+    for (key, value) in environ.cgi_variables() {
+        map.insert(key, Value::String(value));
     }
     map
 }

@@ -11,7 +11,7 @@
 //! line with control characters; `/alias?n=N&mb=M` returns N chunks that all point at one
 //! M MiB buffer. `/served` counts the requests this instance has served,
 //! which shows when an instance is replaced. `/keep-input` keeps its request's input
-//! handle, and `/kept-environ` then asks for that ended request's environ.
+//! handle, and `/kept-input` then reads through it, the ended request's.
 //! The `/escape/...` routes try to leave the sandbox (read a file, list a directory, read
 //! the environment, open a TCP connection, plant a symlink) and say whether they could. It implements the WSGI
 //! contract directly, without the SDK's `App`, because several faults are ones the SDK
@@ -19,8 +19,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use wasm_gw_sdk::Environ;
 use wasm_gw_sdk::bindings::exports::wasm_gw::wsgi::handler::{Body, Guest};
-use wasm_gw_sdk::bindings::wasm_gw::wsgi::request::{InputStream, full_environ};
+use wasm_gw_sdk::bindings::wasm_gw::wsgi::request::{InputError, InputStream};
 use wasm_gw_sdk::kv::Bucket;
 use wasm_gw_sdk::{start_response, write};
 
@@ -75,8 +76,7 @@ fn probe(attempt: std::io::Result<String>) -> Result<Body, String> {
 impl Guest for Faulty {
     type BodyStream = wasm_gw_sdk::StreamState;
 
-    fn application(input: InputStream) -> Result<Body, String> {
-        let environ = full_environ(&input);
+    fn application(environ: Environ, input: InputStream) -> Result<Body, String> {
         let plain = headers(&[("Content-Type", "text/plain")]);
         let served = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
         match environ.path_info.as_str() {
@@ -90,14 +90,18 @@ impl Guest for Faulty {
                 start_response("200 OK", &plain, None).map_err(|e| format!("{e:?}"))?;
                 ok_body("kept\n")
             }
-            // Asks for the environ of the request kept above: it has ended, so this traps.
-            "/kept-environ" => {
+            // Reads the body of the request kept above, which has ended: the host must say
+            // `stale`, and never hand over this request's body in its place.
+            "/kept-input" => {
                 let kept = KEPT_INPUT
                     .take()
                     .ok_or("nothing kept: GET /keep-input first")?;
-                let stale = full_environ(&kept);
+                let answer = match kept.read(1 << 16) {
+                    Err(InputError::Stale) => "stale".to_owned(),
+                    other => format!("{other:?}"),
+                };
                 start_response("200 OK", &plain, None).map_err(|e| format!("{e:?}"))?;
-                ok_body(&stale.path_info)
+                ok_body(&answer)
             }
             // The last byte of the 4 GiB address space is past any memory the sandbox allows.
             "/trap" => {

@@ -12,7 +12,7 @@ import traceback
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.exports import handler
-from wit_world.imports import request, response
+from wit_world.imports import response
 
 from wasm_gw_app import application
 
@@ -84,6 +84,23 @@ class Errors:
 _ERRORS = Errors()
 
 
+def _header_lines(packed):
+    """The packed header lines (wit's header-lines) as [(name, value)], in order. The ends
+    count UTF-8 bytes: where a value holds a byte above 0x7F, a char of two, the values
+    are sliced as UTF-8."""
+    names, values, ends = packed.names, packed.values, packed.ends
+    ascii = values.isascii()
+    if not ascii:
+        values = values.encode("utf-8")
+    lines = []
+    name_start = value_start = 0
+    for name_end, value_end in ends:
+        value = values[value_start:value_end]
+        lines.append((names[name_start:name_end], value if ascii else value.decode("utf-8")))
+        name_start, value_start = name_end, value_end
+    return lines
+
+
 def _environ(meta, stream):
     environ = {
         "REQUEST_METHOD": meta.request_method,
@@ -106,14 +123,28 @@ def _environ(meta, stream):
         "wsgi.run_once": meta.run_once,
         # The host removes chunked framing and ends reads at the body's end.
         "wsgi.input_terminated": True,
-        # An extension: every header line as received, in order, repeats included.
-        "wasm_gw.headers": meta.headers,
     }
     if meta.content_type is not None:
         environ["CONTENT_TYPE"] = meta.content_type
     if meta.content_length is not None:
         environ["CONTENT_LENGTH"] = str(meta.content_length)
-    environ.update(meta.cgi_headers)
+    # mod_ssl's variables on TLS; none of them starts HTTP_, so no header can replace one.
+    environ.update(meta.server_variables)
+    lines = _header_lines(meta.headers)
+    # An extension: every header line as received, in order, repeats included.
+    environ["wasm_gw.headers"] = lines
+    for name, value in lines:
+        # PEP 3333 and CGI: HTTP_ + the name upper-cased with - as _, repeats joined by
+        # commas (RFC 9110 5.3). Content-Type and Content-Length have keys of their own,
+        # and a name holding _ is left out, so that X_Forwarded_For cannot pose as
+        # X-Forwarded-For.
+        if "_" in name:
+            continue
+        key = "HTTP_" + name.upper().replace("-", "_")
+        if key == "HTTP_CONTENT_TYPE" or key == "HTTP_CONTENT_LENGTH":
+            continue
+        joined = environ.get(key)
+        environ[key] = value if joined is None else joined + "," + value
     return environ
 
 
@@ -235,10 +266,9 @@ def _log_exception():
 
 
 class Handler(exports.Handler):
-    def application(self, stream):
+    def application(self, meta, stream):
         try:
-            # A WSGI app gets a dict of every variable, so the bridge asks for them all.
-            return _serve(request.full_environ(stream), stream)
+            return _serve(meta, stream)
         except MemoryError:
             # The instance may be in any state: let the host replace it.
             _log_exception()

@@ -25,7 +25,7 @@
 //! `wasm-gw serve`.
 
 use std::borrow::Cow;
-use std::cell::{OnceCell, RefCell};
+use std::cell::RefCell;
 use std::io;
 
 pub mod config;
@@ -56,8 +56,8 @@ pub mod bindings {
 }
 
 use bindings::exports::wasm_gw::wsgi::handler::{self, BodyStream as WitBodyStream};
-pub use bindings::wasm_gw::wsgi::request::Environ;
-use bindings::wasm_gw::wsgi::request::{self as wit_request, InputError, InputStream};
+pub use bindings::wasm_gw::wsgi::request::{Environ, HeaderLines};
+use bindings::wasm_gw::wsgi::request::{InputError, InputStream};
 use bindings::wasm_gw::wsgi::response as wit_response;
 pub use bindings::wasm_gw::wsgi::response::ResponseError;
 /// The JSON crates the `json` feature uses, for the app's own values: `serde_json::json!`,
@@ -95,10 +95,15 @@ macro_rules! export_app {
             type BodyStream = $crate::StreamState;
 
             fn application(
+                environ: $crate::Environ,
                 input: $crate::bindings::wasm_gw::wsgi::request::InputStream,
             ) -> ::std::result::Result<$crate::bindings::exports::wasm_gw::wsgi::handler::Body, ::std::string::String> {
                 __WASM_GW_APP.with_borrow_mut(|app| {
-                    $crate::serve(app.get_or_insert_with(::std::default::Default::default), input)
+                    $crate::serve(
+                        app.get_or_insert_with(::std::default::Default::default),
+                        environ,
+                        input,
+                    )
                 })
             }
         }
@@ -108,12 +113,13 @@ macro_rules! export_app {
 }
 
 #[doc(hidden)]
-pub fn serve<A: App>(app: &mut A, input: InputStream) -> Result<handler::Body, String> {
+pub fn serve<A: App>(
+    app: &mut A,
+    environ: Environ,
+    input: InputStream,
+) -> Result<handler::Body, String> {
     let request = Request {
-        environ: OnceCell::new(),
-        method: OnceCell::new(),
-        path: OnceCell::new(),
-        query_string: OnceCell::new(),
+        environ,
         body: Body { input },
     };
     match app.handle(request) {
@@ -122,62 +128,38 @@ pub fn serve<A: App>(app: &mut A, input: InputStream) -> Result<handler::Body, S
     }
 }
 
-/// One request: its [`Environ`] and its [`Body`]. The environ comes from the host when first
-/// asked for, and the method, path and query string alone when only they are: a request
-/// costs only the strings the app reads.
+/// One request: its [`Environ`] and its [`Body`].
 pub struct Request {
-    environ: OnceCell<Environ>,
-    method: OnceCell<String>,
-    path: OnceCell<String>,
-    query_string: OnceCell<String>,
+    environ: Environ,
     body: Body,
 }
 
 impl Request {
     /// Every WSGI variable, as the host built it.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// let environ = request.environ();
+    /// let url = format!("{}://{}{}", environ.url_scheme, environ.server_name, environ.raw_uri);
+    /// # }
+    /// ```
     pub fn environ(&self) -> &Environ {
-        self.environ
-            .get_or_init(|| wit_request::full_environ(&self.body.input))
+        &self.environ
     }
 
     /// The method exactly as sent, for example `GET`.
     pub fn method(&self) -> &str {
-        self.field(
-            &self.method,
-            |environ| &environ.request_method,
-            wit_request::request_method,
-        )
+        &self.environ.request_method
     }
 
     /// The path below the app's mount point (PATH_INFO), percent-decoded.
     pub fn path(&self) -> &str {
-        self.field(
-            &self.path,
-            |environ| &environ.path_info,
-            wit_request::path_info,
-        )
+        &self.environ.path_info
     }
 
     /// The raw query string, without `?`.
     pub fn query_string(&self) -> &str {
-        self.field(
-            &self.query_string,
-            |environ| &environ.query_string,
-            wit_request::query_string,
-        )
-    }
-
-    /// One field: from the environ if the app has it already, else alone from the host.
-    fn field<'a>(
-        &'a self,
-        cell: &'a OnceCell<String>,
-        in_environ: fn(&Environ) -> &String,
-        fetch: fn(&InputStream) -> String,
-    ) -> &'a str {
-        match self.environ.get() {
-            Some(environ) => in_environ(environ),
-            None => cell.get_or_init(|| fetch(&self.body.input)),
-        }
+        &self.environ.query_string
     }
 
     /// The query parameters in order, with `+` and `%XX` decoded.
@@ -213,22 +195,117 @@ impl Request {
     }
 
     /// The first header called `name`, compared case-insensitively.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// let wants_json = request.header("accept").is_some_and(|accept| accept.contains("json"));
+    /// # }
+    /// ```
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.environ()
-            .headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
+        self.environ.headers.get(name)
     }
 
-    /// All headers as received, in order, repeats included.
-    pub fn headers(&self) -> &[(String, String)] {
-        &self.environ().headers
+    /// All headers as received, in order, repeats included, as (name, value).
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// let cookies = request.headers().filter(|(name, _)| name.eq_ignore_ascii_case("cookie")).count();
+    /// # }
+    /// ```
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.environ.headers.iter()
     }
 
     /// The request body.
     pub fn body(&mut self) -> &mut Body {
         &mut self.body
+    }
+}
+
+impl HeaderLines {
+    /// Every line as (name, value), in order, repeats included; each value a latin-1
+    /// native string.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let starts = std::iter::once((0, 0)).chain(self.ends.iter().copied());
+        starts
+            .zip(&self.ends)
+            .map(|((name_start, value_start), &(name_end, value_end))| {
+                // The host's offsets are char boundaries of these very strings; `get` keeps a
+                // broken host from panicking the app.
+                (
+                    self.names
+                        .get(name_start as usize..name_end as usize)
+                        .unwrap_or_default(),
+                    self.values
+                        .get(value_start as usize..value_end as usize)
+                        .unwrap_or_default(),
+                )
+            })
+    }
+
+    /// The first value of header `name`, compared case-insensitively.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value)
+    }
+
+    /// How many lines there are.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+}
+
+impl Environ {
+    /// The CGI variables of the headers and the server, as a WSGI environ holds them:
+    /// the server's own first (mod_ssl's `HTTPS` and `SSL_*` on TLS), then `HTTP_` + each
+    /// header name upper-cased with `-` as `_`, repeated headers joined by `,`. Content-Type
+    /// and Content-Length are left out (they are `content_type` and `content_length`), and
+    /// so are names holding `_`, so that `X_Forwarded_For` cannot pose as
+    /// `X-Forwarded-For`.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// for (key, value) in request.environ().cgi_variables() {
+    ///     println!("{key}={value}");
+    /// }
+    /// # }
+    /// ```
+    pub fn cgi_variables(&self) -> Vec<(String, String)> {
+        let mut variables = self.server_variables.clone();
+        let servers = variables.len();
+        for (name, value) in self.headers.iter() {
+            if name.eq_ignore_ascii_case("content-type")
+                || name.eq_ignore_ascii_case("content-length")
+                || name.contains('_')
+            {
+                continue;
+            }
+            let key: String = "HTTP_"
+                .chars()
+                .chain(name.chars().map(|c| match c {
+                    '-' => '_',
+                    c => c.to_ascii_uppercase(),
+                }))
+                .collect();
+            // RFC 9110 §5.3: a repeated field's values may be joined with commas.
+            match variables[servers..]
+                .iter_mut()
+                .find(|(existing, _)| *existing == key)
+            {
+                Some((_, joined)) => {
+                    joined.push(',');
+                    joined.push_str(value);
+                }
+                None => variables.push((key, value.to_owned())),
+            }
+        }
+        variables
     }
 }
 

@@ -28,7 +28,7 @@ use self::wait::{ClientTime, Waits};
 use crate::app::Request;
 use crate::bindings::wasm_gw::wsgi::request::{self, Environ, InputError, InputStream};
 use crate::bindings::wasm_gw::wsgi::response::{self, ResponseError as WitResponseError};
-use crate::environ::{HeaderLines, RequestHead};
+use crate::environ::RequestHead;
 use crate::http::Exchange;
 use crate::http::response::{ResponseError, excerpt};
 use crate::kv::guest::{KeyValue, Session};
@@ -66,8 +66,6 @@ pub struct GuestState {
     pub limits: Sandbox,
     /// The request being served; present only during a call.
     exchange: Option<Exchange>,
-    environ: Option<Environ>,
-    headers: HeaderLines,
     /// Names the current request's input handle, so a handle kept past its request is stale.
     request_seq: u32,
     /// Id of the request being served, for tagging the guest's log lines.
@@ -182,8 +180,6 @@ impl GuestState {
                 memory_cap_hit: false,
             },
             exchange: None,
-            environ: None,
-            headers: HeaderLines::default(),
             request_seq: 0,
             request_id,
             logs,
@@ -225,17 +221,19 @@ impl GuestState {
         self.kv.take_connection()
     }
 
-    /// Hands the request to the guest side and returns the input handle for it.
-    pub fn begin(&mut self, request: Request) -> Resource<InputStream> {
+    /// Hands the request's exchange to the guest side, and returns its environ and the
+    /// input handle that reads its body: what `application` takes. [`GuestState::end`]
+    /// takes the environ back, whose strings the connection's next request reuses.
+    pub fn begin(&mut self, request: Request) -> (Environ, Resource<InputStream>) {
         self.request_id.store(request.id, Ordering::Relaxed);
         self.request_seq = self.request_seq.wrapping_add(1);
         self.exchange = Some(request.exchange);
-        let (environ, headers) = request.head.into_environ();
-        self.environ = Some(environ);
-        self.headers = headers;
         // A new request starts with a full budget; the first guest call starts its clock.
         self.clock.finished = Duration::ZERO;
-        Resource::new_own(self.request_seq)
+        (
+            request.head.into_environ(),
+            Resource::new_own(self.request_seq),
+        )
     }
 
     /// Readies the state for a `wasi:http` request, which the guest reads through its own
@@ -297,26 +295,16 @@ impl GuestState {
         self.exchange.as_mut().expect("a request is being served")
     }
 
-    /// Takes the request back once the guest is done with it.
-    pub fn end(&mut self) -> Request {
+    /// Takes the request back once the guest is done with it; `environ` is the one
+    /// [`GuestState::begin`] gave.
+    pub fn end(&mut self, environ: Environ) -> Request {
         self.logs.iter().for_each(GuestLog::flush_partial);
+        // The handle the guest holds names this request: reads through it are `stale` now.
         self.request_seq = self.request_seq.wrapping_add(1);
-        let environ = self.environ.take().expect("a request is being served");
         Request {
             id: self.request_id.load(Ordering::Relaxed),
-            head: RequestHead::from_environ(environ, std::mem::take(&mut self.headers)),
+            head: RequestHead::from_environ(environ),
             exchange: self.exchange.take().expect("a request is being served"),
-        }
-    }
-
-    /// The environ of the request whose input is `handle`; asked for a request that has
-    /// ended, the guest traps: it would otherwise read another request's.
-    fn environ(&self, handle: &Resource<InputStream>) -> wasmtime::Result<&Environ> {
-        match &self.environ {
-            Some(environ) if handle.rep() == self.request_seq => Ok(environ),
-            _ => Err(wasmtime::format_err!(
-                "the app asked for the environ of a request that has ended"
-            )),
         }
     }
 
@@ -431,29 +419,7 @@ impl wasmtime_wasi_http::WasiHttpView for GuestState {
     }
 }
 
-impl request::Host for GuestState {
-    fn full_environ(&mut self, input: Resource<InputStream>) -> wasmtime::Result<Environ> {
-        let mut environ = GuestState::environ(self, &input)?.clone();
-        self.headers.fill(&mut environ);
-        Ok(environ)
-    }
-
-    fn request_method(&mut self, input: Resource<InputStream>) -> wasmtime::Result<String> {
-        Ok(GuestState::environ(self, &input)?.request_method.clone())
-    }
-
-    fn script_name(&mut self, input: Resource<InputStream>) -> wasmtime::Result<String> {
-        Ok(GuestState::environ(self, &input)?.script_name.clone())
-    }
-
-    fn path_info(&mut self, input: Resource<InputStream>) -> wasmtime::Result<String> {
-        Ok(GuestState::environ(self, &input)?.path_info.clone())
-    }
-
-    fn query_string(&mut self, input: Resource<InputStream>) -> wasmtime::Result<String> {
-        Ok(GuestState::environ(self, &input)?.query_string.clone())
-    }
-}
+impl request::Host for GuestState {}
 
 impl request::HostInputStream for GuestState {
     fn read(&mut self, handle: Resource<InputStream>, size: u64) -> Result<Vec<u8>, InputError> {
