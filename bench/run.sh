@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Builds everything in release and runs the benchmark; writes bench/RESULTS.md.
+#   bench/run.sh --baseline "$(bench/baseline.sh COMMIT)"   also hello as COMMIT built it
 #   bench/run.sh           the full run (about 10 minutes)
 #   bench/run.sh --quick   one short run of each scenario (under 2 minutes)
 set -euo pipefail

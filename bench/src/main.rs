@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::thread;
@@ -30,6 +30,14 @@ struct Args {
     /// target/bench-peers/), side by side with wasm-gw serving the same file.
     #[arg(long)]
     peers: bool,
+    /// Also serve hello with the wasm-gw and `hello.wasm` in this directory (a past
+    /// commit's, as `bench/baseline.sh COMMIT` builds them), side by side with this tree's:
+    /// what a change costs, in one run.
+    #[arg(long, value_name = "DIR")]
+    baseline: Option<PathBuf>,
+    /// Run only the `--baseline` comparison.
+    #[arg(long, requires = "baseline")]
+    only_baseline: bool,
 }
 
 /// The `wasmtime` whose `serve` the bench compares with: the release whose wasmtime-wasi-http
@@ -49,6 +57,8 @@ enum Target {
     Config(&'static str),
     /// `wasmtime serve` on this guest's component.
     WasmtimeServe(&'static str),
+    /// The baseline's wasm-gw serving the baseline's build of this guest.
+    Baseline(&'static str),
 }
 
 /// The Python examples the bench serves both ways: (example, callable, requirements).
@@ -59,6 +69,8 @@ const PYTHON_APPS: [(&str, &str, bool); 2] = [
 
 struct Harness {
     root: PathBuf,
+    /// `--baseline`'s directory.
+    baseline: Option<PathBuf>,
     runs: usize,
     seconds: u32,
     quick: bool,
@@ -99,6 +111,12 @@ impl Harness {
             Target::Wasm(app) => {
                 let mut command = Command::new(self.binary("wasm-gw"));
                 command.arg("serve").arg(self.guest(app));
+                command
+            }
+            Target::Baseline(app) => {
+                let dir = self.baseline.as_ref().context("no --baseline given")?;
+                let mut command = Command::new(dir.join("wasm-gw"));
+                command.arg("serve").arg(dir.join(format!("{app}.wasm")));
                 command
             }
             Target::Python(app) => {
@@ -524,6 +542,7 @@ fn main() -> anyhow::Result<()> {
     let root = std::env::current_dir()?;
     let harness = Harness {
         root: root.clone(),
+        baseline: args.baseline.clone(),
         runs: if args.quick { 1 } else { 3 },
         seconds: if args.quick { 3 } else { 10 },
         quick: args.quick,
@@ -531,6 +550,10 @@ fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut ratios: Vec<(String, f64, String)> = Vec::new();
     let hello_path = "/?name=bench";
+    if let (true, Some(dir)) = (args.only_baseline, &args.baseline) {
+        baseline(&harness, dir, hello_path, &mut rows, &mut ratios)?;
+        return write_report(&args, &root, &rows, &ratios);
+    }
 
     // The hello variants run side by side and take turns under load, so that their ratios
     // compare like with like on a noisy machine.
@@ -609,6 +632,9 @@ fn main() -> anyhow::Result<()> {
 
     if args.peers {
         peers(&harness, hello_path, &mut rows, &mut ratios)?;
+    }
+    if let Some(dir) = &args.baseline {
+        baseline(&harness, dir, hello_path, &mut rows, &mut ratios)?;
     }
 
     // TLS against plain HTTP, side by side: the cost of the session on each request, and of
@@ -801,6 +827,16 @@ fn main() -> anyhow::Result<()> {
         ..Row::default()
     });
 
+    write_report(&args, &root, &rows, &ratios)
+}
+
+/// Prints the report and writes it to `--out`.
+fn write_report(
+    args: &Args,
+    root: &Path,
+    rows: &[Row],
+    ratios: &[(String, f64, String)],
+) -> anyhow::Result<()> {
     let revision = Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .output()?;
@@ -817,9 +853,47 @@ fn main() -> anyhow::Result<()> {
             "full".into()
         },
     };
-    let report = render(&machine, &rows, &ratios);
+    let report = render(&machine, rows, ratios);
     print!("{report}");
     std::fs::write(root.join(&args.out), report)?;
+    Ok(())
+}
+
+/// This tree's hello against the baseline's, keep-alive with wrk's one header and with a
+/// browser's ten, taking turns under load.
+fn baseline(
+    harness: &Harness,
+    dir: &Path,
+    hello_path: &str,
+    rows: &mut Vec<Row>,
+    ratios: &mut Vec<(String, f64, String)>,
+) -> anyhow::Result<()> {
+    let label = dir.file_name().map_or_else(
+        || dir.display().to_string(),
+        |name| name.to_string_lossy().into_owned(),
+    );
+    let this = Target::Wasm("hello");
+    let then = Target::Baseline("hello");
+    let names = [
+        "baseline: hello, keep-alive, this tree".to_owned(),
+        format!("baseline: hello, keep-alive, {label}"),
+        "baseline: hello, a browser's headers, this tree".to_owned(),
+        format!("baseline: hello, a browser's headers, {label}"),
+    ];
+    let variants: [(&str, Target, &[&str], &[&str]); 4] = [
+        (&names[0], this, &[], &[]),
+        (&names[1], then, &[], &[]),
+        (&names[2], this, &[], &BROWSER_HEADERS),
+        (&names[3], then, &[], &BROWSER_HEADERS),
+    ];
+    let results = harness.side_by_side(&variants, hello_path, rows)?;
+    for (what, index) in [("keep-alive", 0), ("a browser's headers", 2)] {
+        ratios.push((
+            format!("hello, {what}: this tree / {label} throughput"),
+            results[index].0.requests_per_sec / results[index + 1].0.requests_per_sec,
+            "≥ 0.97".into(),
+        ));
+    }
     Ok(())
 }
 

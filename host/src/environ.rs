@@ -3,10 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use std::borrow::Cow;
-
-use crate::bindings::wasm_gw::wsgi::request::Environ;
-pub use crate::bindings::wasm_gw::wsgi::request::HeaderLines;
+use crate::bindings::wasm_gw::wsgi::request::{Environ, EnvironFlags};
 use crate::http::request::{BodyKind, Head};
 use crate::listener::Peer;
 use crate::tls::TlsFacts;
@@ -220,69 +217,46 @@ fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
     hop.strip_prefix('[')?.split_once(']')?.0.parse().ok()
 }
 
-// The request's header lines, as the contract packs them: names back to back, values
-// back to back, and where each line ends. Made into a list of string pairs, a browser's
-// dozen lines were a third of a request's cost; packed, they are three copies.
-// bindgen makes the type, without a Default to derive.
-#[allow(clippy::derivable_impls)]
-impl Default for HeaderLines {
-    fn default() -> HeaderLines {
-        HeaderLines {
-            names: String::new(),
-            values: String::new(),
-            ends: Vec::new(),
-        }
-    }
+/// The request's header lines as received, kept compact: every name back to back, every
+/// value back to back, and where each line ends. Made into strings, a browser's dozen
+/// headers were a third of a request's cost.
+#[derive(Debug, Default)]
+pub struct HeaderLines {
+    names: String,
+    values: Vec<u8>,
+    /// Where each line's name and value end, in order.
+    ends: Vec<(usize, usize)>,
 }
 
 impl HeaderLines {
-    /// Holds `head`'s lines in place of the ones held, each value as a native string.
+    /// Holds `head`'s lines in place of the ones held.
     fn refill(&mut self, head: &Head) {
         self.names.clear();
         self.values.clear();
         self.ends.clear();
         for header in head.headers {
             self.names.push_str(header.name);
-            push_latin1(&mut self.values, header.value);
-            // A head is capped far below 4 GiB (`--limit-request-field_size` times
-            // `--limit-request-fields`), so its offsets fit.
-            self.ends
-                .push((self.names.len() as u32, self.values.len() as u32));
+            self.values.extend_from_slice(header.value);
+            self.ends.push((self.names.len(), self.values.len()));
         }
     }
 
-    /// Every line as (name, value), in order, repeats included; the value as native
-    /// string.
-    pub fn lines(&self) -> impl Iterator<Item = (&str, &str)> {
+    /// Every line as (name, value), in order, repeats included.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
         let starts = std::iter::once((0, 0)).chain(self.ends.iter().copied());
         starts
             .zip(&self.ends)
             .map(|((name_start, value_start), &(name_end, value_end))| {
                 (
-                    &self.names[name_start as usize..name_end as usize],
-                    &self.values[value_start as usize..value_end as usize],
+                    &self.names[name_start..name_end],
+                    &self.values[value_start..value_end],
                 )
             })
-    }
-
-    /// Every line as (name, value), the value as the bytes received.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, Cow<'_, [u8]>)> {
-        self.lines()
-            .map(|(name, value)| (name, native_bytes(value)))
-    }
-}
-
-/// The bytes a native string stands for: each char is one byte.
-fn native_bytes(text: &str) -> Cow<'_, [u8]> {
-    match text.is_ascii() {
-        true => Cow::Borrowed(text.as_bytes()),
-        // Chars above U+00FF never get in: the host made the string from bytes.
-        false => Cow::Owned(text.chars().map(|c| c as u8).collect()),
     }
 }
 
 /// A request as the host keeps it, whatever world the app it goes to speaks: each world
-/// builds what its apps see from it (a WSGI environ, with [`RequestHead::into_environ`]).
+/// builds what its apps see from it (a WSGI environ, with [`RequestHead::fill_environ`]).
 /// Every string is a native string in PEP 3333's sense: one char per byte, so latin-1
 /// bytes survive unchanged. A connection keeps it after a request, so that its next request
 /// refills its strings instead of allocating its own.
@@ -315,90 +289,72 @@ pub struct RequestHead {
     /// Variables of the server's own, as CGI names them: TLS's, on a TLS listener.
     pub variables: Vec<(String, String)>,
     pub headers: HeaderLines,
-    /// SCRIPT_NAME's buffer, between requests.
-    spare_prefix: String,
+}
+
+/// An environ with nothing in it, whose buffers [`RequestHead::fill_environ`] fills.
+pub fn empty_environ() -> Environ {
+    Environ {
+        text: String::new(),
+        ends: Vec::new(),
+        server_variables: 0,
+        content_length: None,
+        server_port: 0,
+        remote_port: 0,
+        flags: EnvironFlags::empty(),
+    }
 }
 
 impl RequestHead {
-    /// The WSGI environ of this request; the strings move, and
-    /// [`RequestHead::from_environ`] takes them back.
-    pub fn into_environ(self) -> Environ {
-        let mut path_info = self.path;
-        // The split: the mount prefix is SCRIPT_NAME, the rest PATH_INFO. At the root, the
-        // usual case, there is nothing to split and nothing to allocate.
-        let mut script_name = self.spare_prefix;
-        script_name.clear();
-        if self.mount > 0 {
-            script_name.push_str(&path_info[..self.mount]);
-            path_info.drain(..self.mount);
-        }
-        Environ {
-            request_method: self.method,
+    /// Writes this request's WSGI environ into `environ`, in the memory it has: the strings
+    /// packed in the contract's order (`variable`'s, the server's variables, the header
+    /// lines), each followed by where it ends.
+    pub fn fill_environ(&self, environ: &mut Environ) {
+        let Environ { text, ends, .. } = environ;
+        text.clear();
+        ends.clear();
+        // A head is capped far below 4 GiB (`--limit-request-field_size` times
+        // `--limit-request-fields`), so its offsets fit.
+        let mut end = |text: &String| ends.push(text.len() as u32);
+        let (script_name, path_info) = self.path.split_at(self.mount);
+        for variable in [
+            self.method.as_str(),
             script_name,
             path_info,
-            query_string: self.query,
-            content_type: self.content_type,
-            content_length: self.content_length,
-            server_name: self.server_name,
-            server_port: self.server_port,
-            server_protocol: self.protocol,
-            remote_addr: self.remote_addr,
-            remote_port: self.remote_port,
-            raw_uri: self.target,
-            url_scheme: self.scheme,
-            multithread: self.multithread,
-            multiprocess: false,
-            run_once: false,
-            server_variables: self.variables,
-            headers: self.headers,
+            &self.query,
+            self.content_type.as_deref().unwrap_or_default(),
+            &self.server_name,
+            &self.protocol,
+            &self.remote_addr,
+            &self.target,
+            &self.scheme,
+        ] {
+            text.push_str(variable);
+            end(text);
         }
-    }
-
-    /// The request an environ was made from, with its strings.
-    pub fn from_environ(environ: Environ) -> RequestHead {
-        let Environ {
-            request_method,
-            script_name,
-            path_info,
-            query_string,
-            content_type,
-            content_length,
-            server_name,
-            server_port,
-            server_protocol,
-            remote_addr,
-            remote_port,
-            raw_uri,
-            url_scheme,
-            multithread,
-            server_variables,
-            headers,
-            ..
-        } = environ;
-        // PATH_INFO's buffer becomes the path again, and SCRIPT_NAME's is kept for the next
-        // request's split.
-        let mount = script_name.len();
-        let mut path = path_info;
-        path.insert_str(0, &script_name);
-        RequestHead {
-            method: request_method,
-            path,
-            mount,
-            query: query_string,
-            target: raw_uri,
-            protocol: server_protocol,
-            scheme: url_scheme,
-            server_name,
-            server_port,
-            remote_addr,
-            remote_port,
-            content_type,
-            content_length,
-            multithread,
-            variables: server_variables,
-            headers,
-            spare_prefix: script_name,
+        for (name, value) in &self.variables {
+            text.push_str(name);
+            end(text);
+            text.push_str(value);
+            end(text);
         }
+        for (name, value) in self.headers.iter() {
+            text.push_str(name);
+            end(text);
+            push_latin1(text, value);
+            end(text);
+        }
+        environ.server_variables = self.variables.len() as u32;
+        environ.content_length = self.content_length;
+        environ.server_port = self.server_port;
+        environ.remote_port = self.remote_port;
+        let mut flags = EnvironFlags::empty();
+        if self.multithread {
+            flags |= EnvironFlags::MULTITHREAD;
+        }
+        if self.content_type.is_some() {
+            flags |= EnvironFlags::CONTENT_TYPE;
+        }
+        environ.flags = flags;
     }
 }
 
@@ -603,7 +559,7 @@ mod tests {
     use crate::http::request::parse;
 
     /// Parses the head in `raw` and builds its environ, from 127.0.0.2:5000 to 127.0.0.1:8000.
-    fn build_from(raw: &[u8], reused: Option<RequestHead>) -> Environ {
+    fn build_from(raw: &[u8], reused: Option<RequestHead>) -> RequestHead {
         let mut slots = [httparse::EMPTY_HEADER; 8];
         let limits = Limits {
             request_line: 64,
@@ -621,84 +577,82 @@ mod tests {
             None,
             reused,
         )
-        .into_environ()
+    }
+
+    /// The environ's strings, unpacked.
+    fn strings(environ: &Environ) -> Vec<&str> {
+        let starts = std::iter::once(0).chain(environ.ends.iter().copied());
+        starts
+            .zip(&environ.ends)
+            .map(|(start, &end)| &environ.text[start as usize..end as usize])
+            .collect()
     }
 
     #[test]
-    fn headers_come_once_packed_in_order() {
-        let raw = b"POST /p HTTP/1.1\r\nHost: h:81\r\nX-A: 1\r\nContent-Type: text/plain\r\n\
+    fn the_environ_packs_its_strings_in_the_contracts_order() {
+        let raw =
+            b"POST /api/p?q=1 HTTP/1.1\r\nHost: h:81\r\nX-A: 1\r\nContent-Type: text/plain\r\n\
             Content-Length: 2\r\nX_Sneaky: y\r\nx-a: \xe92\r\n\r\nhi";
-        let environ = build_from(raw, None);
-        assert_eq!(environ.content_type.as_deref(), Some("text/plain"));
-        assert_eq!(environ.content_length, Some(2));
+        let mut request = build_from(raw, None);
+        request.mount = 4;
+        let mut environ = empty_environ();
+        request.fill_environ(&mut environ);
         assert_eq!(
-            (environ.server_name.as_str(), environ.server_port),
-            ("h", 81)
-        );
-        assert_eq!(environ.remote_addr, "127.0.0.2");
-        assert!(environ.server_variables.is_empty());
-        let lines: Vec<_> = environ.headers.lines().collect();
-        assert_eq!(
-            lines,
+            strings(&environ),
             [
-                ("Host", "h:81"),
-                ("X-A", "1"),
-                ("Content-Type", "text/plain"),
-                ("Content-Length", "2"),
-                ("X_Sneaky", "y"),
-                ("x-a", "\u{e9}2"),
+                "POST",
+                "/api",
+                "/p",
+                "q=1",
+                "text/plain",
+                "h",
+                "HTTP/1.1",
+                "127.0.0.2",
+                "/api/p?q=1",
+                "http",
+                "Host",
+                "h:81",
+                "X-A",
+                "1",
+                "Content-Type",
+                "text/plain",
+                "Content-Length",
+                "2",
+                "X_Sneaky",
+                "y",
+                "x-a",
+                "\u{e9}2",
             ]
         );
+        assert_eq!(environ.server_variables, 0);
+        assert_eq!(environ.content_length, Some(2));
+        assert_eq!((environ.server_port, environ.remote_port), (81, 5000));
         assert_eq!(
-            environ.headers.names,
-            "HostX-AContent-TypeContent-LengthX_Sneakyx-a"
+            environ.flags,
+            EnvironFlags::MULTITHREAD | EnvironFlags::CONTENT_TYPE
         );
         // The offsets count UTF-8 bytes: é is two of them.
-        assert_eq!(environ.headers.ends.last(), Some(&(44, 20)));
-        let (_, raw_value) = environ.headers.iter().last().unwrap();
-        assert_eq!(&*raw_value, b"\xe92", "the bytes as received come back");
+        assert_eq!(environ.ends.last(), Some(&(environ.text.len() as u32)));
+        assert!(environ.text.ends_with("x-a\u{e9}2"));
     }
 
     #[test]
     fn a_reused_environ_keeps_nothing_of_the_last_request() {
-        let mut first = build_from(
+        let first = build_from(
             b"POST /a%20b?x=1 HTTP/1.1\r\nHost: h:81\r\nContent-Type: text/plain\r\n\
               Content-Length: 0\r\nX-A: 1\r\n\r\n",
             None,
         );
-        // What an app's run leaves in them.
-        first.script_name.push_str("/mount");
+        let mut environ = empty_environ();
+        first.fill_environ(&mut environ);
         let second = b"GET /c HTTP/1.0\r\n\r\n";
-        let reused = build_from(second, Some(RequestHead::from_environ(first)));
+        let reused = build_from(second, Some(first));
         let fresh = build_from(second, None);
         assert_eq!(format!("{reused:?}"), format!("{fresh:?}"));
-    }
-
-    #[test]
-    fn the_mount_prefix_is_script_name_and_comes_back() {
-        let mut request = RequestHead {
-            path: "/api/tasks/1".into(),
-            mount: 4,
-            method: "GET".into(),
-            ..RequestHead::default()
-        };
-        let environ = request.into_environ();
-        assert_eq!(
-            (environ.script_name.as_str(), environ.path_info.as_str()),
-            ("/api", "/tasks/1")
-        );
-        request = RequestHead::from_environ(environ);
-        assert_eq!((request.path.as_str(), request.mount), ("/api/tasks/1", 4));
-        assert_eq!(request.method, "GET");
-        // Round trips after the first move the same buffers, at the root or under a mount.
-        for mount in [0, 4] {
-            request.mount = mount;
-            request = RequestHead::from_environ(request.into_environ());
-            let buffers = (request.path.as_ptr(), request.method.as_ptr());
-            request = RequestHead::from_environ(request.into_environ());
-            assert_eq!((request.path.as_ptr(), request.method.as_ptr()), buffers);
-            assert_eq!(request.path, "/api/tasks/1");
-        }
+        reused.fill_environ(&mut environ);
+        let mut new = empty_environ();
+        fresh.fill_environ(&mut new);
+        assert_eq!(format!("{environ:?}"), format!("{new:?}"));
     }
 
     #[test]

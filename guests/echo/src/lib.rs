@@ -22,13 +22,13 @@ impl App for Echo {
         let body = request.body().read_all()?;
         let environ = request.environ();
         let mut meta = json!({
-            "method": environ.request_method,
-            "path": format!("{}{}", environ.script_name, environ.path_info),
-            "query": environ.query_string,
+            "method": environ.request_method(),
+            "path": format!("{}{}", environ.script_name(), environ.path_info()),
+            "query": environ.query_string(),
             "headers": request.headers().map(|(name, value)| [name, value]).collect::<Vec<_>>(),
             "body_len": body.len(),
-            "raw_uri": environ.raw_uri,
-            "version": environ.server_protocol,
+            "raw_uri": environ.raw_uri(),
+            "version": environ.server_protocol(),
         });
         if request.header("X-Echo-Environ") == Some("1") {
             meta["environ"] = Value::Object(environ_strings(environ));
@@ -46,32 +46,32 @@ impl App for Echo {
 fn environ_strings(environ: &Environ) -> Map<String, Value> {
     let python_bool = |flag: bool| if flag { "True" } else { "False" };
     let mut strings: Vec<(&str, String)> = vec![
-        ("REQUEST_METHOD", environ.request_method.clone()),
-        ("SCRIPT_NAME", environ.script_name.clone()),
-        ("PATH_INFO", environ.path_info.clone()),
-        ("QUERY_STRING", environ.query_string.clone()),
-        ("SERVER_NAME", environ.server_name.clone()),
+        ("REQUEST_METHOD", environ.request_method().to_owned()),
+        ("SCRIPT_NAME", environ.script_name().to_owned()),
+        ("PATH_INFO", environ.path_info().to_owned()),
+        ("QUERY_STRING", environ.query_string().to_owned()),
+        ("SERVER_NAME", environ.server_name().to_owned()),
         ("SERVER_PORT", environ.server_port.to_string()),
-        ("SERVER_PROTOCOL", environ.server_protocol.clone()),
-        ("REMOTE_ADDR", environ.remote_addr.clone()),
+        ("SERVER_PROTOCOL", environ.server_protocol().to_owned()),
+        ("REMOTE_ADDR", environ.remote_addr().to_owned()),
         ("REMOTE_PORT", environ.remote_port.to_string()),
-        ("RAW_URI", environ.raw_uri.clone()),
-        ("REQUEST_URI", environ.raw_uri.clone()),
+        ("RAW_URI", environ.raw_uri().to_owned()),
+        ("REQUEST_URI", environ.raw_uri().to_owned()),
         ("wsgi.version", "(1, 0)".to_owned()),
-        ("wsgi.url_scheme", environ.url_scheme.clone()),
+        ("wsgi.url_scheme", environ.url_scheme().to_owned()),
         (
             "wsgi.multithread",
-            python_bool(environ.multithread).to_owned(),
+            python_bool(environ.multithread()).to_owned(),
         ),
         (
             "wsgi.multiprocess",
-            python_bool(environ.multiprocess).to_owned(),
+            python_bool(environ.multiprocess()).to_owned(),
         ),
-        ("wsgi.run_once", python_bool(environ.run_once).to_owned()),
+        ("wsgi.run_once", python_bool(environ.run_once()).to_owned()),
         ("wsgi.input_terminated", "True".to_owned()),
     ];
-    if let Some(content_type) = &environ.content_type {
-        strings.push(("CONTENT_TYPE", content_type.clone()));
+    if let Some(content_type) = environ.content_type() {
+        strings.push(("CONTENT_TYPE", content_type.to_owned()));
     }
     if let Some(content_length) = environ.content_length {
         strings.push(("CONTENT_LENGTH", content_length.to_string()));

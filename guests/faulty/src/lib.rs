@@ -79,7 +79,7 @@ impl Guest for Faulty {
     fn application(environ: Environ, input: InputStream) -> Result<Body, String> {
         let plain = headers(&[("Content-Type", "text/plain")]);
         let served = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
-        match environ.path_info.as_str() {
+        match environ.path_info() {
             "/served" => {
                 start_response("200 OK", &plain, None).map_err(|e| format!("{e:?}"))?;
                 ok_body(&served.to_string())
@@ -151,7 +151,7 @@ impl Guest for Faulty {
             }
             // A header value of `kb` KiB (100 unless given).
             "/big-header" => {
-                let kib: usize = query_value(&environ.query_string, "kb")
+                let kib: usize = query_value(environ.query_string(), "kb")
                     .and_then(|kb| kb.parse().ok())
                     .unwrap_or(100);
                 let value = "x".repeat(kib << 10);
@@ -189,22 +189,22 @@ impl Guest for Faulty {
             }
             // Sandbox probes: each answers `allowed: ...` or `denied: <the error>`.
             "/escape/read" => {
-                let path = query_value(&environ.query_string, "path").unwrap_or("/etc/passwd");
+                let path = query_value(environ.query_string(), "path").unwrap_or("/etc/passwd");
                 probe(std::fs::read_to_string(path).map(|text| text.chars().take(64).collect()))
             }
             "/escape/list" => {
-                let path = query_value(&environ.query_string, "path").unwrap_or("/");
+                let path = query_value(environ.query_string(), "path").unwrap_or("/");
                 probe(std::fs::read_dir(path).map(|entries| format!("{} entries", entries.count())))
             }
             // Makes a symlink at `path` to `target`.
             "/escape/symlink" => {
-                let path = query_value(&environ.query_string, "path").unwrap_or("/data/link");
-                let target = query_value(&environ.query_string, "target").unwrap_or("/etc/passwd");
+                let path = query_value(environ.query_string(), "path").unwrap_or("/data/link");
+                let target = query_value(environ.query_string(), "target").unwrap_or("/etc/passwd");
                 probe(symlink(path, target))
             }
             "/fetch" => {
                 // GET ?url=U through the SDK's client: `STATUS BODY`, or the error.
-                let url = query_value(&environ.query_string, "url").unwrap_or("");
+                let url = query_value(environ.query_string(), "url").unwrap_or("");
                 let text = match wasm_gw_sdk::http::get(url) {
                     Ok(response) => format!(
                         "{} {}",
@@ -218,7 +218,7 @@ impl Guest for Faulty {
             }
             "/config" => {
                 // The value the operator set for `key`, through wasi:config.
-                let key = query_value(&environ.query_string, "key").unwrap_or("");
+                let key = query_value(environ.query_string(), "key").unwrap_or("");
                 let text = match wasm_gw_sdk::config::get(key) {
                     Ok(Some(value)) => format!("{key}={value}\n"),
                     Ok(None) => format!("{key} unset\n"),
@@ -238,7 +238,7 @@ impl Guest for Faulty {
                 })
             }
             "/escape/tcp" => {
-                let address = query_value(&environ.query_string, "addr").unwrap_or("127.0.0.1:80");
+                let address = query_value(environ.query_string(), "addr").unwrap_or("127.0.0.1:80");
                 probe(
                     std::net::TcpStream::connect(address)
                         .map(|_| format!("connected to {address}")),
@@ -246,7 +246,7 @@ impl Guest for Faulty {
             }
             // A slow but healthy request, for the shutdown tests.
             "/sleep" => {
-                let ms: u64 = query_value(&environ.query_string, "ms")
+                let ms: u64 = query_value(environ.query_string(), "ms")
                     .and_then(|ms| ms.parse().ok())
                     .unwrap_or(1000);
                 eprintln!("sleeping {ms} ms");
@@ -268,7 +268,7 @@ impl Guest for Faulty {
             }
             // Floods stdout with `mb` MiB of 1 KiB lines.
             "/flood" => {
-                let mib: usize = query_value(&environ.query_string, "mb")
+                let mib: usize = query_value(environ.query_string(), "mb")
                     .and_then(|mb| mb.parse().ok())
                     .unwrap_or(50);
                 let line = "x".repeat(1023);
@@ -288,7 +288,7 @@ impl Guest for Faulty {
             // unless given), a thousand at a time; answers 507 with the store's refusal.
             "/store/fill" => {
                 let number = |name, default| {
-                    query_value(&environ.query_string, name)
+                    query_value(environ.query_string(), name)
                         .and_then(|n| n.parse::<usize>().ok())
                         .unwrap_or(default)
                 };
@@ -308,12 +308,12 @@ impl Guest for Faulty {
             // Deletes keys 0..count of the `flood` bucket: one call of them all when `whole`,
             // else a thousand at a time.
             "/store/delete" => {
-                let count: usize = query_value(&environ.query_string, "count")
+                let count: usize = query_value(environ.query_string(), "count")
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(0);
                 let keys: Vec<String> = (0..count).map(|n| format!("key-{n:08}")).collect();
                 let flood = Bucket::open("flood").map_err(|e| e.to_string())?;
-                let deleted = match query_value(&environ.query_string, "whole") {
+                let deleted = match query_value(environ.query_string(), "whole") {
                     Some(_) => {
                         use wasm_gw_sdk::bindings::wasi::keyvalue::{batch, store};
                         store::open("flood")
@@ -333,7 +333,7 @@ impl Guest for Faulty {
             // MiB, and a host that copies each chunk `n` times as much.
             "/alias" => {
                 let number = |name, default| {
-                    query_value(&environ.query_string, name)
+                    query_value(environ.query_string(), name)
                         .and_then(|n| n.parse::<usize>().ok())
                         .unwrap_or(default)
                 };
@@ -354,7 +354,7 @@ impl Guest for Faulty {
                 }
             }
             "/alloc" => {
-                let megabytes = query_value(&environ.query_string, "mb")
+                let megabytes = query_value(environ.query_string(), "mb")
                     .and_then(|mb| mb.parse::<usize>().ok());
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 while megabytes.is_none_or(|mb| hoard.len() < mb) {

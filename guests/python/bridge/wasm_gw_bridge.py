@@ -13,6 +13,7 @@ from componentize_py_types import Err
 from wit_world import exports
 from wit_world.exports import handler
 from wit_world.imports import response
+from wit_world.imports.request import EnvironFlags
 
 from wasm_gw_app import application
 
@@ -84,53 +85,55 @@ class Errors:
 _ERRORS = Errors()
 
 
-def _header_lines(packed):
-    """The packed header lines (wit's header-lines) as [(name, value)], in order. The ends
-    count UTF-8 bytes: where a value holds a byte above 0x7F, a char of two, the values
-    are sliced as UTF-8."""
-    names, values, ends = packed.names, packed.values, packed.ends
-    ascii = values.isascii()
-    if not ascii:
-        values = values.encode("utf-8")
-    lines = []
-    name_start = value_start = 0
-    for name_end, value_end in ends:
-        value = values[value_start:value_end]
-        lines.append((names[name_start:name_end], value if ascii else value.decode("utf-8")))
-        name_start, value_start = name_end, value_end
-    return lines
+def _strings(meta):
+    """The environ's packed strings (wit's environ.text), split at environ.ends. The ends
+    count UTF-8 bytes: where the text holds a char above U+007F, a byte of two, it is
+    split as UTF-8."""
+    text, ends = meta.text, meta.ends
+    if text.isascii():
+        starts = [0, *ends]
+        return [text[start:end] for start, end in zip(starts, ends)]
+    raw = text.encode("utf-8")
+    starts = [0, *ends]
+    return [raw[start:end].decode("utf-8") for start, end in zip(starts, ends)]
 
 
 def _environ(meta, stream):
+    strings = _strings(meta)
+    # wit's `variable`, in its order.
+    (method, script_name, path_info, query_string, content_type, server_name, protocol,
+     remote_addr, raw_uri, scheme) = strings[:10]
+    flags = meta.flags
     environ = {
-        "REQUEST_METHOD": meta.request_method,
-        "SCRIPT_NAME": meta.script_name,
-        "PATH_INFO": meta.path_info,
-        "QUERY_STRING": meta.query_string,
-        "SERVER_NAME": meta.server_name,
+        "REQUEST_METHOD": method,
+        "SCRIPT_NAME": script_name,
+        "PATH_INFO": path_info,
+        "QUERY_STRING": query_string,
+        "SERVER_NAME": server_name,
         "SERVER_PORT": str(meta.server_port),
-        "SERVER_PROTOCOL": meta.server_protocol,
-        "REMOTE_ADDR": meta.remote_addr,
+        "SERVER_PROTOCOL": protocol,
+        "REMOTE_ADDR": remote_addr,
         "REMOTE_PORT": str(meta.remote_port),
-        "RAW_URI": meta.raw_uri,
-        "REQUEST_URI": meta.raw_uri,
+        "RAW_URI": raw_uri,
+        "REQUEST_URI": raw_uri,
         "wsgi.version": (1, 0),
-        "wsgi.url_scheme": meta.url_scheme,
+        "wsgi.url_scheme": scheme,
         "wsgi.input": Input(stream),
         "wsgi.errors": _ERRORS,
-        "wsgi.multithread": meta.multithread,
-        "wsgi.multiprocess": meta.multiprocess,
-        "wsgi.run_once": meta.run_once,
+        "wsgi.multithread": EnvironFlags.MULTITHREAD in flags,
+        "wsgi.multiprocess": EnvironFlags.MULTIPROCESS in flags,
+        "wsgi.run_once": EnvironFlags.RUN_ONCE in flags,
         # The host removes chunked framing and ends reads at the body's end.
         "wsgi.input_terminated": True,
     }
-    if meta.content_type is not None:
-        environ["CONTENT_TYPE"] = meta.content_type
+    if EnvironFlags.CONTENT_TYPE in flags:
+        environ["CONTENT_TYPE"] = content_type
     if meta.content_length is not None:
         environ["CONTENT_LENGTH"] = str(meta.content_length)
     # mod_ssl's variables on TLS; none of them starts HTTP_, so no header can replace one.
-    environ.update(meta.server_variables)
-    lines = _header_lines(meta.headers)
+    first_line = 10 + 2 * meta.server_variables
+    environ.update(zip(strings[10:first_line:2], strings[11:first_line:2]))
+    lines = list(zip(strings[first_line::2], strings[first_line + 1::2]))
     # An extension: every header line as received, in order, repeats included.
     environ["wasm_gw.headers"] = lines
     for name, value in lines:

@@ -56,7 +56,7 @@ pub mod bindings {
 }
 
 use bindings::exports::wasm_gw::wsgi::handler::{self, BodyStream as WitBodyStream};
-pub use bindings::wasm_gw::wsgi::request::{Environ, HeaderLines};
+pub use bindings::wasm_gw::wsgi::request::{Environ, EnvironFlags, Variable};
 use bindings::wasm_gw::wsgi::request::{InputError, InputStream};
 use bindings::wasm_gw::wsgi::response as wit_response;
 pub use bindings::wasm_gw::wsgi::response::ResponseError;
@@ -140,7 +140,7 @@ impl Request {
     /// ```no_run
     /// # fn handle(request: wasm_gw_sdk::Request) {
     /// let environ = request.environ();
-    /// let url = format!("{}://{}{}", environ.url_scheme, environ.server_name, environ.raw_uri);
+    /// let url = format!("{}://{}{}", environ.url_scheme(), environ.server_name(), environ.raw_uri());
     /// # }
     /// ```
     pub fn environ(&self) -> &Environ {
@@ -149,17 +149,17 @@ impl Request {
 
     /// The method exactly as sent, for example `GET`.
     pub fn method(&self) -> &str {
-        &self.environ.request_method
+        self.environ.request_method()
     }
 
     /// The path below the app's mount point (PATH_INFO), percent-decoded.
     pub fn path(&self) -> &str {
-        &self.environ.path_info
+        self.environ.path_info()
     }
 
     /// The raw query string, without `?`.
     pub fn query_string(&self) -> &str {
-        &self.environ.query_string
+        self.environ.query_string()
     }
 
     /// The query parameters in order, with `+` and `%XX` decoded.
@@ -202,7 +202,7 @@ impl Request {
     /// # }
     /// ```
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.environ.headers.get(name)
+        self.environ.header(name)
     }
 
     /// All headers as received, in order, repeats included, as (name, value).
@@ -213,7 +213,7 @@ impl Request {
     /// # }
     /// ```
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.environ.headers.iter()
+        self.environ.headers()
     }
 
     /// The request body.
@@ -222,46 +222,142 @@ impl Request {
     }
 }
 
-impl HeaderLines {
-    /// Every line as (name, value), in order, repeats included; each value a latin-1
-    /// native string.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        let starts = std::iter::once((0, 0)).chain(self.ends.iter().copied());
-        starts
-            .zip(&self.ends)
-            .map(|((name_start, value_start), &(name_end, value_end))| {
-                // The host's offsets are char boundaries of these very strings; `get` keeps a
-                // broken host from panicking the app.
-                (
-                    self.names
-                        .get(name_start as usize..name_end as usize)
-                        .unwrap_or_default(),
-                    self.values
-                        .get(value_start as usize..value_end as usize)
-                        .unwrap_or_default(),
-                )
-            })
+/// How many strings of the environ are `Variable`s: the server's variables and the header
+/// lines follow them.
+const VARIABLES: usize = Variable::UrlScheme as usize + 1;
+
+/// The environ comes packed (one string, and where each piece ends); these read it.
+impl Environ {
+    /// The `index`th string of the packed text.
+    fn string(&self, index: usize) -> &str {
+        let start = match index {
+            0 => 0,
+            _ => self.ends.get(index - 1).copied().unwrap_or_default(),
+        };
+        let end = self.ends.get(index).copied().unwrap_or_default();
+        // The host's offsets are char boundaries of this very text; `get` keeps a broken
+        // host from panicking the app.
+        self.text
+            .get(start as usize..end as usize)
+            .unwrap_or_default()
+    }
+
+    /// The `count` pairs of strings from the `first`th.
+    fn pairs(&self, first: usize, count: usize) -> impl Iterator<Item = (&str, &str)> {
+        (0..count).map(move |pair| {
+            (
+                self.string(first + 2 * pair),
+                self.string(first + 2 * pair + 1),
+            )
+        })
+    }
+
+    /// One text variable.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// use wasm_gw_sdk::Variable;
+    /// let target = request.environ().get(Variable::RawUri);
+    /// # }
+    /// ```
+    pub fn get(&self, variable: Variable) -> &str {
+        self.string(variable as usize)
+    }
+
+    /// REQUEST_METHOD, exactly as sent: `GET`.
+    pub fn request_method(&self) -> &str {
+        self.get(Variable::RequestMethod)
+    }
+
+    /// SCRIPT_NAME: where the app is mounted, without a trailing slash; empty at the root.
+    pub fn script_name(&self) -> &str {
+        self.get(Variable::ScriptName)
+    }
+
+    /// PATH_INFO: the path below the mount point, percent-decoded, as a native string.
+    pub fn path_info(&self) -> &str {
+        self.get(Variable::PathInfo)
+    }
+
+    /// QUERY_STRING: after `?`, still percent-encoded; empty if none.
+    pub fn query_string(&self) -> &str {
+        self.get(Variable::QueryString)
+    }
+
+    /// CONTENT_TYPE, if the client sent one.
+    pub fn content_type(&self) -> Option<&str> {
+        let sent = self.flags.contains(EnvironFlags::CONTENT_TYPE);
+        sent.then(|| self.get(Variable::ContentType))
+    }
+
+    /// SERVER_NAME: from the Host header, without the port.
+    pub fn server_name(&self) -> &str {
+        self.get(Variable::ServerName)
+    }
+
+    /// SERVER_PROTOCOL: `HTTP/1.0` or `HTTP/1.1`.
+    pub fn server_protocol(&self) -> &str {
+        self.get(Variable::ServerProtocol)
+    }
+
+    /// REMOTE_ADDR: the client's IP address.
+    pub fn remote_addr(&self) -> &str {
+        self.get(Variable::RemoteAddr)
+    }
+
+    /// RAW_URI and REQUEST_URI: the request target exactly as received.
+    pub fn raw_uri(&self) -> &str {
+        self.get(Variable::RawUri)
+    }
+
+    /// wsgi.url_scheme: `http` or `https`.
+    pub fn url_scheme(&self) -> &str {
+        self.get(Variable::UrlScheme)
+    }
+
+    /// wsgi.multithread: whether other instances may serve the app's requests meanwhile.
+    pub fn multithread(&self) -> bool {
+        self.flags.contains(EnvironFlags::MULTITHREAD)
+    }
+
+    /// wsgi.multiprocess: whether other processes may serve the app.
+    pub fn multiprocess(&self) -> bool {
+        self.flags.contains(EnvironFlags::MULTIPROCESS)
+    }
+
+    /// wsgi.run_once: whether this instance serves only this request.
+    pub fn run_once(&self) -> bool {
+        self.flags.contains(EnvironFlags::RUN_ONCE)
+    }
+
+    /// The server's own CGI variables: mod_ssl's (`HTTPS`, `SSL_*`) on TLS, else none.
+    pub fn ssl_variables(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs(VARIABLES, self.server_variables as usize)
+    }
+
+    /// Every header line as received, in order, repeats included, as (name, value); each
+    /// value a latin-1 native string.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// for (name, value) in request.environ().headers() {
+    ///     println!("{name}: {value}");
+    /// }
+    /// # }
+    /// ```
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        let first = VARIABLES + 2 * self.server_variables as usize;
+        let lines = self.ends.len().saturating_sub(first) / 2;
+        self.pairs(first, lines)
     }
 
     /// The first value of header `name`, compared case-insensitively.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.iter()
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers()
             .find(|(key, _)| key.eq_ignore_ascii_case(name))
             .map(|(_, value)| value)
     }
 
-    /// How many lines there are.
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-}
-
-impl Environ {
     /// The CGI variables of the headers and the server, as a WSGI environ holds them:
     /// the server's own first (mod_ssl's `HTTPS` and `SSL_*` on TLS), then `HTTP_` + each
     /// header name upper-cased with `-` as `_`, repeated headers joined by `,`. Content-Type
@@ -277,9 +373,12 @@ impl Environ {
     /// # }
     /// ```
     pub fn cgi_variables(&self) -> Vec<(String, String)> {
-        let mut variables = self.server_variables.clone();
+        let mut variables: Vec<(String, String)> = self
+            .ssl_variables()
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect();
         let servers = variables.len();
-        for (name, value) in self.headers.iter() {
+        for (name, value) in self.headers() {
             if name.eq_ignore_ascii_case("content-type")
                 || name.eq_ignore_ascii_case("content-length")
                 || name.contains('_')

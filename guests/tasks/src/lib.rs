@@ -140,7 +140,7 @@ fn create(tasks: &Bucket, request: &mut Request) -> Result<Response, Failure> {
     };
     let task = add(tasks, title.clone(), done)?;
     // Under a mount, the task's URL starts with the mount's prefix.
-    let location = format!("{}/tasks/{}", request.environ().script_name, task.id);
+    let location = format!("{}/tasks/{}", request.environ().script_name(), task.id);
     Ok(json_response(201, &task).header("Location", location))
 }
 

@@ -66,6 +66,10 @@ pub struct GuestState {
     pub limits: Sandbox,
     /// The request being served; present only during a call.
     exchange: Option<Exchange>,
+    /// The head of the request being served, for the host's side after the call.
+    head: Option<RequestHead>,
+    /// The environ's buffers, between requests: the next one's strings fill them.
+    spare_environ: Option<Environ>,
     /// Names the current request's input handle, so a handle kept past its request is stale.
     request_seq: u32,
     /// Id of the request being served, for tagging the guest's log lines.
@@ -180,6 +184,8 @@ impl GuestState {
                 memory_cap_hit: false,
             },
             exchange: None,
+            head: None,
+            spare_environ: None,
             request_seq: 0,
             request_id,
             logs,
@@ -230,10 +236,13 @@ impl GuestState {
         self.exchange = Some(request.exchange);
         // A new request starts with a full budget; the first guest call starts its clock.
         self.clock.finished = Duration::ZERO;
-        (
-            request.head.into_environ(),
-            Resource::new_own(self.request_seq),
-        )
+        let mut environ = self
+            .spare_environ
+            .take()
+            .unwrap_or_else(crate::environ::empty_environ);
+        request.head.fill_environ(&mut environ);
+        self.head = Some(request.head);
+        (environ, Resource::new_own(self.request_seq))
     }
 
     /// Readies the state for a `wasi:http` request, which the guest reads through its own
@@ -296,14 +305,15 @@ impl GuestState {
     }
 
     /// Takes the request back once the guest is done with it; `environ` is the one
-    /// [`GuestState::begin`] gave.
+    /// [`GuestState::begin`] gave, whose buffers the next request fills.
     pub fn end(&mut self, environ: Environ) -> Request {
         self.logs.iter().for_each(GuestLog::flush_partial);
         // The handle the guest holds names this request: reads through it are `stale` now.
         self.request_seq = self.request_seq.wrapping_add(1);
+        self.spare_environ = Some(environ);
         Request {
             id: self.request_id.load(Ordering::Relaxed),
-            head: RequestHead::from_environ(environ),
+            head: self.head.take().expect("a request is being served"),
             exchange: self.exchange.take().expect("a request is being served"),
         }
     }
