@@ -12,5 +12,6 @@ for tool in wrk redis-server; do
     fi
 done
 scripts/build-guests.sh
-cargo build --release -p wasm-gw -p wasm-gw-bench
+# The whole workspace, as scripts/demo.sh and scripts/test.sh build it: one wasmtime build.
+cargo build --release --workspace
 exec target/release/wasm-gw-bench "$@"

@@ -4,7 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/build-guests.sh
-cargo build --release -p wasm-gw
+# The whole workspace, as scripts/test.sh and bench/run.sh build it: the same set of crates
+# resolves wasmtime's build-time dependencies alike, so wasmtime is compiled once for all
+# three (built for wasm-gw alone, its macros' features differ and it is built again).
+cargo build --release --workspace
 # The tasks live in ./wasm-gw-data/kv.sqlite: every worker shares them, and they survive
 # a restart.
 exec target/release/wasm-gw serve target/wasm32-wasip2/release/tasks.wasm --port 8000 "$@"

@@ -16,4 +16,7 @@ if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
     $sudo apt-get install -y -qq python3 python3-venv python3-pip
 fi
 scripts/build-guests.sh
-cargo test --workspace
+# The release profile and the whole workspace, as scripts/demo.sh and bench/run.sh build:
+# wasmtime is compiled once for all three (in the dev profile it was a second build, of 15
+# to 45 minutes on a busy 2-core machine).
+cargo test --workspace --release

@@ -56,7 +56,7 @@ fn main() -> ExitCode {
         },
         Command::New(args) => new_app(&args.name).map(|commands| {
             println!(
-                "Created {}. Build and serve it with:\n{commands}",
+                "Created {}. Build and serve it with:\n{commands}\nThen: curl \"http://127.0.0.1:8000/?name=you\"",
                 args.name.display()
             );
         }),

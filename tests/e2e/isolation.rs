@@ -234,8 +234,11 @@ fn a_guest_flooding_its_output_is_held_to_its_rate_and_cannot_forge_lines() {
     // The burst, and the rate for as long as the flood ran, with room for the lines' tags.
     let allowed = (1 << 20) + (64 << 10) * (took.as_secs() as usize + 1);
     assert!(logged <= allowed * 2, "{logged} bytes logged in {took:?}");
+    // Each line of 1,024 bytes costs 1,124 of the budget, 100 for its tags: the burst admits
+    // 932 of them, and a release build floods in well under a second, earning little more.
+    let burst_lines = (1 << 20) / (1024 + 100);
     assert!(
-        logged >= 1 << 20,
+        logged >= burst_lines * 1024,
         "the burst should pass: {logged} bytes logged"
     );
     let dropped = metric(

@@ -212,13 +212,17 @@ fn check_describes_a_good_and_a_bad_component() {
 
 #[test]
 fn a_new_app_builds_and_serves_with_the_commands_it_prints() {
-    let dir = std::env::temp_dir().join(format!("wasm-gw-new-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let app = dir.join("greeter-app");
-    let created = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
-        .arg("new")
-        .arg(&app)
+    use std::os::fd::AsRawFd;
+
+    // The binary alone, away from the source tree and off PATH, as an installed one is.
+    let dir = crate::support::Scratch::short("new-app");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let wasm_gw = bin.join("wasm-gw");
+    std::fs::copy(env!("CARGO_BIN_EXE_wasm-gw"), &wasm_gw).unwrap();
+    let created = Command::new(&wasm_gw)
+        .args(["new", "greeter-app"])
+        .current_dir(dir.path())
         .output()
         .unwrap();
     assert!(
@@ -227,18 +231,61 @@ fn a_new_app_builds_and_serves_with_the_commands_it_prints() {
         String::from_utf8_lossy(&created.stderr)
     );
     let printed = String::from_utf8_lossy(&created.stdout);
-    let build = printed
+    let commands: Vec<&str> = printed
         .lines()
-        .find(|line| line.contains("cargo build"))
-        .expect("a build command");
-    let serve = printed
-        .lines()
-        .find(|line| line.starts_with("wasm-gw serve"))
-        .expect("a serve command");
+        .skip_while(|line| !line.starts_with("rustup "))
+        .take_while(|line| !line.is_empty())
+        .collect();
+    let app = dir.path().join("greeter-app");
+    let serve = format!(
+        "{} serve target/wasm32-wasip2/release/greeter_app.wasm --port 8000",
+        wasm_gw.display()
+    );
+    assert_eq!(
+        commands,
+        [
+            "rustup target add wasm32-wasip2",
+            "cd greeter-app",
+            "cargo build --release",
+            serve.as_str()
+        ],
+        "{printed}"
+    );
 
+    // Nothing in the crate points outside it.
+    let mut manifests = vec![app.join("Cargo.toml")];
+    manifests.push(app.join("vendor/wasm-gw-sdk/Cargo.toml"));
+    for manifest in &manifests {
+        let text = std::fs::read_to_string(manifest).unwrap();
+        let table: toml::Table = text.parse().unwrap();
+        for (name, spec) in table["dependencies"].as_table().unwrap() {
+            if let Some(path) = spec.get("path").and_then(|path| path.as_str()) {
+                let target = manifest
+                    .parent()
+                    .unwrap()
+                    .join(path)
+                    .canonicalize()
+                    .unwrap();
+                assert!(
+                    target.starts_with(app.canonicalize().unwrap()),
+                    "{name}: {path}"
+                );
+            }
+            assert!(spec.get("workspace").is_none(), "{name} inherits: {text}");
+        }
+    }
+    let sdk = std::fs::read_to_string(app.join("vendor/wasm-gw-sdk/src/lib.rs")).unwrap();
+    assert!(sdk.contains("path: \"../../wit\""));
+    assert!(app.join("wit/wsgi.wit").is_file());
+
+    // The commands as printed, in order, in one shell: the build, then the serve line,
+    // which gets a socket of the test's through systemd's protocol in place of port 8000.
+    let build = commands[..3].join("\n");
     let built = Command::new("sh")
-        .args(["-c", build])
+        .args(["-c", &build])
+        .current_dir(dir.path())
         .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
         .output()
         .unwrap();
     assert!(
@@ -246,23 +293,27 @@ fn a_new_app_builds_and_serves_with_the_commands_it_prints() {
         "{}",
         String::from_utf8_lossy(&built.stderr)
     );
-    let component = serve
-        .split_whitespace()
-        .nth(2)
-        .expect("the component's path");
-    let server = crate::support::Server::start_path(Path::new(component), &[]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut words = commands[3].split_whitespace();
+    let mut command = Command::new(words.next().unwrap());
+    command
+        .args(words)
+        .current_dir(&app)
+        .env("LISTEN_FDS", "1")
+        .env("XDG_CACHE_HOME", dir.path().join("cache"));
+    let server = crate::support::Server::spawn(command, Some(listener.as_raw_fd()));
     let mut response = crate::support::client()
-        .get(server.url("/?name=new"))
+        .get(server.url("/"))
         .call()
         .unwrap();
     assert_eq!(
         response.body_mut().read_to_string().unwrap(),
-        "Hello, new!\n"
+        "Hello, world!\n"
     );
     // A second `new` never overwrites.
-    let again = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
-        .arg("new")
-        .arg(&app)
+    let again = Command::new(&wasm_gw)
+        .args(["new", "greeter-app"])
+        .current_dir(dir.path())
         .output()
         .unwrap();
     assert!(!again.status.success());

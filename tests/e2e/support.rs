@@ -333,6 +333,23 @@ impl Server {
             &["--host", "127.0.0.1", "--port", "0"]
         };
         let mut command = Command::new(env!("CARGO_BIN_EXE_wasm-gw"));
+        command
+            .arg("serve")
+            .args(app)
+            .args(listen_args)
+            .args(cache_args)
+            .args(state_args)
+            .args(args)
+            .envs(env.iter().copied());
+        let mut server = Server::spawn(command, listener);
+        server._state = state;
+        server
+    }
+
+    /// Runs `command`, a `wasm-gw serve` however written, as a server of the test's:
+    /// `listener`, if any, is inherited as file descriptor 3 (a systemd socket, with
+    /// `LISTEN_FDS=1` in the command's environment). Returns once it listens.
+    pub fn spawn(mut command: Command, listener: Option<std::os::fd::RawFd>) -> Server {
         if let Some(fd) = listener {
             // SAFETY: dup2 and fcntl are async-signal-safe, and the closure touches nothing
             // else; descriptor 3 is then not closed on exec.
@@ -352,13 +369,6 @@ impl Server {
             }
         }
         let mut child = dies_with_test(&mut command)
-            .arg("serve")
-            .args(app)
-            .args(listen_args)
-            .args(cache_args)
-            .args(state_args)
-            .args(args)
-            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -420,7 +430,7 @@ impl Server {
             child,
             addr: address,
             log,
-            _state: state,
+            _state: None,
         }
     }
 

@@ -1,4 +1,4 @@
-//! Write [wasm-gw](https://github.com/) apps in Rust.
+//! Write wasm-gw apps in Rust.
 //!
 //! An app is a type that implements [`App`]: it gets a [`Request`] and returns a
 //! [`Response`]. [`export_app!`] makes it the component's WSGI application. The host keeps one
