@@ -5,25 +5,25 @@ use clap::Parser;
 use wasm_gw::check::check;
 use wasm_gw::cli::BuildPythonArgs;
 use wasm_gw::cli::{Cli, Command};
-use wasm_gw::compile::{CodeCache, compile_to_file};
+use wasm_gw::compile::{CodeCache, compile_estimate, compile_to_file, megabytes, precompile};
 use wasm_gw::python::{PythonApp, build_python as build};
 use wasm_gw::scaffold::new_app;
 use wasm_gw::serve::serve;
 
 fn build_python(args: &BuildPythonArgs) -> anyhow::Result<()> {
-    let tools_dir = args
+    let cache_dir = args
         .cache_dir
         .clone()
         .or_else(CodeCache::default_dir)
-        .ok_or_else(|| anyhow::anyhow!("no cache directory: pass --cache-dir"))?
-        .join("python");
+        .ok_or_else(|| anyhow::anyhow!("no cache directory: pass --cache-dir"))?;
+    let tools_dir = cache_dir.join("python");
     let current = [std::path::PathBuf::from(".")];
     let paths = if args.paths.is_empty() {
         &current[..]
     } else {
         &args.paths
     };
-    let warnings = build(&PythonApp {
+    let built = build(&PythonApp {
         callable: &args.callable,
         paths,
         requirements: args.requirements.as_deref(),
@@ -31,10 +31,24 @@ fn build_python(args: &BuildPythonArgs) -> anyhow::Result<()> {
         output: &args.output,
         tools_dir: &tools_dir,
     })?;
-    for warning in warnings {
+    if !built.installed.is_empty() {
+        println!("Installed {}", built.installed.join(", "));
+    }
+    for warning in built.warnings {
         eprintln!("warning: {warning}");
     }
     println!("Built {}", args.output.display());
+    // The first `serve` would compile it for this machine, for seconds; so it is done now,
+    // into the cache `serve` reads.
+    let size = std::fs::metadata(&args.output).map_or(0, |meta| meta.len() as usize);
+    println!(
+        "Compiling it for this machine into the code cache ({}), about {}",
+        megabytes(size),
+        compile_estimate(size)
+    );
+    let started = std::time::Instant::now();
+    precompile(&args.output, &CodeCache::new(cache_dir))?;
+    println!("Compiled in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -91,8 +91,15 @@ pub struct PythonApp<'a> {
     pub tools_dir: &'a Path,
 }
 
-/// Builds the component; returns warnings for the user.
-pub fn build_python(app: &PythonApp) -> anyhow::Result<Vec<String>> {
+/// What a build did, for the user.
+pub struct Built {
+    /// The requirements installed, as `name version`.
+    pub installed: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Builds the component.
+pub fn build_python(app: &PythonApp) -> anyhow::Result<Built> {
     let (module, name) = parse_callable(app.callable)?;
     let componentize = componentize_py(app.tools_dir)?;
     let build = BuildDir::new()?;
@@ -116,8 +123,9 @@ pub fn build_python(app: &PythonApp) -> anyhow::Result<Vec<String>> {
     let mut warnings = Vec::new();
     let site = build.path().join("site");
     let mut native = Vec::new();
+    let mut installed = Vec::new();
     if let Some(requirements) = app.requirements {
-        install_requirements(&componentize.python, requirements, &site)?;
+        installed = install_requirements(&componentize.python, requirements, &site)?;
         native = remove_native_code(&site)?;
         if !native.is_empty() {
             warnings.push(format!(
@@ -169,7 +177,10 @@ pub fn build_python(app: &PythonApp) -> anyhow::Result<Vec<String>> {
             app.callable
         );
     }
-    Ok(warnings)
+    Ok(Built {
+        installed,
+        warnings,
+    })
 }
 
 /// Splits `MODULE:NAME`, checking that each is a Python name.
@@ -289,12 +300,44 @@ impl Drop for Staging {
     }
 }
 
+/// Runs pip with environment markers judged as the CPython inside the component would
+/// judge them, 3.14 on WASI, whatever Python runs pip: pip's `--python-version` covers wheel
+/// tags and Requires-Python only, so `legacy-cgi; python_version >= "3.13"` was skipped
+/// under a 3.11 and webob then failed to import.
+const PIP_FOR_WASI: &str = r#"
+import sys
+from pip._vendor.packaging import markers
+
+wasi = {
+    "implementation_name": "cpython",
+    "implementation_version": "3.14.0",
+    "os_name": "posix",
+    "platform_machine": "wasm32",
+    "platform_release": "",
+    "platform_system": "wasi",
+    "platform_version": "",
+    "python_full_version": "3.14.0",
+    "platform_python_implementation": "CPython",
+    "python_version": "3.14",
+    "sys_platform": "wasi",
+}
+markers.default_environment = lambda: dict(wasi)
+from pip._internal.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"#;
+
 /// Installs the requirements as wheels only, nothing compiled for this machine, chosen for
-/// the CPython inside the component rather than the one running pip.
-fn install_requirements(python: &Path, requirements: &Path, site: &Path) -> anyhow::Result<()> {
+/// the CPython inside the component rather than the one running pip. Returns what was
+/// installed, as `name version`.
+fn install_requirements(
+    python: &Path,
+    requirements: &Path,
+    site: &Path,
+) -> anyhow::Result<Vec<String>> {
     let output = run(
         Command::new(python)
-            .args(["-m", "pip", "install", "--quiet", "--only-binary=:all:"])
+            .args(["-c", PIP_FOR_WASI])
+            .args(["install", "--quiet", "--only-binary=:all:"])
             .args(["--python-version", BUNDLED_PYTHON])
             .arg("--target")
             .arg(site)
@@ -305,7 +348,24 @@ fn install_requirements(python: &Path, requirements: &Path, site: &Path) -> anyh
     check(
         output,
         &format!("pip could not install {}", requirements.display()),
-    )
+    )?;
+    installed(site)
+}
+
+/// The distributions in `site`, as `name version`, from their `NAME-VERSION.dist-info`.
+fn installed(site: &Path) -> anyhow::Result<Vec<String>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(site)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some((package, version)) = name
+            .strip_suffix(".dist-info")
+            .and_then(|stem| stem.rsplit_once('-'))
+        {
+            found.push(format!("{package} {version}"));
+        }
+    }
+    found.sort_by_key(|line| line.to_lowercase());
+    Ok(found)
 }
 
 /// Removes compiled extension modules from `site`, which CPython in WebAssembly cannot load,

@@ -154,6 +154,24 @@ fn exc_info_replaces_a_response_only_before_it_is_sent() {
     assert_eq!(response.text(), "handled\n");
     server.wait_for_log(&["replacing its response: ValueError: the database is down"]);
 
+    // An error page from the start: the error logged once, by its last line.
+    let response = server.raw(b"GET /error-page HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(
+        (response.status, response.text().as_str()),
+        (500, "sorry\n")
+    );
+    server.wait_for_log(&[
+        "WARN",
+        "answered with its error page: ZeroDivisionError: division by zero",
+    ]);
+    assert!(
+        !server
+            .log_lines()
+            .iter()
+            .any(|line| line.contains("most recent call last")),
+        "the traceback is for --log-level debug"
+    );
+
     // Too late: the 200 head and 7 bytes are out; the response ends by closing.
     let mut stream = server.connect();
     stream

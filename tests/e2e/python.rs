@@ -29,7 +29,10 @@ fn the_tutorial_hello_app_runs_verbatim() {
 
 #[test]
 fn flask_routes_json_and_streams() {
+    // No `import encodings.idna` in the app: the bridge has every codec in the snapshot.
     let server = Server::start_path(&python_guest("flask"), &["--workers", "1"]);
+    // build-python compiled it into the code cache: serving starts without compiling.
+    server.wait_for_log(&["loaded compiled", "flask.wasm from the cache"]);
     let http = client();
     let mut index = http.get(server.url("/")).call().unwrap();
     assert_eq!(index.status(), 200);
@@ -258,7 +261,7 @@ fn a_package_that_needs_native_code_fails_the_build_by_name() {
         .arg("-o")
         .arg(scratch.path().join("app.wasm"))
         .arg("--cache-dir")
-        .arg(crate::support::workspace_root().join("target/python-tools"))
+        .arg(crate::support::workspace_root().join("target/e2e-code-cache"))
         .output()
         .unwrap();
     assert!(!output.status.success());
@@ -268,6 +271,47 @@ fn a_package_that_needs_native_code_fails_the_build_by_name() {
         "the error must name the package: {stderr}"
     );
     assert!(!scratch.path().join("app.wasm").exists());
+}
+
+#[test]
+fn requirements_are_judged_as_cpython_3_14_on_wasi_whatever_python_builds() {
+    // Packages that do not exist, wanted only where the component's CPython is not: pip
+    // must skip them, or the build fails looking for them.
+    let scratch = Scratch::new("markers");
+    std::fs::write(
+        scratch.path().join("app.py"),
+        "def application(environ, start_response):\n    \
+         start_response('200 OK', [])\n    return [b'built']\n",
+    )
+    .unwrap();
+    std::fs::write(
+        scratch.path().join("requirements.txt"),
+        "no-such-package-for-wasm-gw; python_version < \"3.14\"\n\
+         no-such-package-for-wasm-gw-either; sys_platform != \"wasi\"\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
+        .args(["build-python", "app:application", "--path", scratch.arg()])
+        .arg("--requirements")
+        .arg(scratch.path().join("requirements.txt"))
+        .arg("-o")
+        .arg(scratch.path().join("app.wasm"))
+        .arg("--cache-dir")
+        .arg(crate::support::workspace_root().join("target/e2e-code-cache"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("Compiled in"), "{stdout}");
+    let server = Server::start_path(&scratch.path().join("app.wasm"), &[]);
+    assert_eq!(
+        text(&mut client().get(server.url("/")).call().unwrap()),
+        "built"
+    );
 }
 
 #[test]

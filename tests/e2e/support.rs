@@ -92,8 +92,9 @@ fn build_python_guest(name: &str, validate: bool) -> PathBuf {
         .arg(&sources)
         .arg("-o")
         .arg(&output)
+        // The servers' code cache: the build compiles the component into it.
         .arg("--cache-dir")
-        .arg(root.join("target/python-tools"));
+        .arg(root.join("target/e2e-code-cache"));
     if validate {
         command.arg("--validate");
     }

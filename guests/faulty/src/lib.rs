@@ -129,6 +129,16 @@ impl Guest for Faulty {
                 .map_err(|e| format!("{e:?}"))?;
                 ok_body("handled\n")
             }
+            // An error page, the first start-response carrying the error it answers.
+            "/error-page" => {
+                start_response(
+                    "500 Internal Server Error",
+                    &plain,
+                    Some("Traceback (most recent call last):\n  File \"app.py\", line 1\nZeroDivisionError: division by zero\n"),
+                )
+                .map_err(|e| format!("{e:?}"))?;
+                ok_body("sorry\n")
+            }
             "/late-exc-info" => {
                 start_response("200 OK", &plain, None).map_err(|e| format!("{e:?}"))?;
                 write(b"partial").map_err(|e| format!("{e:?}"))?;

@@ -15,7 +15,29 @@ from wit_world.exports import handler
 from wit_world.imports import response
 from wit_world.imports.request import EnvironFlags
 
-from wasm_gw_app import application
+
+
+def _import_every_codec():
+    """Imports the standard library's codecs while the component is built, so that they
+    are in its snapshot. `codecs.lookup` imports a codec's module the first time its name
+    is asked for, which an app does at request time (werkzeug's routing asks for "idna",
+    Django for "unicode_escape"), and then the standard library's files are not there:
+    the app only has what was imported while it was built."""
+    import encodings
+    import importlib
+    import pkgutil
+
+    for codec in pkgutil.iter_modules(encodings.__path__):
+        try:
+            importlib.import_module("encodings." + codec.name)
+        except Exception:
+            # Another platform's codec (mbcs, oem): no app here can use it.
+            pass
+
+
+_import_every_codec()
+
+from wasm_gw_app import application  # noqa: E402
 
 # Lines longer than this are read in pieces by readline() with no size.
 _LINE_PIECE = 64 * 1024

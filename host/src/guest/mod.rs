@@ -470,9 +470,23 @@ impl response::Host for GuestState {
         exc_info: Option<String>,
     ) -> Result<(), WitResponseError> {
         if let Some(exc_info) = &exc_info {
+            // The error once, by its last line (Python's `ValueError: ...`); the app's own
+            // handler often logs the traceback itself, so the host's copy is for debugging.
             let request = self.request_id.load(Ordering::Relaxed);
-            let exc_info = excerpt(exc_info);
-            tracing::warn!(request, "app error, replacing its response: {exc_info}");
+            let error = exc_info
+                .lines()
+                .rev()
+                .find(|line| !line.trim().is_empty())
+                .unwrap_or_default();
+            let error = excerpt(error);
+            match self.exchange.as_ref().is_some_and(Exchange::head_set) {
+                true => tracing::warn!(request, "app error, replacing its response: {error}"),
+                // PEP 3333's way to send an error page: the app handled the error.
+                false => {
+                    tracing::warn!(request, "app error, answered with its error page: {error}")
+                }
+            }
+            tracing::debug!(request, "the app's error in full: {}", excerpt(exc_info));
         }
         self.response(|exchange| exchange.start(&status, &headers, exc_info.is_some()))
     }

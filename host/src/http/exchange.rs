@@ -139,6 +139,11 @@ impl Exchange {
         self.response.head_sent()
     }
 
+    /// Whether the app has set a head, sent or not.
+    pub fn head_set(&self) -> bool {
+        self.response.head_set()
+    }
+
     /// Records the app's first contract violation in `result`, which goes back to the app.
     fn recorded(&mut self, result: Result<(), ResponseError>) -> Result<(), ResponseError> {
         if let Err(error) = &result

@@ -113,6 +113,11 @@ impl Response {
         Ok(())
     }
 
+    /// Whether the app has set a head, sent or not.
+    pub fn head_set(&self) -> bool {
+        !matches!(self.state, State::Unstarted)
+    }
+
     /// Whether anything has been written for this response.
     pub fn head_sent(&self) -> bool {
         !matches!(self.state, State::Unstarted | State::Started(_))

@@ -1,10 +1,6 @@
 """A Flask app on wasm-gw: JSON in and out, routing, error handlers, and a streamed
 response. Its requirements are installed when it is built."""
 
-# werkzeug looks the codec up by name at request time; the build snapshot holds only what
-# was imported while building.
-import encodings.idna  # noqa: F401
-
 from flask import Flask, Response, jsonify, request
 
 app = Flask(__name__)
