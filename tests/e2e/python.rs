@@ -273,6 +273,156 @@ fn a_package_that_needs_native_code_fails_the_build_by_name() {
     assert!(!scratch.path().join("app.wasm").exists());
 }
 
+/// A request of `method` to `path` with `body` of `content_type`: the status and the body.
+fn call(server: &Server, method: &str, path: &str, body: Option<(&str, &str)>) -> (u16, String) {
+    let request = match body {
+        Some((content_type, body)) => format!(
+            "{method} {path} HTTP/1.1\r\nHost: a\r\nContent-Type: {content_type}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+        None => format!("{method} {path} HTTP/1.1\r\nHost: a\r\n\r\n"),
+    };
+    let response = server.raw(request.as_bytes());
+    (response.status, response.text())
+}
+
+fn json_of(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+}
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+#[test]
+fn a_bottle_app_runs_as_its_tutorial_writes_it() {
+    let server = Server::start_path(&python_guest_unvalidated("bottle"), &["--workers", "1"]);
+    let (status, body) = call(&server, "GET", "/", None);
+    assert_eq!(
+        (status, json_of(&body)),
+        (200, json!({"app": "bottle", "notes": 0}))
+    );
+    assert_eq!(
+        call(&server, "GET", "/hello/you", None),
+        (200, "<h1>Hello, you!</h1>".to_owned())
+    );
+    let (status, body) = call(
+        &server,
+        "POST",
+        "/notes",
+        Some((FORM, "title=caf%C3%A9+au+lait")),
+    );
+    assert_eq!(
+        (status, json_of(&body)),
+        (201, json!({"id": 1, "title": "café au lait"}))
+    );
+    let (status, body) = call(&server, "POST", "/notes", Some((FORM, "other=1")));
+    assert_eq!(status, 400);
+    assert!(body.contains("a note needs a title"), "{body}");
+    let (status, body) = call(&server, "GET", "/notes/1", None);
+    assert_eq!(
+        (status, json_of(&body)["title"].clone()),
+        (200, json!("café au lait"))
+    );
+    let (status, body) = call(&server, "GET", "/notes.html", None);
+    assert_eq!(status, 200);
+    assert!(body.contains("<li>1: café au lait</li>"), "{body}");
+    // Its error handler, for its own 404s and for routes that match nothing.
+    let (status, body) = call(&server, "GET", "/notes/7", None);
+    assert_eq!(
+        (status, json_of(&body)),
+        (404, json!({"error": "no note 7"}))
+    );
+    assert_eq!(call(&server, "GET", "/no/such/route", None).0, 404);
+    assert_eq!(call(&server, "DELETE", "/notes/1", None).0, 405);
+    // An exception: Bottle's own 500 page, sent with exc_info, and one warning.
+    let (status, body) = call(&server, "GET", "/boom", None);
+    assert_eq!(status, 500);
+    assert!(body.contains("Internal Server Error"), "{body}");
+    server.wait_for_log(&["answered with its error page: ZeroDivisionError"]);
+    let response = server.raw(b"GET /count/500 HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(response.chunked, "a generator is streamed");
+    assert_eq!(response.text().lines().count(), 500);
+}
+
+#[test]
+fn a_falcon_app_runs_as_its_tutorial_writes_it() {
+    let server = Server::start_path(&python_guest_unvalidated("falcon"), &["--workers", "1"]);
+    let json_type = "application/json";
+    let (status, body) = call(
+        &server,
+        "POST",
+        "/notes",
+        Some((json_type, r#"{"title": "first"}"#)),
+    );
+    assert_eq!(
+        (status, json_of(&body)),
+        (201, json!({"id": 1, "title": "first"}))
+    );
+    let (status, body) = call(&server, "POST", "/notes", Some((json_type, "[]")));
+    assert_eq!(
+        (status, json_of(&body)["title"].clone()),
+        (400, json!("a note needs a title"))
+    );
+    let (status, body) = call(&server, "GET", "/notes", None);
+    assert_eq!(
+        (status, json_of(&body)),
+        (200, json!([{"id": 1, "title": "first"}]))
+    );
+    assert_eq!(call(&server, "GET", "/notes/1", None).0, 200);
+    let (status, body) = call(&server, "GET", "/notes/9", None);
+    assert_eq!(
+        (status, json_of(&body)["title"].clone()),
+        (404, json!("no note 9"))
+    );
+    // A typed URI field that does not parse matches no route.
+    assert_eq!(call(&server, "GET", "/notes/first", None).0, 404);
+    assert_eq!(call(&server, "DELETE", "/notes", None).0, 405);
+    assert_eq!(
+        call(&server, "POST", "/greet", Some((FORM, "name=Ann+Lee"))),
+        (200, "Hello, Ann Lee!".to_owned())
+    );
+    let response = server.raw(b"GET /count/300 HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text().lines().last(), Some("299"));
+}
+
+#[test]
+fn a_pyramid_app_runs_as_its_docs_write_it() {
+    // Pyramid needs webob's legacy-cgi, wanted only from Python 3.13, and os.getuid at
+    // import: the markers judged for the component's CPython, and the bridge's stand-in.
+    let server = Server::start_path(&python_guest_unvalidated("pyramid"), &["--workers", "1"]);
+    let (status, body) = call(&server, "GET", "/", None);
+    assert_eq!(
+        (status, json_of(&body)),
+        (200, json!({"app": "pyramid", "notes": 0}))
+    );
+    let (status, body) = call(&server, "POST", "/notes", Some((FORM, "title=first")));
+    assert_eq!(
+        (status, json_of(&body)),
+        (201, json!({"id": 1, "title": "first"}))
+    );
+    let (status, body) = call(&server, "POST", "/notes", Some((FORM, "")));
+    assert_eq!(status, 400);
+    assert!(body.contains("a note needs a title"), "{body}");
+    let (status, body) = call(&server, "GET", "/notes/1", None);
+    assert_eq!(
+        (status, json_of(&body)["title"].clone()),
+        (200, json!("first"))
+    );
+    let (status, body) = call(&server, "GET", "/nowhere", None);
+    assert_eq!(
+        (status, json_of(&body)["path"].clone()),
+        (404, json!("/nowhere"))
+    );
+    let (status, body) = call(&server, "GET", "/boom", None);
+    assert_eq!(
+        (status, json_of(&body)),
+        (500, json!({"error": "ZeroDivisionError"}))
+    );
+    let (status, body) = call(&server, "GET", "/count/3", None);
+    assert_eq!((status, body.as_str()), (200, "0\n1\n2\n"));
+}
+
 #[test]
 fn requirements_are_judged_as_cpython_3_14_on_wasi_whatever_python_builds() {
     // Packages that do not exist, wanted only where the component's CPython is not: pip

@@ -37,12 +37,15 @@ pub fn guest(name: &str) -> PathBuf {
 
 /// The Python example apps (guests/python/examples): each one's callable, and whether it
 /// has requirements to install.
-const PYTHON_GUESTS: [(&str, &str, bool); 5] = [
+const PYTHON_GUESTS: [(&str, &str, bool); 8] = [
     ("hello", "hello:hello_app", false),
     ("echo", "echo:application", false),
     ("tasks", "tasks:application", false),
     ("faulty", "faulty:application", false),
     ("flask", "app:app", true),
+    ("bottle", "app:app", true),
+    ("falcon", "app:app", true),
+    ("pyramid", "app:app", true),
 ];
 
 /// The component of Python example `name`, built by the real `wasm-gw build-python` inside

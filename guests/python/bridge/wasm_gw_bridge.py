@@ -37,6 +37,22 @@ def _import_every_codec():
 
 _import_every_codec()
 
+
+def _posix_stand_ins():
+    """What WASI lacks of POSIX that popular packages call at import: users and groups.
+    A sandbox has no users, so each id is nobody's, 65534, as a process in a user namespace
+    sees an id it has no mapping for (`pkg_resources` and `platformdirs` ask for them)."""
+    import os
+
+    for name in ("getuid", "geteuid", "getgid", "getegid"):
+        if not hasattr(os, name):
+            setattr(os, name, lambda: 65534)
+    if not hasattr(os, "getgroups"):
+        os.getgroups = lambda: []
+
+
+_posix_stand_ins()
+
 from wasm_gw_app import application  # noqa: E402
 
 # Lines longer than this are read in pieces by readline() with no size.
