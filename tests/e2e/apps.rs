@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{Server, client, guest, python_guest};
+use crate::support::{Scratch, Server, client, guest, python_guest};
 
 fn body_json(response: &mut ureq::http::Response<ureq::Body>) -> Value {
     serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap()
@@ -56,6 +56,52 @@ fn hello_greets_by_name() {
     let (whole, micros) = seconds.split_once('.').expect("seconds with a fraction");
     assert!(whole.parse::<u64>().is_ok() && micros.len() == 6, "{line}");
     assert!(micros.bytes().all(|b| b.is_ascii_digit()), "{line}");
+}
+
+#[test]
+fn the_readme_guestbook_keeps_its_entries_across_workers_and_restarts() {
+    // The README shows this very app.
+    let root = crate::support::workspace_root();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let source = std::fs::read_to_string(root.join("guests/guestbook/src/lib.rs")).unwrap();
+    assert!(
+        readme.contains(&source),
+        "README.md must show guests/guestbook/src/lib.rs"
+    );
+    let state = Scratch::new("guestbook");
+    let args = ["--workers", "2", "--state-dir", state.arg()];
+    let server = Server::start("guestbook", &args);
+    for (id, (name, message)) in [("ann", "hi"), ("bob", "héllo")].into_iter().enumerate() {
+        let mut response = client()
+            .post(server.url("/entries"))
+            .header("Content-Type", "application/json")
+            .send(json!({"name": name, "message": message}).to_string())
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        assert_eq!(body_json(&mut response), json!({"id": id + 1}));
+    }
+    let mut refused = client()
+        .post(server.url("/entries"))
+        .send("{\"name\": 1}")
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    assert!(body_json(&mut refused)["error"].is_string());
+    assert_eq!(
+        client()
+            .get(server.url("/elsewhere"))
+            .call()
+            .unwrap()
+            .status(),
+        404
+    );
+    drop(server);
+
+    let server = Server::start("guestbook", &args);
+    let mut listed = client().get(server.url("/entries")).call().unwrap();
+    assert_eq!(
+        body_json(&mut listed),
+        json!([{"name": "ann", "message": "hi"}, {"name": "bob", "message": "héllo"}])
+    );
 }
 
 #[test]

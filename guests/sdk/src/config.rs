@@ -10,6 +10,13 @@
 use crate::bindings::wasi::config::store;
 
 /// Why a value could not be read: the configuration source failed.
+///
+/// ```no_run
+/// match wasm_gw_sdk::config::get("greeting") {
+///     Ok(value) => println!("{}", value.as_deref().unwrap_or("hello")),
+///     Err(error) => eprintln!("{error}"),
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error(String);
 
@@ -30,11 +37,24 @@ impl From<store::Error> for Error {
 }
 
 /// The value of `key`, if the operator set one.
+///
+/// ```no_run
+/// let timeout = wasm_gw_sdk::config::get("timeout-secs")?;
+/// let timeout: u64 = timeout.and_then(|secs| secs.parse().ok()).unwrap_or(30);
+/// # Ok::<(), wasm_gw_sdk::config::Error>(())
+/// ```
 pub fn get(key: &str) -> Result<Option<String>, Error> {
     Ok(store::get(key)?)
 }
 
 /// Every key and value set for the app.
+///
+/// ```no_run
+/// for (key, _value) in wasm_gw_sdk::config::get_all()? {
+///     println!("{key} is set");
+/// }
+/// # Ok::<(), wasm_gw_sdk::config::Error>(())
+/// ```
 pub fn get_all() -> Result<Vec<(String, String)>, Error> {
     Ok(store::get_all()?)
 }

@@ -22,6 +22,15 @@ use wasip2::http::types::{
 use wasip2::io::streams::StreamError;
 
 /// Why a request got no response.
+///
+/// ```no_run
+/// use wasm_gw_sdk::http::{self, Error};
+/// match http::get("https://api.example.com/status") {
+///     Ok(response) => println!("status {}", response.status),
+///     Err(Error::Timeout) => eprintln!("too slow; try again later"),
+///     Err(error) => eprintln!("{error}"),
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
     /// The operator does not allow this destination.
@@ -62,6 +71,12 @@ impl From<ErrorCode> for Error {
 }
 
 /// A response: its status, headers and whole body.
+///
+/// ```no_run
+/// let response = wasm_gw_sdk::http::get("https://example.com/")?;
+/// println!("{} with {} headers", response.status, response.headers.len());
+/// # Ok::<(), wasm_gw_sdk::http::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
@@ -71,6 +86,12 @@ pub struct Response {
 
 impl Response {
     /// The first value of header `name` (any case), as text.
+    ///
+    /// ```no_run
+    /// let response = wasm_gw_sdk::http::get("https://example.com/")?;
+    /// let content_type = response.header("Content-Type").unwrap_or("application/octet-stream");
+    /// # Ok::<(), wasm_gw_sdk::http::Error>(())
+    /// ```
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -78,20 +99,50 @@ impl Response {
             .and_then(|(_, value)| std::str::from_utf8(value).ok())
     }
 
+    /// The body, as bytes.
+    ///
+    /// ```no_run
+    /// let image = wasm_gw_sdk::http::get("https://example.com/logo.png")?;
+    /// let size = image.bytes().len();
+    /// # Ok::<(), wasm_gw_sdk::http::Error>(())
+    /// ```
     pub fn bytes(&self) -> &[u8] {
         &self.body
     }
 
+    /// The body, taken out of the response.
+    ///
+    /// ```no_run
+    /// let logo = wasm_gw_sdk::http::get("https://example.com/logo.png")?.into_bytes();
+    /// let response = wasm_gw_sdk::Response::new(200)
+    ///     .header("Content-Type", "image/png")
+    ///     .body(logo);
+    /// # Ok::<(), wasm_gw_sdk::http::Error>(())
+    /// ```
     pub fn into_bytes(self) -> Vec<u8> {
         self.body
     }
 
     /// The body as UTF-8 text.
+    ///
+    /// ```no_run
+    /// let page = wasm_gw_sdk::http::get("https://example.com/")?;
+    /// let has_title = page.text()?.contains("<title>");
+    /// # Ok::<(), wasm_gw_sdk::http::Error>(())
+    /// ```
     pub fn text(&self) -> Result<&str, Error> {
         std::str::from_utf8(&self.body).map_err(|_| Error::Failed("the body is not UTF-8".into()))
     }
 
     /// The body as JSON.
+    ///
+    /// ```no_run
+    /// # use wasm_gw_sdk::serde_json;
+    /// let response = wasm_gw_sdk::http::get("https://api.example.com/rates")?;
+    /// let rates = response.json::<serde_json::Value>()?;
+    /// let euro = rates["EUR"].as_f64();
+    /// # Ok::<(), wasm_gw_sdk::http::Error>(())
+    /// ```
     #[cfg(feature = "json")]
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
         serde_json::from_slice(&self.body).map_err(|why| Error::Failed(format!("not JSON: {why}")))
@@ -99,11 +150,22 @@ impl Response {
 }
 
 /// `GET url`.
+///
+/// ```no_run
+/// let status = wasm_gw_sdk::http::get("https://example.com/health")?.status;
+/// # Ok::<(), wasm_gw_sdk::http::Error>(())
+/// ```
 pub fn get(url: &str) -> Result<Response, Error> {
     Request::new("GET", url).send()
 }
 
 /// A request to build and send.
+///
+/// ```no_run
+/// use wasm_gw_sdk::http::Request;
+/// let response = Request::new("DELETE", "https://api.example.com/items/7").send()?;
+/// # Ok::<(), wasm_gw_sdk::http::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Request {
     method: String,
@@ -114,6 +176,12 @@ pub struct Request {
 }
 
 impl Request {
+    /// A request with `method` (any case) to `url` (`http://` or `https://`), without headers
+    /// or body.
+    ///
+    /// ```no_run
+    /// let request = wasm_gw_sdk::http::Request::new("PUT", "https://api.example.com/items/7");
+    /// ```
     pub fn new(method: &str, url: &str) -> Request {
         Request {
             method: method.to_owned(),
@@ -124,23 +192,50 @@ impl Request {
         }
     }
 
+    /// Adds a header; a name may be added more than once.
+    ///
+    /// ```no_run
+    /// let request = wasm_gw_sdk::http::Request::new("GET", "https://api.example.com/me")
+    ///     .header("authorization", "Bearer secret-token");
+    /// ```
     pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Request {
         self.headers.push((name.to_owned(), value.into()));
         self
     }
 
+    /// Sets the body.
+    ///
+    /// ```no_run
+    /// let request = wasm_gw_sdk::http::Request::new("POST", "https://api.example.com/notes")
+    ///     .header("content-type", "text/plain")
+    ///     .body("remember the milk");
+    /// ```
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Request {
         self.body = body.into();
         self
     }
 
     /// How long the response's head may take to come.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// let response = wasm_gw_sdk::http::Request::new("GET", "https://slow.example.com/")
+    ///     .timeout(Duration::from_secs(2))
+    ///     .send()?;
+    /// # Ok::<(), wasm_gw_sdk::http::Error>(())
+    /// ```
     pub fn timeout(mut self, timeout: Duration) -> Request {
         self.timeout = Some(timeout);
         self
     }
 
     /// Sends the request and reads the whole response.
+    ///
+    /// ```no_run
+    /// let response = wasm_gw_sdk::http::Request::new("HEAD", "https://example.com/").send()?;
+    /// let exists = response.status == 200;
+    /// # Ok::<(), wasm_gw_sdk::http::Error>(())
+    /// ```
     pub fn send(self) -> Result<Response, Error> {
         let (scheme, rest) = self
             .url

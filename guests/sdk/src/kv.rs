@@ -35,9 +35,26 @@ const QUOTA_EXCEEDED: &str = "the app's key-value quota is used up";
 const MAX_UPDATE_ATTEMPTS: usize = 100;
 
 /// Most keys wasm-gw takes in one batch call; the batch methods split longer ones.
+///
+/// ```no_run
+/// # let keys: Vec<String> = Vec::new();
+/// // `Bucket::get_many` on these keys takes this many calls to the host:
+/// let calls = keys.len().div_ceil(wasm_gw_sdk::kv::MAX_BATCH_KEYS);
+/// ```
 pub const MAX_BATCH_KEYS: usize = 1000;
 
 /// Why a key-value operation failed.
+///
+/// ```no_run
+/// # fn demo(bucket: &wasm_gw_sdk::kv::Bucket) {
+/// use wasm_gw_sdk::kv::Error;
+/// match bucket.set("draft", "text") {
+///     Ok(()) => {}
+///     Err(Error::Unavailable(why)) => eprintln!("not saved, try again later: {why}"),
+///     Err(error) => eprintln!("not saved: {error}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug)]
 pub enum Error {
     /// The host has no bucket by that name: names are 1 to 64 letters, digits, `-`, `_`
@@ -78,6 +95,15 @@ impl std::error::Error for Error {}
 impl Error {
     /// Whether the store refused a write because the app holds all its quota allows: the
     /// app may delete some of its keys, or its operator raise the quota.
+    ///
+    /// ```no_run
+    /// # fn save(bucket: &wasm_gw_sdk::kv::Bucket, data: &[u8]) -> wasm_gw_sdk::Result<()> {
+    /// match bucket.set("upload", data) {
+    ///     Err(error) if error.is_quota_exceeded() => Err("storage full".into()),
+    ///     result => Ok(result?),
+    /// }
+    /// # }
+    /// ```
     pub fn is_quota_exceeded(&self) -> bool {
         matches!(self, Error::Refused(why) if why.starts_with(QUOTA_EXCEEDED))
     }
@@ -102,45 +128,111 @@ impl From<serde_json::Error> for Error {
     }
 }
 
+/// The result of a key-value operation.
+///
+/// ```no_run
+/// fn next_order_number(bucket: &wasm_gw_sdk::kv::Bucket) -> wasm_gw_sdk::kv::Result<i64> {
+///     bucket.increment("orders", 1)
+/// }
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A named collection of key-value pairs in the app's namespace.
+///
+/// ```no_run
+/// # fn demo() -> wasm_gw_sdk::kv::Result<()> {
+/// let sessions = wasm_gw_sdk::kv::Bucket::open("sessions")?;
+/// sessions.set("session:42", "alice")?;
+/// # Ok(()) }
+/// ```
 pub struct Bucket(store::Bucket);
 
 impl Bucket {
     /// Opens the bucket `name`; it needs no creating.
+    ///
+    /// ```no_run
+    /// # fn demo() -> wasm_gw_sdk::kv::Result<()> {
+    /// let bucket = wasm_gw_sdk::kv::Bucket::open("default")?;
+    /// # Ok(()) }
+    /// ```
     pub fn open(name: &str) -> Result<Bucket> {
         Ok(Bucket(store::open(name)?))
     }
 
     /// The value of `key`, or `None` if it is not set.
+    ///
+    /// ```no_run
+    /// # fn demo(bucket: &wasm_gw_sdk::kv::Bucket) -> wasm_gw_sdk::kv::Result<()> {
+    /// if let Some(bytes) = bucket.get("greeting")? {
+    ///     println!("{}", String::from_utf8_lossy(&bytes));
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.0.get(key)?)
     }
 
     /// Sets `key` to `value`. When this returns, the write is committed.
+    ///
+    /// ```no_run
+    /// # fn demo(bucket: &wasm_gw_sdk::kv::Bucket) -> wasm_gw_sdk::kv::Result<()> {
+    /// bucket.set("greeting", "hello")?;
+    /// bucket.set("avatar", vec![0x89, b'P', b'N', b'G'])?;
+    /// # Ok(()) }
+    /// ```
     pub fn set(&self, key: &str, value: impl AsRef<[u8]>) -> Result<()> {
         Ok(self.0.set(key, value.as_ref())?)
     }
 
     /// Deletes `key`; deleting a key that is not set does nothing.
+    ///
+    /// ```no_run
+    /// # fn demo(bucket: &wasm_gw_sdk::kv::Bucket) -> wasm_gw_sdk::kv::Result<()> {
+    /// bucket.delete("session:42")?;
+    /// # Ok(()) }
+    /// ```
     pub fn delete(&self, key: &str) -> Result<()> {
         Ok(self.0.delete(key)?)
     }
 
     /// Whether `key` is set.
+    ///
+    /// ```no_run
+    /// # fn demo(bucket: &wasm_gw_sdk::kv::Bucket) -> wasm_gw_sdk::kv::Result<()> {
+    /// if !bucket.exists("setup-done")? {
+    ///     bucket.set("setup-done", "1")?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn exists(&self, key: &str) -> Result<bool> {
         Ok(self.0.exists(key)?)
     }
 
     /// One page of the bucket's keys: the first if `cursor` is `None`, else the one that
     /// starts where the page that returned `cursor` ended.
+    ///
+    /// ```no_run
+    /// # fn demo(bucket: &wasm_gw_sdk::kv::Bucket) -> wasm_gw_sdk::kv::Result<()> {
+    /// let page = bucket.list_keys(None)?;
+    /// println!("first keys: {:?}", page.keys);
+    /// if let Some(cursor) = page.cursor.as_deref() {
+    ///     let next_page = bucket.list_keys(Some(cursor))?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn list_keys(&self, cursor: Option<&str>) -> Result<KeyPage> {
         Ok(self.0.list_keys(cursor)?)
     }
 
     /// Every key in the bucket, in no particular order; a key written meanwhile may be
     /// missing or listed twice.
+    ///
+    /// ```no_run
+    /// # fn demo(bucket: &wasm_gw_sdk::kv::Bucket) -> wasm_gw_sdk::kv::Result<()> {
+    /// let keys = bucket.keys()?;
+    /// let sessions = keys.iter().filter(|key| key.starts_with("session:")).count();
+    /// # Ok(()) }
+    /// ```
     pub fn keys(&self) -> Result<Vec<String>> {
         let mut keys = Vec::new();
         let mut cursor = None;
@@ -156,6 +248,12 @@ impl Bucket {
 
     /// Atomically adds `delta` to the integer at `key` (0 if unset) and returns the result:
     /// every caller, on every worker, gets a different value.
+    ///
+    /// ```no_run
+    /// # fn demo(bucket: &wasm_gw_sdk::kv::Bucket) -> wasm_gw_sdk::kv::Result<()> {
+    /// let order_number = bucket.increment("orders", 1)?;
+    /// # Ok(()) }
+    /// ```
     pub fn increment(&self, key: &str, delta: i64) -> Result<i64> {
         Ok(atomics::increment(&self.0, key, delta)?)
     }
@@ -163,6 +261,17 @@ impl Bucket {
     /// Replaces the value of `key` with `change(current)`, atomically: if another writer
     /// changes the value meanwhile, `change` runs again on the new one. `change` returning
     /// `None` leaves the value as it is. Returns what was written.
+    ///
+    /// ```no_run
+    /// # fn demo(bucket: &wasm_gw_sdk::kv::Bucket) -> wasm_gw_sdk::kv::Result<()> {
+    /// // Appends to the log even while other workers append too.
+    /// bucket.update("log", |current| {
+    ///     let mut log = current.unwrap_or_default().to_vec();
+    ///     log.extend_from_slice(b"visited\n");
+    ///     Some(log)
+    /// })?;
+    /// # Ok(()) }
+    /// ```
     pub fn update(
         &self,
         key: &str,
@@ -185,6 +294,14 @@ impl Bucket {
 
     /// The values of `keys`, in the same order, `None` for each key that is not set. More
     /// than [`MAX_BATCH_KEYS`] keys take several calls.
+    ///
+    /// ```no_run
+    /// # fn demo(bucket: &wasm_gw_sdk::kv::Bucket) -> wasm_gw_sdk::kv::Result<()> {
+    /// let keys = ["cart:1".to_owned(), "cart:2".to_owned()];
+    /// let carts = bucket.get_many(&keys)?;
+    /// let found = carts.iter().filter(|cart| cart.is_some()).count();
+    /// # Ok(()) }
+    /// ```
     pub fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
         let mut values = Vec::with_capacity(keys.len());
         for keys in keys.chunks(MAX_BATCH_KEYS) {
@@ -196,6 +313,15 @@ impl Bucket {
 
     /// Sets every pair, [`MAX_BATCH_KEYS`] a call. Not atomic: if it fails, some pairs may
     /// have been set.
+    ///
+    /// ```no_run
+    /// # fn demo(bucket: &wasm_gw_sdk::kv::Bucket) -> wasm_gw_sdk::kv::Result<()> {
+    /// bucket.set_many(&[
+    ///     ("color".to_owned(), b"blue".to_vec()),
+    ///     ("size".to_owned(), b"L".to_vec()),
+    /// ])?;
+    /// # Ok(()) }
+    /// ```
     pub fn set_many(&self, pairs: &[(String, Vec<u8>)]) -> Result<()> {
         for pairs in pairs.chunks(MAX_BATCH_KEYS) {
             batch::set_many(&self.0, pairs)?;
@@ -205,6 +331,14 @@ impl Bucket {
 
     /// Deletes every key, [`MAX_BATCH_KEYS`] a call. Not atomic: if it fails, some keys may
     /// have been deleted.
+    ///
+    /// ```no_run
+    /// # fn demo(bucket: &wasm_gw_sdk::kv::Bucket) -> wasm_gw_sdk::kv::Result<()> {
+    /// let mut stale = bucket.keys()?;
+    /// stale.retain(|key| key.starts_with("cache:"));
+    /// bucket.delete_many(&stale)?;
+    /// # Ok(()) }
+    /// ```
     pub fn delete_many(&self, keys: &[String]) -> Result<()> {
         for keys in keys.chunks(MAX_BATCH_KEYS) {
             batch::delete_many(&self.0, keys)?;
@@ -216,6 +350,12 @@ impl Bucket {
 #[cfg(feature = "json")]
 impl Bucket {
     /// The value of `key`, parsed from JSON.
+    ///
+    /// ```no_run
+    /// # fn demo(bucket: &wasm_gw_sdk::kv::Bucket) -> wasm_gw_sdk::kv::Result<()> {
+    /// let tags = bucket.get_json::<Vec<String>>("tags")?.unwrap_or_default();
+    /// # Ok(()) }
+    /// ```
     pub fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         match self.get(key)? {
             Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
@@ -224,11 +364,29 @@ impl Bucket {
     }
 
     /// Sets `key` to `value` as JSON.
+    ///
+    /// ```no_run
+    /// # use wasm_gw_sdk::serde_json;
+    /// # fn demo(bucket: &wasm_gw_sdk::kv::Bucket) -> wasm_gw_sdk::kv::Result<()> {
+    /// let profile = serde_json::json!({"name": "Ada", "langs": ["en", "fr"]});
+    /// bucket.set_json("profile:7", &profile)?;
+    /// # Ok(()) }
+    /// ```
     pub fn set_json<T: serde::Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<()> {
         self.set(key, serde_json::to_vec(value)?)
     }
 
     /// [`Bucket::update`] on JSON values.
+    ///
+    /// ```no_run
+    /// # fn demo(bucket: &wasm_gw_sdk::kv::Bucket) -> wasm_gw_sdk::kv::Result<()> {
+    /// bucket.update_json("recent", |list: Option<Vec<String>>| {
+    ///     let mut list = list.unwrap_or_default();
+    ///     list.push("new entry".to_owned());
+    ///     Some(list)
+    /// })?;
+    /// # Ok(()) }
+    /// ```
     pub fn update_json<T: serde::Serialize + serde::de::DeserializeOwned>(
         &self,
         key: &str,
@@ -262,6 +420,13 @@ impl Bucket {
     }
 
     /// The values of `keys` parsed from JSON, in the same order.
+    ///
+    /// ```no_run
+    /// # fn demo(bucket: &wasm_gw_sdk::kv::Bucket) -> wasm_gw_sdk::kv::Result<()> {
+    /// let keys = ["price:apple".to_owned(), "price:pear".to_owned()];
+    /// let prices = bucket.get_many_json::<f64>(&keys)?;
+    /// # Ok(()) }
+    /// ```
     pub fn get_many_json<T: serde::de::DeserializeOwned>(
         &self,
         keys: &[String],

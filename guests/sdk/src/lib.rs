@@ -68,15 +68,57 @@ pub use {serde, serde_json};
 
 /// An error an app did not handle. The client gets a 500 and the message goes to the host's
 /// log; the instance keeps serving.
+///
+/// ```no_run
+/// fn parse_id(text: &str) -> Result<u64, wasm_gw_sdk::Error> {
+///     Ok(text.parse::<u64>()?)
+/// }
+/// ```
 pub type Error = Box<dyn std::error::Error>;
 
 /// The result of [`App::handle`].
+///
+/// ```no_run
+/// use wasm_gw_sdk::{Request, Response};
+///
+/// fn show_item(request: Request) -> wasm_gw_sdk::Result<Response> {
+///     let id: u32 = request.query_param("id").ok_or("no id given")?.parse()?;
+///     Ok(Response::text(200, format!("item {id}\n")))
+/// }
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A web app. One value of it lives in each instance and serves every request that instance
 /// gets, one at a time.
+///
+/// ```no_run
+/// use wasm_gw_sdk::{App, Request, Response};
+///
+/// #[derive(Default)]
+/// struct Counter(u64);
+///
+/// impl App for Counter {
+///     fn handle(&mut self, _request: Request) -> wasm_gw_sdk::Result<Response> {
+///         self.0 += 1;
+///         Ok(Response::text(200, format!("request number {}\n", self.0)))
+///     }
+/// }
+/// ```
 pub trait App: Default + 'static {
     /// Answers one request.
+    ///
+    /// ```no_run
+    /// # use wasm_gw_sdk::{App, Request, Response};
+    /// # #[derive(Default)] struct Site;
+    /// impl App for Site {
+    ///     fn handle(&mut self, request: Request) -> wasm_gw_sdk::Result<Response> {
+    ///         Ok(match request.path() {
+    ///             "/" => Response::text(200, "home\n"),
+    ///             _ => Response::text(404, "not found\n"),
+    ///         })
+    ///     }
+    /// }
+    /// ```
     fn handle(&mut self, request: Request) -> Result<Response>;
 }
 
@@ -129,6 +171,15 @@ pub fn serve<A: App>(
 }
 
 /// One request: its [`Environ`] and its [`Body`].
+///
+/// ```no_run
+/// # use wasm_gw_sdk::{Request, Response};
+/// # fn handle(mut request: Request) -> wasm_gw_sdk::Result<Response> {
+/// let method = request.method().to_owned();
+/// let body = request.body().read_all()?;
+/// Ok(Response::text(200, format!("{method} with {} bytes\n", body.len())))
+/// # }
+/// ```
 pub struct Request {
     environ: Environ,
     body: Body,
@@ -148,21 +199,52 @@ impl Request {
     }
 
     /// The method exactly as sent, for example `GET`.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) -> wasm_gw_sdk::Response {
+    /// if request.method() != "POST" {
+    ///     return wasm_gw_sdk::Response::new(405).header("Allow", "POST");
+    /// }
+    /// # wasm_gw_sdk::Response::new(200)
+    /// # }
+    /// ```
     pub fn method(&self) -> &str {
         self.environ.request_method()
     }
 
     /// The path below the app's mount point (PATH_INFO), percent-decoded.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// if let Some(id) = request.path().strip_prefix("/items/") {
+    ///     println!("item {id}");
+    /// }
+    /// # }
+    /// ```
     pub fn path(&self) -> &str {
         self.environ.path_info()
     }
 
     /// The raw query string, without `?`.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// let has_query = !request.query_string().is_empty();
+    /// # }
+    /// ```
     pub fn query_string(&self) -> &str {
         self.environ.query_string()
     }
 
     /// The query parameters in order, with `+` and `%XX` decoded.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// for (name, value) in request.query() {
+    ///     println!("{name} = {value}");
+    /// }
+    /// # }
+    /// ```
     pub fn query(&self) -> Vec<(String, String)> {
         self.query_pairs()
             .map(|(name, value)| (name.into_owned(), value.into_owned()))
@@ -188,6 +270,12 @@ impl Request {
     }
 
     /// The first value of query parameter `name`. Only that parameter's value is decoded.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// let page: u32 = request.query_param("page").and_then(|p| p.parse().ok()).unwrap_or(1);
+    /// # }
+    /// ```
     pub fn query_param(&self, name: &str) -> Option<String> {
         self.raw_query_pairs()
             .find(|(key, _)| form_decode(key) == name)
@@ -217,6 +305,12 @@ impl Request {
     }
 
     /// The request body.
+    ///
+    /// ```no_run
+    /// # fn handle(mut request: wasm_gw_sdk::Request) -> std::io::Result<()> {
+    /// let upload = request.body().read_all()?;
+    /// # Ok(()) }
+    /// ```
     pub fn body(&mut self) -> &mut Body {
         &mut self.body
     }
@@ -265,72 +359,163 @@ impl Environ {
     }
 
     /// REQUEST_METHOD, exactly as sent: `GET`.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// let is_head = request.environ().request_method() == "HEAD";
+    /// # }
+    /// ```
     pub fn request_method(&self) -> &str {
         self.get(Variable::RequestMethod)
     }
 
     /// SCRIPT_NAME: where the app is mounted, without a trailing slash; empty at the root.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// // The app's home page, wherever the operator mounted it.
+    /// let home = format!("{}/", request.environ().script_name());
+    /// # }
+    /// ```
     pub fn script_name(&self) -> &str {
         self.get(Variable::ScriptName)
     }
 
     /// PATH_INFO: the path below the mount point, percent-decoded, as a native string.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// let segments: Vec<&str> = request.environ().path_info().split('/').collect();
+    /// # }
+    /// ```
     pub fn path_info(&self) -> &str {
         self.get(Variable::PathInfo)
     }
 
     /// QUERY_STRING: after `?`, still percent-encoded; empty if none.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// let pairs = request.environ().query_string().split('&').count();
+    /// # }
+    /// ```
     pub fn query_string(&self) -> &str {
         self.get(Variable::QueryString)
     }
 
     /// CONTENT_TYPE, if the client sent one.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// let environ = request.environ();
+    /// let is_form = environ.content_type() == Some("application/x-www-form-urlencoded");
+    /// # }
+    /// ```
     pub fn content_type(&self) -> Option<&str> {
         let sent = self.flags.contains(EnvironFlags::CONTENT_TYPE);
         sent.then(|| self.get(Variable::ContentType))
     }
 
     /// SERVER_NAME: from the Host header, without the port.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// let host = request.environ().server_name();
+    /// let is_local = host == "localhost" || host == "127.0.0.1";
+    /// # }
+    /// ```
     pub fn server_name(&self) -> &str {
         self.get(Variable::ServerName)
     }
 
     /// SERVER_PROTOCOL: `HTTP/1.0` or `HTTP/1.1`.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// let is_http_10 = request.environ().server_protocol() == "HTTP/1.0";
+    /// # }
+    /// ```
     pub fn server_protocol(&self) -> &str {
         self.get(Variable::ServerProtocol)
     }
 
     /// REMOTE_ADDR: the client's IP address.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// println!("request from {}", request.environ().remote_addr());
+    /// # }
+    /// ```
     pub fn remote_addr(&self) -> &str {
         self.get(Variable::RemoteAddr)
     }
 
     /// RAW_URI and REQUEST_URI: the request target exactly as received.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// let environ = request.environ();
+    /// println!("{} {}", environ.request_method(), environ.raw_uri());
+    /// # }
+    /// ```
     pub fn raw_uri(&self) -> &str {
         self.get(Variable::RawUri)
     }
 
     /// wsgi.url_scheme: `http` or `https`.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// let is_secure = request.environ().url_scheme() == "https";
+    /// # }
+    /// ```
     pub fn url_scheme(&self) -> &str {
         self.get(Variable::UrlScheme)
     }
 
     /// wsgi.multithread: whether other instances may serve the app's requests meanwhile.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// if request.environ().multithread() {
+    ///     // Other instances serve requests too: keep shared state in `wasm_gw_sdk::kv`.
+    /// }
+    /// # }
+    /// ```
     pub fn multithread(&self) -> bool {
         self.flags.contains(EnvironFlags::MULTITHREAD)
     }
 
     /// wsgi.multiprocess: whether other processes may serve the app.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// let only_process = !request.environ().multiprocess();
+    /// # }
+    /// ```
     pub fn multiprocess(&self) -> bool {
         self.flags.contains(EnvironFlags::MULTIPROCESS)
     }
 
     /// wsgi.run_once: whether this instance serves only this request.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// // No use warming a cache that no later request will see.
+    /// let warm_cache = !request.environ().run_once();
+    /// # }
+    /// ```
     pub fn run_once(&self) -> bool {
         self.flags.contains(EnvironFlags::RUN_ONCE)
     }
 
     /// The server's own CGI variables: mod_ssl's (`HTTPS`, `SSL_*`) on TLS, else none.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// let tls = request.environ().ssl_variables().any(|(name, _)| name == "HTTPS");
+    /// # }
+    /// ```
     pub fn ssl_variables(&self) -> impl Iterator<Item = (&str, &str)> {
         self.pairs(VARIABLES, self.server_variables as usize)
     }
@@ -352,6 +537,12 @@ impl Environ {
     }
 
     /// The first value of header `name`, compared case-insensitively.
+    ///
+    /// ```no_run
+    /// # fn handle(request: wasm_gw_sdk::Request) {
+    /// let agent = request.environ().header("user-agent").unwrap_or("unknown");
+    /// # }
+    /// ```
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers()
             .find(|(key, _)| key.eq_ignore_ascii_case(name))
@@ -410,22 +601,54 @@ impl Environ {
 
 /// The request body (wsgi.input), read from the connection as the app asks for it. It ends at
 /// the end of the request body; chunked framing is already removed.
+///
+/// ```no_run
+/// # fn handle(mut request: wasm_gw_sdk::Request) -> std::io::Result<()> {
+/// use std::io::Read;
+/// let mut text = String::new();
+/// request.body().read_to_string(&mut text)?;
+/// # Ok(()) }
+/// ```
 pub struct Body {
     input: InputStream,
 }
 
 impl Body {
     /// Reads up to `size` bytes; fewer only at the end. Empty means the body has ended.
+    ///
+    /// ```no_run
+    /// # fn handle(mut request: wasm_gw_sdk::Request) -> std::io::Result<()> {
+    /// let body = request.body();
+    /// let mut chunk = body.read_chunk(16 * 1024)?;
+    /// while !chunk.is_empty() {
+    ///     // ... use `chunk` ...
+    ///     chunk = body.read_chunk(16 * 1024)?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn read_chunk(&mut self, size: usize) -> io::Result<Vec<u8>> {
         self.input.read(size as u64).map_err(input_error)
     }
 
     /// Reads up to and including the next `\n`, at most `limit` bytes.
+    ///
+    /// ```no_run
+    /// # fn handle(mut request: wasm_gw_sdk::Request) -> std::io::Result<()> {
+    /// let line = request.body().read_line(8192)?;
+    /// let first_line = String::from_utf8_lossy(&line);
+    /// # Ok(()) }
+    /// ```
     pub fn read_line(&mut self, limit: usize) -> io::Result<Vec<u8>> {
         self.input.read_line(limit as u64).map_err(input_error)
     }
 
     /// Reads the whole rest of the body.
+    ///
+    /// ```no_run
+    /// # fn handle(mut request: wasm_gw_sdk::Request) -> wasm_gw_sdk::Result<()> {
+    /// let form = String::from_utf8(request.body().read_all()?)?;
+    /// # Ok(()) }
+    /// ```
     pub fn read_all(&mut self) -> io::Result<Vec<u8>> {
         self.input.read_to_end().map_err(input_error)
     }
@@ -451,15 +674,55 @@ fn input_error(error: InputError) -> io::Error {
 }
 
 /// A body produced piece by piece, like the iterable a WSGI app returns.
+///
+/// ```no_run
+/// use wasm_gw_sdk::{BodyStream, Response};
+///
+/// struct Countdown(u32);
+///
+/// impl BodyStream for Countdown {
+///     fn next_chunk(&mut self) -> Option<Vec<u8>> {
+///         self.0 = self.0.checked_sub(1)?;
+///         Some(format!("{}\n", self.0).into_bytes())
+///     }
+/// }
+///
+/// let response = Response::new(200).stream(Countdown(10));
+/// ```
 pub trait BodyStream: 'static {
     /// The next chunk, or `None` at the end.
+    ///
+    /// ```no_run
+    /// # struct Lines(std::vec::IntoIter<String>);
+    /// # impl wasm_gw_sdk::BodyStream for Lines {
+    /// fn next_chunk(&mut self) -> Option<Vec<u8>> {
+    ///     self.0.next().map(|line| format!("{line}\n").into_bytes())
+    /// }
+    /// # }
+    /// ```
     fn next_chunk(&mut self) -> Option<Vec<u8>>;
 
     /// Called once after the last chunk, also when the client went away early.
+    ///
+    /// ```no_run
+    /// # struct Feed { subscribed: bool }
+    /// # impl wasm_gw_sdk::BodyStream for Feed {
+    /// # fn next_chunk(&mut self) -> Option<Vec<u8>> { None }
+    /// fn close(&mut self) {
+    ///     self.subscribed = false; // runs also when the client left early
+    /// }
+    /// # }
+    /// ```
     fn close(&mut self) {}
 }
 
 /// A response: status, headers and body.
+///
+/// ```no_run
+/// let response = wasm_gw_sdk::Response::new(201)
+///     .header("Location", "/items/7")
+///     .body("created\n");
+/// ```
 pub struct Response {
     status: String,
     headers: Vec<(String, String)>,
@@ -475,6 +738,10 @@ enum ResponseBody {
 
 impl Response {
     /// An empty response with `status` and its standard reason phrase.
+    ///
+    /// ```no_run
+    /// let not_found = wasm_gw_sdk::Response::new(404); // `404 Not Found`, empty body
+    /// ```
     pub fn new(status: u16) -> Response {
         let reason = reason_phrase(status);
         let line = if (100..1000).contains(&status) {
@@ -493,6 +760,10 @@ impl Response {
     }
 
     /// An empty response with a whole status line, for example `299 Custom`.
+    ///
+    /// ```no_run
+    /// let response = wasm_gw_sdk::Response::with_status_line("299 Custom").body("done\n");
+    /// ```
     pub fn with_status_line(status: impl Into<String>) -> Response {
         Response {
             status: status.into(),
@@ -503,6 +774,16 @@ impl Response {
 
     /// The response of an app that already called [`start_response`] and sent its body with
     /// [`write`], as a WSGI app using the legacy write callable does.
+    ///
+    /// ```no_run
+    /// use wasm_gw_sdk::{start_response, write, Response};
+    /// # fn handle(_request: wasm_gw_sdk::Request) -> wasm_gw_sdk::Result<Response> {
+    /// let headers = [("Content-Type".to_owned(), "text/plain".to_owned())];
+    /// start_response("200 OK", &headers, None)?;
+    /// write(b"hello\n")?;
+    /// Ok(Response::written())
+    /// # }
+    /// ```
     pub fn written() -> Response {
         Response {
             status: String::new(),
@@ -512,6 +793,10 @@ impl Response {
     }
 
     /// A `text/plain; charset=utf-8` response.
+    ///
+    /// ```no_run
+    /// let response = wasm_gw_sdk::Response::text(404, "no such item\n");
+    /// ```
     pub fn text(status: u16, text: impl Into<String>) -> Response {
         Response::new(status)
             .header("Content-Type", "text/plain; charset=utf-8")
@@ -537,12 +822,24 @@ impl Response {
     }
 
     /// Adds a header. Values are latin-1: chars above U+00FF are refused by the host.
+    ///
+    /// ```no_run
+    /// let response = wasm_gw_sdk::Response::text(200, "hi\n")
+    ///     .header("Cache-Control", "max-age=60");
+    /// ```
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Response {
         self.headers.push((name.into(), value.into()));
         self
     }
 
     /// Sets the whole body. The host adds Content-Length.
+    ///
+    /// ```no_run
+    /// # let png: Vec<u8> = Vec::new();
+    /// let response = wasm_gw_sdk::Response::new(200)
+    ///     .header("Content-Type", "image/png")
+    ///     .body(png);
+    /// ```
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Response {
         self.body = ResponseBody::Whole(body.into());
         self
@@ -550,6 +847,16 @@ impl Response {
 
     /// Streams the body from `stream`, with chunked transfer coding unless a Content-Length
     /// header was set.
+    ///
+    /// ```no_run
+    /// # struct Ticks(u32);
+    /// # impl wasm_gw_sdk::BodyStream for Ticks {
+    /// #     fn next_chunk(&mut self) -> Option<Vec<u8>> { None }
+    /// # }
+    /// let response = wasm_gw_sdk::Response::new(200)
+    ///     .header("Content-Type", "text/event-stream")
+    ///     .stream(Ticks(0));
+    /// ```
     pub fn stream(mut self, stream: impl BodyStream) -> Response {
         self.body = ResponseBody::Stream(Box::new(stream));
         self
@@ -575,6 +882,13 @@ impl Response {
 }
 
 /// PEP 3333's start_response, for apps that manage the exchange themselves.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), wasm_gw_sdk::ResponseError> {
+/// let headers = [("Content-Type".to_owned(), "text/html".to_owned())];
+/// wasm_gw_sdk::start_response("200 OK", &headers, None)?;
+/// # Ok(()) }
+/// ```
 pub fn start_response(
     status: &str,
     headers: &[(String, String)],
@@ -584,6 +898,13 @@ pub fn start_response(
 }
 
 /// WSGI's write callable: sends `data` at once, after the headers.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), wasm_gw_sdk::ResponseError> {
+/// # wasm_gw_sdk::start_response("200 OK", &[], None)?;
+/// wasm_gw_sdk::write(b"<h1>Hello</h1>\n")?;
+/// # Ok(()) }
+/// ```
 pub fn write(data: &[u8]) -> Result<(), ResponseError> {
     wit_response::write(data)
 }
@@ -636,6 +957,10 @@ fn hex(digit: &u8) -> Option<u8> {
 }
 
 /// The standard reason phrase for `status`, or `Unknown`.
+///
+/// ```no_run
+/// assert_eq!(wasm_gw_sdk::reason_phrase(404), "Not Found");
+/// ```
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
