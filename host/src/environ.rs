@@ -1,9 +1,10 @@
 //! Building the WSGI environ from a parsed request head (PEP 3333's CGI and `wsgi.*` keys).
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::bindings::wasm_gw::wsgi::request::{Environ, EnvironFlags};
+use crate::bindings::wasm_gw::wsgi::request::Environ;
 use crate::http::request::{BodyKind, Head};
 use crate::listener::Peer;
 use crate::tls::TlsFacts;
@@ -217,41 +218,53 @@ fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
     hop.strip_prefix('[')?.split_once(']')?.0.parse().ok()
 }
 
-/// The request's header lines as received, kept compact: every name back to back, every
-/// value back to back, and where each line ends. Made into strings, a browser's dozen
-/// headers were a third of a request's cost.
+/// The request's header lines as received, kept as the WSGI environ's text holds them:
+/// each name and value a native string followed by [`SEPARATOR`], so that an environ takes
+/// them in one copy. Made into a string pair each, a browser's dozen headers were a third
+/// of a request's cost.
 #[derive(Debug, Default)]
 pub struct HeaderLines {
-    names: String,
-    values: Vec<u8>,
-    /// Where each line's name and value end, in order.
+    text: String,
+    /// Where each line's name and value end in `text`, before their separators.
     ends: Vec<(usize, usize)>,
 }
 
 impl HeaderLines {
     /// Holds `head`'s lines in place of the ones held.
     fn refill(&mut self, head: &Head) {
-        self.names.clear();
-        self.values.clear();
+        self.text.clear();
         self.ends.clear();
         for header in head.headers {
-            self.names.push_str(header.name);
-            self.values.extend_from_slice(header.value);
-            self.ends.push((self.names.len(), self.values.len()));
+            self.text.push_str(header.name);
+            let name_end = self.text.len();
+            self.text.push(SEPARATOR);
+            push_latin1(&mut self.text, header.value);
+            let value_end = self.text.len();
+            self.text.push(SEPARATOR);
+            self.ends.push((name_end, value_end));
         }
     }
 
-    /// Every line as (name, value), in order, repeats included.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        let starts = std::iter::once((0, 0)).chain(self.ends.iter().copied());
-        starts
-            .zip(&self.ends)
-            .map(|((name_start, value_start), &(name_end, value_end))| {
-                (
-                    &self.names[name_start..name_end],
-                    &self.values[value_start..value_end],
-                )
-            })
+    /// Every line as (name, value), in order, repeats included; the value as the bytes
+    /// received.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Cow<'_, [u8]>)> {
+        let separator = SEPARATOR.len_utf8();
+        let mut start = 0;
+        self.ends.iter().map(move |&(name_end, value_end)| {
+            let name = &self.text[start..name_end];
+            let value = &self.text[name_end + separator..value_end];
+            start = value_end + separator;
+            (name, native_bytes(value))
+        })
+    }
+}
+
+/// The bytes a native string stands for: each char is one byte.
+fn native_bytes(text: &str) -> Cow<'_, [u8]> {
+    match text.is_ascii() {
+        true => Cow::Borrowed(text.as_bytes()),
+        // Chars above U+00FF never get in: the host made the string from bytes.
+        false => Cow::Owned(text.chars().map(|c| c as u8).collect()),
     }
 }
 
@@ -291,30 +304,32 @@ pub struct RequestHead {
     pub headers: HeaderLines,
 }
 
-/// An environ with nothing in it, whose buffers [`RequestHead::fill_environ`] fills.
+/// What ends each string of the environ's text: U+0100, the first char past latin-1, so
+/// that no native string holds it.
+pub const SEPARATOR: char = '\u{100}';
+
+/// An environ with nothing in it, whose buffer [`RequestHead::fill_environ`] fills.
 pub fn empty_environ() -> Environ {
     Environ {
         text: String::new(),
-        ends: Vec::new(),
         server_variables: 0,
         content_length: None,
         server_port: 0,
         remote_port: 0,
-        flags: EnvironFlags::empty(),
+        multithread: false,
+        multiprocess: false,
+        run_once: false,
+        has_content_type: false,
     }
 }
 
 impl RequestHead {
     /// Writes this request's WSGI environ into `environ`, in the memory it has: the strings
-    /// packed in the contract's order (`variable`'s, the server's variables, the header
-    /// lines), each followed by where it ends.
+    /// in the contract's order (`variable`'s, the server's variables, the header lines),
+    /// each followed by [`SEPARATOR`].
     pub fn fill_environ(&self, environ: &mut Environ) {
-        let Environ { text, ends, .. } = environ;
+        let text = &mut environ.text;
         text.clear();
-        ends.clear();
-        // A head is capped far below 4 GiB (`--limit-request-field_size` times
-        // `--limit-request-fields`), so its offsets fit.
-        let mut end = |text: &String| ends.push(text.len() as u32);
         let (script_name, path_info) = self.path.split_at(self.mount);
         for variable in [
             self.method.as_str(),
@@ -329,32 +344,21 @@ impl RequestHead {
             &self.scheme,
         ] {
             text.push_str(variable);
-            end(text);
+            text.push(SEPARATOR);
         }
         for (name, value) in &self.variables {
             text.push_str(name);
-            end(text);
+            text.push(SEPARATOR);
             text.push_str(value);
-            end(text);
+            text.push(SEPARATOR);
         }
-        for (name, value) in self.headers.iter() {
-            text.push_str(name);
-            end(text);
-            push_latin1(text, value);
-            end(text);
-        }
+        text.push_str(&self.headers.text);
         environ.server_variables = self.variables.len() as u32;
         environ.content_length = self.content_length;
         environ.server_port = self.server_port;
         environ.remote_port = self.remote_port;
-        let mut flags = EnvironFlags::empty();
-        if self.multithread {
-            flags |= EnvironFlags::MULTITHREAD;
-        }
-        if self.content_type.is_some() {
-            flags |= EnvironFlags::CONTENT_TYPE;
-        }
-        environ.flags = flags;
+        environ.multithread = self.multithread;
+        environ.has_content_type = self.content_type.is_some();
     }
 }
 
@@ -581,11 +585,13 @@ mod tests {
 
     /// The environ's strings, unpacked.
     fn strings(environ: &Environ) -> Vec<&str> {
-        let starts = std::iter::once(0).chain(environ.ends.iter().copied());
-        starts
-            .zip(&environ.ends)
-            .map(|(start, &end)| &environ.text[start as usize..end as usize])
-            .collect()
+        let mut strings: Vec<&str> = environ.text.split(SEPARATOR).collect();
+        assert_eq!(
+            strings.pop(),
+            Some(""),
+            "each string ends with the separator"
+        );
+        strings
     }
 
     #[test]
@@ -627,13 +633,9 @@ mod tests {
         assert_eq!(environ.server_variables, 0);
         assert_eq!(environ.content_length, Some(2));
         assert_eq!((environ.server_port, environ.remote_port), (81, 5000));
-        assert_eq!(
-            environ.flags,
-            EnvironFlags::MULTITHREAD | EnvironFlags::CONTENT_TYPE
-        );
-        // The offsets count UTF-8 bytes: é is two of them.
-        assert_eq!(environ.ends.last(), Some(&(environ.text.len() as u32)));
-        assert!(environ.text.ends_with("x-a\u{e9}2"));
+        assert!(environ.multithread && environ.has_content_type);
+        assert!(!environ.multiprocess && !environ.run_once);
+        assert!(environ.text.ends_with("x-a\u{100}\u{e9}2\u{100}"));
     }
 
     #[test]

@@ -13,7 +13,6 @@ from componentize_py_types import Err
 from wit_world import exports
 from wit_world.exports import handler
 from wit_world.imports import response
-from wit_world.imports.request import EnvironFlags
 
 
 
@@ -123,25 +122,29 @@ class Errors:
 _ERRORS = Errors()
 
 
-def _strings(meta):
-    """The environ's packed strings (wit's environ.text), split at environ.ends. The ends
-    count UTF-8 bytes: where the text holds a char above U+007F, a byte of two, it is
-    split as UTF-8."""
-    text, ends = meta.text, meta.ends
-    if text.isascii():
-        starts = [0, *ends]
-        return [text[start:end] for start, end in zip(starts, ends)]
-    raw = text.encode("utf-8")
-    starts = [0, *ends]
-    return [raw[start:end].decode("utf-8") for start, end in zip(starts, ends)]
+# Header name as sent -> its CGI key, or "" for one left out. Bounded: a client could send
+# a new name with each request.
+_CGI_KEYS = {}
+
+
+def _cgi_key(name):
+    """PEP 3333 and CGI: HTTP_ + the name upper-cased with - as _. Content-Type and
+    Content-Length have keys of their own, and a name holding _ is left out, so that
+    X_Forwarded_For cannot pose as X-Forwarded-For."""
+    key = "HTTP_" + name.upper().replace("-", "_")
+    if "_" in name or key in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+        key = ""
+    if len(_CGI_KEYS) < 512:
+        _CGI_KEYS[name] = key
+    return key
 
 
 def _environ(meta, stream):
-    strings = _strings(meta)
+    # Each string ends with U+0100, which no native string holds: one split in C.
+    strings = meta.text.split("\u0100")
     # wit's `variable`, in its order.
     (method, script_name, path_info, query_string, content_type, server_name, protocol,
      remote_addr, raw_uri, scheme) = strings[:10]
-    flags = meta.flags
     environ = {
         "REQUEST_METHOD": method,
         "SCRIPT_NAME": script_name,
@@ -158,34 +161,36 @@ def _environ(meta, stream):
         "wsgi.url_scheme": scheme,
         "wsgi.input": Input(stream),
         "wsgi.errors": _ERRORS,
-        "wsgi.multithread": EnvironFlags.MULTITHREAD in flags,
-        "wsgi.multiprocess": EnvironFlags.MULTIPROCESS in flags,
-        "wsgi.run_once": EnvironFlags.RUN_ONCE in flags,
+        "wsgi.multithread": meta.multithread,
+        "wsgi.multiprocess": meta.multiprocess,
+        "wsgi.run_once": meta.run_once,
         # The host removes chunked framing and ends reads at the body's end.
         "wsgi.input_terminated": True,
     }
-    if EnvironFlags.CONTENT_TYPE in flags:
+    if meta.has_content_type:
         environ["CONTENT_TYPE"] = content_type
     if meta.content_length is not None:
         environ["CONTENT_LENGTH"] = str(meta.content_length)
-    # mod_ssl's variables on TLS; none of them starts HTTP_, so no header can replace one.
-    first_line = 10 + 2 * meta.server_variables
-    environ.update(zip(strings[10:first_line:2], strings[11:first_line:2]))
-    lines = list(zip(strings[first_line::2], strings[first_line + 1::2]))
+    first_line = 10
+    if meta.server_variables:
+        # mod_ssl's variables on TLS; none starts HTTP_, so no header can replace one.
+        first_line += 2 * meta.server_variables
+        environ.update(zip(strings[10:first_line:2], strings[11:first_line:2]))
+    # The lines, as (name, value); the empty string after the last separator is none.
+    pieces = iter(strings[first_line:-1])
+    lines = list(zip(pieces, pieces))
     # An extension: every header line as received, in order, repeats included.
     environ["wasm_gw.headers"] = lines
+    # Each header name's CGI key is worked out once per instance.
+    known = _CGI_KEYS.get
     for name, value in lines:
-        # PEP 3333 and CGI: HTTP_ + the name upper-cased with - as _, repeats joined by
-        # commas (RFC 9110 5.3). Content-Type and Content-Length have keys of their own,
-        # and a name holding _ is left out, so that X_Forwarded_For cannot pose as
-        # X-Forwarded-For.
-        if "_" in name:
-            continue
-        key = "HTTP_" + name.upper().replace("-", "_")
-        if key == "HTTP_CONTENT_TYPE" or key == "HTTP_CONTENT_LENGTH":
-            continue
-        joined = environ.get(key)
-        environ[key] = value if joined is None else joined + "," + value
+        key = known(name)
+        if key is None:
+            key = _cgi_key(name)
+        if key:
+            # RFC 9110 5.3: a repeated header's values joined with commas.
+            joined = environ.get(key)
+            environ[key] = value if joined is None else joined + "," + value
     return environ
 
 

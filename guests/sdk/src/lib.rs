@@ -56,7 +56,7 @@ pub mod bindings {
 }
 
 use bindings::exports::wasm_gw::wsgi::handler::{self, BodyStream as WitBodyStream};
-pub use bindings::wasm_gw::wsgi::request::{Environ, EnvironFlags, Variable};
+pub use bindings::wasm_gw::wsgi::request::{Environ, Variable};
 use bindings::wasm_gw::wsgi::request::{InputError, InputStream};
 use bindings::wasm_gw::wsgi::response as wit_response;
 pub use bindings::wasm_gw::wsgi::response::ResponseError;
@@ -320,30 +320,28 @@ impl Request {
 /// lines follow them.
 const VARIABLES: usize = Variable::UrlScheme as usize + 1;
 
+/// What ends each string of the environ's text: U+0100, which no native string holds.
+const SEPARATOR: char = '\u{100}';
+
 /// The environ comes packed (one string, and where each piece ends); these read it.
 impl Environ {
     /// The `index`th string of the packed text.
     fn string(&self, index: usize) -> &str {
-        let start = match index {
-            0 => 0,
-            _ => self.ends.get(index - 1).copied().unwrap_or_default(),
-        };
-        let end = self.ends.get(index).copied().unwrap_or_default();
-        // The host's offsets are char boundaries of this very text; `get` keeps a broken
-        // host from panicking the app.
-        self.text
-            .get(start as usize..end as usize)
-            .unwrap_or_default()
+        self.strings().nth(index).unwrap_or_default()
+    }
+
+    /// Every string of the packed text, in order. The text is short (a browser's request,
+    /// under 1 KiB), so a scan is cheaper than the list of offsets it replaced, which cost an
+    /// allocation in the guest and a call from the host to make it.
+    fn strings(&self) -> impl Iterator<Item = &str> {
+        // Each string ends with a separator: the empty one past the last is no string.
+        self.text.split_terminator(SEPARATOR)
     }
 
     /// The `count` pairs of strings from the `first`th.
     fn pairs(&self, first: usize, count: usize) -> impl Iterator<Item = (&str, &str)> {
-        (0..count).map(move |pair| {
-            (
-                self.string(first + 2 * pair),
-                self.string(first + 2 * pair + 1),
-            )
-        })
+        let mut strings = self.strings().skip(first);
+        std::iter::from_fn(move || Some((strings.next()?, strings.next()?))).take(count)
     }
 
     /// One text variable.
@@ -412,8 +410,8 @@ impl Environ {
     /// # }
     /// ```
     pub fn content_type(&self) -> Option<&str> {
-        let sent = self.flags.contains(EnvironFlags::CONTENT_TYPE);
-        sent.then(|| self.get(Variable::ContentType))
+        self.has_content_type
+            .then(|| self.get(Variable::ContentType))
     }
 
     /// SERVER_NAME: from the Host header, without the port.
@@ -483,7 +481,7 @@ impl Environ {
     /// # }
     /// ```
     pub fn multithread(&self) -> bool {
-        self.flags.contains(EnvironFlags::MULTITHREAD)
+        self.multithread
     }
 
     /// wsgi.multiprocess: whether other processes may serve the app.
@@ -494,7 +492,7 @@ impl Environ {
     /// # }
     /// ```
     pub fn multiprocess(&self) -> bool {
-        self.flags.contains(EnvironFlags::MULTIPROCESS)
+        self.multiprocess
     }
 
     /// wsgi.run_once: whether this instance serves only this request.
@@ -506,7 +504,7 @@ impl Environ {
     /// # }
     /// ```
     pub fn run_once(&self) -> bool {
-        self.flags.contains(EnvironFlags::RUN_ONCE)
+        self.run_once
     }
 
     /// The server's own CGI variables: mod_ssl's (`HTTPS`, `SSL_*`) on TLS, else none.
@@ -532,8 +530,7 @@ impl Environ {
     /// ```
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
         let first = VARIABLES + 2 * self.server_variables as usize;
-        let lines = self.ends.len().saturating_sub(first) / 2;
-        self.pairs(first, lines)
+        self.pairs(first, usize::MAX)
     }
 
     /// The first value of header `name`, compared case-insensitively.

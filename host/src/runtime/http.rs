@@ -253,7 +253,7 @@ fn incoming(
         .headers
         .iter()
         .find(|(name, _)| name.eq_ignore_ascii_case("host"))
-        .and_then(|(_, value)| http::uri::Authority::try_from(value).ok())
+        .and_then(|(_, value)| http::uri::Authority::try_from(&*value).ok())
         .map_or_else(
             || match head.server_name.contains(':') {
                 true => format!("[{}]:{}", head.server_name, head.server_port),
@@ -270,7 +270,7 @@ fn incoming(
     // in its place.
     for (name, value) in head.headers.iter() {
         if !is_ours(name) {
-            builder = builder.header(name, value);
+            builder = builder.header(name, &*value);
         }
     }
     builder = builder
