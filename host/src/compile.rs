@@ -210,9 +210,20 @@ pub fn compile_estimate(bytes: usize) -> String {
 
 /// Compiles the component at `path` into `cache` for the engine `serve` gives apps that
 /// keep their instances, so that their first `serve` starts at once.
+/// A cache it cannot write to is an error here, not a warning: nothing else would say so.
 pub fn precompile(path: &Path, cache: &CodeCache) -> anyhow::Result<()> {
     let engine = Engine::new(&base_config())?;
-    load_component(&engine, path, Some(cache)).map(drop)
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let entry = cache.entry(&engine, &bytes);
+    if cache.load(&engine, &entry).is_some() {
+        return Ok(());
+    }
+    let component = Component::new(&engine, &bytes)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot compile {}", path.display()))?;
+    cache
+        .store(&component, &entry)
+        .with_context(|| format!("cannot write to the code cache {}", cache.dir.display()))
 }
 
 /// `wasm-gw compile`: compiles `input` ahead of time into `output`.

@@ -449,10 +449,13 @@ pub fn build(
     // mod_ssl's variables, beside the headers' (whose names all start `HTTP_`, so no client
     // can pose as them). A connection's TLS does not change, and `reused` is the same
     // connection's last request: its variables stand.
+    // Each a native string like every other: a client certificate's subject is UTF-8 and
+    // may hold any char, U+0100 (the environ's separator) included, which would let its
+    // holder add strings of its own to the environ.
     match tls {
         Some(tls) if request.variables.is_empty() => request.variables.extend(
             tls.variables()
-                .map(|(name, value)| (name.to_owned(), value.to_owned())),
+                .map(|(name, value)| (name.to_owned(), latin1(value.as_bytes()))),
         ),
         Some(_) => {}
         None => request.variables.clear(),
@@ -636,6 +639,38 @@ mod tests {
         assert!(environ.multithread && environ.has_content_type);
         assert!(!environ.multiprocess && !environ.run_once);
         assert!(environ.text.ends_with("x-a\u{100}\u{e9}2\u{100}"));
+    }
+
+    #[test]
+    fn no_string_of_the_environ_holds_its_separator() {
+        // U+0100 in UTF-8 is C4 80: in a path's escapes, a header's value, and the subject
+        // of a client certificate, which arrives as UTF-8 text.
+        let raw = b"GET /%C4%80 HTTP/1.0\r\nX: \xc4\x80\r\n\r\n";
+        let mut slots = [httparse::EMPTY_HEADER; 8];
+        let limits = Limits {
+            request_line: 64,
+            fields: 8,
+            field_bytes: 128,
+            unconventional_methods: false,
+        };
+        let (head, _) = parse(raw, &mut slots, &limits).unwrap().unwrap();
+        let tls = TlsFacts {
+            protocol: "TLSv1.3".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+            client_subject: Some("CN=\u{100}dams".into()),
+        };
+        let proxies = Arc::new(Proxies::Networks(Vec::new()));
+        let local = "127.0.0.1:8443".parse().unwrap();
+        let peer = Peer::Ip("127.0.0.2:5000".parse().unwrap());
+        let info = ConnectionInfo::new(Some(local), peer, "https", true, &proxies);
+        let request = build(&head, &info, Some(&tls), None);
+        let mut environ = empty_environ();
+        request.fill_environ(&mut environ);
+        let strings = strings(&environ);
+        assert_eq!(strings.len(), 10 + 2 * 5 + 2, "{strings:?}");
+        assert_eq!(strings[2], "/\u{c4}\u{80}");
+        assert_eq!(strings[19], "CN=\u{c4}\u{80}dams");
+        assert_eq!(strings[21], "\u{c4}\u{80}");
     }
 
     #[test]

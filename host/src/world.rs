@@ -76,9 +76,10 @@ impl World {
         Some(format!(
             "it was built for wasm-gw:wsgi@{version}, and this wasm-gw serves {WSGI_CONTRACT}, \
              where `application` takes the environ as its argument. Rebuild it against this \
-             wasm-gw: a Rust app with the wasm-gw-sdk of this release (`cargo update -p \
-             wasm-gw-sdk`, then `cargo build --release --target wasm32-wasip2`), a Python \
-             app with this wasm-gw's `build-python`"
+             wasm-gw: a Rust app with this wasm-gw's SDK (in a crate `wasm-gw new` made, \
+             replace vendor/wasm-gw-sdk and wit/ with those of a crate a new `wasm-gw new` \
+             makes), then `cargo build --release`; a Python app with this wasm-gw's \
+             `build-python`"
         ))
     }
 }

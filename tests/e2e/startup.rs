@@ -107,7 +107,7 @@ fn an_app_built_for_the_last_contract_is_told_how_to_rebuild() {
     let needles = [
         "built for wasm-gw:wsgi@0.2.0",
         "this wasm-gw serves wasm-gw:wsgi@0.3.0",
-        "cargo update -p wasm-gw-sdk",
+        "replace vendor/wasm-gw-sdk and wit/",
         "build-python",
     ];
     assert_one_error_line(&serve_exits(&old, &["--port", "0"]), &needles);

@@ -134,7 +134,8 @@ def _cgi_key(name):
     key = "HTTP_" + name.upper().replace("-", "_")
     if "_" in name or key in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
         key = ""
-    if len(_CGI_KEYS) < 512:
+    # Names of ordinary length only: 512 long ones would hold megabytes for good.
+    if len(_CGI_KEYS) < 512 and len(name) <= 64:
         _CGI_KEYS[name] = key
     return key
 

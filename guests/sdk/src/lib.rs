@@ -323,7 +323,7 @@ const VARIABLES: usize = Variable::UrlScheme as usize + 1;
 /// What ends each string of the environ's text: U+0100, which no native string holds.
 const SEPARATOR: char = '\u{100}';
 
-/// The environ comes packed (one string, and where each piece ends); these read it.
+/// The environ comes packed (one string, each piece followed by U+0100); these read it.
 impl Environ {
     /// The `index`th string of the packed text.
     fn string(&self, index: usize) -> &str {

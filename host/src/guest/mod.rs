@@ -229,7 +229,7 @@ impl GuestState {
 
     /// Hands the request's exchange to the guest side, and returns its environ and the
     /// input handle that reads its body: what `application` takes. [`GuestState::end`]
-    /// takes the environ back, whose strings the connection's next request reuses.
+    /// takes the environ back, whose buffer this instance's next request fills.
     pub fn begin(&mut self, request: Request) -> (Environ, Resource<InputStream>) {
         self.request_id.store(request.id, Ordering::Relaxed);
         self.request_seq = self.request_seq.wrapping_add(1);
@@ -479,12 +479,14 @@ impl response::Host for GuestState {
                 .find(|line| !line.trim().is_empty())
                 .unwrap_or_default();
             let error = excerpt(error);
-            match self.exchange.as_ref().is_some_and(Exchange::head_set) {
-                true => tracing::warn!(request, "app error, replacing its response: {error}"),
+            let exchange = self.exchange.as_ref();
+            if exchange.is_some_and(Exchange::head_sent) {
+                // Refused below, and logged there: too late to replace anything.
+            } else if exchange.is_some_and(Exchange::head_set) {
+                tracing::warn!(request, "app error, replacing its response: {error}");
+            } else {
                 // PEP 3333's way to send an error page: the app handled the error.
-                false => {
-                    tracing::warn!(request, "app error, answered with its error page: {error}")
-                }
+                tracing::warn!(request, "app error, answered with its error page: {error}");
             }
             tracing::debug!(request, "the app's error in full: {}", excerpt(exc_info));
         }
