@@ -567,6 +567,11 @@ mod tests {
 
     /// Parses the head in `raw` and builds its environ, from 127.0.0.2:5000 to 127.0.0.1:8000.
     fn build_from(raw: &[u8], reused: Option<RequestHead>) -> RequestHead {
+        build_over(raw, None, reused)
+    }
+
+    /// [`build_from`] on a TLS connection with `tls`'s facts, if it is one.
+    fn build_over(raw: &[u8], tls: Option<&TlsFacts>, reused: Option<RequestHead>) -> RequestHead {
         let mut slots = [httparse::EMPTY_HEADER; 8];
         let limits = Limits {
             request_line: 64,
@@ -578,10 +583,11 @@ mod tests {
         let local = "127.0.0.1:8000".parse().unwrap();
         let peer = "127.0.0.2:5000".parse().unwrap();
         let proxies = Arc::new(Proxies::Networks(Vec::new()));
+        let scheme = if tls.is_some() { "https" } else { "http" };
         build(
             &head,
-            &ConnectionInfo::new(Some(local), Peer::Ip(peer), "http", true, &proxies),
-            None,
+            &ConnectionInfo::new(Some(local), Peer::Ip(peer), scheme, true, &proxies),
+            tls,
             reused,
         )
     }
@@ -645,25 +651,13 @@ mod tests {
     fn no_string_of_the_environ_holds_its_separator() {
         // U+0100 in UTF-8 is C4 80: in a path's escapes, a header's value, and the subject
         // of a client certificate, which arrives as UTF-8 text.
-        let raw = b"GET /%C4%80 HTTP/1.0\r\nX: \xc4\x80\r\n\r\n";
-        let mut slots = [httparse::EMPTY_HEADER; 8];
-        let limits = Limits {
-            request_line: 64,
-            fields: 8,
-            field_bytes: 128,
-            unconventional_methods: false,
-        };
-        let (head, _) = parse(raw, &mut slots, &limits).unwrap().unwrap();
         let tls = TlsFacts {
             protocol: "TLSv1.3".into(),
             cipher: "TLS13_AES_128_GCM_SHA256".into(),
             client_subject: Some("CN=\u{100}dams".into()),
         };
-        let proxies = Arc::new(Proxies::Networks(Vec::new()));
-        let local = "127.0.0.1:8443".parse().unwrap();
-        let peer = Peer::Ip("127.0.0.2:5000".parse().unwrap());
-        let info = ConnectionInfo::new(Some(local), peer, "https", true, &proxies);
-        let request = build(&head, &info, Some(&tls), None);
+        let raw = b"GET /%C4%80 HTTP/1.0\r\nX: \xc4\x80\r\n\r\n";
+        let request = build_over(raw, Some(&tls), None);
         let mut environ = empty_environ();
         request.fill_environ(&mut environ);
         let strings = strings(&environ);
