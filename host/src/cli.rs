@@ -72,8 +72,8 @@ pub struct BuildPythonArgs {
     #[arg(long)]
     pub validate: bool,
 
-    /// Where wasm-gw keeps componentize-py [default: $XDG_CACHE_HOME/wasm-gw or
-    /// ~/.cache/wasm-gw].
+    /// Where wasm-gw keeps componentize-py, and the compiled code that `serve` with the same
+    /// --cache-dir starts from [default: $XDG_CACHE_HOME/wasm-gw or ~/.cache/wasm-gw].
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
 }
