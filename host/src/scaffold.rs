@@ -122,8 +122,13 @@ pub fn new_app(dir: &Path) -> anyhow::Result<String> {
 /// The SDK's manifest with what it inherits from the wasm-gw workspace written out, so that
 /// it stands alone in the new crate.
 fn sdk_manifest() -> anyhow::Result<String> {
-    let workspace: toml::Table = WORKSPACE_MANIFEST.parse()?;
-    let mut sdk: toml::Table = SDK_MANIFEST.parse()?;
+    standalone_manifest(WORKSPACE_MANIFEST, SDK_MANIFEST)
+}
+
+/// `member`'s manifest with what it inherits from `workspace`'s written out.
+fn standalone_manifest(workspace: &str, member: &str) -> anyhow::Result<String> {
+    let workspace: toml::Table = workspace.parse()?;
+    let mut sdk: toml::Table = member.parse()?;
     let shared = |section: &str, key: &str| {
         workspace
             .get("workspace")
@@ -162,8 +167,20 @@ fn sdk_manifest() -> anyhow::Result<String> {
                 other => bail!("the workspace's {name} is not a dependency: {other}"),
             };
             for (key, value) in spec.as_table().into_iter().flatten() {
-                if key != "workspace" {
-                    merged.insert(key.clone(), value.clone());
+                match (key.as_str(), merged.get_mut(key), value) {
+                    ("workspace", ..) => {}
+                    // Cargo adds a member's features to the workspace's.
+                    ("features", Some(toml::Value::Array(features)), toml::Value::Array(more)) => {
+                        features.extend(
+                            more.iter()
+                                .filter(|f| !features.contains(f))
+                                .cloned()
+                                .collect::<Vec<_>>(),
+                        );
+                    }
+                    _ => {
+                        merged.insert(key.clone(), value.clone());
+                    }
                 }
             }
             *spec = merged.into();
@@ -254,6 +271,22 @@ mod tests {
         assert_eq!(serde["optional"].as_bool(), Some(true));
         assert!(serde["features"].as_array().is_some(), "{serde}");
         assert!(manifest["dependencies"]["wit-bindgen"]["version"].is_str());
+    }
+
+    #[test]
+    fn inherited_dependencies_keep_the_workspaces_features_and_add_their_own() {
+        let workspace = "[workspace.package]\nversion = \"1.2.3\"\n\
+            [workspace.dependencies]\nserde = { version = \"1\", features = [\"derive\"] }\n";
+        let member = "[package]\nname = \"m\"\nversion.workspace = true\n[dependencies]\n\
+            serde = { workspace = true, optional = true, features = [\"rc\", \"derive\"] }\n";
+        let manifest: toml::Table = standalone_manifest(workspace, member)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(manifest["package"]["version"].as_str(), Some("1.2.3"));
+        let serde = &manifest["dependencies"]["serde"];
+        assert_eq!(serde["features"], toml::Value::from(vec!["derive", "rc"]));
+        assert_eq!(serde["optional"].as_bool(), Some(true));
     }
 
     #[test]
