@@ -51,6 +51,13 @@ fn a_second_start_loads_compiled_code_from_the_cache() {
 #[test]
 fn no_cache_compiles_every_time() {
     let server = Server::start("hello", &["--no-cache"]);
+    // Said before it starts, with the size and a guess of the time: a big app takes seconds.
+    server.wait_for_log(&[
+        "compiling",
+        "hello.wasm (",
+        " MB) for this machine, about ",
+        " s",
+    ]);
     server.wait_for_log(&["compiled", "hello.wasm in"]);
     greets(&server);
 }

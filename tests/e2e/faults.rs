@@ -189,6 +189,15 @@ fn exc_info_replaces_a_response_only_before_it_is_sent() {
         "ERROR",
         "start_response called again after the headers were set",
     ]);
+    // Refused and logged as such, not also as a replacement that never happened.
+    assert!(
+        !server
+            .log_lines()
+            .iter()
+            .any(|line| line.contains("ValueError: too late")),
+        "{:?}",
+        server.log_lines()
+    );
 }
 
 #[test]

@@ -113,6 +113,17 @@ fn build_python_guest(name: &str, validate: bool) -> PathBuf {
         "wasm-gw build-python {callable} failed:\n{}",
         String::from_utf8_lossy(&result.stderr)
     );
+    // It says what it installed, and compiles the component into the servers' cache.
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    let installed = stdout.lines().find(|line| line.starts_with("Installed "));
+    if *has_requirements {
+        let framework = format!(" {name} ");
+        assert!(
+            installed.is_some_and(|line| line.to_lowercase().contains(&framework)),
+            "no {name} version in:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("Compiled in"), "{stdout}");
     output
 }
 
