@@ -37,9 +37,17 @@ use crate::world::{WSGI_HANDLER as HANDLER, World};
 /// Checks the component at `path`. Returns the report, and whether the component fits.
 pub fn check(path: &Path) -> anyhow::Result<(String, bool)> {
     let engine = Engine::new(&base_config())?;
-    let component = load_component(&engine, path, None)?;
+    let loaded = load_component(&engine, path, None)?;
+    let component = loaded.component;
     let kind = component.component_type();
     let mut report = String::new();
+    if let Some(files) = &loaded.files {
+        writeln!(
+            report,
+            "files: {} packed, granted to the app read-only when served",
+            crate::compile::megabytes(files.len())
+        )?;
+    }
     let world = World::of(&engine, &component);
     match &world {
         Some(World::Wsgi) => writeln!(report, "world: {}", World::Wsgi)?,

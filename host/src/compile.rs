@@ -40,6 +40,11 @@ impl CodeCache {
         Some(base.join("wasm-gw"))
     }
 
+    /// Where the files components carry are unpacked.
+    pub fn files_dir(&self) -> PathBuf {
+        self.dir.join("files")
+    }
+
     fn entry(&self, engine: &Engine, wasm: &[u8]) -> PathBuf {
         let mut key = Sha256Hasher(Sha256::new());
         key.write(b"wasm-gw code cache 1\0");
@@ -120,27 +125,38 @@ impl Hasher for Sha256Hasher {
     }
 }
 
+/// A component as loaded from its file.
+pub struct Loaded {
+    pub component: Component,
+    /// The files it carries for its app to read ([`crate::bundle`]), packed.
+    pub files: Option<Vec<u8>>,
+}
+
 /// Loads the component in `path`: compiles a `.wasm` (through the cache, if there is one), or
 /// loads a `.cwasm` made by `wasm-gw compile`.
 pub fn load_component(
     engine: &Engine,
     path: &Path,
     cache: Option<&CodeCache>,
-) -> anyhow::Result<Component> {
+) -> anyhow::Result<Loaded> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     match Engine::detect_precompiled(&bytes) {
         Some(Precompiled::Component) => {
             // Read, not mapped: the operator may overwrite the file in place while serving.
             // SAFETY: a `.cwasm` is native code that the operator chose to run, made by
             // `wasm-gw compile`; wasmtime checks that it fits this engine.
-            return unsafe { Component::deserialize(engine, &bytes) }
+            let component = unsafe { Component::deserialize(engine, &bytes) }
                 .map_err(anyhow::Error::from)
                 .with_context(|| {
                     format!(
                         "cannot load {}: compile it again with this wasm-gw (`wasm-gw compile`)",
                         path.display()
                     )
-                });
+                })?;
+            return Ok(Loaded {
+                component,
+                files: None,
+            });
         }
         Some(Precompiled::Module) => {
             bail!(
@@ -160,6 +176,9 @@ pub fn load_component(
         _ => bail!("{} is not a WebAssembly file", path.display()),
     }
 
+    let files = crate::bundle::section(&bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .map(<[u8]>::to_vec);
     let entry = cache.map(|cache| cache.entry(engine, &bytes));
     if let (Some(cache), Some(entry)) = (cache, &entry)
         && let Some(component) = cache.load(engine, entry)
@@ -169,7 +188,7 @@ pub fn load_component(
             path.display(),
             entry.display()
         );
-        return Ok(component);
+        return Ok(Loaded { component, files });
     }
     // A big component (a Python app's CPython) takes seconds: say so, or the terminal looks
     // stuck.
@@ -193,7 +212,7 @@ pub fn load_component(
             ),
         }
     }
-    Ok(component)
+    Ok(Loaded { component, files })
 }
 
 /// `bytes` in MB, as a person reads a file's size.
@@ -209,11 +228,16 @@ pub fn compile_estimate(bytes: usize) -> String {
 }
 
 /// Compiles the component at `path` into `cache` for the engine `serve` gives apps that
-/// keep their instances, so that their first `serve` starts at once.
+/// keep their instances, and unpacks the files it carries, so that its first `serve` starts
+/// at once.
 /// A cache it cannot write to is an error here, not a warning: nothing else would say so.
 pub fn precompile(path: &Path, cache: &CodeCache) -> anyhow::Result<()> {
     let engine = Engine::new(&base_config())?;
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // Its files are unpacked now too, where `serve` looks for them.
+    if let Some(archive) = crate::bundle::section(&bytes)? {
+        crate::bundle::unpack(archive, &cache.files_dir())?;
+    }
     let entry = cache.entry(&engine, &bytes);
     if cache.load(&engine, &entry).is_some() {
         return Ok(());
@@ -229,8 +253,16 @@ pub fn precompile(path: &Path, cache: &CodeCache) -> anyhow::Result<()> {
 /// `wasm-gw compile`: compiles `input` ahead of time into `output`.
 pub fn compile_to_file(input: &Path, output: &Path) -> anyhow::Result<()> {
     let engine = Engine::new(&base_config())?;
-    let component = load_component(&engine, input, None)?;
-    let code = component.serialize()?;
+    let loaded = load_component(&engine, input, None)?;
+    if loaded.files.is_some() {
+        bail!(
+            "{} carries files its app reads at run time (a Python app's standard library and \
+             packages), which compiled code cannot hold: serve the .wasm itself, whose \
+             compiled code the code cache keeps (`build-python` put it there)",
+            input.display()
+        );
+    }
+    let code = loaded.component.serialize()?;
     std::fs::write(output, code).with_context(|| format!("cannot write {}", output.display()))?;
     Ok(())
 }

@@ -13,6 +13,7 @@ pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod bindings;
+pub mod bundle;
 pub mod check;
 pub mod cli;
 pub mod compile;

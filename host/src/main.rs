@@ -37,7 +37,11 @@ fn build_python(args: &BuildPythonArgs) -> anyhow::Result<()> {
     for warning in built.warnings {
         eprintln!("warning: {warning}");
     }
-    println!("Built {}", args.output.display());
+    println!(
+        "Built {}, with the files the app may read at run time: {}",
+        args.output.display(),
+        built.shipped
+    );
     // The first `serve` would compile it for this machine, for seconds; so it is done now,
     // into the cache `serve` reads.
     let size = std::fs::metadata(&args.output).map_or(0, |meta| meta.len() as usize);

@@ -7,6 +7,9 @@ use std::time::SystemTime;
 
 use anyhow::{Context, bail};
 
+use crate::bundle;
+use crate::compile::megabytes;
+
 /// The componentize-py release the bridge is built and tested with.
 pub const COMPONENTIZE_PY: &str = "0.25.1";
 /// The CPython that componentize-py bundles, and the suffix of the bytecode it writes.
@@ -96,6 +99,8 @@ pub struct Built {
     /// The requirements installed, as `name version`.
     pub installed: Vec<String>,
     pub warnings: Vec<String>,
+    /// What the component carries for the app to read at run time, for a person.
+    pub shipped: String,
 }
 
 /// Builds the component.
@@ -120,8 +125,22 @@ pub fn build_python(app: &PythonApp) -> anyhow::Result<Built> {
     };
     build.write("bridge/wasm_gw_app.py", &entry)?;
 
+    // componentize-py drops a path that does not exist, which would move every later one to
+    // another mount at run time.
+    for path in app.paths {
+        if !path.is_dir() {
+            bail!("--path {} is not a directory", path.display());
+        }
+    }
+
     let mut warnings = Vec::new();
-    let site = build.path().join("site");
+    // componentize-py adds the site-packages of the virtualenv named by VIRTUAL_ENV, or else of
+    // the Python that runs it, as the last path: the requirements' directory, never the
+    // tools' virtualenv (pip and componentize-py itself, which the app would see while it is
+    // built and not after).
+    let env = build.path().join("env");
+    let site = env.join("lib/site-packages");
+    std::fs::create_dir_all(&site)?;
     let mut native = Vec::new();
     let mut installed = Vec::new();
     if let Some(requirements) = app.requirements {
@@ -150,9 +169,7 @@ pub fn build_python(app: &PythonApp) -> anyhow::Result<Built> {
     for path in app.paths {
         command.arg("-p").arg(path);
     }
-    if app.requirements.is_some() {
-        command.arg("-p").arg(&site);
-    }
+    command.env("VIRTUAL_ENV", &env);
     command.arg("-o").arg(app.output);
     let started = SystemTime::now();
     let output = run(&mut command, "componentize-py")?;
@@ -177,10 +194,76 @@ pub fn build_python(app: &PythonApp) -> anyhow::Result<Built> {
             app.callable
         );
     }
+    let shipped = ship_files(app, &build, &site)?;
     Ok(Built {
         installed,
         warnings,
+        shipped,
     })
+}
+
+/// Packs what the app may import or open after its snapshot into the component: the standard
+/// library (which the bridge copied out while the component was built), the bridge, the app's
+/// directories and its requirements, each to be mounted where componentize-py mounted it
+/// (`/python`, then `/0`, `/1`, … in the order of its Python path).
+fn ship_files(app: &PythonApp, build: &BuildDir, site: &Path) -> anyhow::Result<String> {
+    let bridge = build.path().join("bridge");
+    let stdlib = bridge.join(".stdlib");
+    if !stdlib.is_dir() {
+        bail!("the bridge did not copy out the standard library while the component was built");
+    }
+    let mounts: Vec<String> = (0..app.paths.len() + 2).map(|n| n.to_string()).collect();
+    let mut trees = vec![
+        bundle::Tree {
+            mount: "python",
+            dir: &stdlib,
+        },
+        bundle::Tree {
+            mount: &mounts[0],
+            dir: &bridge,
+        },
+    ];
+    for (path, mount) in app.paths.iter().zip(&mounts[1..]) {
+        trees.push(bundle::Tree { mount, dir: path });
+    }
+    trees.push(bundle::Tree {
+        mount: &mounts[app.paths.len() + 1],
+        dir: site,
+    });
+    let output = app.output.canonicalize().ok();
+    let packed = bundle::pack(&trees, &|tree, relative| {
+        let Some(name) = relative.file_name().and_then(|name| name.to_str()) else {
+            return true;
+        };
+        let path = tree.dir.join(relative);
+        // Bytecode is written by the interpreter for itself; hidden entries are version
+        // control, editors' and virtualenvs' (`.venv`), as are directories with a
+        // `pyvenv.cfg`; components, this one above all, are not the app's to read.
+        name == "__pycache__"
+            || name.starts_with('.')
+            || name == "node_modules"
+            || name.ends_with(".wasm")
+            || name.ends_with(".cwasm")
+            || path.join("pyvenv.cfg").is_file()
+            || output.as_deref() == path.canonicalize().ok().as_deref()
+    })?;
+    bundle::append(app.output, &packed.archive)?;
+    let mut names: Vec<String> = vec!["the standard library".into(), "the bridge".into()];
+    names.extend(app.paths.iter().map(|path| path.display().to_string()));
+    names.push("the requirements".into());
+    let sizes = packed
+        .sizes
+        .iter()
+        .zip(&names)
+        .filter(|((_, size), _)| *size > 0)
+        .map(|((_, size), name)| format!("{name} {}", megabytes(*size as usize)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(format!(
+        "{} files, {} in the component ({sizes})",
+        packed.files,
+        megabytes(packed.archive.len())
+    ))
 }
 
 /// Splits `MODULE:NAME`, checking that each is a Python name.

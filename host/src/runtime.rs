@@ -21,9 +21,12 @@ use crate::bindings;
 use crate::bindings::exports::wasm_gw::wsgi::handler::Body;
 use crate::bindings::wasm_gw::wsgi::request;
 use crate::bindings::wasm_gw::wsgi::response;
-use crate::compile::{CodeCache, base_config, load_component};
+use crate::bundle;
+use crate::compile::{CodeCache, Loaded, base_config, load_component};
 use crate::guest::wait::DeadlinePassed;
-use crate::guest::{self, Grants, GuestState, MAX_INSTANCE_PARTS, OutputLimit, OutputRate};
+use crate::guest::{
+    self, DirGrant, Grants, GuestState, MAX_INSTANCE_PARTS, OutputLimit, OutputRate,
+};
 use crate::http::response::excerpt;
 use crate::kv::{self, Connection};
 use crate::metrics::metrics;
@@ -227,7 +230,40 @@ impl WasmApp {
         cache: Option<&CodeCache>,
     ) -> anyhow::Result<Arc<WasmApp>> {
         let engine = engines.for_app(&policy)?;
-        let component = load_component(&engine, path, cache)?;
+        let Loaded { component, files } = load_component(&engine, path, cache)?;
+        let mut policy = policy;
+        if let Some(archive) = files {
+            let root = cache.map_or_else(bundle::default_root, CodeCache::files_dir);
+            let carried = bundle::unpack(&archive, &root)
+                .with_context(|| format!("cannot unpack the files {} carries", path.display()))?;
+            let mount = |grant: &DirGrant| grant.guest.trim_matches('/').to_owned();
+            if let Some(hidden) = policy
+                .grants
+                .dirs
+                .iter()
+                .find(|grant| carried.iter().any(|own| mount(own) == mount(grant)))
+            {
+                anyhow::bail!(
+                    "--dir {}::{} would hide the files {} carries at /{}: grant it at \
+                     another path",
+                    hidden.host.display(),
+                    hidden.guest,
+                    path.display(),
+                    mount(hidden)
+                );
+            }
+            tracing::info!(
+                "{} carries files for its app, granted read-only at {} from {}",
+                path.display(),
+                carried
+                    .iter()
+                    .map(|grant| grant.guest.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                root.display()
+            );
+            policy.grants.dirs.splice(0..0, carried);
+        }
         let pre = match World::of(&engine, &component) {
             Some(world) if let Some(why) = world.refusal() => {
                 anyhow::bail!("{} cannot be served: {why}", path.display())

@@ -7,8 +7,9 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
+use crate::startup::{assert_one_error_line, serve_exits_with_cache};
 use crate::support::{
-    RawResponse, Scratch, Server, client, python_guest, python_guest_unvalidated,
+    RawResponse, Scratch, Server, client, python_guest, python_guest_unvalidated, workspace_root,
 };
 
 fn text(response: &mut ureq::http::Response<ureq::Body>) -> String {
@@ -178,6 +179,22 @@ fn python_cannot_read_host_files() {
     assert_eq!(response.status(), 200);
     let answer = text(&mut response);
     assert!(answer.starts_with("denied:"), "{answer}");
+}
+
+#[test]
+fn python_reads_the_files_its_component_carries_and_cannot_change_them() {
+    let server = Server::start_path(&python_guest("faulty"), &[]);
+    let mut response = client().get(server.url("/own-source")).call().unwrap();
+    let answer = text(&mut response);
+    let mut lines = answer.lines();
+    assert_eq!(
+        lines.next(),
+        Some(
+            "read: \"\"\"Python apps that each do one wrong thing, for the host's fault tests: `/raise`, `/loop`,"
+        )
+    );
+    let written = lines.next().unwrap_or_default();
+    assert!(written.starts_with("not written:"), "{answer}");
 }
 
 #[test]
@@ -500,4 +517,179 @@ fn a_list_body_is_sent_whole_and_closed_once() {
     );
     server.wait_for_log(&["\"GET / HTTP/1.1\" 200"]);
     assert_eq!(server.log_lines_with("closed the list"), 1);
+}
+
+/// A request to the Django example, whose ALLOWED_HOSTS names localhost: the method, path,
+/// extra header lines and form body.
+fn django(server: &Server, method: &str, path: &str, headers: &str, form: &str) -> RawResponse {
+    let body = if form.is_empty() && method == "GET" {
+        String::new()
+    } else {
+        format!(
+            "Content-Type: {FORM}\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        )
+    };
+    let body = if body.is_empty() {
+        "\r\n".to_owned()
+    } else {
+        body
+    };
+    server.raw(format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}{body}").as_bytes())
+}
+
+#[test]
+fn a_django_project_runs_as_startproject_writes_it() {
+    // Django imports modules and opens templates at request time that the build never
+    // touched (its 403, 404 and 405 paths, the time zone data): the component carries them.
+    let server = Server::start_path(&python_guest("django"), &["--workers", "1"]);
+    server.wait_for_log(&["carries files for its app, granted read-only at /0, /1, /2, /python"]);
+    let index = django(&server, "GET", "/", "", "");
+    assert_eq!(index.status, 200);
+    assert!(index.text().contains("No notes yet."), "{}", index.text());
+
+    // The form, with its CSRF token and cookie; a post without them is Django's own 403 page.
+    let form = django(&server, "GET", "/notes/", "", "");
+    assert_eq!(form.status, 200);
+    let page = form.text();
+    let token = page
+        .split("name=\"csrfmiddlewaretoken\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no CSRF token in {page}"));
+    let cookie = form
+        .header("set-cookie")
+        .and_then(|cookie| cookie.split(';').next())
+        .expect("a CSRF cookie")
+        .to_owned();
+    assert!(cookie.starts_with("csrftoken="), "{cookie}");
+    let refused = django(&server, "POST", "/notes/", "", "name=first&text=Hello");
+    assert_eq!(refused.status, 403);
+    assert!(
+        refused.text().contains("CSRF verification failed"),
+        "{}",
+        refused.text()
+    );
+    let with_token = format!("Cookie: {cookie}\r\n");
+    let saved = django(
+        &server,
+        "POST",
+        "/notes/",
+        &with_token,
+        &format!("csrfmiddlewaretoken={token}&name=first&text=Hello%2C+Django%21"),
+    );
+    assert_eq!(saved.status, 302, "{}", saved.text());
+    assert_eq!(saved.header("location"), Some("/notes/first/"));
+    let invalid = django(
+        &server,
+        "POST",
+        "/notes/",
+        &with_token,
+        &format!("csrfmiddlewaretoken={token}&name=not+a+slug&text=x"),
+    );
+    assert_eq!(invalid.status, 400);
+    assert!(invalid.text().contains("errorlist"), "{}", invalid.text());
+
+    // Templates and JSON.
+    let note = django(&server, "GET", "/notes/first/", "", "");
+    assert_eq!(note.status, 200);
+    assert!(
+        note.text().contains("<h1>first</h1><p>Hello, Django!</p>"),
+        "{}",
+        note.text()
+    );
+    let note = django(
+        &server,
+        "GET",
+        "/notes/first/",
+        "Accept: application/json\r\n",
+        "",
+    );
+    assert_eq!(
+        json_of(&note.text()),
+        json!({"name": "first", "text": "Hello, Django!"})
+    );
+    let index = django(&server, "GET", "/", "", "");
+    assert!(
+        index
+            .text()
+            .contains("<a href=\"/notes/first/\">first</a>: Hello, Django!")
+    );
+
+    // Django's error pages and statuses.
+    let missing = django(&server, "GET", "/notes/none/", "", "");
+    assert_eq!(missing.status, 404);
+    assert!(
+        missing.text().contains("<h1>Not Found</h1>"),
+        "{}",
+        missing.text()
+    );
+    assert_eq!(django(&server, "GET", "/no/such/route", "", "").status, 404);
+    let not_allowed = django(&server, "OPTIONS", "/", "", "");
+    assert_eq!(
+        (not_allowed.status, not_allowed.header("allow")),
+        (405, Some("GET"))
+    );
+    assert_eq!(django(&server, "GET", "/", "", "").status, 200);
+    let wrong_host = server.raw(b"GET / HTTP/1.1\r\nHost: elsewhere.example\r\n\r\n");
+    assert_eq!(wrong_host.status, 400);
+    let failed = django(&server, "GET", "/boom/", "", "");
+    assert_eq!(failed.status, 500);
+    assert!(failed.text().contains("Server Error (500)"));
+    // Its LOGGING sends the traceback to stderr, with the lines of the app's source.
+    server.wait_for_log(&["raise RuntimeError(\"django view failed on purpose\")"]);
+
+    // Time zones from the tzdata package's files, read on first use.
+    let time = django(&server, "GET", "/time/", "", "");
+    assert_eq!(time.status, 200);
+    assert_eq!(json_of(&time.text())["zone"], "Europe/Paris");
+
+    let response = django(&server, "GET", "/count/400/", "", "");
+    assert!(response.chunked, "a StreamingHttpResponse is streamed");
+    assert_eq!(response.text().lines().nth(399), Some("399"));
+}
+
+#[test]
+fn the_files_a_python_component_carries_stay_its_own() {
+    let app = python_guest("hello");
+    let cache = workspace_root().join("target/e2e-code-cache");
+    let scratch = Scratch::new("carried-files");
+    // A grant at one of the paths its files are mounted at would hide them.
+    let grant = format!("{}::/python:ro", scratch.arg());
+    let refused = serve_exits_with_cache(&app, Some(&cache), &["--port", "0", "--dir", &grant]);
+    assert_one_error_line(
+        &refused,
+        &[
+            "--dir",
+            "would hide the files",
+            "hello.wasm carries at /python",
+        ],
+    );
+    // Compiled code cannot hold them: `compile` says so rather than make a .cwasm that fails
+    // at its first lazy import.
+    let compiled = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
+        .arg("compile")
+        .arg(&app)
+        .arg("-o")
+        .arg(scratch.path().join("hello.cwasm"))
+        .output()
+        .unwrap();
+    assert!(!compiled.status.success());
+    let stderr = String::from_utf8_lossy(&compiled.stderr);
+    assert!(
+        stderr.contains("carries files its app reads at run time"),
+        "{stderr}"
+    );
+    assert!(!scratch.path().join("hello.cwasm").exists());
+    // `check` tells of them.
+    let checked = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
+        .arg("check")
+        .arg(&app)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        report.contains(" MB packed, granted to the app read-only"),
+        "{report}"
+    );
 }

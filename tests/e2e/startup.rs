@@ -8,17 +8,24 @@ use std::thread;
 
 use crate::support::{IO_TIMEOUT, Server, guest};
 
-/// Runs `wasm-gw serve APP ARGS...`, which must exit on its own.
+/// Runs `wasm-gw serve APP ARGS...` without a code cache, which must exit on its own.
 pub fn serve_exits(app: &Path, args: &[&str]) -> Output {
+    serve_exits_with_cache(app, None, args)
+}
+
+/// Runs `wasm-gw serve APP ARGS...` with the code cache `cache`, which must exit on its own.
+pub fn serve_exits_with_cache(app: &Path, cache: Option<&Path>, args: &[&str]) -> Output {
     let host: &[&str] = match args.contains(&"--bind") {
         true => &[],
         false => &["--host", "127.0.0.1"],
     };
-    let child = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
-        .arg("serve")
-        .arg(app)
-        .args(host)
-        .arg("--no-cache")
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wasm-gw"));
+    command.arg("serve").arg(app).args(host);
+    match cache {
+        Some(dir) => command.arg("--cache-dir").arg(dir),
+        None => command.arg("--no-cache"),
+    };
+    let child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

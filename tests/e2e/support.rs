@@ -37,7 +37,7 @@ pub fn guest(name: &str) -> PathBuf {
 
 /// The Python example apps (guests/python/examples): each one's callable, and whether it
 /// has requirements to install.
-const PYTHON_GUESTS: [(&str, &str, bool); 8] = [
+const PYTHON_GUESTS: [(&str, &str, bool); 9] = [
     ("hello", "hello:hello_app", false),
     ("echo", "echo:application", false),
     ("tasks", "tasks:application", false),
@@ -46,6 +46,7 @@ const PYTHON_GUESTS: [(&str, &str, bool); 8] = [
     ("bottle", "app:app", true),
     ("falcon", "app:app", true),
     ("pyramid", "app:app", true),
+    ("django", "mysite.wsgi:application", true),
 ];
 
 /// The component of Python example `name`, built by the real `wasm-gw build-python` inside
@@ -82,6 +83,7 @@ fn build_python_guest(name: &str, validate: bool) -> PathBuf {
         root.join("guests/python/bridge"),
         root.join("wit"),
         root.join("host/src/python.rs"),
+        root.join("host/src/bundle.rs"),
     ]
     .iter()
     .filter_map(|dir| newest_modification(dir))

@@ -54,6 +54,30 @@ _posix_stand_ins()
 
 from wasm_gw_app import application  # noqa: E402
 
+# Parts of the standard library no web app can use here: GUI, REPL and install tools.
+_LEFT_OUT = {"__pycache__", "idlelib", "tkinter", "turtledemo", "ensurepip", "pydoc_data",
+             "site-packages", "_pyrepl", "venv"}
+
+
+def _copy_standard_library(source="/python", target="/0/.stdlib"):
+    """Copies the standard library, which componentize-py mounts at /python only while it
+    builds, into this bridge's build directory, where `wasm-gw build-python` packs it into
+    the component: serving mounts it back at /python, read-only, for the modules an app
+    imports only at request time (runs once, while the component is built)."""
+    import os
+    import shutil
+
+    for root, dirs, files in os.walk(source):
+        dirs[:] = [name for name in dirs
+                   if name not in _LEFT_OUT and not name.startswith("config-")]
+        into = target + root[len(source):]
+        os.makedirs(into, exist_ok=True)
+        for name in files:
+            shutil.copyfile(os.path.join(root, name), os.path.join(into, name))
+
+
+_copy_standard_library()
+
 # Lines longer than this are read in pieces by readline() with no size.
 _LINE_PIECE = 64 * 1024
 

@@ -1,11 +1,11 @@
 """Python apps that each do one wrong thing, for the host's fault tests: `/raise`, `/loop`,
-`/alloc`, `/passwd` (tries to read /etc/passwd), `/exit` (SystemExit), `/tuple-headers` (a
-PEP 3333 violation), `/stream-raise` (fails halfway through a streamed body), `/bytes-body`
-(bytes, not a list of them), `/int-header` (a header value that is not a str) and
-`/closing-list` (a list with close()); `/config?key=K` answers the wasi:config value set for
-K; `/fetch?url=U` GETs U through wasm_gw_http, `/urlopen?url=U` through urllib.request on
-top of it. Anything else answers 200 with how many requests
-this instance has served."""
+`/alloc`, `/passwd` (tries to read /etc/passwd), `/own-source` (writes to its own module),
+`/exit` (SystemExit), `/tuple-headers` (a PEP 3333 violation), `/stream-raise` (fails
+halfway through a streamed body), `/bytes-body` (bytes, not a list of them), `/int-header`
+(a header value that is not a str) and `/closing-list` (a list with close());
+`/config?key=K` answers the wasi:config value set for K; `/fetch?url=U` GETs U through
+wasm_gw_http, `/urlopen?url=U` through urllib.request on top of it. Anything else answers
+200 with how many requests this instance has served."""
 
 import sys
 
@@ -64,6 +64,18 @@ def application(environ, start_response):
                 answer = "allowed: " + file.readline()
         except OSError as why:
             answer = f"denied: {why}\n"
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [answer.encode()]
+    if path == "/own-source":
+        # Its own module, read (tracebacks quote it) and then written to.
+        with open(__file__) as file:
+            answer = "read: " + file.readline()
+        try:
+            with open(__file__, "a") as file:
+                file.write("# changed\n")
+            answer += "written\n"
+        except OSError as why:
+            answer += f"not written: {why}\n"
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [answer.encode()]
     if path == "/tuple-headers":
