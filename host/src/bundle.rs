@@ -8,9 +8,11 @@
 //! The section holds a gzip-compressed tar whose top-level directories are the mount points:
 //! `python/…` is mounted at `/python`, `1/…` at `/1`.
 
+use std::hash::{BuildHasher, RandomState};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
@@ -146,8 +148,9 @@ pub fn unpack(archive: &[u8], root: &Path) -> anyhow::Result<Vec<DirGrant>> {
     if !unpacked.is_dir() {
         // Unpacked aside and renamed into place, so that a server never mounts half a tree,
         // whatever else runs at once.
-        let staging = root.join(format!("{digest}.{}.partial", std::process::id()));
-        let _ = std::fs::remove_dir_all(&staging);
+        // Its own staging directory, also when two apps of one component load side by side.
+        let unique = RandomState::new().hash_one((std::process::id(), Instant::now()));
+        let staging = root.join(format!("{digest}.{unique:016x}.partial"));
         std::fs::create_dir(&staging)
             .with_context(|| format!("cannot create {}", staging.display()))?;
         let unpacking = unpack_into(archive, &staging);
@@ -162,9 +165,8 @@ pub fn unpack(archive: &[u8], root: &Path) -> anyhow::Result<Vec<DirGrant>> {
                 }
             })
         });
-        if renamed.is_err() {
-            let _ = std::fs::remove_dir_all(&staging);
-        }
+        // Gone if renamed; what a failed attempt, or one another server beat, left behind.
+        let _ = std::fs::remove_dir_all(&staging);
         renamed?;
     }
     let mut grants = Vec::new();

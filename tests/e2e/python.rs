@@ -693,3 +693,31 @@ fn the_files_a_python_component_carries_stay_its_own() {
         "{report}"
     );
 }
+
+#[test]
+fn one_python_component_mounted_twice_unpacks_its_files_once_for_both() {
+    // A fresh cache: both mounts load side by side and unpack the same files at once.
+    let cache = Scratch::new("twice-cache");
+    let hello = python_guest("hello");
+    let server = Server::start_mounts(&[
+        "--mount",
+        &format!("/a={}", hello.display()),
+        "--mount",
+        &format!("/b={}", hello.display()),
+        "--cache-dir",
+        cache.arg(),
+    ]);
+    for prefix in ["/a", "/b"] {
+        let mut response = client()
+            .get(server.url(&format!("{prefix}/?name={}", &prefix[1..])))
+            .call()
+            .unwrap();
+        assert_eq!(text(&mut response), format!("Hello, {}!\n", &prefix[1..]));
+    }
+    let unpacked: Vec<_> = std::fs::read_dir(cache.path().join("files"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(unpacked.len(), 1, "{unpacked:?}");
+    assert!(!unpacked[0].ends_with(".partial"), "{unpacked:?}");
+}
