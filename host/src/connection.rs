@@ -237,6 +237,12 @@ impl Connection {
         }
     }
 
+    /// Whether input may wait in the socket that no wakeup will tell of (see
+    /// [`crate::idle::IdleSet::park`]).
+    pub fn maybe_unread(&self) -> bool {
+        self.io.maybe_unread()
+    }
+
     /// Whether a passed deadline owes the client an answer, which takes a write.
     pub fn owes_answer_at_deadline(&self) -> bool {
         matches!(

@@ -1,8 +1,14 @@
 //! Connections waiting for their next bytes: parked in epoll with a deadline, holding no
 //! thread, until they become readable or the deadline passes.
 //!
-//! Each connection is armed for one wakeup (`EPOLLONESHOT`), so that exactly one of the
-//! threads waiting here takes it; it is armed again when it is parked again.
+//! Each connection is registered once, edge-triggered (`EPOLLET`), under a token that names
+//! its slot for as long as it is open: parking it again after a response is no syscall, where
+//! re-arming a one-shot registration was one of the four a keep-alive request cost. Edges
+//! are only seen once, so the slot remembers one that comes while its connection is out
+//! being served, and the connection is served again rather than parked; so is one whose last
+//! read filled the buffer it was given, and one whose client's FIN came with the wakeup that
+//! took it out (see [`IdleSet::park`]). A thread woken for a
+//! connection that another has taken out finds it out, and waits again.
 //!
 //! A connection whose request waits in its app's queue is parked too, woken only if its
 //! client hangs up, and taken out by its token when a worker is handed to it; it then goes
@@ -11,20 +17,23 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 
-/// Readable, or the peer closed its side (which reads as the end of input).
+/// Readable, or the peer closed its side (which reads as the end of input): each time more
+/// arrives.
 const WAKE_ON: EventFlags = EventFlags::IN
     .union(EventFlags::RDHUP)
-    .union(EventFlags::ONESHOT);
+    .union(EventFlags::ET);
 
-/// For a request waiting in a queue: only a hang-up. Body bytes arriving meanwhile wait in
-/// the kernel for the app.
-const WAKE_ON_HANGUP: EventFlags = EventFlags::RDHUP.union(EventFlags::ONESHOT);
+/// What wakes a request parked in its app's queue: its client hanging up. Body bytes
+/// arriving meanwhile wait in the kernel for the app.
+const HANGUP: EventFlags = EventFlags::RDHUP
+    .union(EventFlags::HUP)
+    .union(EventFlags::ERR);
 
 /// The token of the eventfd that signals connections handed over: no slot has it.
 const HANDED_TOKEN: u64 = u64::MAX;
@@ -39,13 +48,38 @@ pub struct IdleSet<T> {
     no_longer_empty: Condvar,
 }
 
+/// What the set's connections carry: the registration that names their slot.
+pub trait Registered {
+    fn registration(&self) -> &Registration;
+}
+
+/// A connection's slot in the set, from [`IdleSet::add`] until the connection is dropped,
+/// which frees it.
+pub struct Registration {
+    set: Weak<dyn Release>,
+    token: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(set) = self.set.upgrade() {
+            set.release(self.token);
+        }
+    }
+}
+
+/// Frees a slot whose connection is gone.
+trait Release: Send + Sync {
+    fn release(&self, token: u64);
+}
+
 /// What the threads see when they wait.
 pub enum Wakeup<T> {
     /// A connection that became readable.
     Ready(T),
     /// Nothing became readable in time.
     TimedOut,
-    /// A wakeup for a connection that had already left the set; wait again.
+    /// A wakeup for a connection that is out being served, or gone; wait again.
     Stale,
 }
 
@@ -53,6 +87,7 @@ pub enum Wakeup<T> {
 struct Parked<T> {
     slots: Vec<Slot<T>>,
     free: Vec<u32>,
+    /// How many connections are parked (not out being served).
     len: usize,
     /// No deadline comes before this; the set is searched for expired ones only then.
     earliest: Option<Instant>,
@@ -67,13 +102,28 @@ struct Parked<T> {
 
 struct Slot<T> {
     generation: u32,
-    occupant: Option<(T, Instant)>,
-    /// Whether the occupant waits for input, which, once arrived, outlives its deadline.
-    waits_for_input: bool,
+    state: State<T>,
 }
 
-impl<T: AsFd> IdleSet<T> {
-    pub fn new() -> io::Result<IdleSet<T>> {
+enum State<T> {
+    /// No connection.
+    Free,
+    /// Waiting here until its deadline.
+    Parked {
+        connection: T,
+        deadline: Instant,
+        /// Whether it waits for input, which, once arrived, outlives its deadline; if not,
+        /// only a hang-up wakes it.
+        waits_for_input: bool,
+        /// Input came that no thread was woken for (it waits for something else).
+        woken: bool,
+    },
+    /// Taken out, being served; `woken` once input arrives meanwhile.
+    Out { woken: bool },
+}
+
+impl<T: AsFd + Registered + Send + 'static> IdleSet<T> {
+    pub fn new() -> io::Result<Arc<IdleSet<T>>> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         // One count per connection handed over: each thread woken takes one.
         let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK | EventfdFlags::SEMAPHORE;
@@ -84,7 +134,7 @@ impl<T: AsFd> IdleSet<T> {
             EventData::new_u64(HANDED_TOKEN),
             EventFlags::IN,
         )?;
-        Ok(IdleSet {
+        Ok(Arc::new(IdleSet {
             epoll,
             handed_signal,
             parked: Mutex::new(Parked {
@@ -97,32 +147,84 @@ impl<T: AsFd> IdleSet<T> {
                 handed: VecDeque::new(),
             }),
             no_longer_empty: Condvar::new(),
-        })
+        }))
     }
 
-    /// Parks a connection this set has not seen before, until it is readable or `deadline`.
-    pub fn add(&self, connection: T, deadline: Instant) -> io::Result<()> {
-        self.insert(connection, deadline, true, |epoll, fd, token| {
-            epoll::add(epoll, fd, token, WAKE_ON)
-        })
-        .map(drop)
+    /// Gives a new connection its slot, made by `connect` from its registration, and parks
+    /// it until it is readable or `deadline`. Input that arrived before is seen at once.
+    pub fn add(
+        self: &Arc<Self>,
+        deadline: Instant,
+        connect: impl FnOnce(Registration) -> T,
+    ) -> io::Result<()> {
+        let set: Weak<dyn Release> = Arc::downgrade(self) as Weak<dyn Release>;
+        let mut parked = self.lock();
+        let index = match parked.free.pop() {
+            Some(index) => index,
+            None => {
+                parked.slots.push(Slot {
+                    generation: 0,
+                    state: State::Free,
+                });
+                u32::try_from(parked.slots.len() - 1).expect("fewer than 2^32 connections")
+            }
+        };
+        let generation = parked.slots[index as usize].generation;
+        let token = u64::from(generation) << 32 | u64::from(index);
+        let connection = connect(Registration { set, token });
+        // Registered while the lock is held: a thread woken for it waits until it is in its
+        // slot. Once for the connection's life.
+        let registered = epoll::add(&self.epoll, &connection, EventData::new_u64(token), WAKE_ON);
+        if let Err(errno) = registered {
+            // Out, so that dropping it (not under the lock) frees the slot.
+            parked.slots[index as usize].state = State::Out { woken: false };
+            drop(parked);
+            drop(connection);
+            return Err(errno.into());
+        }
+        parked.settle(index, connection, deadline, true, false);
+        self.announce(&parked);
+        Ok(())
     }
 
-    /// Parks a connection that was taken from this set, until it is readable or `deadline`.
-    pub fn park(&self, connection: T, deadline: Instant) -> io::Result<()> {
-        self.insert(connection, deadline, true, |epoll, fd, token| {
-            epoll::modify(epoll, fd, token, WAKE_ON)
-        })
-        .map(drop)
+    /// Parks a connection that was taken from this set, until it is readable or `deadline`;
+    /// or gives it back to be served at once, if input may be waiting that no wakeup will
+    /// tell of: some came while it was out (its edge has passed), or `unread`, because its
+    /// last read filled all the room it had.
+    pub fn park(&self, connection: T, deadline: Instant, unread: bool) -> Option<T> {
+        let mut parked = self.lock();
+        let Some(index) = parked.out_slot(connection.registration().token) else {
+            unreachable!("a connection taken from the set has its slot until it is dropped");
+        };
+        let woken = matches!(
+            parked.slots[index as usize].state,
+            State::Out { woken: true }
+        );
+        if woken || unread {
+            parked.slots[index as usize].state = State::Out { woken: false };
+            return Some(connection);
+        }
+        parked.settle(index, connection, deadline, true, false);
+        self.announce(&parked);
+        None
     }
 
     /// Parks a connection that was taken from this set, and whose request waits for
     /// something else than its client: until its client hangs up, `deadline` passes, or it
     /// is taken out by the token returned.
-    pub fn park_waiting(&self, connection: T, deadline: Instant) -> io::Result<u64> {
-        self.insert(connection, deadline, false, |epoll, fd, token| {
-            epoll::modify(epoll, fd, token, WAKE_ON_HANGUP)
-        })
+    pub fn park_waiting(&self, connection: T, deadline: Instant) -> u64 {
+        let token = connection.registration().token;
+        let mut parked = self.lock();
+        let Some(index) = parked.out_slot(token) else {
+            unreachable!("a connection taken from the set has its slot until it is dropped");
+        };
+        let woken = matches!(
+            parked.slots[index as usize].state,
+            State::Out { woken: true }
+        );
+        parked.settle(index, connection, deadline, false, woken);
+        self.announce(&parked);
+        token
     }
 
     /// Takes out the connection parked under `token`, if it is still there.
@@ -144,46 +246,11 @@ impl<T: AsFd> IdleSet<T> {
         Ok(())
     }
 
-    fn insert(
-        &self,
-        connection: T,
-        deadline: Instant,
-        waits_for_input: bool,
-        arm: impl FnOnce(&OwnedFd, &T, EventData) -> rustix::io::Result<()>,
-    ) -> io::Result<u64> {
-        let mut parked = self.lock();
-        let index = match parked.free.pop() {
-            Some(index) => index,
-            None => {
-                parked.slots.push(Slot {
-                    generation: 0,
-                    occupant: None,
-                    waits_for_input: true,
-                });
-                u32::try_from(parked.slots.len() - 1).expect("fewer than 2^32 connections")
-            }
-        };
-        let slot = &mut parked.slots[index as usize];
-        slot.waits_for_input = waits_for_input;
-        let token = EventData::new_u64(u64::from(slot.generation) << 32 | u64::from(index));
-        // Armed while the lock is held: a thread woken for it waits until it is in its slot.
-        let (connection, _) = slot.occupant.insert((connection, deadline));
-        let armed = arm(&self.epoll, connection, token);
-        parked.len += 1;
-        if let Err(errno) = armed {
-            let unparked = parked.vacate(index);
-            // Closing it takes other locks; not under this one.
-            drop(parked);
-            drop(unparked);
-            return Err(errno.into());
-        }
-        if parked.earliest.is_none_or(|earliest| deadline < earliest) {
-            parked.earliest = Some(deadline);
-        }
+    /// Wakes the watchdog when the set has just stopped being empty.
+    fn announce(&self, parked: &Parked<T>) {
         if parked.len == 1 && parked.sleepers > 0 {
             self.no_longer_empty.notify_all();
         }
-        Ok(token.u64())
     }
 
     /// Waits up to `timeout` for a parked connection to become readable, and takes it out.
@@ -204,14 +271,37 @@ impl<T: AsFd> IdleSet<T> {
         if woken == 0 {
             return Ok(Wakeup::TimedOut);
         }
-        let token = events[0].data.u64();
+        let (token, flags) = (events[0].data.u64(), events[0].flags);
         if token == HANDED_TOKEN {
             return self.take_handed();
         }
         let mut parked = self.lock();
-        let Some(connection) = parked.take(token) else {
+        let Some(index) = parked.current(token) else {
             return Ok(Wakeup::Stale);
         };
+        let slot = &mut parked.slots[index as usize];
+        match &mut slot.state {
+            State::Parked {
+                waits_for_input: false,
+                woken,
+                ..
+            } if !flags.intersects(HANGUP) => {
+                *woken = true;
+                return Ok(Wakeup::Stale);
+            }
+            State::Parked { .. } => {}
+            State::Out { woken } => {
+                *woken = true;
+                return Ok(Wakeup::Stale);
+            }
+            State::Free => return Ok(Wakeup::Stale),
+        }
+        let connection = parked.take_out(index);
+        // The client's FIN came with this wakeup, and no later edge will tell of it: after
+        // the input before it is served, the connection is given back to read its end.
+        if flags.intersects(HANGUP) {
+            parked.slots[index as usize].state = State::Out { woken: true };
+        }
         parked.taken += 1;
         Ok(Wakeup::Ready(connection))
     }
@@ -242,13 +332,18 @@ impl<T: AsFd> IdleSet<T> {
         let mut expired = Vec::new();
         let mut earliest = None;
         for index in 0..parked.slots.len() {
-            let Some((connection, deadline)) = &parked.slots[index].occupant else {
+            let State::Parked {
+                connection,
+                deadline,
+                waits_for_input,
+                ..
+            } = &parked.slots[index].state
+            else {
                 continue;
             };
             let deadline = *deadline;
-            let waits_for_input = parked.slots[index].waits_for_input;
-            if deadline <= now && !(waits_for_input && is_readable(connection)) {
-                expired.push(parked.vacate(index as u32).0);
+            if deadline <= now && !(*waits_for_input && is_readable(connection)) {
+                expired.push(parked.take_out(index as u32));
             } else if earliest.is_none_or(|earliest| deadline < earliest) {
                 earliest = Some(deadline);
             }
@@ -280,7 +375,14 @@ impl<T: AsFd> IdleSet<T> {
             .iter()
             .enumerate()
             .filter_map(|(index, slot)| {
-                let (connection, deadline) = slot.occupant.as_ref()?;
+                let State::Parked {
+                    connection,
+                    deadline,
+                    ..
+                } = &slot.state
+                else {
+                    return None;
+                };
                 Some((rank(connection)?, *deadline, u32::try_from(index).ok()?))
             })
             .collect();
@@ -288,7 +390,7 @@ impl<T: AsFd> IdleSet<T> {
         candidates
             .into_iter()
             .take(most)
-            .map(|(_, _, index)| parked.vacate(index).0)
+            .map(|(_, _, index)| parked.take_out(index))
             .collect()
     }
 
@@ -307,6 +409,21 @@ impl<T: AsFd> IdleSet<T> {
     }
 }
 
+impl<T: Send> Release for IdleSet<T> {
+    fn release(&self, token: u64) {
+        let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(index) = parked.current(token) {
+            let slot = &mut parked.slots[index as usize];
+            // A parked connection holds its own registration: it cannot be dropped while
+            // parked, only once taken out.
+            debug_assert!(!matches!(slot.state, State::Parked { .. }));
+            slot.state = State::Free;
+            slot.generation = slot.generation.wrapping_add(1);
+            parked.free.push(index);
+        }
+    }
+}
+
 /// Whether reading `fd` would return at once; an epoll instance is readable while it holds
 /// events not yet taken.
 fn is_readable(fd: &impl AsFd) -> bool {
@@ -319,53 +436,121 @@ fn is_readable(fd: &impl AsFd) -> bool {
 }
 
 impl<T> Parked<T> {
-    /// Takes out the occupant `token` names, if the slot still holds it.
-    fn take(&mut self, token: u64) -> Option<T> {
+    /// The slot `token` names, if it still belongs to the connection the token was made for.
+    fn current(&self, token: u64) -> Option<u32> {
         let (index, generation) = ((token & u64::from(u32::MAX)) as u32, (token >> 32) as u32);
-        let current = self
-            .slots
+        self.slots
             .get(index as usize)
-            .is_some_and(|slot| slot.generation == generation && slot.occupant.is_some());
-        current.then(|| self.vacate(index).0)
+            .is_some_and(|slot| slot.generation == generation)
+            .then_some(index)
     }
 
-    /// Empties an occupied slot; its token goes stale.
-    fn vacate(&mut self, index: u32) -> (T, Instant) {
+    /// The slot of a connection taken out, by its token.
+    fn out_slot(&self, token: u64) -> Option<u32> {
+        self.current(token)
+            .filter(|index| matches!(self.slots[*index as usize].state, State::Out { .. }))
+    }
+
+    /// Puts `connection` in its slot, parked.
+    fn settle(
+        &mut self,
+        index: u32,
+        connection: T,
+        deadline: Instant,
+        waits_for_input: bool,
+        woken: bool,
+    ) {
+        self.slots[index as usize].state = State::Parked {
+            connection,
+            deadline,
+            waits_for_input,
+            woken,
+        };
+        self.len += 1;
+        if self.earliest.is_none_or(|earliest| deadline < earliest) {
+            self.earliest = Some(deadline);
+        }
+    }
+
+    /// Takes out the connection parked under `token`, if it is still there.
+    fn take(&mut self, token: u64) -> Option<T> {
+        let index = self.current(token)?;
+        matches!(self.slots[index as usize].state, State::Parked { .. })
+            .then(|| self.take_out(index))
+    }
+
+    /// Takes a parked connection out of its slot, which stays its own until it is dropped.
+    fn take_out(&mut self, index: u32) -> T {
         let slot = &mut self.slots[index as usize];
-        let occupant = slot.occupant.take().expect("an occupied slot");
-        slot.generation = slot.generation.wrapping_add(1);
-        self.free.push(index);
+        let State::Parked {
+            connection, woken, ..
+        } = std::mem::replace(&mut slot.state, State::Out { woken: false })
+        else {
+            unreachable!("only a parked connection is taken out");
+        };
+        slot.state = State::Out { woken };
         self.len -= 1;
-        occupant
+        connection
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::io::Write;
+    use std::os::fd::BorrowedFd;
     use std::os::unix::net::UnixStream;
 
     use super::*;
 
     const SOON: Duration = Duration::from_secs(5);
 
-    fn woken(set: &IdleSet<UnixStream>) -> Option<UnixStream> {
+    /// A socket as the set holds it.
+    struct Conn {
+        stream: UnixStream,
+        registration: Registration,
+    }
+
+    impl AsFd for Conn {
+        fn as_fd(&self) -> BorrowedFd<'_> {
+            self.stream.as_fd()
+        }
+    }
+
+    impl Registered for Conn {
+        fn registration(&self) -> &Registration {
+            &self.registration
+        }
+    }
+
+    fn add(set: &Arc<IdleSet<Conn>>, stream: UnixStream, deadline: Instant) {
+        set.add(deadline, |registration| Conn {
+            stream,
+            registration,
+        })
+        .unwrap();
+    }
+
+    fn woken(set: &IdleSet<Conn>) -> Option<Conn> {
         match set.wait(SOON).unwrap() {
-            Wakeup::Ready(stream) => Some(stream),
+            Wakeup::Ready(conn) => Some(conn),
             Wakeup::TimedOut | Wakeup::Stale => None,
         }
     }
 
+    fn times_out(set: &IdleSet<Conn>) -> bool {
+        matches!(
+            set.wait(Duration::from_millis(10)).unwrap(),
+            Wakeup::TimedOut
+        )
+    }
+
     #[test]
-    fn a_connection_is_taken_once_when_readable_and_again_after_parking() {
+    fn a_connection_is_taken_once_when_readable_and_again_when_more_comes() {
         let set = IdleSet::new().unwrap();
         let (parked, mut peer) = UnixStream::pair().unwrap();
         let later = Instant::now() + SOON;
-        set.add(parked, later).unwrap();
-        assert!(matches!(
-            set.wait(Duration::from_millis(10)).unwrap(),
-            Wakeup::TimedOut
-        ));
+        add(&set, parked, later);
+        assert!(times_out(&set));
         assert!(!set.has_ready());
 
         peer.write_all(b"x").unwrap();
@@ -373,14 +558,36 @@ mod tests {
         let taken = woken(&set).expect("readable");
         assert_eq!(set.taken(), 1);
         // Taken out, it is not handed to a second thread, readable as it still is.
-        assert!(matches!(
-            set.wait(Duration::from_millis(10)).unwrap(),
-            Wakeup::TimedOut
-        ));
-        // Parked again unread, it is readable at once.
-        set.park(taken, later).unwrap();
-        assert!(woken(&set).is_some());
+        assert!(times_out(&set));
+        // Parked again with nothing new, it waits; more input wakes it.
+        assert!(set.park(taken, later, false).is_none());
+        assert!(times_out(&set));
+        peer.write_all(b"y").unwrap();
+        let taken = woken(&set).expect("woken by more input");
         assert_eq!(set.taken(), 2);
+        drop(taken);
+    }
+
+    #[test]
+    fn input_that_came_while_out_or_was_left_unread_gives_the_connection_back() {
+        let set = IdleSet::new().unwrap();
+        let (parked, mut peer) = UnixStream::pair().unwrap();
+        let later = Instant::now() + SOON;
+        add(&set, parked, later);
+        peer.write_all(b"x").unwrap();
+        let taken = woken(&set).unwrap();
+        // More comes while it is served: the thread woken for it finds it out.
+        peer.write_all(b"y").unwrap();
+        assert!(matches!(set.wait(SOON).unwrap(), Wakeup::Stale));
+        let taken = set.park(taken, later, false).expect("given back");
+        // Once: parked again with nothing new, it waits.
+        assert!(set.park(taken, later, false).is_none());
+        assert!(times_out(&set));
+        // A read that filled its buffer may have left input in the socket.
+        peer.write_all(b"z").unwrap();
+        let taken = woken(&set).unwrap();
+        let taken = set.park(taken, later, true).expect("given back");
+        assert!(set.park(taken, later, false).is_none());
     }
 
     #[test]
@@ -389,8 +596,8 @@ mod tests {
         let now = Instant::now();
         let (due, _due_peer) = UnixStream::pair().unwrap();
         let (waiting, _waiting_peer) = UnixStream::pair().unwrap();
-        set.add(due, now).unwrap();
-        set.add(waiting, now + SOON).unwrap();
+        add(&set, due, now);
+        add(&set, waiting, now + SOON);
         assert_eq!(set.expired(now).len(), 1);
         assert!(set.expired(now).is_empty());
         assert_eq!(set.expired(now + SOON).len(), 1);
@@ -401,7 +608,7 @@ mod tests {
         let set = IdleSet::new().unwrap();
         let now = Instant::now();
         let (sent_in_time, mut peer) = UnixStream::pair().unwrap();
-        set.add(sent_in_time, now).unwrap();
+        add(&set, sent_in_time, now);
         peer.write_all(b"x").unwrap();
         assert!(set.expired(now).is_empty());
         assert!(woken(&set).is_some());
@@ -412,17 +619,21 @@ mod tests {
         let set = IdleSet::new().unwrap();
         let now = Instant::now();
         let (expiring, mut peer) = UnixStream::pair().unwrap();
-        set.add(expiring, now).unwrap();
-        let [expired] = <[UnixStream; 1]>::try_from(set.expired(now)).unwrap();
-        // Still armed in epoll, under a token that no longer names it.
+        add(&set, expiring, now);
+        let mut expired = set.expired(now);
+        assert_eq!(expired.len(), 1);
+        let expired = expired.pop();
+        // Out, and then closed: its slot is freed for the next connection.
         peer.write_all(b"x").unwrap();
         assert!(matches!(set.wait(SOON).unwrap(), Wakeup::Stale));
-        // Its slot's next occupant is not mistaken for it.
-        let (next, mut next_peer) = UnixStream::pair().unwrap();
-        set.add(next, now + SOON).unwrap();
-        next_peer.write_all(b"y").unwrap();
-        assert!(woken(&set).is_some());
         drop(expired);
+        let (next, mut next_peer) = UnixStream::pair().unwrap();
+        add(&set, next, now + SOON);
+        next_peer.write_all(b"y").unwrap();
+        let next = woken(&set).expect("the slot's next occupant");
+        let mut input = [0];
+        std::io::Read::read_exact(&mut &next.stream, &mut input).unwrap();
+        assert_eq!(&input, b"y");
     }
 
     #[test]
@@ -430,27 +641,29 @@ mod tests {
         let set = IdleSet::new().unwrap();
         let now = Instant::now();
         let (waiting, mut peer) = UnixStream::pair().unwrap();
-        set.add(waiting, now + SOON).unwrap();
+        add(&set, waiting, now + SOON);
         peer.write_all(b"x").unwrap();
         let waiting = woken(&set).unwrap();
-        // Parked to wait for something else, unread input does not wake it, nor keep it
-        // past its deadline.
-        let token = set.park_waiting(waiting, now).unwrap();
-        assert!(matches!(
-            set.wait(Duration::from_millis(10)).unwrap(),
-            Wakeup::TimedOut
-        ));
+        // Parked to wait for something else, input does not wake it, nor keep it past its
+        // deadline.
+        let token = set.park_waiting(waiting, now);
+        peer.write_all(b"y").unwrap();
+        assert!(matches!(set.wait(SOON).unwrap(), Wakeup::Stale));
+        assert!(times_out(&set));
         let waiting = set.take(token).expect("still parked");
         assert!(set.take(token).is_none());
         set.hand(waiting).unwrap();
         assert!(set.has_ready());
-        let mut handed = woken(&set).expect("handed to a thread");
+        let handed = woken(&set).expect("handed to a thread");
         assert_eq!(set.taken(), 2);
-        let mut input = [0];
-        std::io::Read::read_exact(&mut handed, &mut input).unwrap();
-        assert_eq!(&input, b"x");
+        let mut input = [0; 2];
+        std::io::Read::read_exact(&mut &handed.stream, &mut input).unwrap();
+        assert_eq!(&input, b"xy");
+        // The input that came while it waited is remembered: parked for input, it is given
+        // back rather than left waiting for an edge that passed.
+        let handed = set.park(handed, now + SOON, false).expect("given back");
 
-        let token = set.park_waiting(handed, now).unwrap();
+        let token = set.park_waiting(handed, now);
         assert_eq!(set.expired(now).len(), 1);
         assert!(set.take(token).is_none());
     }
@@ -458,12 +671,40 @@ mod tests {
     #[test]
     fn a_waiting_connection_wakes_when_its_client_hangs_up() {
         let set = IdleSet::new().unwrap();
-        let (waiting, peer) = UnixStream::pair().unwrap();
-        set.add(waiting, Instant::now() + SOON).unwrap();
-        drop(peer);
+        let (waiting, mut peer) = UnixStream::pair().unwrap();
+        add(&set, waiting, Instant::now() + SOON);
+        peer.write_all(b"x").unwrap();
         let waiting = woken(&set).unwrap();
-        let token = set.park_waiting(waiting, Instant::now() + SOON).unwrap();
+        let token = set.park_waiting(waiting, Instant::now() + SOON);
+        drop(peer);
         assert!(woken(&set).is_some());
         assert!(set.take(token).is_none());
+    }
+
+    #[test]
+    fn a_hang_up_that_came_with_the_input_gives_the_connection_back() {
+        let set = IdleSet::new().unwrap();
+        let (parked, mut peer) = UnixStream::pair().unwrap();
+        add(&set, parked, Instant::now() + SOON);
+        // A request and its client's FIN, before any thread looks.
+        peer.write_all(b"x").unwrap();
+        peer.shutdown(std::net::Shutdown::Write).unwrap();
+        let taken = woken(&set).unwrap();
+        let mut input = [0];
+        std::io::Read::read_exact(&mut &taken.stream, &mut input).unwrap();
+        // Its input read, the end of it is still to be read, and no wakeup will come for it.
+        assert!(set.park(taken, Instant::now() + SOON, false).is_some());
+    }
+
+    #[test]
+    fn a_dropped_connection_frees_its_slot() {
+        let set = IdleSet::new().unwrap();
+        let (first, mut peer) = UnixStream::pair().unwrap();
+        add(&set, first, Instant::now() + SOON);
+        peer.write_all(b"x").unwrap();
+        drop(woken(&set).unwrap());
+        let (second, _second_peer) = UnixStream::pair().unwrap();
+        add(&set, second, Instant::now() + SOON);
+        assert_eq!(set.lock().slots.len(), 1, "the first slot is reused");
     }
 }

@@ -17,7 +17,7 @@ use anyhow::Context;
 
 use crate::connection::{Connection, ConnectionConfig, Next};
 use crate::http::io::threads_waiting_on_peers;
-use crate::idle::{IdleSet, Wakeup};
+use crate::idle::{IdleSet, Registered, Registration, Wakeup};
 use crate::lifecycle::{IDLE_GRACE, Lifecycle};
 use crate::listener::{self, Listener};
 use crate::pool::{Lease, Waiter};
@@ -32,7 +32,7 @@ pub fn run(
     max_connections: usize,
     lifecycle: Arc<Lifecycle>,
 ) -> anyhow::Result<()> {
-    let idle = Arc::new(IdleSet::new().context("cannot create the set of idle connections")?);
+    let idle = IdleSet::new().context("cannot create the set of idle connections")?;
     let threads = Arc::new(ServingThreads {
         idle,
         router,
@@ -117,7 +117,11 @@ pub fn run(
         };
         if let Next::Wait(connection, deadline) =
             Connection::open(socket, peer, local, &threads.config, &lifecycle)
-            && let Err(error) = threads.idle.add(Client { connection, slot }, deadline)
+            && let Err(error) = threads.idle.add(deadline, |registration| Client {
+                connection,
+                slot,
+                registration,
+            })
         {
             tracing::warn!("cannot wait for a new connection's request: {error}");
         }
@@ -151,15 +155,22 @@ impl FailedAccepts {
     }
 }
 
-/// A connection and its place under the limit.
+/// A connection, its place under the limit, and its slot in the idle set.
 struct Client {
     connection: Connection,
     slot: SlotGuard,
+    registration: Registration,
 }
 
 impl AsFd for Client {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.connection.as_fd()
+    }
+}
+
+impl Registered for Client {
+    fn registration(&self) -> &Registration {
+        &self.registration
     }
 }
 
@@ -259,10 +270,7 @@ impl ServingThreads {
         let _counted = LeavesCountIfPanicking(&self.running);
         loop {
             match self.idle.wait(IDLE_THREAD_LIFETIME) {
-                Ok(Wakeup::Ready(Client { connection, slot })) => {
-                    let next = connection.on_readable(&self.router, &self.config);
-                    self.park(next, slot);
-                }
+                Ok(Wakeup::Ready(client)) => self.serve_client(client),
                 Ok(Wakeup::Stale) => {}
                 Ok(Wakeup::TimedOut) if self.retire() => return,
                 Ok(Wakeup::TimedOut) => {}
@@ -275,34 +283,70 @@ impl ServingThreads {
         }
     }
 
-    fn park(&self, next: Next, slot: SlotGuard) {
+    /// Serves a ready connection, and again for as long as the set gives it back: input may
+    /// be there that no wakeup will tell of.
+    fn serve_client(&self, mut client: Client) {
+        loop {
+            let Client {
+                connection,
+                slot,
+                registration,
+            } = client;
+            let next = connection.on_readable(&self.router, &self.config);
+            match self.park(next, slot, registration) {
+                Some(again) => client = again,
+                None => return,
+            }
+        }
+    }
+
+    /// [`ServingThreads::park`] for a connection that was not just served: one given back
+    /// is served here.
+    fn settle(&self, next: Next, slot: SlotGuard, registration: Registration) {
+        if let Some(client) = self.park(next, slot, registration) {
+            self.serve_client(client);
+        }
+    }
+
+    /// Parks the connection, queues its request, or lets it go, as `next` says. Returns
+    /// the connection if it is to be served again at once.
+    fn park(&self, next: Next, slot: SlotGuard, registration: Registration) -> Option<Client> {
         match next {
             Next::Wait(connection, deadline) => {
-                if let Err(error) = self.idle.park(Client { connection, slot }, deadline) {
-                    tracing::warn!("cannot wait for a connection's next request: {error}");
-                }
+                let unread = connection.maybe_unread();
+                let client = Client {
+                    connection,
+                    slot,
+                    registration,
+                };
+                self.idle.park(client, deadline, unread)
             }
-            Next::Queue(connection, deadline) => self.queue(connection, slot, deadline),
-            Next::Closed => {}
+            Next::Queue(connection, deadline) => {
+                self.queue(connection, slot, registration, deadline);
+                None
+            }
+            Next::Closed => None,
         }
     }
 
     /// Parks a connection whose request waits for a worker, and queues it with its app,
     /// which hands it a worker through the idle set when one comes free.
-    fn queue(&self, connection: Connection, slot: SlotGuard, deadline: Instant) {
+    fn queue(
+        &self,
+        connection: Connection,
+        slot: SlotGuard,
+        registration: Registration,
+        deadline: Instant,
+    ) {
         let Some((pool, ticket)) = connection.queue() else {
             return;
         };
-        let token = match self
-            .idle
-            .park_waiting(Client { connection, slot }, deadline)
-        {
-            Ok(token) => token,
-            Err(error) => {
-                tracing::warn!("cannot queue a request for a worker: {error}");
-                return;
-            }
+        let client = Client {
+            connection,
+            slot,
+            registration,
         };
+        let token = self.idle.park_waiting(client, deadline);
         let waiter = Box::new(Handoff {
             idle: self.idle.clone(),
             token,
@@ -310,9 +354,14 @@ impl ServingThreads {
         // The queue is full: unless its client has hung up meanwhile, the request is still
         // parked, and is turned away.
         if pool.enqueue(waiter, &ticket).is_err()
-            && let Some(Client { connection, slot }) = self.idle.take(token)
+            && let Some(client) = self.idle.take(token)
         {
-            self.park(connection.refuse_queue_full(), slot);
+            let Client {
+                connection,
+                slot,
+                registration,
+            } = client;
+            self.settle(connection.refuse_queue_full(), slot, registration);
         }
     }
 
@@ -378,8 +427,13 @@ impl ServingThreads {
     fn answer_expired(self: &Arc<Self>, owing: Vec<Client>) {
         let threads = self.clone();
         let answer = move || {
-            for Client { connection, slot } in owing {
-                threads.park(connection.on_deadline(), slot);
+            for Client {
+                connection,
+                slot,
+                registration,
+            } in owing
+            {
+                threads.settle(connection.on_deadline(), slot, registration);
             }
         };
         if let Err(error) = thread::Builder::new().name("timeouts".into()).spawn(answer) {

@@ -113,6 +113,9 @@ struct Wire {
     /// Bytes written on the socket in all, and when the current response began.
     sent: u64,
     sent_before_response: u64,
+    /// The last read filled all the room it was given: more may have arrived with it, which
+    /// no edge-triggered wakeup will tell of (see [`crate::idle`]).
+    filled: bool,
 }
 
 /// A connection's TLS session.
@@ -156,6 +159,7 @@ impl Io {
                 drained: None,
                 sent: 0,
                 sent_before_response: 0,
+                filled: false,
             },
             tls: tls.map(|session| {
                 Box::new(Tls {
@@ -393,6 +397,12 @@ impl Io {
         }
     }
 
+    /// Whether input may wait in the socket that no wakeup will tell of: the last read
+    /// filled all the room it had.
+    pub fn maybe_unread(&self) -> bool {
+        self.wire.filled
+    }
+
     /// Gives up the read buffer if nothing is in it, before the connection waits.
     pub fn release_buffer(&mut self) {
         if self.pos < self.end || self.buf.is_empty() {
@@ -519,6 +529,17 @@ impl Wire {
     /// Reads what has arrived into `into`; with a deadline, waits for something until
     /// then, and fails with `TimedOut` past it. `None` if nothing has arrived, without one.
     fn read(&mut self, into: &mut [u8], deadline: Option<Instant>) -> io::Result<Option<usize>> {
+        let read = self.read_once(into, deadline);
+        // A read that failed leaves the connection to be closed, not parked.
+        self.filled = matches!(read, Ok(Some(read)) if read > 0 && read == into.len());
+        read
+    }
+
+    fn read_once(
+        &mut self,
+        into: &mut [u8],
+        deadline: Option<Instant>,
+    ) -> io::Result<Option<usize>> {
         if let Some(read) = receive_ready(&self.stream, into)? {
             return Ok(Some(read));
         }
