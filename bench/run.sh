@@ -13,5 +13,6 @@ for tool in wrk redis-server; do
 done
 scripts/build-guests.sh
 # The whole workspace, as scripts/demo.sh and scripts/test.sh build it: one wasmtime build.
-cargo build --release --workspace
+# Its binaries only: see scripts/demo.sh.
+cargo build --release --workspace --bins
 exec target/release/wasm-gw-bench "$@"

@@ -127,12 +127,32 @@ pub fn render(machine: &Machine, rows: &[Row], ratios: &[(String, f64, String)])
         ));
     }
     if !ratios.is_empty() {
-        out.push_str("\n| ratio | value | target |\n|---|---:|---|\n");
+        out.push_str("\n| ratio | value | target | met |\n|---|---:|---|---|\n");
         for (name, value, target) in ratios {
-            out.push_str(&format!("| {name} | {value:.2} | {target} |\n"));
+            let met = match meets(*value, target) {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "",
+            };
+            out.push_str(&format!("| {name} | {value:.2} | {target} | {met} |\n"));
         }
     }
     out
+}
+
+/// Whether `value` meets a target written `≥ X` or `≤ X`; `None` for one only reported.
+pub fn meets(value: f64, target: &str) -> Option<bool> {
+    let (at_least, bound) = if let Some(bound) = target.strip_prefix("≥ ") {
+        (true, bound)
+    } else {
+        (false, target.strip_prefix("≤ ")?)
+    };
+    let bound: f64 = bound.split_whitespace().next()?.parse().ok()?;
+    Some(if at_least {
+        value >= bound
+    } else {
+        value <= bound
+    })
 }
 
 #[cfg(test)]
@@ -194,6 +214,16 @@ Transfer/sec:      8.33MB
         let report = render(&machine, &rows, &ratios);
         assert!(report.contains("2 cores, 2026-11-24, revision abc1234, quick run."));
         assert!(report.contains("| hello | 1234 |  | 1.23 |  | 12.0 µs CPU/request |"));
-        assert!(report.contains("| Wasm / native | 0.91 | ≥ 0.90 |"));
+        assert!(report.contains("| Wasm / native | 0.91 | ≥ 0.90 | yes |"));
+    }
+
+    #[test]
+    fn targets_are_met_or_not() {
+        assert_eq!(meets(0.91, "≥ 0.90"), Some(true));
+        assert_eq!(meets(0.89, "≥ 0.90"), Some(false));
+        assert_eq!(meets(3.2, "≥ 3"), Some(true));
+        assert_eq!(meets(16.0, "≤ 15 µs"), Some(false));
+        assert_eq!(meets(1.0, "≈ 1 (under 5%)"), None);
+        assert_eq!(meets(0.5, "reported"), None);
     }
 }

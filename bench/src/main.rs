@@ -38,6 +38,9 @@ struct Args {
     /// Run only the `--baseline` comparison.
     #[arg(long, requires = "baseline")]
     only_baseline: bool,
+    /// Run only the `--peers` comparison.
+    #[arg(long, requires = "peers")]
+    only_peers: bool,
 }
 
 /// The `wasmtime` whose `serve` the bench compares with: the release whose wasmtime-wasi-http
@@ -51,6 +54,8 @@ enum Target {
     /// A Python example built by `wasm-gw build-python`.
     Python(&'static str),
     NativeHello,
+    /// A native peer built from bench/src/bin: `hyper-hello` or `threads-hello`.
+    Peer(&'static str),
     /// Gunicorn's gthread workers serving a Python example natively: (example, callable).
     Gunicorn(&'static str, &'static str),
     /// `wasm-gw serve --config` with the config file of this name in [`Harness::configs`].
@@ -133,6 +138,7 @@ impl Harness {
                 command
             }
             Target::NativeHello => Command::new(self.binary("native-hello")),
+            Target::Peer(binary) => Command::new(self.binary(binary)),
             Target::WasmtimeServe(_) => {
                 let mut command = Command::new(self.wasmtime());
                 // `-S cli=y`: a component built with Rust's std imports wasi:cli beyond the
@@ -554,6 +560,10 @@ fn main() -> anyhow::Result<()> {
         baseline(&harness, dir, hello_path, &mut rows, &mut ratios)?;
         return write_report(&args, &root, &rows, &ratios);
     }
+    if args.only_peers {
+        peers(&harness, hello_path, &mut rows, &mut ratios)?;
+        return write_report(&args, &root, &rows, &ratios);
+    }
 
     // The hello variants run side by side and take turns under load, so that their ratios
     // compare like with like on a noisy machine.
@@ -897,8 +907,10 @@ fn baseline(
     Ok(())
 }
 
-/// The same `wasi:http` hello component on wasm-gw and on `wasmtime serve`, each with
-/// instance reuse and with a fresh instance per request, taking turns under load.
+/// wasm-gw against what users would run instead, taking turns under load in one run: native
+/// Rust servers (hyper on tokio, a blocking thread pool) on hello, and `wasmtime serve` on
+/// the same `wasi:http` hello component, each with instance reuse and with a fresh instance
+/// per request. The targets are issue #23's.
 fn peers(
     harness: &Harness,
     hello_path: &str,
@@ -906,9 +918,32 @@ fn peers(
     ratios: &mut Vec<(String, f64, String)>,
 ) -> anyhow::Result<()> {
     harness.prepare_wasmtime()?;
+    let hello = Target::Wasm("hello");
+    let hyper = Target::Peer("hyper-hello");
     let http_hello = Target::Wasm("http_hello");
     let wasmtime = Target::WasmtimeServe("http_hello");
-    let variants: [(&str, Target, &[&str], &[&str]); 5] = [
+    let reuse: &[&str] = &[
+        "-O",
+        "pooling-allocator=y",
+        "--max-instance-reuse-count",
+        "128",
+    ];
+    let close: &[&str] = &["-H", "Connection: close"];
+    let per_request: &[&str] = &["--isolation", "request"];
+    let variants: [(&str, Target, &[&str], &[&str]); 10] = [
+        ("peers: WSGI hello, wasm-gw", hello, &[], &[]),
+        (
+            "peers: hello, native hyper + tokio, 2 threads",
+            hyper,
+            &[],
+            &[],
+        ),
+        (
+            "peers: hello, native thread pool (std::net)",
+            Target::Peer("threads-hello"),
+            &[],
+            &[],
+        ),
         (
             "peers: wasi:http hello, wasm-gw, instances reused",
             http_hello,
@@ -916,20 +951,21 @@ fn peers(
             &[],
         ),
         (
-            "peers: wasi:http hello, wasm-gw, --isolation request",
-            http_hello,
-            &["--isolation", "request"],
+            "peers: wasi:http hello, wasmtime serve, pooling, reuse 128",
+            wasmtime,
+            reuse,
             &[],
         ),
         (
-            "peers: wasi:http hello, wasmtime serve, pooling, reuse 128",
-            wasmtime,
-            &[
-                "-O",
-                "pooling-allocator=y",
-                "--max-instance-reuse-count",
-                "128",
-            ],
+            "peers: WSGI hello, wasm-gw, --isolation request",
+            hello,
+            per_request,
+            &[],
+        ),
+        (
+            "peers: wasi:http hello, wasm-gw, --isolation request",
+            http_hello,
+            per_request,
             &[],
         ),
         (
@@ -939,30 +975,61 @@ fn peers(
             &[],
         ),
         (
-            "peers: WSGI hello, wasm-gw",
-            Target::Wasm("hello"),
+            "peers: WSGI hello, wasm-gw, Connection: close",
+            hello,
             &[],
+            close,
+        ),
+        (
+            "peers: hello, native hyper + tokio, Connection: close",
+            hyper,
             &[],
+            close,
         ),
     ];
     let results = harness.side_by_side(&variants, hello_path, rows)?;
-    let [reused, per_request, wasmtime_reused, wasmtime_default, wsgi] =
-        [0, 1, 2, 3, 4].map(|index| results[index].0.requests_per_sec);
-    ratios.push((
-        "wasi:http hello, reuse: wasm-gw / wasmtime serve (pooling, reuse 128)".into(),
-        reused / wasmtime_reused,
-        "≥ 1.5".into(),
-    ));
-    ratios.push((
-        "wasi:http hello, an instance a request: wasm-gw / wasmtime serve default".into(),
-        per_request / wasmtime_default,
-        "≥ 2".into(),
-    ));
-    ratios.push((
-        "WSGI hello on wasm-gw / wasi:http hello on wasmtime serve (pooling, reuse 128)".into(),
-        wsgi / wasmtime_reused,
-        "reported".into(),
-    ));
+    let rate: Vec<f64> = results
+        .iter()
+        .map(|(run, _)| run.requests_per_sec)
+        .collect();
+    let mut ratio = |name: &str, value: f64, target: &str| {
+        ratios.push((name.into(), value, target.into()));
+    };
+    ratio(
+        "keep-alive hello: WSGI on wasm-gw / native hyper + tokio",
+        rate[0] / rate[1],
+        "≥ 0.90",
+    );
+    ratio(
+        "keep-alive hello: WSGI on wasm-gw / native thread pool",
+        rate[0] / rate[2],
+        "reported",
+    );
+    ratio(
+        "keep-alive hello: WSGI on wasm-gw / wasi:http on wasmtime serve (pooling, reuse 128)",
+        rate[0] / rate[4],
+        "≥ 3",
+    );
+    ratio(
+        "keep-alive wasi:http hello: wasm-gw / wasmtime serve (pooling, reuse 128)",
+        rate[3] / rate[4],
+        "≥ 2",
+    );
+    ratio(
+        "an instance a request: WSGI hello on wasm-gw / wasmtime serve default",
+        rate[5] / rate[7],
+        "≥ 4",
+    );
+    ratio(
+        "an instance a request: wasi:http hello on wasm-gw / wasmtime serve default",
+        rate[6] / rate[7],
+        "reported",
+    );
+    ratio(
+        "Connection: close hello: WSGI on wasm-gw / native hyper + tokio",
+        rate[8] / rate[9],
+        "≥ 1.0",
+    );
     Ok(())
 }
 
