@@ -261,7 +261,8 @@ impl Connection {
     /// closing. Ties go to the connection whose wait ends first.
     pub fn eviction_rank(&self) -> Option<u8> {
         // One whose input has arrived has a request on its way: closing it now would reset
-        // it. A thread will take it.
+        // it. A thread will take it, at its deadline if not before (see
+        // [`crate::idle::IdleSet::expired`]).
         if self.io.input_waiting() {
             return None;
         }

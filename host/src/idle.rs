@@ -29,8 +29,9 @@ const WAKE_ON: EventFlags = EventFlags::IN
     .union(EventFlags::RDHUP)
     .union(EventFlags::ET);
 
-/// What wakes a request parked in its app's queue: its client hanging up. Body bytes
-/// arriving meanwhile wait in the kernel for the app.
+/// A hang-up, in an event's flags: what wakes a request parked in its app's queue (body
+/// bytes arriving meanwhile wait in the kernel for the app), and what a connection taken out
+/// has still to read the end of.
 const HANGUP: EventFlags = EventFlags::RDHUP
     .union(EventFlags::HUP)
     .union(EventFlags::ERR);
@@ -48,19 +49,19 @@ pub struct IdleSet<T> {
     no_longer_empty: Condvar,
 }
 
-/// What the set's connections carry: the registration that names their slot.
-pub trait Registered {
-    fn registration(&self) -> &Registration;
+/// What the set's connections carry: the membership that names their slot.
+pub trait Member {
+    fn membership(&self) -> &Membership;
 }
 
 /// A connection's slot in the set, from [`IdleSet::add`] until the connection is dropped,
 /// which frees it.
-pub struct Registration {
+pub struct Membership {
     set: Weak<dyn Release>,
     token: u64,
 }
 
-impl Drop for Registration {
+impl Drop for Membership {
     fn drop(&mut self) {
         if let Some(set) = self.set.upgrade() {
             set.release(self.token);
@@ -96,6 +97,8 @@ struct Parked<T> {
     sleepers: usize,
     /// How many parked connections have been taken out to be served, ever.
     taken: u64,
+    /// How many wakeups found their connection out being served, ever.
+    stale: u64,
     /// Connections taken out by token and handed to the threads.
     handed: VecDeque<T>,
 }
@@ -103,6 +106,9 @@ struct Parked<T> {
 struct Slot<T> {
     generation: u32,
     state: State<T>,
+    /// Counts the times a connection in this slot was parked to wait in a queue, so that a
+    /// key from an earlier wait never takes it out of a later one, or out of another state.
+    waits: u32,
 }
 
 enum State<T> {
@@ -112,17 +118,17 @@ enum State<T> {
     Parked {
         connection: T,
         deadline: Instant,
-        /// Whether it waits for input, which, once arrived, outlives its deadline; if not,
-        /// only a hang-up wakes it.
-        waits_for_input: bool,
         /// Input came that no thread was woken for (it waits for something else).
         woken: bool,
+        /// Which of the slot's waits in a queue this is; 0 for a connection waiting for input.
+        wait: u32,
     },
-    /// Taken out, being served; `woken` once input arrives meanwhile.
-    Out { woken: bool },
+    /// Taken out, being served; `woken` once input arrives meanwhile, `hung_up` once its
+    /// client's FIN or an error has been seen (for good: the end stays to be read).
+    Out { woken: bool, hung_up: bool },
 }
 
-impl<T: AsFd + Registered + Send + 'static> IdleSet<T> {
+impl<T: AsFd + Member + Send + 'static> IdleSet<T> {
     pub fn new() -> io::Result<Arc<IdleSet<T>>> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         // One count per connection handed over: each thread woken takes one.
@@ -144,18 +150,19 @@ impl<T: AsFd + Registered + Send + 'static> IdleSet<T> {
                 earliest: None,
                 sleepers: 0,
                 taken: 0,
+                stale: 0,
                 handed: VecDeque::new(),
             }),
             no_longer_empty: Condvar::new(),
         }))
     }
 
-    /// Gives a new connection its slot, made by `connect` from its registration, and parks
+    /// Gives a new connection its slot, made by `connect` from its membership, and parks
     /// it until it is readable or `deadline`. Input that arrived before is seen at once.
     pub fn add(
         self: &Arc<Self>,
         deadline: Instant,
-        connect: impl FnOnce(Registration) -> T,
+        connect: impl FnOnce(Membership) -> T,
     ) -> io::Result<()> {
         let set: Weak<dyn Release> = Arc::downgrade(self) as Weak<dyn Release>;
         let mut parked = self.lock();
@@ -165,71 +172,84 @@ impl<T: AsFd + Registered + Send + 'static> IdleSet<T> {
                 parked.slots.push(Slot {
                     generation: 0,
                     state: State::Free,
+                    waits: 0,
                 });
                 u32::try_from(parked.slots.len() - 1).expect("fewer than 2^32 connections")
             }
         };
         let generation = parked.slots[index as usize].generation;
         let token = u64::from(generation) << 32 | u64::from(index);
-        let connection = connect(Registration { set, token });
-        // Registered while the lock is held: a thread woken for it waits until it is in its
+        let connection = connect(Membership { set, token });
+        // Member while the lock is held: a thread woken for it waits until it is in its
         // slot. Once for the connection's life.
         let registered = epoll::add(&self.epoll, &connection, EventData::new_u64(token), WAKE_ON);
         if let Err(errno) = registered {
             // Out, so that dropping it (not under the lock) frees the slot.
-            parked.slots[index as usize].state = State::Out { woken: false };
+            parked.slots[index as usize].state = State::Out {
+                woken: false,
+                hung_up: false,
+            };
             drop(parked);
             drop(connection);
             return Err(errno.into());
         }
-        parked.settle(index, connection, deadline, true, false);
+        parked.settle(index, connection, deadline, false, 0);
         self.announce(&parked);
         Ok(())
     }
 
     /// Parks a connection that was taken from this set, until it is readable or `deadline`;
     /// or gives it back to be served at once, if input may be waiting that no wakeup will
-    /// tell of: some came while it was out (its edge has passed), or `unread`, because its
-    /// last read filled all the room it had.
+    /// tell of: some came while it was out (its edge has passed), its client's end has come
+    /// and is still to be read, or `unread`, because its last read filled all the room it had.
     pub fn park(&self, connection: T, deadline: Instant, unread: bool) -> Option<T> {
         let mut parked = self.lock();
-        let Some(index) = parked.out_slot(connection.registration().token) else {
-            unreachable!("a connection taken from the set has its slot until it is dropped");
+        let index = parked.out_slot(connection.membership().token);
+        let State::Out { woken, hung_up } = parked.slots[index as usize].state else {
+            unreachable!("out_slot finds a connection out");
         };
-        let woken = matches!(
-            parked.slots[index as usize].state,
-            State::Out { woken: true }
-        );
-        if woken || unread {
-            parked.slots[index as usize].state = State::Out { woken: false };
+        if woken || hung_up || unread {
+            parked.slots[index as usize].state = State::Out {
+                woken: false,
+                hung_up,
+            };
             return Some(connection);
         }
-        parked.settle(index, connection, deadline, true, false);
+        parked.settle(index, connection, deadline, false, 0);
         self.announce(&parked);
         None
     }
 
     /// Parks a connection that was taken from this set, and whose request waits for
     /// something else than its client: until its client hangs up, `deadline` passes, or it
-    /// is taken out by the token returned.
-    pub fn park_waiting(&self, connection: T, deadline: Instant) -> u64 {
-        let token = connection.registration().token;
+    /// is taken out by the key returned ([`IdleSet::take_waiting`]). A connection whose
+    /// client has hung up already is given back instead: its request is to be dropped.
+    pub fn park_waiting(&self, connection: T, deadline: Instant) -> Result<u64, T> {
         let mut parked = self.lock();
-        let Some(index) = parked.out_slot(token) else {
-            unreachable!("a connection taken from the set has its slot until it is dropped");
+        let index = parked.out_slot(connection.membership().token);
+        let State::Out { woken, hung_up } = parked.slots[index as usize].state else {
+            unreachable!("out_slot finds a connection out");
         };
-        let woken = matches!(
-            parked.slots[index as usize].state,
-            State::Out { woken: true }
-        );
-        parked.settle(index, connection, deadline, false, woken);
+        if hung_up {
+            return Err(connection);
+        }
+        let slot = &mut parked.slots[index as usize];
+        slot.waits = slot.waits.wrapping_add(1).max(1);
+        let wait = slot.waits;
+        parked.settle(index, connection, deadline, woken, wait);
         self.announce(&parked);
-        token
+        Ok(u64::from(wait) << 32 | u64::from(index))
     }
 
-    /// Takes out the connection parked under `token`, if it is still there.
-    pub fn take(&self, token: u64) -> Option<T> {
-        self.lock().take(token)
+    /// Takes out the connection parked to wait in a queue under `key`, if it still waits
+    /// there.
+    pub fn take_waiting(&self, key: u64) -> Option<T> {
+        let (index, wait) = ((key & u64::from(u32::MAX)) as u32, (key >> 32) as u32);
+        let mut parked = self.lock();
+        let waits_here = parked.slots.get(index as usize).is_some_and(|slot| {
+            matches!(slot.state, State::Parked { wait: parked_wait, .. } if parked_wait == wait)
+        });
+        waits_here.then(|| parked.take_out(index))
     }
 
     /// Hands a connection to the threads, as though it had become readable.
@@ -275,35 +295,34 @@ impl<T: AsFd + Registered + Send + 'static> IdleSet<T> {
         if token == HANDED_TOKEN {
             return self.take_handed();
         }
+        let hang_up = flags.intersects(HANGUP);
         let mut parked = self.lock();
         let Some(index) = parked.current(token) else {
+            parked.stale += 1;
             return Ok(Wakeup::Stale);
         };
-        let slot = &mut parked.slots[index as usize];
-        match &mut slot.state {
-            State::Parked {
-                waits_for_input: false,
-                woken,
-                ..
-            } if !flags.intersects(HANGUP) => {
-                *woken = true;
-                return Ok(Wakeup::Stale);
+        match &mut parked.slots[index as usize].state {
+            State::Parked { wait, woken, .. } if *wait != 0 && !hang_up => *woken = true,
+            State::Parked { .. } => {
+                let connection = parked.take_out(index);
+                // The client's FIN came with this wakeup, and no later edge will tell of it.
+                if hang_up {
+                    parked.slots[index as usize].state = State::Out {
+                        woken: true,
+                        hung_up: true,
+                    };
+                }
+                parked.taken += 1;
+                return Ok(Wakeup::Ready(connection));
             }
-            State::Parked { .. } => {}
-            State::Out { woken } => {
+            State::Out { woken, hung_up } => {
                 *woken = true;
-                return Ok(Wakeup::Stale);
+                *hung_up |= hang_up;
             }
-            State::Free => return Ok(Wakeup::Stale),
+            State::Free => {}
         }
-        let connection = parked.take_out(index);
-        // The client's FIN came with this wakeup, and no later edge will tell of it: after
-        // the input before it is served, the connection is given back to read its end.
-        if flags.intersects(HANGUP) {
-            parked.slots[index as usize].state = State::Out { woken: true };
-        }
-        parked.taken += 1;
-        Ok(Wakeup::Ready(connection))
+        parked.stale += 1;
+        Ok(Wakeup::Stale)
     }
 
     /// Takes one connection handed over, if another thread has not taken it first.
@@ -323,32 +342,50 @@ impl<T: AsFd + Registered + Send + 'static> IdleSet<T> {
     }
 
     /// Takes out every connection whose deadline has passed by `now`, but those that wait
-    /// for input and are readable: their bytes came in time, and a thread will take them.
+    /// for input and are readable: their bytes came in time, and they are handed to the
+    /// threads, whether or not a wakeup is on its way (none is for bytes behind TCP's urgent
+    /// mark, which a read stops at).
     pub fn expired(&self, now: Instant) -> Vec<T> {
         let mut parked = self.lock();
         if parked.earliest.is_none_or(|earliest| earliest > now) {
             return Vec::new();
         }
         let mut expired = Vec::new();
+        let mut handed = 0u64;
         let mut earliest = None;
         for index in 0..parked.slots.len() {
             let State::Parked {
                 connection,
                 deadline,
-                waits_for_input,
+                wait,
                 ..
             } = &parked.slots[index].state
             else {
                 continue;
             };
             let deadline = *deadline;
-            if deadline <= now && !(*waits_for_input && is_readable(connection)) {
-                expired.push(parked.take_out(index as u32));
-            } else if earliest.is_none_or(|earliest| deadline < earliest) {
-                earliest = Some(deadline);
+            if deadline > now {
+                if earliest.is_none_or(|earliest| deadline < earliest) {
+                    earliest = Some(deadline);
+                }
+                continue;
+            }
+            let readable = *wait == 0 && is_readable(connection);
+            let connection = parked.take_out(index as u32);
+            if readable {
+                parked.handed.push_back(connection);
+                handed += 1;
+            } else {
+                expired.push(connection);
             }
         }
         parked.earliest = earliest;
+        drop(parked);
+        if handed > 0
+            && let Err(error) = rustix::io::write(&self.handed_signal, &handed.to_ne_bytes())
+        {
+            tracing::error!("cannot hand ready connections to the threads: {error}");
+        }
         expired
     }
 
@@ -394,7 +431,8 @@ impl<T: AsFd + Registered + Send + 'static> IdleSet<T> {
             .collect()
     }
 
-    /// Whether a parked connection is readable and no thread has taken it yet.
+    /// Whether a wakeup waits for a thread: a connection became readable, or one out being
+    /// served got more input (which a thread finds stale).
     pub fn has_ready(&self) -> bool {
         is_readable(&self.epoll)
     }
@@ -402,6 +440,13 @@ impl<T: AsFd + Registered + Send + 'static> IdleSet<T> {
     /// How many connections have been taken out to be served so far.
     pub fn taken(&self) -> u64 {
         self.lock().taken
+    }
+
+    /// How many wakeups threads have handled so far, stale ones included: whether they keep
+    /// up with [`IdleSet::has_ready`].
+    pub fn wakeups(&self) -> u64 {
+        let parked = self.lock();
+        parked.taken + parked.stale
     }
 
     fn lock(&self) -> MutexGuard<'_, Parked<T>> {
@@ -414,7 +459,7 @@ impl<T: Send> Release for IdleSet<T> {
         let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(index) = parked.current(token) {
             let slot = &mut parked.slots[index as usize];
-            // A parked connection holds its own registration: it cannot be dropped while
+            // A parked connection holds its own membership: it cannot be dropped while
             // parked, only once taken out.
             debug_assert!(!matches!(slot.state, State::Parked { .. }));
             slot.state = State::Free;
@@ -446,25 +491,20 @@ impl<T> Parked<T> {
     }
 
     /// The slot of a connection taken out, by its token.
-    fn out_slot(&self, token: u64) -> Option<u32> {
-        self.current(token)
-            .filter(|index| matches!(self.slots[*index as usize].state, State::Out { .. }))
+    fn out_slot(&self, token: u64) -> u32 {
+        match self.current(token) {
+            Some(index) if matches!(self.slots[index as usize].state, State::Out { .. }) => index,
+            _ => unreachable!("a connection taken from the set has its slot until it is dropped"),
+        }
     }
 
-    /// Puts `connection` in its slot, parked.
-    fn settle(
-        &mut self,
-        index: u32,
-        connection: T,
-        deadline: Instant,
-        waits_for_input: bool,
-        woken: bool,
-    ) {
+    /// Puts `connection` in its slot, parked: for input, or (`wait` not 0) in a queue.
+    fn settle(&mut self, index: u32, connection: T, deadline: Instant, woken: bool, wait: u32) {
         self.slots[index as usize].state = State::Parked {
             connection,
             deadline,
-            waits_for_input,
             woken,
+            wait,
         };
         self.len += 1;
         if self.earliest.is_none_or(|earliest| deadline < earliest) {
@@ -472,23 +512,25 @@ impl<T> Parked<T> {
         }
     }
 
-    /// Takes out the connection parked under `token`, if it is still there.
-    fn take(&mut self, token: u64) -> Option<T> {
-        let index = self.current(token)?;
-        matches!(self.slots[index as usize].state, State::Parked { .. })
-            .then(|| self.take_out(index))
-    }
-
     /// Takes a parked connection out of its slot, which stays its own until it is dropped.
     fn take_out(&mut self, index: u32) -> T {
         let slot = &mut self.slots[index as usize];
         let State::Parked {
             connection, woken, ..
-        } = std::mem::replace(&mut slot.state, State::Out { woken: false })
+        } = std::mem::replace(
+            &mut slot.state,
+            State::Out {
+                woken: false,
+                hung_up: false,
+            },
+        )
         else {
             unreachable!("only a parked connection is taken out");
         };
-        slot.state = State::Out { woken };
+        slot.state = State::Out {
+            woken,
+            hung_up: false,
+        };
         self.len -= 1;
         connection
     }
@@ -507,7 +549,7 @@ mod tests {
     /// A socket as the set holds it.
     struct Conn {
         stream: UnixStream,
-        registration: Registration,
+        membership: Membership,
     }
 
     impl AsFd for Conn {
@@ -516,18 +558,15 @@ mod tests {
         }
     }
 
-    impl Registered for Conn {
-        fn registration(&self) -> &Registration {
-            &self.registration
+    impl Member for Conn {
+        fn membership(&self) -> &Membership {
+            &self.membership
         }
     }
 
     fn add(set: &Arc<IdleSet<Conn>>, stream: UnixStream, deadline: Instant) {
-        set.add(deadline, |registration| Conn {
-            stream,
-            registration,
-        })
-        .unwrap();
+        set.add(deadline, |membership| Conn { stream, membership })
+            .unwrap();
     }
 
     fn woken(set: &IdleSet<Conn>) -> Option<Conn> {
@@ -535,6 +574,18 @@ mod tests {
             Wakeup::Ready(conn) => Some(conn),
             Wakeup::TimedOut | Wakeup::Stale => None,
         }
+    }
+
+    /// The next connection ready, past stale wakeups.
+    fn next_ready(set: &IdleSet<Conn>) -> Option<Conn> {
+        for _ in 0..4 {
+            match set.wait(SOON).unwrap() {
+                Wakeup::Ready(conn) => return Some(conn),
+                Wakeup::TimedOut => return None,
+                Wakeup::Stale => {}
+            }
+        }
+        None
     }
 
     fn times_out(set: &IdleSet<Conn>) -> bool {
@@ -610,8 +661,10 @@ mod tests {
         let (sent_in_time, mut peer) = UnixStream::pair().unwrap();
         add(&set, sent_in_time, now);
         peer.write_all(b"x").unwrap();
+        // Handed to the threads, whether a wakeup is on its way or not.
         assert!(set.expired(now).is_empty());
-        assert!(woken(&set).is_some());
+        assert!(next_ready(&set).is_some());
+        assert!(times_out(&set));
     }
 
     #[test]
@@ -646,12 +699,14 @@ mod tests {
         let waiting = woken(&set).unwrap();
         // Parked to wait for something else, input does not wake it, nor keep it past its
         // deadline.
-        let token = set.park_waiting(waiting, now);
+        let Ok(key) = set.park_waiting(waiting, now) else {
+            panic!("its client is there");
+        };
         peer.write_all(b"y").unwrap();
         assert!(matches!(set.wait(SOON).unwrap(), Wakeup::Stale));
         assert!(times_out(&set));
-        let waiting = set.take(token).expect("still parked");
-        assert!(set.take(token).is_none());
+        let waiting = set.take_waiting(key).expect("still parked");
+        assert!(set.take_waiting(key).is_none());
         set.hand(waiting).unwrap();
         assert!(set.has_ready());
         let handed = woken(&set).expect("handed to a thread");
@@ -663,9 +718,16 @@ mod tests {
         // back rather than left waiting for an edge that passed.
         let handed = set.park(handed, now + SOON, false).expect("given back");
 
-        let token = set.park_waiting(handed, now);
-        assert_eq!(set.expired(now).len(), 1);
-        assert!(set.take(token).is_none());
+        let Ok(key) = set.park_waiting(handed, now) else {
+            panic!("its client is there");
+        };
+        let mut expired = set.expired(now);
+        assert_eq!(expired.len(), 1);
+        assert!(set.take_waiting(key).is_none());
+        // Parked again, to wait for input, a key from its wait in the queue does not take it.
+        let expired = expired.pop().unwrap();
+        assert!(set.park(expired, now + SOON, false).is_none());
+        assert!(set.take_waiting(key).is_none());
     }
 
     #[test]
@@ -675,10 +737,25 @@ mod tests {
         add(&set, waiting, Instant::now() + SOON);
         peer.write_all(b"x").unwrap();
         let waiting = woken(&set).unwrap();
-        let token = set.park_waiting(waiting, Instant::now() + SOON);
+        let Ok(key) = set.park_waiting(waiting, Instant::now() + SOON) else {
+            panic!("its client is there");
+        };
         drop(peer);
         assert!(woken(&set).is_some());
-        assert!(set.take(token).is_none());
+        assert!(set.take_waiting(key).is_none());
+    }
+
+    #[test]
+    fn a_client_that_hung_up_before_its_request_waits_is_given_back() {
+        let set = IdleSet::new().unwrap();
+        let (waiting, mut peer) = UnixStream::pair().unwrap();
+        add(&set, waiting, Instant::now() + SOON);
+        peer.write_all(b"request").unwrap();
+        let taken = woken(&set).unwrap();
+        // Its FIN comes while the request is dispatched, before it is parked to wait.
+        drop(peer);
+        assert!(matches!(set.wait(SOON).unwrap(), Wakeup::Stale));
+        assert!(set.park_waiting(taken, Instant::now() + SOON).is_err());
     }
 
     #[test]

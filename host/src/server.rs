@@ -17,7 +17,7 @@ use anyhow::Context;
 
 use crate::connection::{Connection, ConnectionConfig, Next};
 use crate::http::io::threads_waiting_on_peers;
-use crate::idle::{IdleSet, Registered, Registration, Wakeup};
+use crate::idle::{IdleSet, Member, Membership, Wakeup};
 use crate::lifecycle::{IDLE_GRACE, Lifecycle};
 use crate::listener::{self, Listener};
 use crate::pool::{Lease, Waiter};
@@ -117,10 +117,10 @@ pub fn run(
         };
         if let Next::Wait(connection, deadline) =
             Connection::open(socket, peer, local, &threads.config, &lifecycle)
-            && let Err(error) = threads.idle.add(deadline, |registration| Client {
+            && let Err(error) = threads.idle.add(deadline, |membership| Client {
                 connection,
                 slot,
-                registration,
+                membership,
             })
         {
             tracing::warn!("cannot wait for a new connection's request: {error}");
@@ -159,7 +159,7 @@ impl FailedAccepts {
 struct Client {
     connection: Connection,
     slot: SlotGuard,
-    registration: Registration,
+    membership: Membership,
 }
 
 impl AsFd for Client {
@@ -168,9 +168,9 @@ impl AsFd for Client {
     }
 }
 
-impl Registered for Client {
-    fn registration(&self) -> &Registration {
-        &self.registration
+impl Member for Client {
+    fn membership(&self) -> &Membership {
+        &self.membership
     }
 }
 
@@ -290,10 +290,10 @@ impl ServingThreads {
             let Client {
                 connection,
                 slot,
-                registration,
+                membership,
             } = client;
             let next = connection.on_readable(&self.router, &self.config);
-            match self.park(next, slot, registration) {
+            match self.park(next, slot, membership) {
                 Some(again) => client = again,
                 None => return,
             }
@@ -302,27 +302,27 @@ impl ServingThreads {
 
     /// [`ServingThreads::park`] for a connection that was not just served: one given back
     /// is served here.
-    fn settle(&self, next: Next, slot: SlotGuard, registration: Registration) {
-        if let Some(client) = self.park(next, slot, registration) {
+    fn park_or_serve(&self, next: Next, slot: SlotGuard, membership: Membership) {
+        if let Some(client) = self.park(next, slot, membership) {
             self.serve_client(client);
         }
     }
 
     /// Parks the connection, queues its request, or lets it go, as `next` says. Returns
     /// the connection if it is to be served again at once.
-    fn park(&self, next: Next, slot: SlotGuard, registration: Registration) -> Option<Client> {
+    fn park(&self, next: Next, slot: SlotGuard, membership: Membership) -> Option<Client> {
         match next {
             Next::Wait(connection, deadline) => {
                 let unread = connection.maybe_unread();
                 let client = Client {
                     connection,
                     slot,
-                    registration,
+                    membership,
                 };
                 self.idle.park(client, deadline, unread)
             }
             Next::Queue(connection, deadline) => {
-                self.queue(connection, slot, registration, deadline);
+                self.queue(connection, slot, membership, deadline);
                 None
             }
             Next::Closed => None,
@@ -335,7 +335,7 @@ impl ServingThreads {
         &self,
         connection: Connection,
         slot: SlotGuard,
-        registration: Registration,
+        membership: Membership,
         deadline: Instant,
     ) {
         let Some((pool, ticket)) = connection.queue() else {
@@ -344,24 +344,28 @@ impl ServingThreads {
         let client = Client {
             connection,
             slot,
-            registration,
+            membership,
         };
-        let token = self.idle.park_waiting(client, deadline);
+        let key = match self.idle.park_waiting(client, deadline) {
+            Ok(key) => key,
+            // Its client hung up already: served now, the request is dropped unqueued.
+            Err(client) => return self.serve_client(client),
+        };
         let waiter = Box::new(Handoff {
             idle: self.idle.clone(),
-            token,
+            key,
         });
         // The queue is full: unless its client has hung up meanwhile, the request is still
         // parked, and is turned away.
         if pool.enqueue(waiter, &ticket).is_err()
-            && let Some(client) = self.idle.take(token)
+            && let Some(client) = self.idle.take_waiting(key)
         {
             let Client {
                 connection,
                 slot,
-                registration,
+                membership,
             } = client;
-            self.settle(connection.refuse_queue_full(), slot, registration);
+            self.park_or_serve(connection.refuse_queue_full(), slot, membership);
         }
     }
 
@@ -403,7 +407,9 @@ impl ServingThreads {
                 );
             }
 
-            let taken = self.idle.taken();
+            // Wakeups handled, stale ones included: input for a connection being served wakes
+            // a thread too, and threads that keep up with it are not stuck.
+            let taken = self.idle.wakeups();
             if !self.idle.has_ready() {
                 ready_at_taken = None;
                 continue;
@@ -430,10 +436,10 @@ impl ServingThreads {
             for Client {
                 connection,
                 slot,
-                registration,
+                membership,
             } in owing
             {
-                threads.settle(connection.on_deadline(), slot, registration);
+                threads.park_or_serve(connection.on_deadline(), slot, membership);
             }
         };
         if let Err(error) = thread::Builder::new().name("timeouts".into()).spawn(answer) {
@@ -445,13 +451,14 @@ impl ServingThreads {
 /// How a worker reaches a request parked in the idle set while it waits in the queue.
 struct Handoff {
     idle: Arc<IdleSet<Client>>,
-    token: u64,
+    /// This wait's key: a connection that stopped waiting, and waits again, has another.
+    key: u64,
 }
 
 impl Waiter for Handoff {
     fn hand(self: Box<Self>, lease: Lease) -> Result<(), Lease> {
         // Gone if its client hung up, or the queue timeout passed, meanwhile.
-        let Some(mut client) = self.idle.take(self.token) else {
+        let Some(mut client) = self.idle.take_waiting(self.key) else {
             return Err(lease);
         };
         client.connection.hand(lease)?;

@@ -530,7 +530,8 @@ impl Wire {
     /// then, and fails with `TimedOut` past it. `None` if nothing has arrived, without one.
     fn read(&mut self, into: &mut [u8], deadline: Option<Instant>) -> io::Result<Option<usize>> {
         let read = self.read_once(into, deadline);
-        // A read that failed leaves the connection to be closed, not parked.
+        // A read that failed has left nothing to read later: a connection parked after it
+        // (to close, say) waits for its next edge.
         self.filled = matches!(read, Ok(Some(read)) if read > 0 && read == into.len());
         read
     }
