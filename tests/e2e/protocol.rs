@@ -355,3 +355,39 @@ fn unsupported_versions_and_codings_get_their_status() {
         }
     }
 }
+
+#[test]
+fn a_request_behind_tcp_urgent_data_is_served_by_the_keep_alive_deadline() {
+    use std::os::fd::AsRawFd;
+    // A read stops at TCP's urgent mark with bytes still queued behind it, and no wakeup
+    // will come for them. Both requests, and the mark between them, are in the kernel
+    // before the server starts: the first read takes the first request only, and the
+    // connection waits for its next one with the second unread. It is served at its
+    // keep-alive deadline at the latest.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+        .set_read_timeout(Some(crate::support::IO_TIMEOUT))
+        .unwrap();
+    stream
+        .write_all(b"GET /?name=first HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    // SAFETY: a one-byte send on a socket this test owns, from a live buffer.
+    let sent = unsafe { libc::send(stream.as_raw_fd(), b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
+    assert_eq!(sent, 1);
+    stream
+        .write_all(b"GET /?name=second HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let _server = Server::start_with_fd3(
+        "hello",
+        &["--bind", "fd://3", "--keep-alive", "1"],
+        &listener,
+    );
+    let mut reader = BufReader::new(stream);
+    for name in ["first", "second"] {
+        let response = RawResponse::read(&mut reader, false);
+        assert_eq!(response.status, 200);
+        assert_eq!(response.text(), format!("Hello, {name}!\n"));
+    }
+}
