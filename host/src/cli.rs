@@ -42,10 +42,13 @@ pub enum Command {
     /// commands that do it.
     New(NewArgs),
     /// Compile an app ahead of time into a `.cwasm` that `serve` starts at once. The
-    /// result is native code for this machine and this wasm-gw version.
+    /// result is native code for this machine and this wasm-gw version. Not for a Python app,
+    /// whose files a `.cwasm` cannot hold: `build-python` fills the code cache instead.
     Compile(CompileArgs),
-    /// Build a Python WSGI app (any PEP 3333 callable, Flask included) into a component.
-    /// Needs Python 3 with venv and pip; componentize-py is installed on first use.
+    /// Build a Python WSGI app (any PEP 3333 callable, Flask and Django included) into a
+    /// component, which carries the standard library, the app's directories and its
+    /// requirements for the app to read at run time. Needs Python 3 with venv and pip;
+    /// componentize-py is installed on first use.
     BuildPython(BuildPythonArgs),
 }
 
@@ -63,7 +66,9 @@ pub struct BuildPythonArgs {
     #[arg(long)]
     pub requirements: Option<PathBuf>,
 
-    /// A directory with the app's modules; repeatable [default: .].
+    /// A directory with the app's modules and files, packed into the component (less hidden
+    /// entries, __pycache__, node_modules, virtualenvs and .wasm files); repeatable
+    /// [default: .].
     #[arg(long = "path")]
     pub paths: Vec<PathBuf>,
 
@@ -72,8 +77,9 @@ pub struct BuildPythonArgs {
     #[arg(long)]
     pub validate: bool,
 
-    /// Where wasm-gw keeps componentize-py, and the compiled code that `serve` with the same
-    /// --cache-dir starts from [default: $XDG_CACHE_HOME/wasm-gw or ~/.cache/wasm-gw].
+    /// Where wasm-gw keeps componentize-py, and the compiled code and unpacked files that
+    /// `serve` with the same --cache-dir starts from [default: $XDG_CACHE_HOME/wasm-gw or
+    /// ~/.cache/wasm-gw].
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
 }
@@ -124,12 +130,13 @@ pub struct ServeArgs {
     #[arg(long)]
     pub reload: bool,
 
-    /// Don't keep compiled code between runs; compile the app at every start.
+    /// Don't keep compiled code between runs; compile the app at every start. Files a
+    /// Python app carries are unpacked under $TMPDIR/wasm-gw-files-UID instead.
     #[arg(long)]
     pub no_cache: bool,
 
-    /// Where compiled code is kept between runs [default: $XDG_CACHE_HOME/wasm-gw or
-    /// ~/.cache/wasm-gw].
+    /// Where compiled code, and the files Python apps carry, are kept between runs
+    /// [default: $XDG_CACHE_HOME/wasm-gw or ~/.cache/wasm-gw].
     #[arg(long, conflicts_with = "no_cache")]
     pub cache_dir: Option<PathBuf>,
 

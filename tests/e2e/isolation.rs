@@ -76,6 +76,23 @@ fn send(server: &Server, path: &str) -> TcpStream {
     stream
 }
 
+/// Holds what is written to `stream` until it is shut down or uncorked (`TCP_CORK`).
+fn cork(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket this test owns, with a live int of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "TCP_CORK");
+}
+
 /// The status of the response on `stream`, and how long after `sent` it came.
 fn answer(stream: TcpStream, sent: Instant) -> (u16, Duration, Option<String>) {
     stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
@@ -213,6 +230,34 @@ fn a_request_whose_client_left_while_queued_never_runs() {
         metric(admin, "wasm_gw_queue_refused_total", &[("reason", "gone")]),
         1.0
     );
+}
+
+#[test]
+fn a_request_whose_client_shut_down_with_it_is_dropped_at_once_not_when_a_worker_frees() {
+    let server = hostile_beside_hello(&["--workers", "1", "--timeout", "30"]);
+    let stuck = send(&server, "/sleep?ms=5000");
+    wait_for_lines(&server, "sleeping 5000 ms", 1);
+    // The request and its client's FIN in one segment (corked, so the FIN rides on the
+    // data): no later wakeup tells of the FIN, so it must be remembered from the one that
+    // came with the request.
+    let mut gone = server.connect();
+    cork(&gone);
+    gone.write_all(b"GET /served HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    gone.shutdown(std::net::Shutdown::Write).unwrap();
+    server.wait_for_log(&["client left while its request waited for an instance"]);
+    // Dropped while the one instance still sleeps, seconds before it answers; dropped when
+    // the instance came free, it would be the same moment.
+    let dropped = Instant::now();
+    let (status, _, _) = answer(stuck, dropped);
+    assert_eq!(status, 200);
+    let still_asleep_for = dropped.elapsed();
+    assert!(
+        still_asleep_for > Duration::from_secs(1),
+        "dropped only {still_asleep_for:?} before the instance came free"
+    );
+    let mut response = client().get(server.url("/served")).call().unwrap();
+    assert_eq!(response.body_mut().read_to_string().unwrap(), "2");
 }
 
 #[test]

@@ -721,3 +721,25 @@ fn one_python_component_mounted_twice_unpacks_its_files_once_for_both() {
     assert_eq!(unpacked.len(), 1, "{unpacked:?}");
     assert!(!unpacked[0].ends_with(".partial"), "{unpacked:?}");
 }
+
+#[test]
+fn without_a_code_cache_the_files_are_unpacked_in_the_temporary_directory() {
+    let temporary = Scratch::new("no-cache-tmp");
+    let hello = python_guest("hello");
+    let server = Server::start_mounts_with_env(
+        &["--mount", &format!("/={}", hello.display()), "--no-cache"],
+        &[("TMPDIR", temporary.path())],
+    );
+    let mut response = client().get(server.url("/?name=tmp")).call().unwrap();
+    assert_eq!(text(&mut response), "Hello, tmp!\n");
+    let uid = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout).unwrap();
+    let root = temporary
+        .path()
+        .join(format!("wasm-gw-files-{}", uid.trim()));
+    let unpacked: Vec<_> = std::fs::read_dir(&root)
+        .unwrap_or_else(|error| panic!("{}: {error}", root.display()))
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(unpacked.len(), 1, "{unpacked:?}");
+    assert!(unpacked[0].join("python/encodings/idna.py").is_file());
+}
