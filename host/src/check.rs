@@ -3,9 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use wasmtime::Engine;
-
-use crate::compile::{base_config, load_component};
+use crate::compile::{self, load_component};
 use crate::runtime::{link, link_http, link_http3};
 
 /// Interfaces wasm-gw gives every app, by name prefix: WASI 0.2, key-value and the wsgi
@@ -36,9 +34,9 @@ use crate::world::{WSGI_HANDLER as HANDLER, World};
 
 /// Checks the component at `path`. Returns the report, and whether the component fits.
 pub fn check(path: &Path) -> anyhow::Result<(String, bool)> {
-    let engine = Engine::new(&base_config())?;
-    let loaded = load_component(&engine, path, None)?;
+    let loaded = load_component(&compile::engine, path, None)?;
     let component = loaded.component;
+    let engine = component.engine().clone();
     let kind = component.component_type();
     let mut report = String::new();
     if let Some(files) = &loaded.files {

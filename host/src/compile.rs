@@ -9,16 +9,99 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
+use wasmparser::{CanonicalFunction, CanonicalOption, Chunk, Parser, Payload};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, Precompiled};
 
+/// Whether an engine runs the component model's concurrency: async functions, streams and
+/// futures, which a `wasi:http` 0.3 component uses. An engine with it sets up a task for
+/// every call into a guest, even a synchronous one: 3–4 µs of a keep-alive hello's 21 µs of
+/// server CPU, measured. So an app that needs none runs on an engine without it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Concurrency {
+    Off,
+    On,
+}
+
 /// Engine settings shared by `serve` and `compile`, so that their compiled code agrees.
-pub fn base_config() -> Config {
+pub fn base_config(concurrency: Concurrency) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
-    // wasi:http 0.3 components: async functions, streams and futures of the component model.
-    config.wasm_component_model_async(true);
+    let on = concurrency == Concurrency::On;
+    config.concurrency_support(on);
+    config.wasm_component_model_async(on);
     config
+}
+
+/// What [`load_component`] asks for an engine with: the engine to compile for, or load
+/// compiled code into, which has the concurrency asked for.
+pub type EngineFor<'a> = &'a dyn Fn(Concurrency) -> anyhow::Result<Engine>;
+
+/// An engine with no more than [`base_config`].
+pub fn engine(concurrency: Concurrency) -> anyhow::Result<Engine> {
+    Ok(Engine::new(&base_config(concurrency))?)
+}
+
+/// Whether the component `wasm` uses the component model's concurrency: a function lifted
+/// or lowered async, or a built-in of tasks, streams, futures or waitables, in it or in a
+/// component nested in it. Read from its canonical sections alone, so a few milliseconds
+/// for a Python app's 40 MB.
+fn concurrency_of(wasm: &[u8]) -> Concurrency {
+    fn scan(mut parser: Parser, wasm: &[u8], mut offset: usize) -> wasmparser::Result<bool> {
+        loop {
+            let rest = wasm.get(offset..).unwrap_or_default();
+            let (consumed, payload) = match parser.parse(rest, true)? {
+                Chunk::Parsed { consumed, payload } => (consumed, payload),
+                Chunk::NeedMoreData(_) => return Ok(false),
+            };
+            offset += consumed;
+            match payload {
+                Payload::ComponentCanonicalSection(functions) => {
+                    for function in functions {
+                        let concurrent = match function? {
+                            CanonicalFunction::Lift { options, .. }
+                            | CanonicalFunction::Lower { options, .. } => {
+                                options.iter().any(|option| {
+                                    matches!(
+                                        option,
+                                        CanonicalOption::Async | CanonicalOption::Callback(_)
+                                    )
+                                })
+                            }
+                            CanonicalFunction::ResourceNew { .. }
+                            | CanonicalFunction::ResourceDrop { .. }
+                            | CanonicalFunction::ResourceRep { .. } => false,
+                            _ => true,
+                        };
+                        if concurrent {
+                            return Ok(true);
+                        }
+                    }
+                }
+                Payload::ComponentSection {
+                    parser: nested,
+                    unchecked_range,
+                } => {
+                    if scan(nested, wasm, unchecked_range.start)? {
+                        return Ok(true);
+                    }
+                    offset = unchecked_range.end;
+                }
+                // A core module's code is not read.
+                Payload::ModuleSection {
+                    unchecked_range, ..
+                } => offset = unchecked_range.end,
+                Payload::End(_) => return Ok(false),
+                _ => {}
+            }
+        }
+    }
+    // A component the scan cannot read is compiled without, and fails there with a
+    // validation error that says what is wrong.
+    match scan(Parser::new(0), wasm, 0) {
+        Ok(true) => Concurrency::On,
+        Ok(false) | Err(_) => Concurrency::Off,
+    }
 }
 
 /// Compiled components kept between runs, keyed by the component's content, the wasmtime
@@ -133,9 +216,10 @@ pub struct Loaded {
 }
 
 /// Loads the component in `path`: compiles a `.wasm` (through the cache, if there is one), or
-/// loads a `.cwasm` made by `wasm-gw compile`.
+/// loads a `.cwasm` made by `wasm-gw compile`, for the engine `engine_for` gives with the
+/// concurrency the component needs (the component's [`Component::engine`]).
 pub fn load_component(
-    engine: &Engine,
+    engine_for: EngineFor,
     path: &Path,
     cache: Option<&CodeCache>,
 ) -> anyhow::Result<Loaded> {
@@ -144,15 +228,22 @@ pub fn load_component(
         Some(Precompiled::Component) => {
             // Read, not mapped: the operator may overwrite the file in place while serving.
             // SAFETY: a `.cwasm` is native code that the operator chose to run, made by
-            // `wasm-gw compile`; wasmtime checks that it fits this engine.
-            let component = unsafe { Component::deserialize(engine, &bytes) }
-                .map_err(anyhow::Error::from)
-                .with_context(|| {
-                    format!(
-                        "cannot load {}: compile it again with this wasm-gw (`wasm-gw compile`)",
-                        path.display()
-                    )
-                })?;
+            // `wasm-gw compile`; wasmtime checks that it fits the engine.
+            let deserialize = |engine: Engine| unsafe { Component::deserialize(&engine, &bytes) };
+            // Which concurrency it was compiled for is known only by trying: first without,
+            // as `wasm-gw compile` compiles all but `wasi:http` 0.3 components.
+            let component = match deserialize(engine_for(Concurrency::Off)?) {
+                Ok(component) => component,
+                Err(_) => deserialize(engine_for(Concurrency::On)?)
+                    .map_err(anyhow::Error::from)
+                    .with_context(|| {
+                        format!(
+                            "cannot load {}: compile it again with this wasm-gw \
+                             (`wasm-gw compile`)",
+                            path.display()
+                        )
+                    })?,
+            };
             return Ok(Loaded {
                 component,
                 files: None,
@@ -179,7 +270,28 @@ pub fn load_component(
     let files = crate::bundle::section(&bytes)
         .with_context(|| format!("cannot read {}", path.display()))?
         .map(<[u8]>::to_vec);
-    let entry = cache.map(|cache| cache.entry(engine, &bytes));
+    let concurrency = concurrency_of(&bytes);
+    let component = match compile(&engine_for(concurrency)?, path, &bytes, cache) {
+        // The scan reads canonical functions alone: a component that only names a stream's
+        // or a future's type is refused by an engine without concurrency, and compiled with.
+        Err(error) if concurrency == Concurrency::Off => {
+            tracing::debug!("{error:#}; compiling again with the component model's concurrency");
+            compile(&engine_for(Concurrency::On)?, path, &bytes, cache)?
+        }
+        compiled => compiled?,
+    };
+    Ok(Loaded { component, files })
+}
+
+/// Compiles the component `bytes`, read from `path`, for `engine`, or loads its compiled code
+/// from `cache`.
+fn compile(
+    engine: &Engine,
+    path: &Path,
+    bytes: &[u8],
+    cache: Option<&CodeCache>,
+) -> anyhow::Result<Component> {
+    let entry = cache.map(|cache| cache.entry(engine, bytes));
     if let (Some(cache), Some(entry)) = (cache, &entry)
         && let Some(component) = cache.load(engine, entry)
     {
@@ -188,7 +300,7 @@ pub fn load_component(
             path.display(),
             entry.display()
         );
-        return Ok(Loaded { component, files });
+        return Ok(component);
     }
     // A big component (a Python app's CPython) takes seconds: say so, or the terminal looks
     // stuck.
@@ -199,7 +311,7 @@ pub fn load_component(
         compile_estimate(bytes.len())
     );
     let started = Instant::now();
-    let component = Component::new(engine, &bytes)
+    let component = Component::new(engine, bytes)
         .map_err(anyhow::Error::from)
         .with_context(|| format!("cannot compile {}", path.display()))?;
     tracing::info!("compiled {} in {:?}", path.display(), started.elapsed());
@@ -212,7 +324,7 @@ pub fn load_component(
             ),
         }
     }
-    Ok(Loaded { component, files })
+    Ok(component)
 }
 
 /// `bytes` in MB, as a person reads a file's size.
@@ -232,8 +344,8 @@ pub fn compile_estimate(bytes: usize) -> String {
 /// at once.
 /// A cache it cannot write to is an error here, not a warning: nothing else would say so.
 pub fn precompile(path: &Path, cache: &CodeCache) -> anyhow::Result<()> {
-    let engine = Engine::new(&base_config())?;
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let engine = engine(concurrency_of(&bytes))?;
     // Its files are unpacked now too, where `serve` looks for them.
     if let Some(archive) = crate::bundle::section(&bytes)? {
         crate::bundle::unpack(archive, &cache.files_dir())?;
@@ -252,7 +364,6 @@ pub fn precompile(path: &Path, cache: &CodeCache) -> anyhow::Result<()> {
 
 /// `wasm-gw compile`: compiles `input` ahead of time into `output`.
 pub fn compile_to_file(input: &Path, output: &Path) -> anyhow::Result<()> {
-    let engine = Engine::new(&base_config())?;
     let loaded = load_component(&engine, input, None)?;
     if loaded.files.is_some() {
         bail!(

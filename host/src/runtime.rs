@@ -22,7 +22,7 @@ use crate::bindings::exports::wasm_gw::wsgi::handler::Body;
 use crate::bindings::wasm_gw::wsgi::request;
 use crate::bindings::wasm_gw::wsgi::response;
 use crate::bundle;
-use crate::compile::{CodeCache, Loaded, base_config, load_component};
+use crate::compile::{CodeCache, Concurrency, Loaded, base_config, load_component};
 use crate::guest::wait::DeadlinePassed;
 use crate::guest::{
     self, DirGrant, Grants, GuestState, MAX_INSTANCE_PARTS, OutputLimit, OutputRate,
@@ -73,9 +73,11 @@ pub fn link(
 /// startup and passed down, as wasmtime's `serve` does. The clock ticks for as long as any
 /// engine lives, whoever holds it: an app's, after the reloader that made it is gone.
 pub struct Engines {
-    /// The engine of every app that keeps its instances: one engine and one clock for them
-    /// all, however many apps a server hosts.
+    /// The engine of every app that keeps its instances, however many apps a server hosts:
+    /// one without the component model's concurrency, one with it for the apps that need it
+    /// ([`Concurrency`]).
     shared: Engine,
+    shared_concurrent: Engine,
     clock: Arc<Clock>,
 }
 
@@ -86,23 +88,32 @@ struct Clock {
 
 impl Engines {
     pub fn new() -> anyhow::Result<Engines> {
-        let shared = Engine::new(&base_config())?;
+        let shared = Engine::new(&base_config(Concurrency::Off))?;
+        let shared_concurrent = Engine::new(&base_config(Concurrency::On))?;
         let clock = Arc::new(Clock {
-            engines: Mutex::new(vec![shared.weak()]),
+            engines: Mutex::new(vec![shared.weak(), shared_concurrent.weak()]),
         });
         let ticking = clock.clone();
         thread::Builder::new()
             .name("epoch-ticker".into())
             .spawn(move || ticking.run())
             .context("cannot start the epoch ticker")?;
-        Ok(Engines { shared, clock })
+        Ok(Engines {
+            shared,
+            shared_concurrent,
+            clock,
+        })
     }
 
-    /// The engine for an app with `policy`: the shared one, or, for an app that makes an
-    /// instance per request, one of its own with a pooling allocator sized for it.
-    fn for_app(&self, policy: &InstancePolicy) -> anyhow::Result<Engine> {
+    /// The engine for an app with `policy` whose component needs `concurrency`: a shared
+    /// one, or, for an app that makes an instance per request, one of its own with a pooling
+    /// allocator sized for it.
+    fn for_app(&self, policy: &InstancePolicy, concurrency: Concurrency) -> anyhow::Result<Engine> {
         if policy.isolation == Isolation::Worker {
-            return Ok(self.shared.clone());
+            return Ok(match concurrency {
+                Concurrency::Off => self.shared.clone(),
+                Concurrency::On => self.shared_concurrent.clone(),
+            });
         }
         // An instance per request: the pooling allocator reuses memory slots instead of
         // mapping fresh memory each time. Each worker holds one instance, and a second while
@@ -123,7 +134,7 @@ impl Engines {
             // leave those with the last request's data.
             .linear_memory_keep_resident(SLOT_MEMORY_KEPT)
             .table_keep_resident(SLOT_TABLE_KEPT);
-        let mut config = base_config();
+        let mut config = base_config(concurrency);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&config)?;
         self.clock
@@ -229,8 +240,12 @@ impl WasmApp {
         policy: InstancePolicy,
         cache: Option<&CodeCache>,
     ) -> anyhow::Result<Arc<WasmApp>> {
-        let engine = engines.for_app(&policy)?;
-        let Loaded { component, files } = load_component(&engine, path, cache)?;
+        let Loaded { component, files } = load_component(
+            &|concurrency| engines.for_app(&policy, concurrency),
+            path,
+            cache,
+        )?;
+        let engine = component.engine().clone();
         let mut policy = policy;
         if let Some(archive) = files {
             let root = cache.map_or_else(bundle::default_root, CodeCache::files_dir);

@@ -65,19 +65,41 @@ fn no_cache_compiles_every_time() {
 #[test]
 fn an_app_compiled_ahead_of_time_serves() {
     let dir = scratch_dir("aot");
-    let compiled = dir.join("hello.cwasm");
-    let status = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
-        .args([
-            "compile",
-            guest("hello").to_str().unwrap(),
-            "-o",
-            compiled.to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let server = Server::start_path(&compiled, &["--no-cache"]);
-    greets(&server);
+    // A WSGI app is compiled for an engine without the component model's concurrency, a
+    // wasi:http 0.3 one for an engine with it: each loads into the one it was compiled for,
+    // the shared engine or an app's own pooled one.
+    for app in ["hello", "http_hello_p3"] {
+        let compiled = dir.join(format!("{app}.cwasm"));
+        let status = Command::new(env!("CARGO_BIN_EXE_wasm-gw"))
+            .args([
+                "compile",
+                guest(app).to_str().unwrap(),
+                "-o",
+                compiled.to_str().unwrap(),
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for isolation in ["worker", "request"] {
+            let server = Server::start_path(&compiled, &["--no-cache", "--isolation", isolation]);
+            greets(&server);
+        }
+    }
+}
+
+#[test]
+fn a_wasi_http_0_3_component_is_cached_like_any_other() {
+    let cache = scratch_dir("cache-p3");
+    let cache_arg = cache.to_str().unwrap();
+    let first = Server::start("http_hello_p3", &["--cache-dir", cache_arg]);
+    first.wait_for_log(&["cached compiled code at"]);
+    greets(&first);
+    drop(first);
+    // Compiled once: found at the first look, for the engine it needs.
+    let second = Server::start("http_hello_p3", &["--cache-dir", cache_arg]);
+    second.wait_for_log(&["loaded compiled", "from the cache"]);
+    greets(&second);
+    assert_eq!(second.log_lines_with("compiling"), 0);
 }
 
 #[test]
