@@ -7,7 +7,8 @@
 //! parsing, body decoding,
 //! response encoding) → [`environ`] → [`router`] → [`pool`] → [`app`], the seam that
 //! [`runtime`] implements for components, with [`guest`] answering the component's calls and
-//! [`kv`] its key-value storage.
+//! [`kv`] its key-value storage. [`waiting`] counts the threads that wait on a peer or a
+//! disk, for [`server`] to add threads.
 
 pub mod access_log;
 pub mod admin;
@@ -41,4 +42,5 @@ pub mod serve;
 pub mod server;
 pub mod systemd;
 pub mod tls;
+pub mod waiting;
 pub mod world;

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::connection::{Connection, ConnectionConfig, Next};
-use crate::http::io::threads_waiting_on_peers;
 use crate::idle::{IdleSet, Member, Membership, Wakeup};
 use crate::lifecycle::{IDLE_GRACE, Lifecycle};
 use crate::listener::{self, Listener};
@@ -418,7 +417,7 @@ impl ServingThreads {
                 continue;
             };
             let running = self.running.load(Ordering::Relaxed);
-            let able_to_run = running.saturating_sub(threads_waiting_on_peers());
+            let able_to_run = running.saturating_sub(crate::waiting::threads());
             if (taken == taken_before || able_to_run < self.min_threads)
                 && running < self.max_threads
                 && let Err(error) = self.start_one()

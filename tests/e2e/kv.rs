@@ -110,6 +110,23 @@ fn acknowledged_tasks_survive_kill_9() {
 }
 
 #[test]
+fn writes_that_share_transactions_survive_kill_9() {
+    // Eight workers writing at once: their writes share transactions and fsyncs, and each is
+    // acknowledged only once its transaction has committed.
+    let state = Scratch::new("durable-group");
+    let args = ["--workers", "8", "--state-dir", state.arg()];
+    let server = Server::start("tasks", &args);
+    concurrent_creates_are_all_listed_once(&server);
+    let acknowledged = ids(&list_tasks(&server));
+    drop(server);
+
+    let restarted = Server::start("tasks", &args);
+    assert_eq!(ids(&list_tasks(&restarted)), acknowledged);
+    let next = create_task(&restarted, "after").unwrap();
+    assert_eq!(next, acknowledged.last().unwrap() + 1);
+}
+
+#[test]
 fn two_processes_share_one_redis() {
     let redis = Redis::start();
     let first = Server::start("tasks", &["--kv", &redis.url()]);

@@ -8,7 +8,6 @@ use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -29,24 +28,6 @@ thread_local! {
     /// Buffers given up by connections that went idle: a connection that waits holds none,
     /// and the next one a thread serves takes one without allocating or zeroing.
     static SPARE_BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Threads in a read or write that waits on a peer: the server counts them to know how many
-/// of its threads can run. Only a call that would wait counts, so a socket call is first
-/// tried without waiting.
-static WAITING_ON_PEERS: AtomicUsize = AtomicUsize::new(0);
-
-/// How many threads are in a socket read or write that may wait on its peer, now.
-pub fn threads_waiting_on_peers() -> usize {
-    WAITING_ON_PEERS.load(Ordering::Relaxed)
-}
-
-/// Runs `io`, a socket call that may wait on the peer, counted in [`threads_waiting_on_peers`].
-fn waiting_on_peer<R>(io: impl FnOnce() -> R) -> R {
-    WAITING_ON_PEERS.fetch_add(1, Ordering::Relaxed);
-    let result = io();
-    WAITING_ON_PEERS.fetch_sub(1, Ordering::Relaxed);
-    result
 }
 
 /// A socket timeout this close to the one wanted is left alone, saving a syscall.
@@ -556,7 +537,7 @@ impl Wire {
                 self.stream.set_read_timeout(Some(left))?;
                 self.read_timeout.0 = Some(left);
             }
-            match waiting_on_peer(|| (&self.stream).read(into)) {
+            match crate::waiting::counted(|| (&self.stream).read(into)) {
                 Ok(read) => return Ok(Some(read)),
                 // The timeout may be a little shorter than the deadline; look again.
                 Err(error) if is_retry(&error) => {}
@@ -583,7 +564,7 @@ impl Wire {
                         self.stream.set_write_timeout(Some(left))?;
                         self.write_timeout.0 = Some(left);
                     }
-                    waiting_on_peer(|| (&self.stream).write_vectored(parts))
+                    crate::waiting::counted(|| (&self.stream).write_vectored(parts))
                 }
             };
             match sent {

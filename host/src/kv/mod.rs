@@ -5,6 +5,7 @@
 //! [`Connection`], made when it first needs one and dropped after a backend error, so that
 //! the next operation connects again and a backend that comes back is used with no restart.
 
+mod commit;
 pub mod guest;
 mod memory;
 mod redis;
@@ -12,7 +13,7 @@ mod sqlite;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Most keys one `list-keys` page returns: at the default key limit, 256 KiB.
@@ -291,70 +292,6 @@ pub fn past_deadline() -> Error {
     Error::Backend("the request's deadline passed during the operation".into())
 }
 
-/// A lock that writers get in the order they asked for it, within a bound: a worker that
-/// writes again and again cannot keep another waiting, as it could with a plain mutex, which
-/// lets a thread that just released it take it straight back.
-#[derive(Default)]
-pub struct Turns {
-    state: Mutex<TurnState>,
-    released: Condvar,
-}
-
-#[derive(Default)]
-struct TurnState {
-    held: bool,
-    /// Who waits, in order.
-    waiting: std::collections::VecDeque<u64>,
-    next: u64,
-}
-
-/// A turn at writing; the next writer's comes when it is dropped.
-pub struct Turn<'a>(&'a Turns);
-
-impl Turns {
-    /// Waits up to `patience` for this writer's turn; `None` if it did not come.
-    pub fn take(&self, patience: Duration) -> Option<Turn<'_>> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if !state.held && state.waiting.is_empty() {
-            state.held = true;
-            return Some(Turn(self));
-        }
-        let me = state.next;
-        state.next += 1;
-        state.waiting.push_back(me);
-        let until = Instant::now() + patience;
-        loop {
-            if !state.held && state.waiting.front() == Some(&me) {
-                state.waiting.pop_front();
-                state.held = true;
-                return Some(Turn(self));
-            }
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                state.waiting.retain(|&waiter| waiter != me);
-                // The writer after this one may be next now.
-                self.released.notify_all();
-                return None;
-            }
-            state = self
-                .released
-                .wait_timeout(state, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-    }
-}
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.held = false;
-        if !state.waiting.is_empty() {
-            self.0.released.notify_all();
-        }
-    }
-}
-
 /// Longest namespace or bucket name.
 const MAX_NAME: usize = 64;
 
@@ -400,33 +337,6 @@ mod tests {
         assert!(check_name("").is_err());
         assert!(check_name("a:b").is_err());
         assert!(check_name(&"x".repeat(65)).is_err());
-    }
-
-    #[test]
-    fn writers_take_turns_in_order_and_give_up_in_time() {
-        let turns = Arc::new(Turns::default());
-        let first = turns.take(Duration::ZERO).unwrap();
-        assert!(turns.take(Duration::from_millis(20)).is_none());
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let waiters: Vec<_> = (0..3)
-            .map(|id| {
-                let (mine, order) = (turns.clone(), order.clone());
-                let waiter = std::thread::spawn(move || {
-                    let _turn = mine.take(Duration::from_secs(30)).unwrap();
-                    order.lock().unwrap().push(id);
-                });
-                // Each asks only once the one before is waiting.
-                while turns.state.lock().unwrap().waiting.len() <= id {
-                    std::thread::yield_now();
-                }
-                waiter
-            })
-            .collect();
-        drop(first);
-        waiters
-            .into_iter()
-            .for_each(|waiter| waiter.join().unwrap());
-        assert_eq!(*order.lock().unwrap(), [0, 1, 2]);
     }
 
     #[test]

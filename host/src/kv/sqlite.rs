@@ -3,9 +3,11 @@
 //! of one process take turns, in order; other processes sharing the file queue on SQLite's
 //! lock for up to [`BUSY_TIMEOUT`].
 //!
-//! Every app shares the one writer, so no write holds it for long: a batch is written in
-//! transactions of at most [`TRANSACTION_KEYS`] keys and [`TRANSACTION_BYTES`], and the
-//! turn passes to the next writer between them. A batch stops at its request's deadline.
+//! Writes that arrive while a transaction is being written share the next one and its fsync
+//! ([`GroupCommit`]). Every app shares the one writer, so no transaction holds it for long:
+//! a batch is written in parts of at most [`TRANSACTION_KEYS`] keys and
+//! [`TRANSACTION_BYTES`], and other writes may go between them. A batch stops at its
+//! request's deadline.
 
 use std::fs::DirBuilder;
 use std::os::unix::fs::DirBuilderExt;
@@ -15,18 +17,14 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
+use super::commit::{GroupCommit, Size, TRANSACTION_BYTES, TRANSACTION_KEYS};
 use super::{
-    Backend, BucketId, Connection, Error, KeyPage, PAGE_SIZE, Quota, Result, Swap, Turn, Turns,
-    Usage, incremented, past_deadline,
+    Backend, BucketId, Connection, Error, KeyPage, PAGE_SIZE, Quota, Result, Swap, Usage,
+    incremented, past_deadline,
 };
 
 /// How long a write waits for another worker's write to finish before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Most keys written in one transaction: a few milliseconds of another app's wait.
-const TRANSACTION_KEYS: usize = 128;
-/// Most value bytes written in one transaction.
-const TRANSACTION_BYTES: usize = 4 << 20;
 
 /// synchronous=FULL: a write has reached the disk when it returns, so an acknowledged
 /// request survives a power cut as well as a `kill -9`.
@@ -102,9 +100,10 @@ pub struct Sqlite {
     path: PathBuf,
     /// SQLite's own lock makes a waiting writer poll with growing sleeps, so under load one
     /// could lose the race again and again: POSTs took up to 1.6 s, and some failed with
-    /// "database is locked" after BUSY_TIMEOUT. Turns hand the lock over at once, in order.
-    writers: Arc<Turns>,
-    /// How long a writer waits for its turn.
+    /// "database is locked" after BUSY_TIMEOUT. Writes of this process queue here instead,
+    /// in order, and share transactions.
+    writers: Arc<GroupCommit>,
+    /// How long a write waits for a transaction to take it.
     patience: Duration,
 }
 
@@ -153,12 +152,12 @@ impl Backend for Sqlite {
 
 struct SqliteConnection {
     connection: rusqlite::Connection,
-    writers: Arc<Turns>,
+    writers: Arc<GroupCommit>,
     patience: Duration,
     quota: Quota,
-    /// When the current operation must end; later by the time it waits for its turns.
+    /// When the current operation must end; later by the time it waits for its transactions.
     deadline: Option<Instant>,
-    /// How long the current operation waited for its turns.
+    /// How long the current operation waited for its transactions to begin.
     lock_wait: Duration,
 }
 
@@ -202,34 +201,37 @@ fn remove(connection: &rusqlite::Connection, bucket: BucketId, key: &str) -> rus
     Ok(())
 }
 
-impl SqliteConnection {
-    /// Waits for this process's turn to write, off the app's clock: the deadline moves by
-    /// the wait.
-    fn turn<'w>(
-        writers: &'w Turns,
-        patience: Duration,
-        deadline: &mut Option<Instant>,
-        lock_wait: &mut Duration,
-    ) -> Result<Turn<'w>> {
-        let started = Instant::now();
-        let turn = writers.take(patience);
-        let waited = started.elapsed();
-        *lock_wait += waited;
-        if let Some(deadline) = deadline {
-            *deadline += waited;
+/// A bucket's names, owned, for a write that another worker may run.
+struct Owned {
+    namespace: String,
+    bucket: String,
+}
+
+impl Owned {
+    fn new(bucket: BucketId) -> Owned {
+        Owned {
+            namespace: bucket.namespace.to_owned(),
+            bucket: bucket.bucket.to_owned(),
         }
-        turn.ok_or_else(|| {
-            Error::Backend(format!(
-                "no turn to write within {patience:?}: other workers' writes held it"
-            ))
-        })
     }
 
+    fn id(&self) -> BucketId<'_> {
+        BucketId {
+            namespace: &self.namespace,
+            bucket: &self.bucket,
+        }
+    }
+}
+
+impl SqliteConnection {
     /// Runs `act` in a write transaction, taken at once so that a read inside it cannot be
-    /// outdated by another worker's write before this one commits.
-    fn write_transaction<R>(
+    /// outdated by another worker's write before this one commits; maybe with other workers'
+    /// writes, each in a savepoint of its own. The wait for the transaction to begin is off
+    /// the app's clock: the deadline moves by it.
+    fn write_transaction<R: Send + 'static>(
         &mut self,
-        act: impl FnOnce(&rusqlite::Connection) -> Result<R>,
+        size: Size,
+        act: impl FnOnce(&rusqlite::Connection) -> Result<R> + Send + 'static,
     ) -> Result<R> {
         if self
             .deadline
@@ -237,46 +239,44 @@ impl SqliteConnection {
         {
             return Err(past_deadline());
         }
-        let _turn = Self::turn(
-            &self.writers,
-            self.patience,
-            &mut self.deadline,
-            &mut self.lock_wait,
-        )?;
-        let transaction = self
-            .connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(backend)?;
-        let result = act(&transaction)?;
-        transaction.commit().map_err(backend)?;
-        Ok(result)
+        let (result, waited) = self
+            .writers
+            .write(&mut self.connection, self.patience, size, act);
+        self.lock_wait += waited;
+        if let Some(deadline) = &mut self.deadline {
+            *deadline += waited;
+        }
+        result
     }
 
-    /// Runs `act`, which may add to `namespace`, in a write transaction that is rolled back
-    /// if it leaves the namespace past its quota.
-    fn write_within_quota<R>(
+    /// Runs `act`, which may add to `bucket`'s namespace, in a write transaction that is
+    /// rolled back if it leaves the namespace past its quota.
+    fn write_within_quota<R: Send + 'static>(
         &mut self,
-        namespace: &str,
-        act: impl FnOnce(&rusqlite::Connection) -> Result<R>,
+        bucket: BucketId,
+        size: Size,
+        act: impl FnOnce(&rusqlite::Connection, BucketId) -> Result<R> + Send + 'static,
     ) -> Result<R> {
         let quota = self.quota;
-        self.write_transaction(|connection| {
+        let bucket = Owned::new(bucket);
+        self.write_transaction(size, move |connection| {
+            let namespace = &bucket.namespace;
             let before = usage(connection, namespace).map_err(backend)?;
-            let result = act(connection)?;
+            let result = act(connection, bucket.id())?;
             let after = usage(connection, namespace).map_err(backend)?;
             quota.check(before, after)?;
             Ok(result)
         })
     }
 
-    /// Writes `items` with `write` in short transactions, passing the turn on between them,
+    /// Writes `items` with `write` in short transactions, which other writes may go between,
     /// until all are written or the deadline passes.
-    fn write_in_turns<T>(
+    fn write_in_parts<T: Clone + Send + 'static>(
         &mut self,
-        namespace: &str,
+        bucket: BucketId,
         items: &[T],
         bytes: impl Fn(&T) -> usize,
-        write: impl Fn(&rusqlite::Connection, &T) -> rusqlite::Result<()>,
+        write: fn(&rusqlite::Connection, BucketId, &T) -> rusqlite::Result<()>,
     ) -> Result<()> {
         let mut rest = items;
         while !rest.is_empty() {
@@ -291,13 +291,26 @@ impl SqliteConnection {
                 .count()
                 .max(1);
             let (now, later) = rest.split_at(count);
-            self.write_within_quota(namespace, |connection| {
+            let size = Size {
+                keys: count,
+                bytes: now.iter().map(&bytes).sum(),
+            };
+            let now = now.to_vec();
+            self.write_within_quota(bucket, size, move |connection, bucket| {
                 now.iter()
-                    .try_for_each(|item| write(connection, item).map_err(backend))
+                    .try_for_each(|item| write(connection, bucket, item).map_err(backend))
             })?;
             rest = later;
         }
         Ok(())
+    }
+}
+
+/// The size of a write of one `key` and `value`.
+fn one(key: &str, value: &[u8]) -> Size {
+    Size {
+        keys: 1,
+        bytes: key.len() + value.len(),
     }
 }
 
@@ -316,13 +329,19 @@ impl Connection for SqliteConnection {
     }
 
     fn set(&mut self, bucket: BucketId, key: &str, value: &[u8]) -> Result<()> {
-        self.write_within_quota(bucket.namespace, |connection| {
-            write(connection, bucket, key, value).map_err(backend)
+        let size = one(key, value);
+        let (key, value) = (key.to_owned(), value.to_vec());
+        self.write_within_quota(bucket, size, move |connection, bucket| {
+            write(connection, bucket, &key, &value).map_err(backend)
         })
     }
 
     fn delete(&mut self, bucket: BucketId, key: &str) -> Result<()> {
-        self.write_transaction(|connection| remove(connection, bucket, key).map_err(backend))
+        let size = one(key, &[]);
+        let (bucket, key) = (Owned::new(bucket), key.to_owned());
+        self.write_transaction(size, move |connection| {
+            remove(connection, bucket.id(), &key).map_err(backend)
+        })
     }
 
     fn exists(&mut self, bucket: BucketId, key: &str) -> Result<bool> {
@@ -365,10 +384,12 @@ impl Connection for SqliteConnection {
     }
 
     fn increment(&mut self, bucket: BucketId, key: &str, delta: i64) -> Result<i64> {
-        self.write_within_quota(bucket.namespace, |connection| {
-            let current = read(connection, bucket, key).map_err(backend)?;
+        let size = one(key, &[0; 20]);
+        let key = key.to_owned();
+        self.write_within_quota(bucket, size, move |connection, bucket| {
+            let current = read(connection, bucket, &key).map_err(backend)?;
             let sum = incremented(current.as_deref(), delta)?;
-            write(connection, bucket, key, sum.to_string().as_bytes()).map_err(backend)?;
+            write(connection, bucket, &key, sum.to_string().as_bytes()).map_err(backend)?;
             Ok(sum)
         })
     }
@@ -380,12 +401,14 @@ impl Connection for SqliteConnection {
         expected: Option<&[u8]>,
         value: &[u8],
     ) -> Result<Swap> {
-        self.write_within_quota(bucket.namespace, |connection| {
-            let current = read(connection, bucket, key).map_err(backend)?;
-            if current.as_deref() != expected {
+        let size = one(key, value);
+        let (key, expected, value) = (key.to_owned(), expected.map(<[u8]>::to_vec), value.to_vec());
+        self.write_within_quota(bucket, size, move |connection, bucket| {
+            let current = read(connection, bucket, &key).map_err(backend)?;
+            if current != expected {
                 return Ok(Err(current));
             }
-            write(connection, bucket, key, value).map_err(backend)?;
+            write(connection, bucket, &key, &value).map_err(backend)?;
             Ok(Ok(()))
         })
     }
@@ -398,16 +421,16 @@ impl Connection for SqliteConnection {
     }
 
     fn set_many(&mut self, bucket: BucketId, pairs: &[(String, Vec<u8>)]) -> Result<()> {
-        self.write_in_turns(
-            bucket.namespace,
+        self.write_in_parts(
+            bucket,
             pairs,
             |(key, value)| key.len() + value.len(),
-            |connection, (key, value)| write(connection, bucket, key, value),
+            |connection, bucket, (key, value)| write(connection, bucket, key, value),
         )
     }
 
     fn delete_many(&mut self, bucket: BucketId, keys: &[String]) -> Result<()> {
-        self.write_in_turns(bucket.namespace, keys, String::len, |connection, key| {
+        self.write_in_parts(bucket, keys, String::len, |connection, bucket, key| {
             remove(connection, bucket, key)
         })
     }
@@ -433,8 +456,22 @@ mod tests {
             namespace: "test",
             bucket: "b",
         };
-        // Another worker's write holds the turn past the patience of this one.
-        let turn = sqlite.writers.take(Duration::ZERO).unwrap();
+        // Another worker's write holds the transaction past the patience of this one.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let writers = sqlite.writers.clone();
+            let mut connection = rusqlite::Connection::open(dir.join("kv.sqlite")).unwrap();
+            std::thread::spawn(move || {
+                let size = one("held", b"");
+                let hold = move |_: &rusqlite::Connection| held.recv().map_err(|_| past_deadline());
+                writers
+                    .write(&mut connection, Duration::from_secs(60), size, hold)
+                    .0
+            })
+        };
+        while sqlite.writers.is_idle() {
+            std::thread::yield_now();
+        }
         waiting.set_deadline(Instant::now() + Duration::from_secs(60));
         let refused = waiting.set(bucket, "key", b"value");
         assert!(
@@ -443,7 +480,8 @@ mod tests {
             refused.err()
         );
         assert!(waiting.take_lock_wait() >= Duration::from_millis(300));
-        drop(turn);
+        release.send(()).unwrap();
+        holder.join().unwrap().unwrap();
         waiting.set_deadline(Instant::now() + Duration::from_secs(60));
         assert!(waiting.set(bucket, "key", b"value").is_ok());
         // A deadline already past stops a batch before it writes anything.

@@ -1,0 +1,445 @@
+//! Group commit for SQLite: the writes of one process's workers that arrive while a
+//! transaction is being written wait for it to end and then share the next transaction, and
+//! its one fsync. Each write runs in a savepoint of its own, so one that fails (a quota
+//! refused) leaves the others of its batch as they were, and each is acknowledged only once
+//! the transaction that holds it has committed: synchronous=FULL stays what it promised.
+//!
+//! There is no writer thread: whichever waiting worker finds no batch being written writes the
+//! next one, everyone's writes, on its own connection. Writes are taken in the order they
+//! came, so a worker that writes again and again cannot keep another waiting.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::{Error, Result};
+
+/// Most keys written in one transaction: a few milliseconds of another app's wait.
+pub const TRANSACTION_KEYS: usize = 128;
+/// Most value bytes written in one transaction.
+pub const TRANSACTION_BYTES: usize = 4 << 20;
+
+/// How much a write writes, to bound a transaction: keys and bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Size {
+    pub keys: usize,
+    pub bytes: usize,
+}
+
+#[derive(Default)]
+pub struct GroupCommit {
+    state: Mutex<State>,
+    /// Signalled when a batch has been written.
+    written: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// Writes waiting for a batch, in the order they came.
+    queue: VecDeque<Queued>,
+    /// Whether a batch is being written now.
+    writing: bool,
+    next: u64,
+    /// Batches written, for tests.
+    #[cfg(test)]
+    batches: u64,
+}
+
+struct Queued {
+    id: u64,
+    size: Size,
+    write: Box<dyn Pending>,
+}
+
+/// A write waiting in a batch, its result held until the batch's transaction ends.
+trait Pending: Send {
+    /// Runs the write within the batch's transaction; whether it succeeded.
+    fn run(&mut self, connection: &rusqlite::Connection) -> bool;
+    /// Hands its waiter the write's result if the transaction committed, else why not.
+    /// `started` is when its batch began, which ends its wait.
+    fn finish(self: Box<Self>, committed: Result<(), &str>, started: Instant);
+}
+
+/// Where a write's waiter finds its result, and when its batch began.
+type Slot<R> = Arc<Mutex<Option<(Result<R>, Instant)>>>;
+
+struct Write<R, F> {
+    act: Option<F>,
+    result: Option<Result<R>>,
+    slot: Slot<R>,
+}
+
+impl<R, F> Pending for Write<R, F>
+where
+    R: Send,
+    F: FnOnce(&rusqlite::Connection) -> Result<R> + Send,
+{
+    fn run(&mut self, connection: &rusqlite::Connection) -> bool {
+        let Some(act) = self.act.take() else {
+            return false;
+        };
+        let result = act(connection);
+        let succeeded = result.is_ok();
+        self.result = Some(result);
+        succeeded
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), &str>, started: Instant) {
+        let result = match (self.result, committed) {
+            // A write that failed says why, whatever became of the rest.
+            (Some(Err(error)), _) => Err(error),
+            (Some(Ok(value)), Ok(())) => Ok(value),
+            (_, Err(why)) => Err(Error::Backend(why.to_owned())),
+            (None, Ok(())) => Err(Error::Backend("the write was never run".into())),
+        };
+        *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some((result, started));
+    }
+}
+
+impl GroupCommit {
+    /// Runs `act` in a transaction, alone or with other workers' writes, on `connection` or
+    /// another worker's, and returns its result once the transaction has committed, with how
+    /// long it waited for its batch to begin. Gives up if no batch takes it within
+    /// `patience`. The thread counts as waiting meanwhile, so that the server adds threads
+    /// to serve others: the more writers wait, the more share each transaction.
+    pub fn write<R, F>(
+        &self,
+        connection: &mut rusqlite::Connection,
+        patience: Duration,
+        size: Size,
+        act: F,
+    ) -> (Result<R>, Duration)
+    where
+        R: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<R> + Send + 'static,
+    {
+        crate::waiting::counted(|| self.queue_and_wait(connection, patience, size, act))
+    }
+
+    fn queue_and_wait<R, F>(
+        &self,
+        connection: &mut rusqlite::Connection,
+        patience: Duration,
+        size: Size,
+        act: F,
+    ) -> (Result<R>, Duration)
+    where
+        R: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<R> + Send + 'static,
+    {
+        let asked = Instant::now();
+        let until = asked + patience;
+        let slot: Slot<R> = Arc::default();
+        let mut state = self.lock();
+        let id = state.next;
+        state.next += 1;
+        state.queue.push_back(Queued {
+            id,
+            size,
+            write: Box::new(Write {
+                act: Some(act),
+                result: None,
+                slot: slot.clone(),
+            }),
+        });
+        loop {
+            if let Some((result, started)) =
+                slot.lock().unwrap_or_else(PoisonError::into_inner).take()
+            {
+                return (result, started.saturating_duration_since(asked));
+            }
+            if !state.writing {
+                // This worker's write, or writes that came before it.
+                state.writing = true;
+                let batch = take_batch(&mut state.queue);
+                drop(state);
+                let writing = Writing(self);
+                write_batch(connection, batch);
+                drop(writing);
+                state = self.lock();
+                continue;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            let queued = state.queue.iter().position(|queued| queued.id == id);
+            state = match queued {
+                Some(at) if left.is_zero() => {
+                    state.queue.remove(at);
+                    let error = Error::Backend(format!(
+                        "no turn to write within {patience:?}: other workers' writes held it"
+                    ));
+                    return (Err(error), asked.elapsed());
+                }
+                Some(_) => self.wait(state, Some(left)),
+                // In the batch being written: its result comes when the batch ends.
+                None => self.wait(state, None),
+            };
+        }
+    }
+
+    /// Whether no batch is being written, for tests.
+    #[cfg(test)]
+    pub fn is_idle(&self) -> bool {
+        !self.lock().writing
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait<'a>(
+        &self,
+        state: MutexGuard<'a, State>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, State> {
+        match timeout {
+            Some(timeout) => {
+                self.written
+                    .wait_timeout(state, timeout)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            }
+            None => self
+                .written
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner),
+        }
+    }
+}
+
+/// A batch being written: when it ends, however it ends, the next one may begin.
+struct Writing<'a>(&'a GroupCommit);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.writing = false;
+        #[cfg(test)]
+        {
+            state.batches += 1;
+        }
+        self.0.written.notify_all();
+    }
+}
+
+/// The writes at the front of `queue` that one transaction may hold: at least one.
+fn take_batch(queue: &mut VecDeque<Queued>) -> Vec<Queued> {
+    let (mut keys, mut bytes) = (0, 0);
+    let mut count = 0;
+    for queued in queue.iter() {
+        keys += queued.size.keys;
+        bytes += queued.size.bytes;
+        if count > 0 && (keys > TRANSACTION_KEYS || bytes > TRANSACTION_BYTES) {
+            break;
+        }
+        count += 1;
+    }
+    queue.drain(..count).collect()
+}
+
+/// Writes `batch` in one transaction, each write in a savepoint, and hands each its result.
+fn write_batch(connection: &mut rusqlite::Connection, batch: Vec<Queued>) {
+    let started = Instant::now();
+    let mut writes: Vec<Box<dyn Pending>> = batch.into_iter().map(|queued| queued.write).collect();
+    let written = (|| {
+        connection.execute_batch("BEGIN IMMEDIATE")?;
+        for write in &mut writes {
+            connection.execute_batch("SAVEPOINT write")?;
+            if write.run(connection) {
+                connection.execute_batch("RELEASE write")?;
+            } else {
+                connection.execute_batch("ROLLBACK TO write; RELEASE write")?;
+            }
+        }
+        connection.execute_batch("COMMIT")
+    })();
+    let why = written.err().map(|error| {
+        if !connection.is_autocommit() {
+            // What failed is already reported; a rollback that fails too leaves the
+            // connection to SQLite's own recovery.
+            let _ = connection.execute_batch("ROLLBACK");
+        }
+        error.to_string()
+    });
+    for write in writes {
+        write.finish(why.as_deref().map_or(Ok(()), Err), started);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn database(name: &str) -> (std::path::PathBuf, rusqlite::Connection) {
+        let dir =
+            std::env::temp_dir().join(format!("wasm-gw-commit-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let connection = rusqlite::Connection::open(dir.join("db.sqlite")).unwrap();
+        connection
+            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER);")
+            .unwrap();
+        (dir, connection)
+    }
+
+    fn insert(value: i64) -> impl FnOnce(&rusqlite::Connection) -> Result<i64> + Send + 'static {
+        move |connection| {
+            connection
+                .execute("INSERT INTO t VALUES (?1)", [value])
+                .map_err(|error| Error::Backend(error.to_string()))?;
+            Ok(value)
+        }
+    }
+
+    const ONE: Size = Size { keys: 1, bytes: 8 };
+
+    #[test]
+    fn writes_that_wait_share_a_transaction_and_a_failed_one_is_undone_alone() {
+        let (dir, mut first) = database("batch");
+        let group = Arc::new(GroupCommit::default());
+        // A write that holds the batch being written until told to end.
+        let (release, held) = mpsc::channel::<()>();
+        let holder = {
+            let group = group.clone();
+            let path = dir.join("db.sqlite");
+            std::thread::spawn(move || {
+                let mut connection = rusqlite::Connection::open(path).unwrap();
+                group
+                    .write(&mut connection, Duration::from_secs(30), ONE, move |c| {
+                        held.recv().unwrap();
+                        insert(0)(c)
+                    })
+                    .0
+                    .unwrap()
+            })
+        };
+        while !group.lock().writing {
+            std::thread::yield_now();
+        }
+        // Three writes queue behind it, the second one refused by the app's own check.
+        let waiters: Vec<_> = (1..=3)
+            .map(|value| {
+                let mine = group.clone();
+                let path = dir.join("db.sqlite");
+                let waiter = std::thread::spawn(move || {
+                    let mut connection = rusqlite::Connection::open(path).unwrap();
+                    let act = move |c: &rusqlite::Connection| {
+                        let inserted = insert(value)(c)?;
+                        if value == 2 {
+                            return Err(Error::Refused("two is refused".into()));
+                        }
+                        Ok(inserted)
+                    };
+                    mine.write(&mut connection, Duration::from_secs(30), ONE, act)
+                        .0
+                });
+                while group.lock().queue.len() < value as usize {
+                    std::thread::yield_now();
+                }
+                waiter
+            })
+            .collect();
+        let before = group.lock().batches;
+        release.send(()).unwrap();
+        assert_eq!(holder.join().unwrap(), 0);
+        let results: Vec<_> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+        assert_eq!(results[0].as_ref().unwrap(), &1);
+        assert!(matches!(&results[1], Err(Error::Refused(why)) if why == "two is refused"));
+        assert_eq!(results[2].as_ref().unwrap(), &3);
+        // The holder's batch, then one for the three.
+        assert_eq!(group.lock().batches, before + 2);
+        let mut values: Vec<i64> = first
+            .prepare("SELECT v FROM t ORDER BY v")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(|v| v.unwrap())
+            .collect();
+        values.sort();
+        assert_eq!(values, [0, 1, 3]);
+        // The writer of a batch can be any of them: this connection writes the next alone.
+        assert_eq!(
+            group
+                .write(&mut first, Duration::from_secs(1), ONE, insert(4))
+                .0
+                .unwrap(),
+            4
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_write_no_batch_takes_in_time_gives_up_and_is_never_written() {
+        let (dir, mut connection) = database("patience");
+        let group = Arc::new(GroupCommit::default());
+        let (release, held) = mpsc::channel::<()>();
+        let holder = {
+            let group = group.clone();
+            let path = dir.join("db.sqlite");
+            std::thread::spawn(move || {
+                let mut connection = rusqlite::Connection::open(path).unwrap();
+                group
+                    .write(&mut connection, Duration::from_secs(30), ONE, move |c| {
+                        held.recv().unwrap();
+                        insert(0)(c)
+                    })
+                    .0
+                    .unwrap()
+            })
+        };
+        while !group.lock().writing {
+            std::thread::yield_now();
+        }
+        let (refused, waited) =
+            group.write(&mut connection, Duration::from_millis(200), ONE, insert(1));
+        assert!(
+            matches!(&refused, Err(Error::Backend(why)) if why.contains("no turn to write")),
+            "{:?}",
+            refused.err()
+        );
+        assert!(waited >= Duration::from_millis(200));
+        assert!(group.lock().queue.is_empty());
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        let count: i64 = connection
+            .query_row("SELECT count(*) FROM t WHERE v = 1", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(count, 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_batch_holds_no_more_than_a_transaction_may() {
+        let mut queue: VecDeque<Queued> = (0..3)
+            .map(|id| Queued {
+                id,
+                size: Size {
+                    keys: TRANSACTION_KEYS / 2,
+                    bytes: 1,
+                },
+                write: Box::new(Write {
+                    act: Some(insert(0)),
+                    result: None,
+                    slot: Arc::default(),
+                }),
+            })
+            .collect();
+        assert_eq!(take_batch(&mut queue).len(), 2);
+        // One write bigger than a transaction is written alone.
+        queue.push_back(Queued {
+            id: 9,
+            size: Size {
+                keys: 1,
+                bytes: TRANSACTION_BYTES * 2,
+            },
+            write: Box::new(Write {
+                act: Some(insert(0)),
+                result: None,
+                slot: Arc::default(),
+            }),
+        });
+        assert_eq!(take_batch(&mut queue).len(), 1);
+        assert_eq!(take_batch(&mut queue).len(), 1);
+        assert!(queue.is_empty());
+    }
+}

@@ -1,0 +1,20 @@
+//! Threads that wait on something other than the CPU: a peer's socket, the key-value store's
+//! disk. The server counts them to know how many of its threads can run, and adds a thread
+//! when too few can ([`crate::server`]).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+
+/// How many threads are in a call that may wait, now.
+pub fn threads() -> usize {
+    WAITING.load(Ordering::Relaxed)
+}
+
+/// Runs `call`, which may wait on a peer or a disk, counted in [`threads`].
+pub fn counted<R>(call: impl FnOnce() -> R) -> R {
+    WAITING.fetch_add(1, Ordering::Relaxed);
+    let result = call();
+    WAITING.fetch_sub(1, Ordering::Relaxed);
+    result
+}
