@@ -13,8 +13,22 @@ pub fn threads() -> usize {
 
 /// Runs `call`, which may wait on a peer or a disk, counted in [`threads`].
 pub fn counted<R>(call: impl FnOnce() -> R) -> R {
-    WAITING.fetch_add(1, Ordering::Relaxed);
-    let result = call();
-    WAITING.fetch_sub(1, Ordering::Relaxed);
-    result
+    let _waiting = Waiting::new();
+    call()
+}
+
+/// A thread counted in [`threads`] until dropped, however its call ends.
+struct Waiting;
+
+impl Waiting {
+    fn new() -> Waiting {
+        WAITING.fetch_add(1, Ordering::Relaxed);
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        WAITING.fetch_sub(1, Ordering::Relaxed);
+    }
 }

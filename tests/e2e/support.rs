@@ -84,6 +84,8 @@ fn build_python_guest(name: &str, validate: bool) -> PathBuf {
         root.join("wit"),
         root.join("host/src/python.rs"),
         root.join("host/src/bundle.rs"),
+        // The engine settings the build compiles the component into the cache for.
+        root.join("host/src/compile.rs"),
     ]
     .iter()
     .filter_map(|dir| newest_modification(dir))

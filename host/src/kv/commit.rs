@@ -60,6 +60,10 @@ trait Pending: Send {
     fn finish(self: Box<Self>, committed: Result<(), &str>, started: Instant);
 }
 
+/// What a waiter whose write was dropped unfinished is told: a batch that never ended (a
+/// panic on the writing thread) must not leave it waiting for good.
+const ABANDONED: &str = "the write was abandoned by the worker writing its batch";
+
 /// Where a write's waiter finds its result, and when its batch began.
 type Slot<R> = Arc<Mutex<Option<(Result<R>, Instant)>>>;
 
@@ -67,6 +71,28 @@ struct Write<R, F> {
     act: Option<F>,
     result: Option<Result<R>>,
     slot: Slot<R>,
+    finished: bool,
+}
+
+impl<R, F> Write<R, F> {
+    fn new(act: F, slot: Slot<R>) -> Write<R, F> {
+        Write {
+            act: Some(act),
+            result: None,
+            slot,
+            finished: false,
+        }
+    }
+}
+
+impl<R, F> Drop for Write<R, F> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let abandoned = Err(Error::Backend(ABANDONED.into()));
+            *self.slot.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some((abandoned, Instant::now()));
+        }
+    }
 }
 
 impl<R, F> Pending for Write<R, F>
@@ -84,8 +110,9 @@ where
         succeeded
     }
 
-    fn finish(self: Box<Self>, committed: Result<(), &str>, started: Instant) {
-        let result = match (self.result, committed) {
+    fn finish(mut self: Box<Self>, committed: Result<(), &str>, started: Instant) {
+        self.finished = true;
+        let result = match (self.result.take(), committed) {
             // A write that failed says why, whatever became of the rest.
             (Some(Err(error)), _) => Err(error),
             (Some(Ok(value)), Ok(())) => Ok(value),
@@ -136,11 +163,7 @@ impl GroupCommit {
         state.queue.push_back(Queued {
             id,
             size,
-            write: Box::new(Write {
-                act: Some(act),
-                result: None,
-                slot: slot.clone(),
-            }),
+            write: Box::new(Write::new(act, slot.clone())),
         });
         loop {
             if let Some((result, started)) =
@@ -148,13 +171,35 @@ impl GroupCommit {
             {
                 return (result, started.saturating_duration_since(asked));
             }
+            if !state.writing && state.queue.is_empty() {
+                // Neither queued nor being written, and no result: none would ever come.
+                return (Err(Error::Backend(ABANDONED.into())), asked.elapsed());
+            }
             if !state.writing {
                 // This worker's write, or writes that came before it.
                 state.writing = true;
                 let batch = take_batch(&mut state.queue);
                 drop(state);
                 let writing = Writing(self);
-                write_batch(connection, batch);
+                let not_begun = write_batch(connection, batch);
+                if let Some((why, batch)) = not_begun {
+                    // The fault may be this worker's connection's: the writes go back to
+                    // the front for another worker to write, all but this one's own, which
+                    // fails, so that this worker stops writing batches.
+                    let mut requeued = self.lock();
+                    for queued in batch.into_iter().rev() {
+                        requeued.queue.push_front(queued);
+                    }
+                    let mine = requeued.queue.iter().position(|queued| queued.id == id);
+                    let mine = mine.and_then(|at| requeued.queue.remove(at));
+                    drop(requeued);
+                    drop(writing);
+                    if let Some(mine) = mine {
+                        mine.write.finish(Err(&why), Instant::now());
+                    }
+                    state = self.lock();
+                    continue;
+                }
                 drop(writing);
                 state = self.lock();
                 continue;
@@ -221,27 +266,45 @@ impl Drop for Writing<'_> {
     }
 }
 
-/// The writes at the front of `queue` that one transaction may hold: at least one.
+/// The writes of `queue` that one transaction may hold, in order: the first, whatever its
+/// size, and each after it that still fits, so that a small write (another app's, say)
+/// need not wait behind a large one.
 fn take_batch(queue: &mut VecDeque<Queued>) -> Vec<Queued> {
     let (mut keys, mut bytes) = (0, 0);
-    let mut count = 0;
-    for queued in queue.iter() {
-        keys += queued.size.keys;
-        bytes += queued.size.bytes;
-        if count > 0 && (keys > TRANSACTION_KEYS || bytes > TRANSACTION_BYTES) {
-            break;
+    let mut batch = Vec::new();
+    let mut rest = VecDeque::with_capacity(queue.len());
+    for queued in queue.drain(..) {
+        let fits = keys + queued.size.keys <= TRANSACTION_KEYS
+            && bytes + queued.size.bytes <= TRANSACTION_BYTES;
+        if batch.is_empty() || fits {
+            keys += queued.size.keys;
+            bytes += queued.size.bytes;
+            batch.push(queued);
+        } else {
+            rest.push_back(queued);
         }
-        count += 1;
     }
-    queue.drain(..count).collect()
+    *queue = rest;
+    batch
 }
 
-/// Writes `batch` in one transaction, each write in a savepoint, and hands each its result.
-fn write_batch(connection: &mut rusqlite::Connection, batch: Vec<Queued>) {
+/// Writes `batch` in one transaction, each write in a savepoint, and hands each its result;
+/// or gives it back, with why, if the transaction could not begin.
+fn write_batch(
+    connection: &mut rusqlite::Connection,
+    batch: Vec<Queued>,
+) -> Option<(String, Vec<Queued>)> {
+    if !connection.is_autocommit() {
+        // Left in a transaction by a failure before: nothing of it was acknowledged.
+        let _ = connection.execute_batch("ROLLBACK");
+    }
+    // Waiting for another process's lock is waiting, off the app's clock.
+    if let Err(error) = connection.execute_batch("BEGIN IMMEDIATE") {
+        return Some((error.to_string(), batch));
+    }
     let started = Instant::now();
     let mut writes: Vec<Box<dyn Pending>> = batch.into_iter().map(|queued| queued.write).collect();
     let written = (|| {
-        connection.execute_batch("BEGIN IMMEDIATE")?;
         for write in &mut writes {
             connection.execute_batch("SAVEPOINT write")?;
             if write.run(connection) {
@@ -263,6 +326,7 @@ fn write_batch(connection: &mut rusqlite::Connection, batch: Vec<Queued>) {
     for write in writes {
         write.finish(why.as_deref().map_or(Ok(()), Err), started);
     }
+    None
 }
 
 #[cfg(test)]
@@ -417,11 +481,7 @@ mod tests {
                     keys: TRANSACTION_KEYS / 2,
                     bytes: 1,
                 },
-                write: Box::new(Write {
-                    act: Some(insert(0)),
-                    result: None,
-                    slot: Arc::default(),
-                }),
+                write: Box::new(Write::new(insert(0), Arc::default())),
             })
             .collect();
         assert_eq!(take_batch(&mut queue).len(), 2);
@@ -432,14 +492,57 @@ mod tests {
                 keys: 1,
                 bytes: TRANSACTION_BYTES * 2,
             },
-            write: Box::new(Write {
-                act: Some(insert(0)),
-                result: None,
-                slot: Arc::default(),
-            }),
+            write: Box::new(Write::new(insert(0), Arc::default())),
         });
         assert_eq!(take_batch(&mut queue).len(), 1);
         assert_eq!(take_batch(&mut queue).len(), 1);
         assert!(queue.is_empty());
+        // A small write behind one that does not fit rides along with the first.
+        for (id, keys) in [(1, 100), (2, 100), (3, 1)] {
+            queue.push_back(Queued {
+                id,
+                size: Size { keys, bytes: 1 },
+                write: Box::new(Write::new(insert(0), Arc::default())),
+            });
+        }
+        let ids = |batch: Vec<Queued>| batch.iter().map(|queued| queued.id).collect::<Vec<_>>();
+        assert_eq!(ids(take_batch(&mut queue)), [1, 3]);
+        assert_eq!(ids(take_batch(&mut queue)), [2]);
+    }
+
+    #[test]
+    fn a_write_dropped_unfinished_tells_its_waiter() {
+        let slot: Slot<i64> = Arc::default();
+        drop(Write::new(insert(0), slot.clone()));
+        let told = slot.lock().unwrap().take().unwrap().0;
+        assert!(matches!(told, Err(Error::Backend(why)) if why == ABANDONED));
+    }
+
+    #[test]
+    fn a_transaction_that_cannot_begin_fails_the_write_and_the_store_goes_on() {
+        let (dir, other) = database("begin");
+        let group = GroupCommit::default();
+        // Another process holds SQLite's write lock, and this worker does not wait for it.
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let mut impatient = rusqlite::Connection::open(dir.join("db.sqlite")).unwrap();
+        impatient.busy_timeout(Duration::ZERO).unwrap();
+        let (locked, _) = group.write(&mut impatient, Duration::from_secs(1), ONE, insert(1));
+        assert!(
+            matches!(&locked, Err(Error::Backend(why)) if why.contains("locked")),
+            "{locked:?}"
+        );
+        assert!(group.lock().queue.is_empty() && !group.lock().writing);
+        other.execute_batch("COMMIT").unwrap();
+        let (written, _) = group.write(&mut impatient, Duration::from_secs(1), ONE, insert(2));
+        assert_eq!(written.unwrap(), 2);
+        let values: Vec<i64> = other
+            .prepare("SELECT v FROM t")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(|v| v.unwrap())
+            .collect();
+        assert_eq!(values, [2]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,7 +1,7 @@
 //! `--kv sqlite:PATH`, the default: one database file in WAL mode, which lets readers and
-//! the one writer of the moment work at once. Each worker has its own connection. Writers
-//! of one process take turns, in order; other processes sharing the file queue on SQLite's
-//! lock for up to [`BUSY_TIMEOUT`].
+//! the one writer of the moment work at once. Each worker has its own connection. Writes of
+//! one process queue in order; other processes sharing the file queue on SQLite's lock for
+//! up to [`BUSY_TIMEOUT`].
 //!
 //! Writes that arrive while a transaction is being written share the next one and its fsync
 //! ([`GroupCommit`]). Every app shares the one writer, so no transaction holds it for long:
