@@ -72,7 +72,10 @@ pub struct ConnectionConfig {
 /// A client connection, between the moments it has something to do.
 pub struct Connection {
     io: Io,
-    state: State,
+    /// Boxed: a connection moves from step to step of its state machine, and through the
+    /// idle set, several times a request; inline, each move copied its 700 bytes (1.9k
+    /// instructions of memcpy a keep-alive request, 7%, measured with callgrind).
+    state: Box<State>,
 }
 
 /// Everything of a connection but its socket, which requests borrow while they run.
@@ -208,14 +211,14 @@ impl Connection {
         };
         let scheme = if session.is_some() { "https" } else { "http" };
         let preamble = config.proxy_protocol != proxy::Mode::Off;
-        let state = State {
+        let state = Box::new(State {
             peer,
             info: ConnectionInfo::new(local, peer, scheme, config.multithread, &config.proxies),
             registration,
             phase: Phase::Head(HeadProgress::idle_for(config.timeouts.head)),
             spare: None,
             preamble,
-        };
+        });
         Connection {
             io: Io::new(socket, config.body_pace, session, preamble),
             state,
@@ -1020,4 +1023,15 @@ fn is_timeout(error: &io::Error) -> bool {
         error.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     )
+}
+
+#[cfg(test)]
+mod tests {
+    /// A connection moves through its state machine and the idle set by value, several times
+    /// a request: it stays a socket and a pointer or so, not its whole state.
+    #[test]
+    fn a_connection_is_cheap_to_move() {
+        assert!(std::mem::size_of::<super::Connection>() <= 256);
+        assert!(std::mem::size_of::<super::Next>() <= 256);
+    }
 }

@@ -357,29 +357,38 @@ mod tests {
 
     const ONE: Size = Size { keys: 1, bytes: 8 };
 
-    #[test]
-    fn writes_that_wait_share_a_transaction_and_a_failed_one_is_undone_alone() {
-        let (dir, mut first) = database("batch");
-        let group = Arc::new(GroupCommit::default());
-        // A write that holds the batch being written until told to end.
+    /// Starts a write, on a thread of its own, that holds its batch until `release` is sent
+    /// on; returns once the batch is being written.
+    fn hold(
+        group: &Arc<GroupCommit>,
+        dir: &std::path::Path,
+    ) -> (mpsc::Sender<()>, std::thread::JoinHandle<i64>) {
         let (release, held) = mpsc::channel::<()>();
         let holder = {
             let group = group.clone();
             let path = dir.join("db.sqlite");
             std::thread::spawn(move || {
                 let mut connection = rusqlite::Connection::open(path).unwrap();
-                group
-                    .write(&mut connection, Duration::from_secs(30), ONE, move |c| {
-                        held.recv().unwrap();
-                        insert(0)(c)
-                    })
-                    .0
-                    .unwrap()
+                let act = move |c: &rusqlite::Connection| {
+                    held.recv().unwrap();
+                    insert(0)(c)
+                };
+                let (result, _) = group.write(&mut connection, Duration::from_secs(30), ONE, act);
+                result.unwrap()
             })
         };
         while !group.lock().writing {
             std::thread::yield_now();
         }
+        (release, holder)
+    }
+
+    #[test]
+    fn writes_that_wait_share_a_transaction_and_a_failed_one_is_undone_alone() {
+        let (dir, mut first) = database("batch");
+        let group = Arc::new(GroupCommit::default());
+        // A write that holds the batch being written until told to end.
+        let (release, holder) = hold(&group, &dir);
         // Three writes queue behind it, the second one refused by the app's own check.
         let waiters: Vec<_> = (1..=3)
             .map(|value| {
@@ -436,24 +445,7 @@ mod tests {
     fn a_write_no_batch_takes_in_time_gives_up_and_is_never_written() {
         let (dir, mut connection) = database("patience");
         let group = Arc::new(GroupCommit::default());
-        let (release, held) = mpsc::channel::<()>();
-        let holder = {
-            let group = group.clone();
-            let path = dir.join("db.sqlite");
-            std::thread::spawn(move || {
-                let mut connection = rusqlite::Connection::open(path).unwrap();
-                group
-                    .write(&mut connection, Duration::from_secs(30), ONE, move |c| {
-                        held.recv().unwrap();
-                        insert(0)(c)
-                    })
-                    .0
-                    .unwrap()
-            })
-        };
-        while !group.lock().writing {
-            std::thread::yield_now();
-        }
+        let (release, holder) = hold(&group, &dir);
         let (refused, waited) =
             group.write(&mut connection, Duration::from_millis(200), ONE, insert(1));
         assert!(
