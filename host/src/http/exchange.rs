@@ -14,7 +14,7 @@ const MAX_DRAIN: u64 = 256 * 1024;
 /// while the app runs: an app's response, or the server's in its place, goes out through it,
 /// and it decides how the connection goes on. The connection takes it back at the end.
 pub struct Exchange {
-    io: Io,
+    io: Box<Io>,
     body: BodyDecoder,
     response: Response,
     /// The request's framing, for the server's own answer.
@@ -31,7 +31,7 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn new(io: Io, framing: Framing, body: BodyDecoder) -> Exchange {
+    pub fn new(io: Box<Io>, framing: Framing, body: BodyDecoder) -> Exchange {
         Exchange {
             io,
             body,
@@ -222,7 +222,7 @@ pub struct Ended {
     pub body_bytes_read: u64,
     pub body_bytes_sent: u64,
     pub outcome: Outcome,
-    pub io: Io,
+    pub io: Box<Io>,
 }
 
 /// How a connection goes on after an exchange.
