@@ -130,8 +130,11 @@ impl Engines {
             // A slot's first pages are reset for its next instance by writing them, not by
             // giving them back with madvise, which makes every core flush its TLB: that cost
             // twice the rest of the request. Writing every kept byte, touched or not, also
-            // resets pages the kernel swapped out; wasmtime's PAGEMAP_SCAN shortcut would
-            // leave those with the last request's data.
+            // resets pages the kernel swapped out; wasmtime's PAGEMAP_SCAN shortcut resets
+            // only pages present and written, and would leave those, and any page being
+            // migrated at that moment, with the last request's data. The writing is the
+            // largest cost of an instance a request (40% of the server's CPU for a hello whose
+            // memory is 1.06 MiB); the shortcut would save about 15%.
             .linear_memory_keep_resident(SLOT_MEMORY_KEPT)
             .table_keep_resident(SLOT_TABLE_KEPT);
         let mut config = base_config(concurrency);
