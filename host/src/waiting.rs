@@ -13,15 +13,15 @@ pub fn threads() -> usize {
 
 /// Runs `call`, which may wait on a peer or a disk, counted in [`threads`].
 pub fn counted<R>(call: impl FnOnce() -> R) -> R {
-    let _waiting = Waiting::new();
+    let _waiting = Waiting::begin();
     call()
 }
 
 /// A thread counted in [`threads`] until dropped, however its call ends.
-struct Waiting;
+pub struct Waiting;
 
 impl Waiting {
-    fn new() -> Waiting {
+    pub fn begin() -> Waiting {
         WAITING.fetch_add(1, Ordering::Relaxed);
         Waiting
     }

@@ -140,20 +140,7 @@ impl GroupCommit {
         R: Send + 'static,
         F: FnOnce(&rusqlite::Connection) -> Result<R> + Send + 'static,
     {
-        crate::waiting::counted(|| self.queue_and_wait(connection, patience, size, act))
-    }
-
-    fn queue_and_wait<R, F>(
-        &self,
-        connection: &mut rusqlite::Connection,
-        patience: Duration,
-        size: Size,
-        act: F,
-    ) -> (Result<R>, Duration)
-    where
-        R: Send + 'static,
-        F: FnOnce(&rusqlite::Connection) -> Result<R> + Send + 'static,
-    {
+        let _waiting = crate::waiting::Waiting::begin();
         let asked = Instant::now();
         let until = asked + patience;
         let slot: Slot<R> = Arc::default();
