@@ -18,6 +18,12 @@ pub trait App: Send {
     /// Serves one request, reading its body from and writing its response to its
     /// exchange, then hands the request back to the connection.
     fn call(&mut self, request: Request) -> (Request, Result<(), Failure>);
+
+    /// Ends the worker, counted as retired for `reason`: `idle`, when its pool no longer
+    /// needs it. A worker just dropped goes with its pool, at a reload.
+    fn retire(self: Box<Self>, reason: &'static str) {
+        let _ = reason;
+    }
 }
 
 /// A request on its way through an app: what the server parsed, and the exchange that reads

@@ -56,6 +56,8 @@ struct AppTable {
     max_requests: Option<u64>,
     /// How many warm instances the app may hold: its share of the server.
     instances: Option<u32>,
+    /// Most instances while some wait, as in `--max-workers`.
+    max_instances: Option<u32>,
     /// Requests that may wait for an instance, as in `--queue-limit`.
     queue_limit: Option<u32>,
     /// Seconds a request may wait for an instance, as in `--queue-timeout`.
@@ -141,6 +143,7 @@ pub struct AppConfig {
     pub isolation: Option<String>,
     pub max_requests: Option<u64>,
     pub instances: Option<usize>,
+    pub max_instances: Option<usize>,
     pub queue_limit: Option<usize>,
     pub queue_timeout: Option<String>,
     pub dirs: Option<Vec<String>>,
@@ -243,14 +246,16 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<AppConfig>> {
         if apps.iter().any(|app| app.name == table.name) {
             return Err(invalid(&table.name, "another app has this name".into()));
         }
-        if table
-            .instances
-            .is_some_and(|count| !(1..=MAX_INSTANCES).contains(&count))
-        {
-            return Err(invalid(
-                &table.name,
-                format!("instances must be 1 to {MAX_INSTANCES}"),
-            ));
+        for (key, count) in [
+            ("instances", table.instances),
+            ("max-instances", table.max_instances),
+        ] {
+            if count.is_some_and(|count| !(1..=MAX_INSTANCES).contains(&count)) {
+                return Err(invalid(
+                    &table.name,
+                    format!("{key} must be 1 to {MAX_INSTANCES}"),
+                ));
+            }
         }
         if table.kv_quota_keys == Some(0) {
             return Err(invalid(
@@ -319,6 +324,7 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<AppConfig>> {
             isolation: table.isolation,
             max_requests: table.max_requests,
             instances: table.instances.map(|count| count as usize),
+            max_instances: table.max_instances.map(|count| count as usize),
             queue_limit: table.queue_limit.map(|limit| limit as usize),
             queue_timeout: table.queue_timeout.map(|seconds| seconds.to_string()),
             // Relative host paths are the config file's, like the component's.

@@ -920,6 +920,7 @@ fn handle(
     // writes a whole body to a client that may be slow.
     let (app, (request, result)) = {
         let mut worker = lease;
+        worker.serve_here();
         (worker.name(), worker.call(request))
     };
     let Request { head, exchange, .. } = request;

@@ -88,7 +88,7 @@ pub fn load_pool(
         prepare_kv(&spec.policy.grants.kv)?;
     }
     let gauges = metrics().pool(&spec.name.as_str().into(), spec.policy.timeout);
-    let pool = Pool::new(&app, spec.policy.workers, spec.queue, gauges)?;
+    let pool = Pool::new(Arc::new(app), spec.policy.workers, spec.queue, gauges)?;
     let prefix = if spec.prefix.is_empty() {
         "/"
     } else {
@@ -101,9 +101,10 @@ pub fn load_pool(
     };
     tracing::info!(
         app = spec.name.as_str(),
-        "mounted {} at {prefix}{hosts}, {} instances",
+        "mounted {} at {prefix}{hosts}, {} instances, up to {} while some wait",
         spec.path.display(),
-        spec.policy.workers
+        spec.policy.workers.warm,
+        spec.policy.workers.most
     );
     Ok(pool)
 }

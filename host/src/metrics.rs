@@ -149,7 +149,7 @@ impl Metrics {
         registry.register(
             "instances_retired",
             "Instances replaced or dropped, by app and reason: trap, timeout, memory, \
-             max-requests, isolation or reload",
+             max-requests, isolation, reload or idle",
             instances_retired.clone(),
         );
         registry.register(

@@ -7,11 +7,17 @@
 //! The queue is bounded in length, and the server holds each waiting request to the queue
 //! timeout, so that an app whose instances are all stuck turns requests away with 503
 //! rather than piling up connections that other apps need.
+//!
+//! The pool keeps its warm workers for good. While requests queue and some of its workers
+//! wait on something other than the CPU (a slow client, the key-value store's disk, an
+//! outbound request: [`crate::waiting`]), fewer than the warm count can run, and a keeper
+//! thread makes more, up to the pool's most. Those go again once a whole
+//! [`SPARE_LIFETIME`] has passed in which none of them was needed.
 
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -69,31 +75,68 @@ pub trait Waiter: Send {
     fn hand(self: Box<Self>, lease: Lease) -> Result<(), Lease>;
 }
 
+/// How many workers a pool keeps, and how many it may have while some of them wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size {
+    /// Made at the start and kept: as many as may run at once.
+    pub warm: usize,
+    /// Most alive at once, the warm ones included.
+    pub most: usize,
+}
+
 pub struct Pool {
     state: Mutex<State>,
+    /// Wakes the keeper when a worker is wanted.
+    wanted: Arc<Signal>,
     queue: QueuePolicy,
     gauges: Arc<PoolGauges>,
+    size: Size,
+    /// Makes the workers beyond the warm ones; none for a pool that never grows.
+    factory: Option<Arc<dyn AppFactory>>,
+    /// Workers of this pool in a wait on something other than the CPU, now.
+    blocked: AtomicUsize,
+    /// How long workers beyond the warm ones stay unneeded before they go.
+    spare_lifetime: Duration,
 }
 
 struct State {
+    /// Free workers; the last in is the first out, so that the first ones stay unused
+    /// while fewer are needed, and can go.
     idle: Vec<Box<dyn App>>,
     /// Requests waiting for a worker, the longest-waiting first, by ticket.
     waiting: VecDeque<(u64, Box<dyn Waiter>, Instant)>,
     next_ticket: u64,
+    /// Workers alive: free and lent.
+    live: usize,
+    /// Workers asked of the keeper and not made yet.
+    making: usize,
+    /// Whether a keeper thread runs.
+    keeper: bool,
+    /// The fewest free workers since `low_since`: as many went unused all that time.
+    low: usize,
+    low_since: Instant,
+    /// When the keeper last failed to make a worker: it waits before it tries again.
+    failed_at: Option<Instant>,
 }
 
+/// How long workers beyond the warm ones stay when none of them is needed.
+pub const SPARE_LIFETIME: Duration = Duration::from_secs(10);
+
+/// How long the keeper waits after it failed to make a worker.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
 impl Pool {
-    /// Creates `size` workers up front, so that a broken app fails at startup, not on the
-    /// first request. They are made on every core at once: an instance of a big app, such
-    /// as a Python one, copies tens of megabytes of initial memory.
+    /// Creates `size.warm` workers up front, so that a broken app fails at startup, not on
+    /// the first request. They are made on every core at once: an instance of a big app,
+    /// such as a Python one, copies tens of megabytes of initial memory.
     pub fn new(
-        factory: &dyn AppFactory,
-        size: usize,
+        factory: Arc<dyn AppFactory>,
+        size: Size,
         queue: QueuePolicy,
         gauges: Arc<PoolGauges>,
     ) -> anyhow::Result<Pool> {
         let cores = thread::available_parallelism().map_or(1, usize::from);
-        let left = AtomicUsize::new(size);
+        let left = AtomicUsize::new(size.warm);
         let make = || {
             let mut made = Vec::new();
             while left
@@ -105,7 +148,9 @@ impl Pool {
             anyhow::Ok(made)
         };
         let batches = thread::scope(|scope| {
-            let helpers: Vec<_> = (1..cores.min(size)).map(|_| scope.spawn(make)).collect();
+            let helpers: Vec<_> = (1..cores.min(size.warm))
+                .map(|_| scope.spawn(make))
+                .collect();
             let mut batches = vec![make()];
             batches.extend(helpers.into_iter().map(|helper| {
                 helper
@@ -114,22 +159,41 @@ impl Pool {
             }));
             batches
         });
-        let mut idle = Vec::with_capacity(size);
+        let mut idle = Vec::with_capacity(size.warm);
         for batch in batches {
             idle.extend(batch?);
         }
-        Ok(Pool::with_workers(idle, queue, gauges))
+        let mut pool = Pool::with_workers(idle, queue, gauges);
+        pool.size.most = size.most.max(size.warm);
+        pool.factory = Some(factory);
+        Ok(pool)
     }
 
+    /// A pool of these workers, which never grows.
     fn with_workers(idle: Vec<Box<dyn App>>, queue: QueuePolicy, gauges: Arc<PoolGauges>) -> Pool {
+        let live = idle.len();
         Pool {
             state: Mutex::new(State {
                 idle,
                 waiting: VecDeque::new(),
                 next_ticket: 0,
+                live,
+                making: 0,
+                keeper: false,
+                low: live,
+                low_since: Instant::now(),
+                failed_at: None,
             }),
+            wanted: Arc::default(),
             queue,
             gauges,
+            size: Size {
+                warm: live,
+                most: live,
+            },
+            factory: None,
+            blocked: AtomicUsize::new(0),
+            spare_lifetime: SPARE_LIFETIME,
         }
     }
 
@@ -160,7 +224,7 @@ impl Pool {
     /// Takes a free worker, if there is one, and if no request waits for it already.
     pub fn checkout(self: &Arc<Self>) -> Option<Lease> {
         let mut state = self.lock();
-        let worker = state.idle.pop()?;
+        let worker = state.take_idle()?;
         if state.idle.is_empty() {
             self.gauges.saturated();
         }
@@ -177,7 +241,7 @@ impl Pool {
         ticket: &Ticket,
     ) -> Result<(), Box<dyn Waiter>> {
         let mut state = self.lock();
-        if let Some(worker) = state.idle.pop() {
+        if let Some(worker) = state.take_idle() {
             if state.idle.is_empty() {
                 self.gauges.saturated();
             }
@@ -203,6 +267,7 @@ impl Pool {
         *place = Place::Queued(number);
         state.waiting.push_back((number, waiter, Instant::now()));
         self.gauges.queued(state.waiting.len(), self.queue.limit);
+        self.grow_if_starved(&mut state);
         Ok(())
     }
 
@@ -243,6 +308,7 @@ impl Pool {
         Lease {
             pool: self.clone(),
             worker: Some(worker),
+            on_behalf: None,
         }
     }
 
@@ -271,8 +337,156 @@ impl Pool {
         }
     }
 
+    /// Asks the keeper for another worker if requests wait while fewer workers than the
+    /// warm count can run, the others waiting on something other than the CPU; up to the
+    /// pool's most.
+    fn grow_if_starved(self: &Arc<Self>, state: &mut State) {
+        if self.factory.is_none() || state.waiting.is_empty() {
+            return;
+        }
+        let coming = state.live + state.making;
+        let able = coming.saturating_sub(self.blocked.load(Ordering::Relaxed));
+        if coming >= self.size.most
+            || able >= self.size.warm
+            || state.failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER)
+        {
+            return;
+        }
+        state.making += 1;
+        if state.keeper {
+            self.wanted.raise();
+            return;
+        }
+        let (pool, wanted) = (Arc::downgrade(self), self.wanted.clone());
+        let started = thread::Builder::new()
+            .name("pool-keeper".into())
+            .spawn(move || keep(&pool, &wanted));
+        match started {
+            Ok(_) => state.keeper = true,
+            Err(error) => {
+                state.making -= 1;
+                tracing::warn!("cannot start a thread to add an instance: {error}");
+            }
+        }
+    }
+
+    /// One turn of the keeper: makes a worker asked for, or lets spare ones go. Returns how
+    /// long to wait for the next request for a worker before the next turn, or `None` once
+    /// there is nothing left to keep.
+    fn keep_once(self: &Arc<Self>) -> Option<Duration> {
+        let factory = self.factory.as_ref()?;
+        let mut state = self.lock();
+        if state.making > 0 {
+            drop(state);
+            let made = factory.new_worker();
+            let mut state = self.lock();
+            state.making -= 1;
+            match made {
+                Ok(worker) => {
+                    state.live += 1;
+                    drop(state);
+                    self.give_back(worker);
+                }
+                Err(error) => {
+                    // Asked for again by the next request that queues, after a pause.
+                    state.making = 0;
+                    state.failed_at = Some(Instant::now());
+                    drop(state);
+                    tracing::warn!("cannot add an instance while others wait: {error:#}");
+                }
+            }
+            return Some(Duration::ZERO);
+        }
+        let mut spare = Vec::new();
+        if state.low_since.elapsed() >= self.spare_lifetime {
+            // The first `low` free workers went unused all this time: the extra ones go.
+            let extra = state.live.saturating_sub(self.size.warm);
+            let unused = state.low.min(extra);
+            spare.extend(state.idle.drain(..unused));
+            state.live -= unused;
+            state.low = state.idle.len();
+            state.low_since = Instant::now();
+        }
+        let keeping = state.live > self.size.warm;
+        if !keeping {
+            state.keeper = false;
+        }
+        let wait = self
+            .spare_lifetime
+            .saturating_sub(state.low_since.elapsed());
+        drop(state);
+        for worker in spare {
+            worker.retire("idle");
+        }
+        keeping.then_some(wait)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // The keeper, if any, finds the pool gone and ends.
+        self.wanted.raise();
+    }
+}
+
+/// The keeper of a pool: runs while the pool has workers beyond its warm ones, or is asked
+/// for one, and while the pool is alive, which it holds only for a turn: a reload's old
+/// pool goes away with its last request.
+fn keep(pool: &Weak<Pool>, wanted: &Signal) {
+    while let Some(wait) = pool.upgrade().and_then(|pool| pool.keep_once()) {
+        wanted.wait(wait);
+    }
+}
+
+/// Wakes the keeper early: a worker is wanted, or the pool is gone.
+#[derive(Default)]
+struct Signal {
+    raised: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Signal {
+    fn raise(&self) {
+        *self.raised.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.changed.notify_one();
+    }
+
+    /// Waits up to `timeout` to be raised, and lowers the signal.
+    fn wait(&self, timeout: Duration) {
+        let raised = self.raised.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut raised = self
+            .changed
+            .wait_timeout_while(raised, timeout, |raised| !*raised)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+        *raised = false;
+    }
+}
+
+impl State {
+    /// Takes the free worker that was last given back.
+    fn take_idle(&mut self) -> Option<Box<dyn App>> {
+        let worker = self.idle.pop()?;
+        self.low = self.low.min(self.idle.len());
+        Some(worker)
+    }
+}
+
+impl crate::waiting::Owner for Pool {
+    fn began(self: Arc<Self>) {
+        self.blocked.fetch_add(1, Ordering::Relaxed);
+        if self.factory.is_some() {
+            let mut state = self.lock();
+            self.grow_if_starved(&mut state);
+        }
+    }
+
+    fn ended(&self) {
+        self.blocked.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -280,6 +494,20 @@ impl Pool {
 pub struct Lease {
     pool: Arc<Pool>,
     worker: Option<Box<dyn App>>,
+    /// Set once the worker has served on this thread: the thread's waits count as the
+    /// pool's until the lease ends.
+    on_behalf: Option<crate::waiting::OnBehalf>,
+}
+
+impl Lease {
+    /// The worker is about to serve on this thread: the thread's waits count as the
+    /// pool's until the lease ends. (Not a guard around the call, whose request and result,
+    /// 900 bytes, would then be copied once more each.)
+    pub fn serve_here(&mut self) {
+        if self.on_behalf.is_none() {
+            self.on_behalf = Some(crate::waiting::OnBehalf::of(&self.pool));
+        }
+    }
 }
 
 impl Deref for Lease {
@@ -297,6 +525,7 @@ impl DerefMut for Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        drop(self.on_behalf.take());
         if let Some(worker) = self.worker.take() {
             self.pool.give_back(worker);
         }
@@ -382,6 +611,96 @@ mod tests {
             .map(|_| Box::new(Counter) as Box<dyn App>)
             .collect();
         Arc::new(Pool::with_workers(idle, queue, gauges))
+    }
+
+    /// Makes counters, and counts them.
+    #[derive(Default)]
+    struct Counters(AtomicUsize);
+
+    impl AppFactory for Counters {
+        fn new_worker(&self) -> anyhow::Result<Box<dyn App>> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(Box::new(Counter))
+        }
+    }
+
+    /// A pool of `size` that may grow, whose spare workers go after `spare_lifetime`.
+    fn growing(size: Size, spare_lifetime: Duration) -> (Arc<Pool>, Arc<Counters>) {
+        let queue = QueuePolicy {
+            limit: 8,
+            timeout: Duration::from_secs(1),
+        };
+        let gauges = Arc::new(PoolGauges::detached(Duration::from_secs(30)));
+        let factory = Arc::new(Counters::default());
+        let mut pool = Pool::new(factory.clone(), size, queue, gauges).unwrap();
+        pool.spare_lifetime = spare_lifetime;
+        (Arc::new(pool), factory)
+    }
+
+    /// A waiting request that hands what it gets to the test.
+    fn waiter(id: u32, handed: &mpsc::Sender<(u32, Lease)>) -> Box<dyn Waiter> {
+        Box::new(Waiting {
+            id,
+            left: false,
+            handed: handed.clone(),
+        })
+    }
+
+    /// Runs `during` while a worker of `pool` waits, as one blocked on a slow peer does.
+    fn while_blocked<R>(pool: &Arc<Pool>, during: impl FnOnce() -> R) -> R {
+        let _on_behalf = crate::waiting::OnBehalf::of(pool);
+        let _waiting = crate::waiting::Waiting::begin();
+        during()
+    }
+
+    #[test]
+    fn a_pool_grows_only_while_its_workers_wait_and_never_past_its_most() {
+        let (pool, made) = growing(Size { warm: 1, most: 2 }, Duration::from_secs(60));
+        let (handed, received) = mpsc::channel();
+        let busy = pool.checkout().unwrap();
+        // Busy on the CPU: a request queues, and no worker is made.
+        assert!(pool.enqueue(waiter(0, &handed), &Ticket::default()).is_ok());
+        assert_eq!(made.0.load(Ordering::Relaxed), 1);
+        assert!(received.try_recv().is_err());
+        // Once the busy worker waits, one is made for the queued request.
+        let (id, second) = while_blocked(&pool, || received.recv_timeout(Duration::from_secs(10)))
+            .expect("a worker made for the queued request");
+        assert_eq!((id, made.0.load(Ordering::Relaxed)), (0, 2));
+        // Both wait: the pool is at its most, and the next request waits for one.
+        while_blocked(&pool, || {
+            while_blocked(&pool, || {
+                assert!(pool.enqueue(waiter(1, &handed), &Ticket::default()).is_ok());
+            })
+        });
+        // None was asked for, and none is on its way.
+        assert_eq!(pool.lock().making, 0, "no worker past the pool's most");
+        assert_eq!(made.0.load(Ordering::Relaxed), 2);
+        assert!(received.try_recv().is_err());
+        drop(busy);
+        assert_eq!(received.try_recv().unwrap().0, 1);
+        drop(second);
+        assert_eq!(pool.lock().live, 2);
+    }
+
+    #[test]
+    fn workers_beyond_the_warm_ones_go_once_unneeded() {
+        let (pool, made) = growing(Size { warm: 1, most: 4 }, Duration::from_millis(50));
+        let (handed, received) = mpsc::channel();
+        let first = pool.checkout().unwrap();
+        let second = while_blocked(&pool, || {
+            assert!(pool.enqueue(waiter(0, &handed), &Ticket::default()).is_ok());
+            received.recv_timeout(Duration::from_secs(10)).unwrap().1
+        });
+        assert_eq!(made.0.load(Ordering::Relaxed), 2);
+        drop((first, second));
+        // Neither is needed now: the one beyond the warm count goes, and the keeper ends.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pool.lock().live > 1 || pool.lock().keeper {
+            assert!(Instant::now() < deadline, "the spare worker never went");
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(pool.lock().idle.len(), 1);
+        assert!(pool.checkout().is_some());
     }
 
     #[test]

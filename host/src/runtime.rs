@@ -118,7 +118,7 @@ impl Engines {
         // An instance per request: the pooling allocator reuses memory slots instead of
         // mapping fresh memory each time. Each worker holds one instance, and a second while
         // it replaces the first. The pool is this app's, and so is the engine.
-        let slots = u32::try_from(policy.workers * 2 + 2).unwrap_or(u32::MAX);
+        let slots = u32::try_from(policy.workers.most * 2 + 2).unwrap_or(u32::MAX);
         let mut pooling = PoolingAllocationConfig::new();
         pooling
             .total_component_instances(slots)
@@ -196,8 +196,9 @@ pub struct InstancePolicy {
     pub max_requests: Option<u64>,
     pub max_requests_jitter: u64,
     pub grants: Grants,
-    /// How many instances may be alive at once, to size the pooling allocator.
-    pub workers: usize,
+    /// How many instances the app keeps, and may have while some wait on something other
+    /// than the CPU ([`crate::pool`]); the latter sizes the pooling allocator.
+    pub workers: crate::pool::Size,
     /// Wall time a streamed response may take, writes to the client included.
     pub stream_timeout: Duration,
     /// How fast the app's stdout and stderr may go to the log.
@@ -402,6 +403,7 @@ impl AppFactory for Arc<WasmApp> {
             served: 0,
             retire_after: self.retire_after(),
             retiring: None,
+            retired_as: "reload",
         };
         Ok(Box::new(worker))
     }
@@ -430,12 +432,14 @@ struct WasmWorker {
     retire_after: Option<u64>,
     /// Why the instance must be replaced before it serves again, if it must.
     retiring: Option<&'static str>,
+    /// Why the instance is counted as retired when it goes: its pool went, at a reload,
+    /// unless the pool let it go for another reason.
+    retired_as: &'static str,
 }
 
 impl Drop for WasmWorker {
     fn drop(&mut self) {
-        // Workers go away with their pool, when a reload replaces it.
-        metrics().retired(&self.app.name, "reload");
+        metrics().retired(&self.app.name, self.retired_as);
     }
 }
 
@@ -461,6 +465,10 @@ impl App for WasmWorker {
 
     fn name(&self) -> Arc<str> {
         self.app.name.clone()
+    }
+
+    fn retire(mut self: Box<Self>, reason: &'static str) {
+        self.retired_as = reason;
     }
 }
 

@@ -258,7 +258,7 @@ pub fn run(
             min_rate: args.body_min_rate,
         },
         body_buffer: args.client_body_buffer_size as u64,
-        multithread: workers > 1,
+        multithread: args.pool_size(workers).most > 1,
         proxies: Arc::new(args.forwarded_allow_ips.clone()),
         tls: tls.clone(),
         proxy_protocol: args.proxy_protocol,

@@ -11,13 +11,21 @@ use crate::admin::{admin_address, metric};
 use crate::support::{IO_TIMEOUT, RawResponse, Redis, Server, client, guest, status_of};
 
 /// The hostile `faulty` app at `/`, `hello` at `/hello`, with a 2 s deadline and two
-/// instances each unless `extra` says otherwise.
+/// instances each unless `extra` says otherwise, and no more while some wait: these tests
+/// are about instances that are all taken.
 fn hostile_beside_hello(extra: &[&str]) -> Server {
     let faulty = format!("/={}", guest("faulty").display());
     let hello = format!("/hello={}", guest("hello").display());
     let mut args = vec!["--mount", &faulty, "--mount", &hello];
+    let workers = extra
+        .iter()
+        .position(|arg| *arg == "--workers")
+        .map_or("2", |at| extra[at + 1]);
     if !extra.contains(&"--workers") {
-        args.extend(["--workers", "2"]);
+        args.extend(["--workers", workers]);
+    }
+    if !extra.contains(&"--max-workers") {
+        args.extend(["--max-workers", workers]);
     }
     if !extra.contains(&"--timeout") {
         args.extend(["--timeout", "2"]);
@@ -205,6 +213,67 @@ fn a_stuck_app_queues_a_bounded_few_and_the_app_beside_it_never_waits() {
             &[("reason", "timeout")]
         ) >= 490.0
     );
+}
+
+#[test]
+fn instances_are_added_while_others_wait_up_to_max_workers_and_go_when_unneeded() {
+    let server = hostile_beside_hello(&[
+        "--workers",
+        "1",
+        "--max-workers",
+        "2",
+        "--timeout",
+        "10",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let admin = admin_address(&server);
+    let created = || {
+        metric(
+            admin,
+            "wasm_gw_instances_created_total",
+            &[("app", "faulty")],
+        )
+    };
+    assert_eq!(created(), 1.0);
+    // The one instance sleeps: a request behind it gets a second instance, and both sleep
+    // at once.
+    let first = send(&server, "/sleep?ms=3000");
+    wait_for_lines(&server, "sleeping 3000 ms", 1);
+    let second = send(&server, "/sleep?ms=3000");
+    wait_for_lines(&server, "sleeping 3000 ms", 2);
+    assert_eq!(created(), 2.0);
+    // Both wait, but there are as many as --max-workers: the next request waits for one.
+    let third = send(&server, "/served");
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while metric(admin, "wasm_gw_queue_length", &[("app", "faulty")]) < 1.0 {
+        assert!(Instant::now() < deadline, "the request never queued");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let now = Instant::now();
+    for stream in [first, second, third] {
+        assert_eq!(answer(stream, now).0, 200);
+    }
+    assert_eq!(created(), 2.0);
+    // Unneeded for 10 s, the added instance goes, and the first stays.
+    let retired = || {
+        metric(
+            admin,
+            "wasm_gw_instances_retired_total",
+            &[("app", "faulty"), ("reason", "idle")],
+        )
+    };
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while retired() < 1.0 {
+        assert!(Instant::now() < deadline, "the added instance never went");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        metric(admin, "wasm_gw_instances_live", &[("app", "faulty")]),
+        1.0
+    );
+    assert_eq!(status_of(&server, "/ok"), 200);
+    assert_eq!(created(), 2.0);
 }
 
 #[test]

@@ -345,6 +345,52 @@ fn a_slow_upload_holds_no_instance_until_its_body_is_in() {
     assert_eq!(response.body.len(), total);
 }
 
+#[test]
+fn an_upload_stalled_on_the_only_instance_does_not_hold_up_other_clients() {
+    // Every body streams to the app as it comes, so the stalled upload holds the one warm
+    // instance in a body read that would wait a minute.
+    let server = Server::start(
+        "stream",
+        &[
+            "--workers",
+            "1",
+            "--client-body-buffer-size",
+            "0",
+            "--body-timeout",
+            "60",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    );
+    let admin = crate::admin::admin_address(&server);
+    let mut stalled = server.connect();
+    stalled
+        .write_all(b"POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\nslow")
+        .unwrap();
+    let in_flight = || crate::admin::metric(admin, "wasm_gw_requests_in_flight", &[]);
+    let deadline = std::time::Instant::now() + crate::support::IO_TIMEOUT;
+    while in_flight() < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never began"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Another client is served by an instance added for it, while the upload still waits.
+    let response = server.raw(b"GET /count?n=3 HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(response.text(), "1\n2\n3\n");
+    let created = crate::admin::metric(
+        admin,
+        "wasm_gw_instances_created_total",
+        &[("app", "stream")],
+    );
+    assert_eq!(created, 2.0);
+    // The upload was waiting all along: the rest of its body is what it counts.
+    stalled.write_all(&[b'x'; 99_996]).unwrap();
+    let response = RawResponse::read(&mut BufReader::new(stalled), false);
+    assert_eq!(response.text(), "100000\n");
+}
+
 /// Raises this test process's limit of open files to its maximum, for clients by the
 /// thousand.
 fn raise_own_file_limit() {

@@ -69,8 +69,8 @@ fn main() -> anyhow::Result<()> {
     let name = "native-hello".into();
     let gauges = metrics().pool(&name, args.timeout);
     let pool = Pool::new(
-        &NativeHelloFactory,
-        args.workers(),
+        Arc::new(NativeHelloFactory),
+        args.pool_size(args.workers()),
         args.queue_policy(1),
         gauges,
     )?;

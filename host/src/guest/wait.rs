@@ -122,17 +122,19 @@ pub async fn within<R>(
     }
 }
 
-/// Runs `wait` for at most `left`.
+/// Runs `wait` for at most `left`, counted as a wait: an outbound request's, or a sleep.
 fn bounded<R>(
     left: Duration,
     wait: impl Future<Output = wasmtime::Result<R>>,
 ) -> wasmtime::Result<R> {
     // The timer is made inside the runtime that `in_tokio` enters: it needs its clock.
-    in_tokio(async move {
-        match tokio::time::timeout(left, wait).await {
-            Ok(result) => result,
-            Err(_) => Err(wasmtime::Error::new(DeadlinePassed)),
-        }
+    crate::waiting::counted(|| {
+        in_tokio(async move {
+            match tokio::time::timeout(left, wait).await {
+                Ok(result) => result,
+                Err(_) => Err(wasmtime::Error::new(DeadlinePassed)),
+            }
+        })
     })
 }
 

@@ -229,12 +229,14 @@ fn usage_key(namespace: &str) -> String {
 
 impl RedisConnection {
     /// Runs `act` on a live connection. One that sat idle is checked first; if `act` is
-    /// idempotent and the connection turns out dead, it runs once more on a new one.
+    /// idempotent and the connection turns out dead, it runs once more on a new one. The
+    /// thread counts as waiting meanwhile.
     fn run<T>(
         &mut self,
         idempotent: bool,
         act: impl Fn(&mut Self) -> redis::RedisResult<T>,
     ) -> Result<T> {
+        let _waiting = crate::waiting::Waiting::begin();
         self.hold_to_deadline()?;
         if self.last_used.elapsed() > IDLE_CHECK
             && redis::cmd("PING")
