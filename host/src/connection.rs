@@ -92,6 +92,14 @@ struct State {
     preamble: bool,
 }
 
+impl Drop for State {
+    fn drop(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            spare.recycle();
+        }
+    }
+}
+
 enum Phase {
     /// Waiting for a request head, or for the rest of one.
     Head(HeadProgress),
@@ -546,7 +554,7 @@ impl Connection {
     }
 
     /// Drops a request whose client has gone, with nothing to answer.
-    fn abandon(self, request: &Routed) -> Next {
+    fn abandon(mut self, request: &Routed) -> Next {
         finish_refused(request, None);
         self.state.registration.end_request();
         Next::Closed
@@ -557,6 +565,9 @@ impl Connection {
     fn run(self, request: Routed, lease: Lease, config: &ConnectionConfig) -> Ran {
         let Connection { io, mut state } = self;
         let (io, after, strings) = handle(io, request, lease, config);
+        // For the next request, or, once the connection is dropped, the thread's next new
+        // connection.
+        state.spare = Some(strings);
         match after {
             // A stopping server keeps the connection too: the client may have sent its next
             // request already, which then gets 503 and `Connection: close` rather than a
@@ -565,7 +576,6 @@ impl Connection {
             Outcome::Ended => return Ran::Ended(Connection { io, state }.close_ended()),
             Outcome::Close => return Ran::Ended(Connection { io, state }.close()),
         }
-        state.spare = Some(strings);
         state.phase = Phase::Head(HeadProgress::idle_for(config.timeouts.keep_alive));
         Ran::KeepAlive(Connection { io, state })
     }

@@ -1,6 +1,7 @@
 //! Building the WSGI environ from a parsed request head (PEP 3333's CGI and `wsgi.*` keys).
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -13,9 +14,14 @@ use crate::tls::TlsFacts;
 /// all the connection's requests.
 #[derive(Clone, Debug)]
 pub struct ConnectionInfo {
-    local_ip: String,
+    /// The address the connection reached; none on a Unix socket, whose SERVER_NAME falls
+    /// back to `localhost`. Kept as an address, and written out for each request into the
+    /// strings it reuses: formatting two addresses into strings of their own was a tenth
+    /// of the server's instructions for a connection with one request.
+    local_ip: Option<IpAddr>,
     local_port: u16,
-    peer_ip: String,
+    /// None on a Unix socket, whose REMOTE_ADDR is empty, as Gunicorn has it.
+    peer_ip: Option<IpAddr>,
     peer_port: u16,
     /// `https` on a TLS listener, else `http`, unless a trusted proxy says otherwise.
     scheme: &'static str,
@@ -38,19 +44,15 @@ impl ConnectionInfo {
         // A Unix socket's connections have no addresses: REMOTE_ADDR is empty, as Gunicorn
         // has it, and SERVER_NAME falls back to localhost.
         let (local_ip, local_port) = match local {
-            Some(local) => (local.ip().to_string(), local.port()),
-            None if scheme == "https" => ("localhost".to_owned(), 443),
-            None => ("localhost".to_owned(), 80),
+            Some(local) => (Some(local.ip()), local.port()),
+            None if scheme == "https" => (None, 443),
+            None => (None, 80),
         };
         let (peer_ip, peer_port, trusted) = match peer {
-            Peer::Ip(peer) => (
-                peer.ip().to_string(),
-                peer.port(),
-                proxies.trusts(peer.ip()),
-            ),
+            Peer::Ip(peer) => (Some(peer.ip()), peer.port(), proxies.trusts(peer.ip())),
             // Only processes allowed by the socket file's mode connect there: a proxy in
             // front of a Unix socket is believed, as Gunicorn believes it.
-            Peer::Local => (String::new(), 0, true),
+            Peer::Local => (None, 0, true),
         };
         ConnectionInfo {
             local_ip,
@@ -293,6 +295,8 @@ pub struct RequestHead {
     pub server_port: u16,
     /// The client: the peer, or whom a trusted proxy names.
     pub remote_addr: String,
+    /// The address `remote_addr` was written from.
+    remote_ip: Option<IpAddr>,
     pub remote_port: u16,
     pub content_type: Option<String>,
     /// Absent for a chunked body.
@@ -323,7 +327,27 @@ pub fn empty_environ() -> Environ {
     }
 }
 
+thread_local! {
+    /// The request strings of a connection this thread closed, for the next new one: a new
+    /// connection's first request would otherwise allocate and grow a dozen strings.
+    static RECYCLED: Cell<Option<RequestHead>> = const { Cell::new(None) };
+}
+
 impl RequestHead {
+    /// The strings a closed connection left on this thread, or new ones. Every field is
+    /// refilled by [`build`] but the TLS variables, which a connection keeps: those were
+    /// another connection's, and go.
+    fn recycled() -> RequestHead {
+        let mut head = RECYCLED.take().unwrap_or_default();
+        head.variables.clear();
+        head
+    }
+
+    /// Leaves these strings to this thread's next new connection.
+    pub fn recycle(self) {
+        RECYCLED.set(Some(self));
+    }
+
     /// Writes this request's WSGI environ into `environ`, in the memory it has: the strings
     /// in the contract's order (`variable`'s, the server's variables, the header lines),
     /// each followed by [`SEPARATOR`].
@@ -369,7 +393,7 @@ pub fn build(
     tls: Option<&TlsFacts>,
     reused: Option<RequestHead>,
 ) -> RequestHead {
-    let mut request = reused.unwrap_or_default();
+    let mut request = reused.unwrap_or_else(RequestHead::recycled);
     let (authority, path, query) = split_target(head.target);
     let mut content_type = None;
     let mut content_length = None;
@@ -402,10 +426,7 @@ pub fn build(
     }
     // RFC 9112 §3.2.2: an absolute-form target's authority names the host; an HTTP/1.0
     // request may have it and no Host.
-    let (server_name, server_port) = host
-        .or(authority.map(str::as_bytes))
-        .and_then(split_host)
-        .unwrap_or((&connection.local_ip, connection.local_port));
+    let named = host.or(authority.map(str::as_bytes)).and_then(split_host);
     let protocol = if head.framing.minor_version == 0 {
         "HTTP/1.0"
     } else {
@@ -424,8 +445,20 @@ pub fn build(
         text
     });
     request.content_length = content_length;
-    refill(&mut request.server_name, server_name);
-    request.server_port = server_port;
+    request.server_name.clear();
+    request.server_port = match named {
+        Some((name, port)) => {
+            request.server_name.push_str(name);
+            port
+        }
+        None => {
+            match connection.local_ip {
+                Some(ip) => push_ip(&mut request.server_name, ip),
+                None => request.server_name.push_str("localhost"),
+            }
+            connection.local_port
+        }
+    };
     refill(&mut request.protocol, protocol);
     let (client, scheme) = match &connection.proxies {
         Some(proxies)
@@ -437,9 +470,17 @@ pub fn build(
         }
         _ => (None, None),
     };
-    match client {
-        Some(client) => refill(&mut request.remote_addr, &client.to_canonical().to_string()),
-        None => refill(&mut request.remote_addr, &connection.peer_ip),
+    // Written out only when it changes: a keep-alive connection's requests, and most
+    // connections behind a proxy, come from one address.
+    let remote = client
+        .map(|client| client.to_canonical())
+        .or(connection.peer_ip);
+    if remote.is_none() || remote != request.remote_ip {
+        request.remote_addr.clear();
+        if let Some(ip) = remote {
+            push_ip(&mut request.remote_addr, ip);
+        }
+        request.remote_ip = remote;
     }
     request.remote_port = connection.peer_port;
     request.target.clear();
@@ -462,6 +503,31 @@ pub fn build(
     }
     request.headers.refill(head);
     request
+}
+
+/// Appends `ip` as `Display` writes it; an IPv4 address, nearly every client's, by hand,
+/// without the formatting machinery.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(ip) => {
+            for (at, octet) in ip.octets().into_iter().enumerate() {
+                if at > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(ip) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{ip}");
+        }
+    }
 }
 
 /// Makes `field` hold `text`, in the memory it has.
@@ -684,6 +750,50 @@ mod tests {
         let mut new = empty_environ();
         fresh.fill_environ(&mut new);
         assert_eq!(format!("{environ:?}"), format!("{new:?}"));
+    }
+
+    #[test]
+    fn a_recycled_head_keeps_nothing_of_its_last_connection() {
+        let tls = TlsFacts {
+            protocol: "TLSv1.3".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+            client_subject: Some("CN=someone else".into()),
+        };
+        let first = build_over(
+            b"POST /a?x=1 HTTP/1.1\r\nHost: h:81\r\nContent-Type: text/plain\r\n\r\n",
+            Some(&tls),
+            None,
+        );
+        assert!(!first.variables.is_empty());
+        first.recycle();
+        // A new plain connection's first request takes the strings this thread kept.
+        let second = b"GET /c HTTP/1.0\r\n\r\n";
+        let recycled = build_from(second, None);
+        let fresh = build_from(second, Some(RequestHead::default()));
+        assert!(
+            recycled.path.capacity() > 0,
+            "the kept strings were not taken"
+        );
+        assert_eq!(format!("{recycled:?}"), format!("{fresh:?}"));
+        assert!(recycled.variables.is_empty());
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.100.9",
+            "255.255.255.255",
+            "::1",
+            "::ffff:192.0.2.1",
+            "2001:db8::8:800:200c:417a",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = String::from("x");
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x{ip}"));
+        }
     }
 
     #[test]

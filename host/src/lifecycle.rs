@@ -1,8 +1,7 @@
 //! Graceful shutdown: stop accepting, close idle connections, let requests in flight finish.
 
-use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -12,28 +11,27 @@ use std::time::{Duration, Instant};
 pub const IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// The server's run state, shared by the accept loop, the connections and the signal thread.
+/// Connections and requests are counted, not listed: a connection's registration cost a
+/// lock, a map entry and an allocation, a tenth of a one-request connection's instructions.
 pub struct Lifecycle {
     stopping: AtomicBool,
     /// Readable once the server stops: the accept loop waits on it beside the listeners.
     stop_signal: OwnedFd,
     stopped_at: Mutex<Option<Instant>>,
-    next_connection: AtomicU64,
-    connections: Mutex<HashMap<u64, Arc<Tracked>>>,
-    /// Signalled when a connection ends.
+    /// Connections open, and requests in flight.
+    open: AtomicUsize,
+    in_flight: AtomicUsize,
+    /// Held to wait for the last connection, and to tell of it.
+    last: Mutex<()>,
+    /// Signalled when the last connection of a stopping server ends.
     ended: Condvar,
 }
 
-/// An open connection, as the shutdown sees it.
-struct Tracked {
-    /// A request is in flight; shutting down waits for it.
-    busy: Mutex<bool>,
-}
-
-/// A connection's registration, removed when it is dropped.
+/// A connection's registration, counted until it is dropped.
 pub struct Registration {
     lifecycle: Arc<Lifecycle>,
-    id: u64,
-    tracked: Arc<Tracked>,
+    /// A request is in flight; shutting down waits for it.
+    busy: bool,
 }
 
 impl Lifecycle {
@@ -43,8 +41,9 @@ impl Lifecycle {
             stopping: AtomicBool::new(false),
             stop_signal: rustix::event::eventfd(0, flags)?,
             stopped_at: Mutex::default(),
-            next_connection: AtomicU64::new(0),
-            connections: Mutex::default(),
+            open: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            last: Mutex::default(),
             ended: Condvar::new(),
         })
     }
@@ -55,25 +54,18 @@ impl Lifecycle {
     }
 
     pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
+        self.stopping.load(Ordering::SeqCst)
     }
 
     /// Tracks a new connection, or returns `None` when the server is stopping.
     pub fn register(self: &Arc<Self>) -> Option<Registration> {
-        let tracked = Arc::new(Tracked {
-            busy: Mutex::new(false),
-        });
-        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        let mut connections = self.lock();
-        if self.is_stopping() {
-            return None;
-        }
-        connections.insert(id, tracked.clone());
-        Some(Registration {
+        // Counted first, so that a stop that follows sees it; dropped, it tells a waiter.
+        let registration = Registration {
             lifecycle: self.clone(),
-            id,
-            tracked,
-        })
+            busy: false,
+        };
+        self.open.fetch_add(1, Ordering::SeqCst);
+        (!self.is_stopping()).then_some(registration)
     }
 
     /// Stops the server: from now on no connection takes a new request; a request that
@@ -85,14 +77,13 @@ impl Lifecycle {
             .stopped_at
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-        self.stopping.store(true, Ordering::Release);
+        self.stopping.store(true, Ordering::SeqCst);
         if let Err(error) = rustix::io::write(&self.stop_signal, &1u64.to_ne_bytes()) {
             tracing::error!("cannot wake the accept loop to stop: {error}");
         }
-        self.lock()
-            .values()
-            .filter(|tracked| *tracked.busy.lock().unwrap_or_else(PoisonError::into_inner))
-            .count()
+        // A request that began before it saw `stopping` is counted here: each side writes
+        // its own flag before it reads the other's, in one order for all (SeqCst).
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// How long ago the server began to stop, if it has.
@@ -115,62 +106,59 @@ impl Lifecycle {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let deadline = stopped_at.unwrap_or_else(Instant::now) + timeout;
-        let mut connections = self.lock();
-        while !connections.is_empty() {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let open = self.open.load(Ordering::SeqCst);
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return connections.len();
+            if open == 0 || left.is_zero() {
+                return open;
             }
-            connections = self
+            last = self
                 .ended
-                .wait_timeout(connections, left)
+                .wait_timeout(last, left)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        0
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Tracked>>> {
-        self.connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl Registration {
     /// Marks a request as in flight. Returns false if the server is stopping and the
     /// connection should close instead.
-    pub fn begin_request(&self) -> bool {
-        let mut busy = self
-            .tracked
-            .busy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+    pub fn begin_request(&mut self) -> bool {
+        if self.busy {
+            return true;
+        }
+        self.lifecycle.in_flight.fetch_add(1, Ordering::SeqCst);
         if self.lifecycle.is_stopping() {
+            self.lifecycle.in_flight.fetch_sub(1, Ordering::SeqCst);
             return false;
         }
-        *busy = true;
+        self.busy = true;
         true
     }
 
     /// Marks the request as done.
-    pub fn end_request(&self) {
-        *self
-            .tracked
-            .busy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = false;
+    pub fn end_request(&mut self) {
+        if std::mem::take(&mut self.busy) {
+            self.lifecycle.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut connections = self.lifecycle.lock();
-        connections.remove(&self.id);
+        self.end_request();
+        let lifecycle = &self.lifecycle;
         // Only a stopping server waits for connections to end, and it waits only once it
-        // has seen `stopping`, which was set before; a wake costs a syscall.
-        if self.lifecycle.is_stopping() {
-            self.lifecycle.ended.notify_all();
+        // has seen `stopping`, which was set before; a wake costs a syscall. Told under the
+        // lock the waiter holds from its look at the count to its wait, so it cannot miss it.
+        if lifecycle.open.fetch_sub(1, Ordering::SeqCst) == 1 && lifecycle.is_stopping() {
+            let _last = lifecycle
+                .last
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            lifecycle.ended.notify_all();
         }
     }
 }
