@@ -181,14 +181,16 @@ pub struct ServeArgs {
     #[arg(short = 'm', long, default_value = "0", value_parser = parse_umask)]
     pub umask: u32,
 
-    /// Instances of the app, each serving one request at a time [default: the number of CPUs].
+    /// Instances of the app that run at once, each serving one request at a time (one that
+    /// waits on a peer or the disk does not count: see --max-workers) [default: the number
+    /// of CPUs].
     #[arg(short = 'w', long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: Option<u32>,
 
     /// Most instances of the app while some wait on something other than the CPU (a slow
-    /// client, the key-value store's disk, an outbound request): more are made while fewer
-    /// than --workers can run and requests queue, and they go after 10 s unneeded
-    /// [default: 8 × --workers, at most 1024].
+    /// client, the key-value store's disk, an outbound request, a sleep): a free one, or a
+    /// new one, takes a queued request while fewer than --workers can run; those beyond
+    /// --workers go after 10 s unneeded [default: 8 × --workers, at most 1024].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_workers: Option<u32>,
 

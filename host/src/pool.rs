@@ -108,6 +108,8 @@ struct State {
     next_ticket: u64,
     /// Workers alive: free and lent.
     live: usize,
+    /// Workers lent to requests.
+    lent: usize,
     /// Workers asked of the keeper and not made yet.
     making: usize,
     /// Whether a keeper thread runs.
@@ -178,6 +180,7 @@ impl Pool {
                 waiting: VecDeque::new(),
                 next_ticket: 0,
                 live,
+                lent: 0,
                 making: 0,
                 keeper: false,
                 low: live,
@@ -224,7 +227,10 @@ impl Pool {
     /// Takes a free worker, if there is one, and if no request waits for it already.
     pub fn checkout(self: &Arc<Self>) -> Option<Lease> {
         let mut state = self.lock();
-        let worker = state.take_idle()?;
+        if !self.may_lend(&state) {
+            return None;
+        }
+        let worker = state.lend()?;
         if state.idle.is_empty() {
             self.gauges.saturated();
         }
@@ -241,7 +247,9 @@ impl Pool {
         ticket: &Ticket,
     ) -> Result<(), Box<dyn Waiter>> {
         let mut state = self.lock();
-        if let Some(worker) = state.take_idle() {
+        if self.may_lend(&state)
+            && let Some(worker) = state.lend()
+        {
             if state.idle.is_empty() {
                 self.gauges.saturated();
             }
@@ -314,16 +322,31 @@ impl Pool {
 
     /// Gives a worker back: to the request that has waited longest, if any still waits.
     fn give_back(self: &Arc<Self>, worker: Box<dyn App>) {
-        let mut worker = worker;
+        self.offer(worker, true);
+    }
+
+    /// Lends `worker`, given back (`returned`) or new, to the request that has waited
+    /// longest, if one waits and fewer than the warm count would then run; else keeps it.
+    fn offer(self: &Arc<Self>, worker: Box<dyn App>, returned: bool) {
+        let (mut worker, mut returned) = (worker, returned);
         loop {
             let mut state = self.lock();
-            let Some((_, waiter, since)) = state.waiting.pop_front() else {
+            if returned {
+                state.lent -= 1;
+            }
+            let next = if self.may_lend(&state) {
+                state.waiting.pop_front()
+            } else {
+                None
+            };
+            let Some((_, waiter, since)) = next else {
                 if state.idle.is_empty() {
                     self.gauges.unsaturated();
                 }
                 state.idle.push(worker);
                 return;
             };
+            state.lent += 1;
             self.gauges.dequeued(state.waiting.len(), self.queue.limit);
             // Handed over outside the lock: the waiter takes locks of its own.
             drop(state);
@@ -332,9 +355,20 @@ impl Pool {
                 Ok(()) => return,
                 Err(mut lease) => {
                     worker = lease.worker.take().expect("leased until dropped");
+                    returned = true;
                 }
             }
         }
+    }
+
+    /// Whether another worker may be lent: fewer than the warm count are lent and not
+    /// waiting on something other than the CPU. Workers beyond the warm ones stand in for
+    /// those that wait; they never make more run at once.
+    fn may_lend(&self, state: &State) -> bool {
+        state
+            .lent
+            .saturating_sub(self.blocked.load(Ordering::Relaxed))
+            < self.size.warm
     }
 
     /// Asks the keeper for another worker if requests wait while fewer workers than the
@@ -385,10 +419,10 @@ impl Pool {
                 Ok(worker) => {
                     state.live += 1;
                     drop(state);
-                    self.give_back(worker);
+                    self.offer(worker, false);
                 }
                 Err(error) => {
-                    // Asked for again by the next request that queues, after a pause.
+                    // Asked for again after a pause, if requests still wait.
                     state.making = 0;
                     state.failed_at = Some(Instant::now());
                     drop(state);
@@ -406,14 +440,29 @@ impl Pool {
             state.live -= unused;
             state.low = state.idle.len();
             state.low_since = Instant::now();
+            if unused > 0 && state.idle.is_empty() {
+                self.gauges.saturated();
+            }
         }
-        let keeping = state.live > self.size.warm;
+        let mut wait = self
+            .spare_lifetime
+            .saturating_sub(state.low_since.elapsed());
+        if let Some(failed_at) = state.failed_at
+            && !state.waiting.is_empty()
+        {
+            let pause = RETRY_AFTER.saturating_sub(failed_at.elapsed());
+            if pause.is_zero() {
+                state.failed_at = None;
+                self.grow_if_starved(&mut state);
+                return Some(Duration::ZERO);
+            }
+            wait = wait.min(pause);
+        }
+        let retrying = state.failed_at.is_some() && !state.waiting.is_empty();
+        let keeping = state.live > self.size.warm || state.making > 0 || retrying;
         if !keeping {
             state.keeper = false;
         }
-        let wait = self
-            .spare_lifetime
-            .saturating_sub(state.low_since.elapsed());
         drop(state);
         for worker in spare {
             worker.retire("idle");
@@ -437,6 +486,20 @@ impl Drop for Pool {
 /// for one, and while the pool is alive, which it holds only for a turn: a reload's old
 /// pool goes away with its last request.
 fn keep(pool: &Weak<Pool>, wanted: &Signal) {
+    /// Lets a new keeper start if this one panics, making a worker.
+    struct Unwinding<'a>(&'a Weak<Pool>);
+    impl Drop for Unwinding<'_> {
+        fn drop(&mut self) {
+            if thread::panicking()
+                && let Some(pool) = self.0.upgrade()
+            {
+                let mut state = pool.lock();
+                state.keeper = false;
+                state.making = 0;
+            }
+        }
+    }
+    let _unwinding = Unwinding(pool);
     while let Some(wait) = pool.upgrade().and_then(|pool| pool.keep_once()) {
         wanted.wait(wait);
     }
@@ -474,14 +537,36 @@ impl State {
         self.low = self.low.min(self.idle.len());
         Some(worker)
     }
+
+    /// Takes the free worker that was last given back, to lend it.
+    fn lend(&mut self) -> Option<Box<dyn App>> {
+        let worker = self.take_idle()?;
+        self.lent += 1;
+        Some(worker)
+    }
 }
 
 impl crate::waiting::Owner for Pool {
+    /// One fewer worker can run: a free one goes to the request that has waited longest,
+    /// or, if none is free, one is asked of the keeper.
     fn began(self: Arc<Self>) {
         self.blocked.fetch_add(1, Ordering::Relaxed);
-        if self.factory.is_some() {
-            let mut state = self.lock();
-            self.grow_if_starved(&mut state);
+        let mut state = self.lock();
+        if state.waiting.is_empty() {
+            return;
+        }
+        if !self.may_lend(&state) {
+            return;
+        }
+        match state.take_idle() {
+            Some(worker) => {
+                if state.idle.is_empty() {
+                    self.gauges.saturated();
+                }
+                drop(state);
+                self.offer(worker, false);
+            }
+            None => self.grow_if_starved(&mut state),
         }
     }
 
@@ -667,19 +752,61 @@ mod tests {
             .expect("a worker made for the queued request");
         assert_eq!((id, made.0.load(Ordering::Relaxed)), (0, 2));
         // Both wait: the pool is at its most, and the next request waits for one.
-        while_blocked(&pool, || {
-            while_blocked(&pool, || {
-                assert!(pool.enqueue(waiter(1, &handed), &Ticket::default()).is_ok());
+        let (release, hold) = mpsc::channel::<()>();
+        let (entered, has_entered) = mpsc::channel();
+        let other = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                while_blocked(&pool, || {
+                    entered.send(()).unwrap();
+                    hold.recv().unwrap();
+                })
             })
+        };
+        has_entered.recv().unwrap();
+        while_blocked(&pool, || {
+            assert_eq!(pool.blocked.load(Ordering::Relaxed), 2);
+            assert!(pool.enqueue(waiter(1, &handed), &Ticket::default()).is_ok());
+            // None was asked for, and none is on its way.
+            assert_eq!(pool.lock().making, 0, "no worker past the pool's most");
         });
-        // None was asked for, and none is on its way.
-        assert_eq!(pool.lock().making, 0, "no worker past the pool's most");
+        release.send(()).unwrap();
+        other.join().unwrap();
         assert_eq!(made.0.load(Ordering::Relaxed), 2);
         assert!(received.try_recv().is_err());
+        // One still runs, as many as the warm count: the request waits for it to end.
         drop(busy);
-        assert_eq!(received.try_recv().unwrap().0, 1);
+        assert!(received.try_recv().is_err());
         drop(second);
+        assert_eq!(received.try_recv().unwrap().0, 1);
         assert_eq!(pool.lock().live, 2);
+    }
+
+    #[test]
+    fn workers_beyond_the_warm_ones_stand_in_for_waiting_ones_and_never_add_to_those_running() {
+        let (pool, _) = growing(Size { warm: 1, most: 2 }, Duration::from_secs(60));
+        let (handed, received) = mpsc::channel();
+        let first = pool.checkout().unwrap();
+        let second = while_blocked(&pool, || {
+            // A wait inside a wait (a poll on the body, which reads it) counts once.
+            let _inner = crate::waiting::Waiting::begin();
+            assert_eq!(pool.blocked.load(Ordering::Relaxed), 1);
+            assert!(pool.enqueue(waiter(0, &handed), &Ticket::default()).is_ok());
+            received.recv_timeout(Duration::from_secs(10)).unwrap().1
+        });
+        assert_eq!(pool.blocked.load(Ordering::Relaxed), 0);
+        // The first's wait is over and both run: the next request waits, and the one given
+        // back is kept free rather than make two run again.
+        assert!(pool.enqueue(waiter(1, &handed), &Ticket::default()).is_ok());
+        drop(second);
+        assert!(received.try_recv().is_err());
+        assert_eq!(pool.lock().idle.len(), 1);
+        assert!(pool.checkout().is_none());
+        // Once the first waits again, the free one goes to the waiting request.
+        while_blocked(&pool, || {
+            assert_eq!(received.try_recv().unwrap().0, 1);
+        });
+        drop(first);
     }
 
     #[test]

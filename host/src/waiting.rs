@@ -15,6 +15,7 @@ thread_local! {
         Current {
             owner: RefCell::new(None),
             active: Cell::new(false),
+            waits: Cell::new(0),
         }
     };
 }
@@ -26,6 +27,9 @@ struct Current {
     owner: RefCell<Option<Weak<dyn Owner>>>,
     /// Whether the thread runs an instance of `owner` now.
     active: Cell<bool>,
+    /// How many waits the thread is in, one inside another: a guest's poll on its request
+    /// body waits in the body's read. Only the outermost counts.
+    waits: Cell<usize>,
 }
 
 /// What counts the waits of the instances it lends: an app's pool.
@@ -80,30 +84,42 @@ impl Drop for OnBehalf {
 }
 
 /// A thread counted in [`threads`], and for its instance's owner, until dropped, however its
-/// call ends.
+/// call ends. A wait inside another counts nothing more.
 pub struct Waiting {
+    counted: bool,
     owner: Option<Arc<dyn Owner>>,
 }
 
 impl Waiting {
     pub fn begin() -> Waiting {
-        WAITING.fetch_add(1, Ordering::Relaxed);
-        let owner = CURRENT.with(|current| {
-            let active = current.active.get();
-            active
+        let (outermost, owner) = CURRENT.with(|current| {
+            let waits = current.waits.get();
+            current.waits.set(waits + 1);
+            let owner = (waits == 0 && current.active.get())
                 .then(|| current.owner.borrow().as_ref().and_then(Weak::upgrade))
-                .flatten()
+                .flatten();
+            (waits == 0, owner)
         });
-        if let Some(owner) = &owner {
+        if outermost {
+            WAITING.fetch_add(1, Ordering::Relaxed);
+        }
+        let waiting = Waiting {
+            counted: outermost,
+            owner,
+        };
+        if let Some(owner) = &waiting.owner {
             owner.clone().began();
         }
-        Waiting { owner }
+        waiting
     }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        WAITING.fetch_sub(1, Ordering::Relaxed);
+        CURRENT.with(|current| current.waits.set(current.waits.get().saturating_sub(1)));
+        if self.counted {
+            WAITING.fetch_sub(1, Ordering::Relaxed);
+        }
         if let Some(owner) = &self.owner {
             owner.ended();
         }

@@ -238,11 +238,15 @@ fn instances_are_added_while_others_wait_up_to_max_workers_and_go_when_unneeded(
     assert_eq!(created(), 1.0);
     // The one instance sleeps: a request behind it gets a second instance, and both sleep
     // at once.
-    let first = send(&server, "/sleep?ms=3000");
-    wait_for_lines(&server, "sleeping 3000 ms", 1);
-    let second = send(&server, "/sleep?ms=3000");
-    wait_for_lines(&server, "sleeping 3000 ms", 2);
+    let first = send(&server, "/sleep?ms=5000");
+    wait_for_lines(&server, "sleeping 5000 ms", 1);
+    let second = send(&server, "/sleep?ms=5000");
+    wait_for_lines(&server, "sleeping 5000 ms", 2);
     assert_eq!(created(), 2.0);
+    let in_flight = metric(admin, "wasm_gw_requests_in_flight", &[]);
+    assert!(in_flight >= 2.0, "{in_flight} requests in flight");
+    // The app beside keeps its own instances meanwhile.
+    assert_eq!(status_of(&server, "/hello/"), 200);
     // Both wait, but there are as many as --max-workers: the next request waits for one.
     let third = send(&server, "/served");
     let deadline = Instant::now() + IO_TIMEOUT;
