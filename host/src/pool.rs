@@ -16,8 +16,9 @@
 
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -227,13 +228,11 @@ impl Pool {
     /// Takes a free worker, if there is one, and if no request waits for it already.
     pub fn checkout(self: &Arc<Self>) -> Option<Lease> {
         let mut state = self.lock();
-        if !self.may_lend(&state) {
+        if !state.waiting.is_empty() || !self.may_lend(&state) {
             return None;
         }
         let worker = state.lend()?;
-        if state.idle.is_empty() {
-            self.gauges.saturated();
-        }
+        self.report(&state);
         drop(state);
         Some(self.lease(worker))
     }
@@ -247,12 +246,11 @@ impl Pool {
         ticket: &Ticket,
     ) -> Result<(), Box<dyn Waiter>> {
         let mut state = self.lock();
-        if self.may_lend(&state)
+        if state.waiting.is_empty()
+            && self.may_lend(&state)
             && let Some(worker) = state.lend()
         {
-            if state.idle.is_empty() {
-                self.gauges.saturated();
-            }
+            self.report(&state);
             drop(state);
             if let Err(lease) = waiter.hand(self.lease(worker)) {
                 drop(lease);
@@ -275,7 +273,13 @@ impl Pool {
         *place = Place::Queued(number);
         state.waiting.push_back((number, waiter, Instant::now()));
         self.gauges.queued(state.waiting.len(), self.queue.limit);
-        self.grow_if_starved(&mut state);
+        drop(place);
+        if state.idle.is_empty() {
+            self.grow_if_starved(&mut state);
+        } else {
+            // Free, but held back by the gate: lent when it opens, to the longest waiting.
+            self.dispatch(state);
+        }
         Ok(())
     }
 
@@ -325,39 +329,52 @@ impl Pool {
         self.offer(worker, true);
     }
 
-    /// Lends `worker`, given back (`returned`) or new, to the request that has waited
-    /// longest, if one waits and fewer than the warm count would then run; else keeps it.
+    /// Keeps `worker`, given back (`returned`) or new, and lends a free worker to the
+    /// request that has waited longest if one waits and the gate allows.
     fn offer(self: &Arc<Self>, worker: Box<dyn App>, returned: bool) {
-        let (mut worker, mut returned) = (worker, returned);
+        let mut state = self.lock();
+        if returned {
+            debug_assert!(state.lent > 0, "a worker given back was lent");
+            state.lent -= 1;
+        }
+        state.idle.push(worker);
+        self.dispatch(state);
+    }
+
+    /// Lends a free worker to the request that has waited longest, if one waits and fewer
+    /// than the warm count would then run; on to the next if that one has left meanwhile.
+    fn dispatch<'a>(self: &'a Arc<Self>, mut state: MutexGuard<'a, State>) {
         loop {
-            let mut state = self.lock();
-            if returned {
-                state.lent -= 1;
-            }
-            let next = if self.may_lend(&state) {
-                state.waiting.pop_front()
-            } else {
-                None
-            };
-            let Some((_, waiter, since)) = next else {
-                if state.idle.is_empty() {
-                    self.gauges.unsaturated();
-                }
-                state.idle.push(worker);
+            if state.waiting.is_empty() || state.idle.is_empty() || !self.may_lend(&state) {
+                self.report(&state);
                 return;
+            }
+            let (Some((_, waiter, since)), Some(worker)) =
+                (state.waiting.pop_front(), state.lend())
+            else {
+                unreachable!("a request waits and a worker is free");
             };
-            state.lent += 1;
+            self.report(&state);
             self.gauges.dequeued(state.waiting.len(), self.queue.limit);
             // Handed over outside the lock: the waiter takes locks of its own.
             drop(state);
             self.gauges.waited(since.elapsed());
-            match waiter.hand(self.lease(worker)) {
-                Ok(()) => return,
-                Err(mut lease) => {
-                    worker = lease.worker.take().expect("leased until dropped");
-                    returned = true;
-                }
-            }
+            let Err(mut lease) = waiter.hand(self.lease(worker)) else {
+                return;
+            };
+            let worker = lease.worker.take().expect("leased until dropped");
+            state = self.lock();
+            state.lent -= 1;
+            state.idle.push(worker);
+        }
+    }
+
+    /// Tells /health whether a request would have to wait now.
+    fn report(&self, state: &State) {
+        if state.idle.is_empty() || !self.may_lend(state) {
+            self.gauges.saturated();
+        } else {
+            self.gauges.unsaturated();
         }
     }
 
@@ -380,15 +397,18 @@ impl Pool {
         }
         let coming = state.live + state.making;
         let able = coming.saturating_sub(self.blocked.load(Ordering::Relaxed));
-        if coming >= self.size.most
-            || able >= self.size.warm
-            || state.failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER)
-        {
+        if coming >= self.size.most || able >= self.size.warm {
             return;
         }
-        state.making += 1;
+        // After a failure the keeper asks again once its pause is over.
+        let failed = state.failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER);
+        if !failed {
+            state.making += 1;
+        }
         if state.keeper {
-            self.wanted.raise();
+            if !failed {
+                self.wanted.raise();
+            }
             return;
         }
         let (pool, wanted) = (Arc::downgrade(self), self.wanted.clone());
@@ -398,26 +418,31 @@ impl Pool {
         match started {
             Ok(_) => state.keeper = true,
             Err(error) => {
-                state.making -= 1;
+                if !failed {
+                    state.making -= 1;
+                }
                 tracing::warn!("cannot start a thread to add an instance: {error}");
             }
         }
     }
 
-    /// One turn of the keeper: makes a worker asked for, or lets spare ones go. Returns how
-    /// long to wait for the next request for a worker before the next turn, or `None` once
-    /// there is nothing left to keep.
+    /// One turn of the keeper: makes a worker asked for, asks again for one that could not
+    /// be made, or lets spare ones go. Returns how long to wait for the next request for a
+    /// worker before the next turn, or `None` once there is nothing left to keep.
     fn keep_once(self: &Arc<Self>) -> Option<Duration> {
         let factory = self.factory.as_ref()?;
         let mut state = self.lock();
         if state.making > 0 {
             drop(state);
-            let made = factory.new_worker();
+            // A panic making it is a failure like any other, not the keeper's end.
+            let made = std::panic::catch_unwind(AssertUnwindSafe(|| factory.new_worker()))
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("making it panicked")));
             let mut state = self.lock();
             state.making -= 1;
             match made {
                 Ok(worker) => {
                     state.live += 1;
+                    state.failed_at = None;
                     drop(state);
                     self.offer(worker, false);
                 }
@@ -431,6 +456,19 @@ impl Pool {
             }
             return Some(Duration::ZERO);
         }
+        let mut wait = self
+            .spare_lifetime
+            .saturating_sub(state.low_since.elapsed());
+        let retrying = state.failed_at.is_some() && !state.waiting.is_empty();
+        if let Some(failed_at) = state.failed_at.filter(|_| retrying) {
+            let pause = RETRY_AFTER.saturating_sub(failed_at.elapsed());
+            if pause.is_zero() {
+                state.failed_at = None;
+                self.grow_if_starved(&mut state);
+                return Some(Duration::ZERO);
+            }
+            wait = wait.min(pause);
+        }
         let mut spare = Vec::new();
         if state.low_since.elapsed() >= self.spare_lifetime {
             // The first `low` free workers went unused all this time: the extra ones go.
@@ -440,26 +478,10 @@ impl Pool {
             state.live -= unused;
             state.low = state.idle.len();
             state.low_since = Instant::now();
-            if unused > 0 && state.idle.is_empty() {
-                self.gauges.saturated();
-            }
+            wait = wait.min(self.spare_lifetime);
+            self.report(&state);
         }
-        let mut wait = self
-            .spare_lifetime
-            .saturating_sub(state.low_since.elapsed());
-        if let Some(failed_at) = state.failed_at
-            && !state.waiting.is_empty()
-        {
-            let pause = RETRY_AFTER.saturating_sub(failed_at.elapsed());
-            if pause.is_zero() {
-                state.failed_at = None;
-                self.grow_if_starved(&mut state);
-                return Some(Duration::ZERO);
-            }
-            wait = wait.min(pause);
-        }
-        let retrying = state.failed_at.is_some() && !state.waiting.is_empty();
-        let keeping = state.live > self.size.warm || state.making > 0 || retrying;
+        let keeping = state.live > self.size.warm || retrying;
         if !keeping {
             state.keeper = false;
         }
@@ -486,20 +508,6 @@ impl Drop for Pool {
 /// for one, and while the pool is alive, which it holds only for a turn: a reload's old
 /// pool goes away with its last request.
 fn keep(pool: &Weak<Pool>, wanted: &Signal) {
-    /// Lets a new keeper start if this one panics, making a worker.
-    struct Unwinding<'a>(&'a Weak<Pool>);
-    impl Drop for Unwinding<'_> {
-        fn drop(&mut self) {
-            if thread::panicking()
-                && let Some(pool) = self.0.upgrade()
-            {
-                let mut state = pool.lock();
-                state.keeper = false;
-                state.making = 0;
-            }
-        }
-    }
-    let _unwinding = Unwinding(pool);
     while let Some(wait) = pool.upgrade().and_then(|pool| pool.keep_once()) {
         wanted.wait(wait);
     }
@@ -550,23 +558,14 @@ impl crate::waiting::Owner for Pool {
     /// One fewer worker can run: a free one goes to the request that has waited longest,
     /// or, if none is free, one is asked of the keeper.
     fn began(self: Arc<Self>) {
-        self.blocked.fetch_add(1, Ordering::Relaxed);
         let mut state = self.lock();
+        self.blocked.fetch_add(1, Ordering::Relaxed);
         if state.waiting.is_empty() {
-            return;
-        }
-        if !self.may_lend(&state) {
-            return;
-        }
-        match state.take_idle() {
-            Some(worker) => {
-                if state.idle.is_empty() {
-                    self.gauges.saturated();
-                }
-                drop(state);
-                self.offer(worker, false);
-            }
-            None => self.grow_if_starved(&mut state),
+            self.report(&state);
+        } else if state.idle.is_empty() {
+            self.grow_if_starved(&mut state);
+        } else {
+            self.dispatch(state);
         }
     }
 
@@ -807,6 +806,45 @@ mod tests {
             assert_eq!(received.try_recv().unwrap().0, 1);
         });
         drop(first);
+    }
+
+    /// Makes counters, but panics making the one after the first.
+    #[derive(Default)]
+    struct PanicsOnce(AtomicUsize);
+
+    impl AppFactory for PanicsOnce {
+        fn new_worker(&self) -> anyhow::Result<Box<dyn App>> {
+            assert_ne!(
+                self.0.fetch_add(1, Ordering::Relaxed),
+                1,
+                "the second panics"
+            );
+            Ok(Box::new(Counter))
+        }
+    }
+
+    #[test]
+    fn a_worker_that_could_not_be_made_is_asked_for_again_while_requests_wait() {
+        let queue = QueuePolicy {
+            limit: 8,
+            timeout: Duration::from_secs(30),
+        };
+        let gauges = Arc::new(PoolGauges::detached(Duration::from_secs(30)));
+        let factory = Arc::new(PanicsOnce::default());
+        let size = Size { warm: 1, most: 2 };
+        let pool = Arc::new(Pool::new(factory.clone(), size, queue, gauges).unwrap());
+        let (handed, received) = mpsc::channel();
+        let busy = pool.checkout().unwrap();
+        // The busy worker waits until a worker comes for the queued request: the first try
+        // panics, and the keeper tries again after its pause, with nothing else happening.
+        let (id, _made) = while_blocked(&pool, || {
+            assert!(pool.enqueue(waiter(0, &handed), &Ticket::default()).is_ok());
+            received.recv_timeout(Duration::from_secs(10))
+        })
+        .expect("a worker made at the second try");
+        assert_eq!((id, factory.0.load(Ordering::Relaxed)), (0, 3));
+        assert_eq!(pool.lock().live, 2);
+        drop(busy);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! its instances, and adds an instance when too few can run ([`crate::pool`]).
 
 use std::cell::{Cell, RefCell};
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -88,6 +89,8 @@ impl Drop for OnBehalf {
 pub struct Waiting {
     counted: bool,
     owner: Option<Arc<dyn Owner>>,
+    /// Ends on the thread it began on, whose count of waits it keeps.
+    _on_this_thread: PhantomData<*const ()>,
 }
 
 impl Waiting {
@@ -106,6 +109,7 @@ impl Waiting {
         let waiting = Waiting {
             counted: outermost,
             owner,
+            _on_this_thread: PhantomData,
         };
         if let Some(owner) = &waiting.owner {
             owner.clone().began();
