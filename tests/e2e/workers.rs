@@ -321,15 +321,7 @@ fn a_slow_upload_holds_no_instance_until_its_body_is_in() {
         "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {total}\r\n\r\nfirst"
     )
     .unwrap();
-    let in_flight = || crate::admin::metric(admin, "wasm_gw_requests_in_flight", &[]);
-    let deadline = std::time::Instant::now() + crate::support::IO_TIMEOUT;
-    while in_flight() < 1.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the upload never began"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_until_in_flight(admin);
     let asked = std::time::Instant::now();
     let response = server.raw(b"GET /other HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(response.status, 200);
@@ -367,15 +359,7 @@ fn an_upload_stalled_on_the_only_instance_does_not_hold_up_other_clients() {
     stalled
         .write_all(b"POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\nslow")
         .unwrap();
-    let in_flight = || crate::admin::metric(admin, "wasm_gw_requests_in_flight", &[]);
-    let deadline = std::time::Instant::now() + crate::support::IO_TIMEOUT;
-    while in_flight() < 1.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the upload never began"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_until_in_flight(admin);
     // Another client is served by an instance added for it, while the upload still waits.
     let response = server.raw(b"GET /count?n=3 HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(response.text(), "1\n2\n3\n");
@@ -389,6 +373,19 @@ fn an_upload_stalled_on_the_only_instance_does_not_hold_up_other_clients() {
     stalled.write_all(&[b'x'; 99_996]).unwrap();
     let response = RawResponse::read(&mut BufReader::new(stalled), false);
     assert_eq!(response.text(), "100000\n");
+}
+
+/// Waits until a request is in flight on the server whose admin endpoint is `admin`: an
+/// upload has taken an instance.
+fn wait_until_in_flight(admin: std::net::SocketAddr) {
+    let deadline = std::time::Instant::now() + crate::support::IO_TIMEOUT;
+    while crate::admin::metric(admin, "wasm_gw_requests_in_flight", &[]) < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never began"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// Raises this test process's limit of open files to its maximum, for clients by the
