@@ -446,8 +446,8 @@ pub struct ServeArgs {
 }
 
 /// How many times `--workers` an app's instances may grow to by default while some wait:
-/// the tasks app on SQLite, whose instances wait on the disk, served 3× as many requests a
-/// second with 16 instances as with 2 on a 2-core machine.
+/// the tasks app on SQLite, whose instances wait on the disk, served 2.7 times as many
+/// requests a second with 2 that grow to 16 as with 2 fixed, on a 2-core machine (bench).
 const GROWTH: usize = 8;
 
 /// Most instances one app may have.
