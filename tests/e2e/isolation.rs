@@ -281,6 +281,63 @@ fn instances_are_added_while_others_wait_up_to_max_workers_and_go_when_unneeded(
 }
 
 #[test]
+fn a_stuck_app_at_the_defaults_grows_to_its_most_and_no_further_and_the_app_beside_never_waits() {
+    // Not the helper: its --max-workers is pinned. Two instances grow to 8 × 2 by default.
+    let faulty = format!("/={}", guest("faulty").display());
+    let hello = format!("/hello={}", guest("hello").display());
+    let server = Server::start_mounts(&[
+        "--mount",
+        &faulty,
+        "--mount",
+        &hello,
+        "--workers",
+        "2",
+        "--timeout",
+        "5",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let admin = admin_address(&server);
+    let live = || metric(admin, "wasm_gw_instances_live", &[("app", "faulty")]);
+    let queued = || metric(admin, "wasm_gw_queue_length", &[("app", "faulty")]);
+    // Each waits forever in a poll: sixteen take an instance each, the rest queue.
+    let stuck: Vec<_> = (0..40).map(|_| send(&server, "/wait-forever")).collect();
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while live() < 16.0 || queued() < 24.0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} instances, {} queued",
+            live(),
+            queued()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    let hello: Vec<Duration> = (0..20)
+        .map(|_| {
+            let asked = Instant::now();
+            assert_eq!(status_of(&server, "/hello/"), 200);
+            asked.elapsed()
+        })
+        .collect();
+    let (median, _) = median_and_max(hello);
+    assert!(
+        median < Duration::from_millis(100),
+        "hello's median {median:?}"
+    );
+    assert_eq!(live(), 16.0, "no instance past --max-workers");
+    assert_eq!(
+        metric(admin, "wasm_gw_instances_live", &[("app", "hello")]),
+        2.0
+    );
+    // Each stuck one ends at its deadline or, still queued, at the queue's.
+    let now = Instant::now();
+    for stream in stuck {
+        let status = answer(stream, now).0;
+        assert!(status == 504 || status == 503, "{status}");
+    }
+}
+
+#[test]
 fn a_request_whose_client_left_while_queued_never_runs() {
     let server = hostile_beside_hello(&["--workers", "1", "--admin", "127.0.0.1:0"]);
     let admin = admin_address(&server);
