@@ -710,12 +710,20 @@ mod tests {
 
     /// A pool of `size` that may grow, whose spare workers go after `spare_lifetime`.
     fn growing(size: Size, spare_lifetime: Duration) -> (Arc<Pool>, Arc<Counters>) {
+        growing_with(Arc::new(Counters::default()), size, spare_lifetime)
+    }
+
+    /// [`growing`], with workers made by `factory`.
+    fn growing_with<F: AppFactory + 'static>(
+        factory: Arc<F>,
+        size: Size,
+        spare_lifetime: Duration,
+    ) -> (Arc<Pool>, Arc<F>) {
         let queue = QueuePolicy {
             limit: 8,
-            timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(30),
         };
         let gauges = Arc::new(PoolGauges::detached(Duration::from_secs(30)));
-        let factory = Arc::new(Counters::default());
         let mut pool = Pool::new(factory.clone(), size, queue, gauges).unwrap();
         pool.spare_lifetime = spare_lifetime;
         (Arc::new(pool), factory)
@@ -825,14 +833,11 @@ mod tests {
 
     #[test]
     fn a_worker_that_could_not_be_made_is_asked_for_again_while_requests_wait() {
-        let queue = QueuePolicy {
-            limit: 8,
-            timeout: Duration::from_secs(30),
-        };
-        let gauges = Arc::new(PoolGauges::detached(Duration::from_secs(30)));
-        let factory = Arc::new(PanicsOnce::default());
-        let size = Size { warm: 1, most: 2 };
-        let pool = Arc::new(Pool::new(factory.clone(), size, queue, gauges).unwrap());
+        let (pool, factory) = growing_with(
+            Arc::new(PanicsOnce::default()),
+            Size { warm: 1, most: 2 },
+            Duration::from_secs(60),
+        );
         let (handed, received) = mpsc::channel();
         let busy = pool.checkout().unwrap();
         // The busy worker waits until a worker comes for the queued request: the first try

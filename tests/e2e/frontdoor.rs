@@ -450,6 +450,20 @@ fn client_certificates_required_or_optional() {
     let mut stream = tls_connect(&optional, &alice).unwrap();
     let environ = meta(&exchange(&mut stream, ECHO_ENVIRON));
     assert_eq!(environ["SSL_CLIENT_S_DN"], "CN=alice,O=Example");
+
+    // A closed connection leaves its request strings to its thread's next new connection:
+    // its client's subject must not go with them.
+    const CLOSING: &[u8] =
+        b"GET /e HTTP/1.1\r\nHost: gw.test\r\nX-Echo-Environ: 1\r\nConnection: close\r\n\r\n";
+    for _ in 0..8 {
+        let mut stream = tls_connect(&optional, &alice).unwrap();
+        let environ = meta(&exchange(&mut stream, CLOSING));
+        assert_eq!(environ["SSL_CLIENT_S_DN"], "CN=alice,O=Example");
+        let mut stream = tls_connect(&optional, &anonymous).unwrap();
+        let environ = meta(&exchange(&mut stream, CLOSING));
+        assert!(environ.get("SSL_CLIENT_S_DN").is_none(), "{environ}");
+        assert_eq!(environ["SSL_CLIENT_VERIFY"], "NONE");
+    }
 }
 
 #[test]
